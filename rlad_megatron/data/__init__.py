@@ -1,0 +1,1 @@
+"""What the batch carries: tokenizers, tasks, rewards, advantages, selective-imitation masks."""

@@ -1,0 +1,1 @@
+"""Cluster launch: nemo-run factories and the layout/memory planner."""

@@ -1,0 +1,1 @@
+"""Pure per-token losses (TRRD and baselines): tensors in, (loss, metrics) out."""

@@ -1,0 +1,1 @@
+"""KV-cached generation on megatron models under TP and PP."""

@@ -1,0 +1,1 @@
+"""Composition: config, the RLAD loop, the student update, checkpoints, metrics."""

@@ -1,0 +1,23 @@
+"""Shared by the multi-rank test folders (tests/dist, tests/dist4): agreeing assertions."""
+
+import torch
+import torch.distributed as dist
+
+
+def assert_all_ranks(ok: bool, message: str) -> None:
+    """Every rank asserts together: a failure on any rank fails all of them (no one is left
+    waiting in a collective until the timeout)."""
+    flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    assert ok, f"[rank {dist.get_rank()}] {message}"
+    assert flag.item() == 1, f"[rank {dist.get_rank()}] another rank failed: {message}"
+
+
+def assert_close_all_ranks(actual: torch.Tensor, expected: torch.Tensor, *, rtol: float,
+                           atol: float, what: str) -> None:
+    diff = (actual.double() - expected.double()).abs()
+    bound = atol + rtol * expected.double().abs()
+    ok = bool((diff <= bound).all()) and actual.shape == expected.shape
+    worst = diff.max().item() if diff.numel() else 0.0
+    assert_all_ranks(ok, f"{what}: max |diff| {worst:.3e} (rtol {rtol}, atol {atol}), "
+                         f"shapes {tuple(actual.shape)} vs {tuple(expected.shape)}")
