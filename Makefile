@@ -1,0 +1,41 @@
+# Set-up and entry points. `make demo` and `make test` each create .venv when it is missing.
+# torch==2.13.0 is installed first so that pip keeps the CPU build found on this machine
+# (a plain `torch` requirement would pull a multi-GB CUDA build).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCHRUN := $(VENV)/bin/torchrun
+STAMP := $(VENV)/.installed
+export OMP_NUM_THREADS ?= 1
+export PYTHONWARNINGS ?= ignore
+
+.PHONY: demo test test-unit test-dist test-dist4 bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e '.[dev,hf,data]'
+	$(PY) -m pip install --no-deps mistral-common==1.13.1
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(TORCHRUN) --nproc-per-node 2 examples/forward_agreement.py
+
+test: test-unit test-dist test-dist4
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+test-dist: $(STAMP)
+	$(TORCHRUN) --nproc-per-node 2 -m pytest -q -p no:cacheprovider tests/dist
+
+test-dist4: $(STAMP)
+	$(TORCHRUN) --nproc-per-node 4 -m pytest -q -p no:cacheprovider tests/dist4
+
+bench: $(STAMP)
+	$(PY) -m bench.logprob --quick
+
+clean:
+	rm -rf $(VENV) build *.egg-info

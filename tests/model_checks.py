@@ -1,0 +1,115 @@
+"""Model-level checks shared by the 2-rank (tests/dist) and 4-rank (tests/dist4) launches:
+megatron student/teacher results at some layout against the float64 reference of
+tests/reference_llama.py, with identical weights loaded through rlad_megatron.convert.layout."""
+
+import torch
+
+from distributed_helpers import assert_all_ranks, assert_close_all_ranks
+from reference_llama import random_hf_weights, token_logprobs_and_entropy
+from rlad_megatron import ops
+from rlad_megatron.convert.layout import load_hf_tensors, shard_for_param
+from rlad_megatron.models.build import OptimizerSettings, build_student, build_teacher
+from rlad_megatron.models.forward import (MicroBatch, align_to_tokens, forward_logprobs,
+                                          run_schedule, split_micro_batches)
+from rlad_megatron.models.spec import get_preset
+
+# fp32 forward of a 2-4 layer model vs float64: round-off is ~1e-7 relative; 1e-6 is the issue's bar.
+LOGPROB_RTOL = 1e-6
+LOGPROB_ATOL = 1e-6
+# Gradients accumulate over b*s tokens and several matmuls in fp32: compare relative to the
+# largest reference entry of each tensor.
+GRAD_REL_TO_MAX = 2e-5
+
+def _spec(name="tiny-llama", **kw):
+    # 4 layers so that PP=2 x VPP=2 has one layer per chunk
+    return get_preset(name, num_layers=4, **kw)
+
+
+def _tokens(spec, b=4, s=12, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, spec.vocab_size, (b, s), generator=g)
+
+
+def _load(model, weights):
+    par = model.par
+    load_hf_tensors(model.chunks, lambda n: weights[n].float(), spec=model.spec, tp=par.tp,
+                    tp_rank=par.tp_rank, padded_vocab=model.padded_vocab_size)
+
+
+def _dp_slice(par, tokens):
+    n = tokens.shape[0] // par.dp
+    return tokens[par.dp_rank * n:(par.dp_rank + 1) * n]
+
+
+def check_forward_logprobs(parallel, arch, vocab, temperature):
+    spec = _spec(arch, vocab_size=vocab)
+    weights = random_hf_weights(spec, seed=3)
+    teacher = build_teacher(spec, parallel)
+    _load(teacher, weights)
+    tokens = _tokens(spec)
+    ref_lp, _ = token_logprobs_and_entropy(spec, weights, tokens, temperature)
+    local = _dp_slice(parallel, tokens)
+    ref_local = _dp_slice(parallel, ref_lp)
+    for fused in (False, True):
+        lp = forward_logprobs(teacher, local, micro_batch_size=1, temperature=temperature,
+                              fused=fused)
+        if parallel.is_last_stage:
+            assert_close_all_ranks(lp, ref_local, rtol=LOGPROB_RTOL, atol=LOGPROB_ATOL,
+                                   what=f"{arch} {parallel.describe()} fused={fused} log-probs")
+        else:
+            assert_all_ranks(lp is None, "non-last stages must return None")
+
+
+def _reference_grads(spec, weights, tokens, coef_lp, coef_ent, micro_batch_size, temperature):
+    w = {k: v.clone().requires_grad_(True) for k, v in weights.items()}
+    lp, ent = token_logprobs_and_entropy(spec, w, tokens, temperature)
+    n_micro = tokens.shape[0] // micro_batch_size
+    loss = ((lp * coef_lp).sum() + (ent * coef_ent).sum()) / n_micro
+    loss.backward()
+    return {k: v.grad for k, v in w.items()}
+
+
+def check_gradients(parallel, arch, vocab):
+    spec = _spec(arch, vocab_size=vocab)
+    weights = random_hf_weights(spec, seed=5)
+    student = build_student(spec, parallel, OptimizerSettings(lr=1e-3))
+    _load(student, weights)
+    temperature, mbs = 0.9, 1
+    tokens = _tokens(spec, b=4, s=10, seed=7)
+    g = torch.Generator().manual_seed(11)
+    coef_lp = torch.randn(tokens.shape, generator=g, dtype=torch.float64)
+    coef_ent = torch.randn(tokens.shape, generator=g, dtype=torch.float64)
+    # every DP rank runs the same number of micro-batches, so DDP's mean equals the global mean
+    ref = _reference_grads(spec, weights, tokens, coef_lp, coef_ent,
+                           mbs * parallel.dp, temperature)
+    local = _dp_slice(parallel, tokens)
+    c_lp, c_ent = _dp_slice(parallel, coef_lp).float(), _dp_slice(parallel, coef_ent).float()
+
+    def forward_step(chunk, mb: MicroBatch):
+        out = chunk(input_ids=mb.tokens, position_ids=mb.position_ids,
+                    attention_mask=mb.attention_mask)
+
+        def loss_func(logits):
+            rows = slice(mb.index * mbs, (mb.index + 1) * mbs)
+            lp = align_to_tokens(ops.token_logprobs(logits, mb.labels, parallel.tp_group,
+                                                    temperature=temperature, vocab_size=vocab))
+            ent = align_to_tokens(ops.token_entropy(logits, parallel.tp_group,
+                                                    temperature=temperature, vocab_size=vocab))
+            loss = (lp * c_lp[rows]).sum() + (ent * c_ent[rows]).sum()
+            return loss, {}
+
+        return out, loss_func
+
+    for chunk in student.chunks:
+        chunk.zero_grad_buffer()
+    run_schedule(student, split_micro_batches(local, mbs), forward_step, forward_only=False,
+                 collect_non_loss_data=False)
+    for chunk in student.chunks:
+        for name, param in chunk.module.named_parameters():
+            expected = shard_for_param(name, chunk.module, lambda n: ref[n], spec=spec,
+                                       tp=parallel.tp, tp_rank=parallel.tp_rank,
+                                       padded_vocab=student.padded_vocab_size)
+            scale = max(expected.abs().max().item(), 1e-12)
+            assert_close_all_ranks(param.main_grad, expected, rtol=0.0,
+                                   atol=GRAD_REL_TO_MAX * scale,
+                                   what=f"grad of {name} at {parallel.describe()}")
