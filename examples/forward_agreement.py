@@ -38,7 +38,7 @@ def logprobs_at(tp: int, tokens: torch.Tensor):
         load_hf_tensors(model.chunks, weights.__getitem__, spec=model.spec, tp=par.tp,
                         tp_rank=par.tp_rank, padded_vocab=model.padded_vocab_size)
         out[name] = forward_logprobs(model, tokens, micro_batch_size=1, fused=name == "teacher")
-    return out, par, memory_report(student, teacher)
+    return out, par, memory_report(student, teacher), student.padded_vocab_size
 
 
 def main():
@@ -46,11 +46,11 @@ def main():
     if env.world_size != 2:
         raise SystemExit("run with: torchrun --nproc-per-node 2 examples/forward_agreement.py")
     tokens = torch.randint(0, STUDENT.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
-    tp2, par2, mem = logprobs_at(2, tokens)
-    tp1, _, _ = logprobs_at(1, tokens)
-    print0(f"layout: {par2.describe()}; vocabulary {STUDENT.vocab_size} padded to "
-           f"{-(-STUDENT.vocab_size // 256) * 256}, {STUDENT.vocab_size // 2}-ish ids per rank")
-    print0(f"memory per rank (MiB): " + ", ".join(f"{k.split('/')[1]}={v:.3f}" for k, v in mem.items()))
+    tp2, par2, mem, padded = logprobs_at(2, tokens)
+    tp1, _, _, _ = logprobs_at(1, tokens)
+    print0(f"layout: {par2.describe()}; vocabulary {STUDENT.vocab_size} padded to {padded}: "
+           f"{padded // par2.tp} ids per rank, never gathered")
+    print0("parameter memory per rank (MiB; Adam state is allocated at the first step): " + ", ".join(f"{k.split('/')[1]}={v:.3f}" for k, v in mem.items()))
     for name in ("student", "teacher"):
         a, b = tp2[name], tp1[name]
         print0(f"\n{name}: per-token log p(token | prefix), sequence 0 (TP=2 | TP=1)")

@@ -60,11 +60,11 @@ def check_forward_logprobs(parallel, arch, vocab, temperature):
             assert_all_ranks(lp is None, "non-last stages must return None")
 
 
-def _reference_grads(spec, weights, tokens, coef_lp, coef_ent, micro_batch_size, temperature):
+def _reference_grads(spec, weights, tokens, coef_lp, coef_ent, temperature):
     w = {k: v.clone().requires_grad_(True) for k, v in weights.items()}
     lp, ent = token_logprobs_and_entropy(spec, w, tokens, temperature)
-    n_micro = tokens.shape[0] // micro_batch_size
-    loss = ((lp * coef_lp).sum() + (ent * coef_ent).sum()) / n_micro
+    # the student normalises by the global count its loss_func reports: here, sequences
+    loss = ((lp * coef_lp).sum() + (ent * coef_ent).sum()) / tokens.shape[0]
     loss.backward()
     return {k: v.grad for k, v in w.items()}
 
@@ -79,9 +79,7 @@ def check_gradients(parallel, arch, vocab):
     g = torch.Generator().manual_seed(11)
     coef_lp = torch.randn(tokens.shape, generator=g, dtype=torch.float64)
     coef_ent = torch.randn(tokens.shape, generator=g, dtype=torch.float64)
-    # every DP rank runs the same number of micro-batches, so DDP's mean equals the global mean
-    ref = _reference_grads(spec, weights, tokens, coef_lp, coef_ent,
-                           mbs * parallel.dp, temperature)
+    ref = _reference_grads(spec, weights, tokens, coef_lp, coef_ent, temperature)
     local = _dp_slice(parallel, tokens)
     c_lp, c_ent = _dp_slice(parallel, coef_lp).float(), _dp_slice(parallel, coef_ent).float()
 
@@ -96,7 +94,7 @@ def check_gradients(parallel, arch, vocab):
             ent = align_to_tokens(ops.token_entropy(logits, parallel.tp_group,
                                                     temperature=temperature, vocab_size=vocab))
             loss = (lp * c_lp[rows]).sum() + (ent * c_ent[rows]).sum()
-            return loss, {}
+            return loss, torch.tensor(mb.tokens.shape[0], dtype=torch.int), {}
 
         return out, loss_func
 
@@ -104,12 +102,17 @@ def check_gradients(parallel, arch, vocab):
         chunk.zero_grad_buffer()
     run_schedule(student, split_micro_batches(local, mbs), forward_step, forward_only=False,
                  collect_non_loss_data=False)
+    # stages hold different parameters: compare locally, then agree once across ranks
+    failures, compared = [], 0
     for chunk in student.chunks:
         for name, param in chunk.module.named_parameters():
             expected = shard_for_param(name, chunk.module, lambda n: ref[n], spec=spec,
                                        tp=parallel.tp, tp_rank=parallel.tp_rank,
-                                       padded_vocab=student.padded_vocab_size)
+                                       padded_vocab=student.padded_vocab_size).float()
             scale = max(expected.abs().max().item(), 1e-12)
-            assert_close_all_ranks(param.main_grad, expected, rtol=0.0,
-                                   atol=GRAD_REL_TO_MAX * scale,
-                                   what=f"grad of {name} at {parallel.describe()}")
+            worst = (param.main_grad - expected).abs().max().item()
+            compared += 1
+            if not worst <= GRAD_REL_TO_MAX * scale:
+                failures.append(f"{name}: max |diff| {worst:.3e} vs scale {scale:.3e}")
+    assert_all_ranks(not failures and compared > 0,
+                     f"gradients at {parallel.describe()} ({arch}): {failures[:5]}")

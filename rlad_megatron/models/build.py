@@ -6,7 +6,8 @@ groups. Logits leave the model vocab-parallel ([b, s, V/tp], parallel_output=Tru
 
 Student: every chunk wrapped in megatron's DistributedDataParallel (contiguous grad buffers,
   DP grad reduction), megatron's optimizer over the chunks, and the config hooks the pipeline
-  schedule needs (no_sync_func, finalize_model_grads_func).
+  schedule needs (no_sync_func, finalize_model_grads_func). Per-token loss normalisation is on:
+  a loss_func returns (sum, count, metrics) and megatron divides by the global count.
 Teacher: requires_grad off, eval mode, no DDP wrapper, no grad buffers, no optimizer state; it is a
   separate object, so it can never end up in the student's checkpoint.
 """
@@ -147,6 +148,11 @@ def build_student(spec: ModelSpec, par: Parallel, optim: OptimizerSettings, *,
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
     chunks, config, vocab = build_chunks(spec, par, dtype=dtype, role="student")
+    # Losses are normalised by global counts (tokens or sequences of the whole global batch):
+    # every student loss_func returns (sum, count, metrics); the schedule does not divide, DDP
+    # sums over DP, and finalize_model_grads divides by the count summed over micro-batches and
+    # DP ranks. Must be set before DDP is built (it picks its gradient scaling from it).
+    config.calculate_per_token_loss = True
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True, overlap_grad_reduce=False,
         use_distributed_optimizer=optim.distributed)

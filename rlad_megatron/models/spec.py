@@ -176,8 +176,8 @@ for _name, _preset in PRESETS.items():
     _preset.name = _name
 
 
-def get_preset(name: str, **overrides) -> ModelSpec:
+def get_preset(preset: str, **overrides) -> ModelSpec:
     """A copy of a named preset, with field overrides (e.g. num_layers=4 for a truncated model)."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; known: {', '.join(sorted(PRESETS))}")
-    return dataclasses.replace(PRESETS[name], **overrides)
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; known: {', '.join(sorted(PRESETS))}")
+    return dataclasses.replace(PRESETS[preset], **overrides)

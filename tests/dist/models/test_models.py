@@ -58,7 +58,9 @@ def test_teacher_of_another_size_is_frozen_and_bit_identical_after_student_step(
     def forward_step(chunk, mb):
         out = chunk(input_ids=mb.tokens, position_ids=mb.position_ids,
                     attention_mask=mb.attention_mask)
-        return out, lambda logits: (-ops.token_logprobs(logits, mb.labels, parallel.tp_group).sum(), {})
+        count = torch.tensor(mb.tokens.numel(), dtype=torch.int)
+        return out, lambda logits: (-ops.token_logprobs(logits, mb.labels, parallel.tp_group).sum(),
+                                    count, {})
 
     run_schedule(student, split_micro_batches(tokens, 1), forward_step, forward_only=False,
                  collect_non_loss_data=False)
