@@ -1,0 +1,108 @@
+"""The typed batch contract between rollout, data, models and losses: RolloutBatch, TrainBatch."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Sequence, TypeVar, Union
+
+import torch
+from torch import Tensor
+
+from rlad_megatron.data.selection import Selection
+
+RowIndex = Union[slice, Sequence[int], Tensor]
+B = TypeVar("B", bound="RolloutBatch")
+PER_ROW_FIELDS = frozenset({"prompt_lengths", "response_lengths", "group_ids", "rewards",
+                            "advantages", "seq_alignment"})
+"""Tensor fields of shape [b]; every other tensor field is [b, s] like tokens."""
+
+
+@dataclass(frozen=True)
+class RolloutBatch:
+    """What generation returns: b sequences of s tokens, prompt then response then padding.
+
+    Alignment, for every per-token tensor [b, s] here and in TrainBatch: position t holds the
+    value for tokens[:, t], i.e. log p(tokens[t] | tokens[:t]). Position 0, prompt positions and
+    padding have loss_mask == 0; the loss reads positions prompt_len .. prompt_len + resp_len - 1.
+    The model-side shift (logits at t-1 score token t) is done once, in models/, never in losses.
+    Rows of one prompt share a group id (GRPO groups, not necessarily contiguous).
+    """
+
+    tokens: Tensor            # [b, s] int64
+    prompt_lengths: Tensor    # [b] int64
+    response_lengths: Tensor  # [b] int64
+    loss_mask: Tensor         # [b, s] bool: response tokens
+    sampler_logprobs: Tensor  # [b, s] fp32: the sampler's log-probs of tokens (0 off the mask)
+    group_ids: Tensor         # [b] int64
+
+    def __post_init__(self) -> None:
+        b, s = self.tokens.shape
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, Tensor) or f.name == "tokens":
+                continue
+            expected = (b,) if f.name in PER_ROW_FIELDS else (b, s)
+            if tuple(value.shape) != expected:
+                raise ValueError(f"{type(self).__name__}.{f.name}: shape {tuple(value.shape)}, "
+                                 f"expected {expected} (tokens is {(b, s)})")
+
+    @property
+    def batch_size(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.tokens.shape[1]
+
+    def select_rows(self: B, index: RowIndex) -> B:
+        """The same batch type holding the rows `index` (slice, list or tensor; DP sharding).
+        Non-tensor fields (scalar statistics) are copied as they are."""
+        return dataclasses.replace(self, **{
+            f.name: _take(getattr(self, f.name), index) for f in dataclasses.fields(self)})
+
+    def split(self: B, micro_batch_size: int) -> list[B]:
+        """Consecutive micro-batches of micro_batch_size rows (the last one may be smaller)."""
+        if micro_batch_size < 1:
+            raise ValueError(f"micro_batch_size: {micro_batch_size} must be >= 1")
+        return [self.select_rows(slice(i, i + micro_batch_size))
+                for i in range(0, self.batch_size, micro_batch_size)]
+
+
+def _take(value, index: RowIndex):
+    if not isinstance(value, Tensor):
+        return value
+    if isinstance(index, slice):
+        return value[index]
+    return value[torch.as_tensor(index, dtype=torch.long, device=value.device)]
+
+
+@dataclass(frozen=True)
+class TrainBatch(RolloutBatch):
+    """A RolloutBatch after scoring, advantages, log-prob passes and selection (same alignment).
+
+    teacher_mask None means anchor every loss token (the paper's policy); the selection
+    statistics are None until data.selection has run (`with_selection`).
+    """
+
+    rewards: Tensor                          # [b] fp32
+    advantages: Tensor                       # [b] fp32
+    old_logprobs: Tensor                     # [b, s] fp32: student at rollout time
+    teacher_logprobs: Tensor | None = None   # [b, s] fp32
+    ref_logprobs: Tensor | None = None       # [b, s] fp32: reference model, for the KL term
+    teacher_mask: Tensor | None = None       # [b, s] bool: 1 where the ratio is teacher-anchored
+    seq_alignment: Tensor | None = None      # [b] fp32: mean over loss tokens of lp_T - lp_old
+    selected_frac: float | None = None       # teacher_mask mean over the loss tokens of the
+                                             # batch selection ran on (not re-computed by split)
+
+    @classmethod
+    def from_rollout(cls, rollout: RolloutBatch, **fields) -> "TrainBatch":
+        """TrainBatch with the rollout's fields and the given new ones."""
+        base = {f.name: getattr(rollout, f.name) for f in dataclasses.fields(RolloutBatch)}
+        return cls(**base, **fields)
+
+    def with_selection(self, selection: Selection) -> "TrainBatch":
+        """This batch with the teacher mask and statistics of a data.selection result."""
+        return dataclasses.replace(self, teacher_mask=selection.teacher_mask,
+                                   seq_alignment=selection.seq_alignment,
+                                   selected_frac=selection.selected_frac)
