@@ -102,12 +102,17 @@ def check_gradients(parallel, arch, vocab):
         chunk.zero_grad_buffer()
     run_schedule(student, split_micro_batches(local, mbs), forward_step, forward_only=False,
                  collect_non_loss_data=False)
-    # stages hold different parameters: compare locally, then agree once across ranks
+    assert_student_grads_match(student, ref, parallel, f"gradients ({arch})")
+
+
+def assert_student_grads_match(student, ref_grads, parallel, what):
+    """Every main_grad shard of the student equals the float64 reference gradient's shard.
+    Stages hold different parameters: compare locally, then agree once across ranks."""
     failures, compared = [], 0
     for chunk in student.chunks:
         for name, param in chunk.module.named_parameters():
-            expected = shard_for_param(name, chunk.module, lambda n: ref[n], spec=spec,
-                                       tp=parallel.tp, tp_rank=parallel.tp_rank,
+            expected = shard_for_param(name, chunk.module, lambda n: ref_grads[n],
+                                       spec=student.spec, tp=parallel.tp, tp_rank=parallel.tp_rank,
                                        padded_vocab=student.padded_vocab_size).float()
             scale = max(expected.abs().max().item(), 1e-12)
             worst = (param.main_grad - expected).abs().max().item()
@@ -115,4 +120,4 @@ def check_gradients(parallel, arch, vocab):
             if not worst <= GRAD_REL_TO_MAX * scale:
                 failures.append(f"{name}: max |diff| {worst:.3e} vs scale {scale:.3e}")
     assert_all_ranks(not failures and compared > 0,
-                     f"gradients at {parallel.describe()} ({arch}): {failures[:5]}")
+                     f"{what} at {parallel.describe()}: {failures[:5]}")

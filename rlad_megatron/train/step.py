@@ -1,0 +1,157 @@
+"""The student update: a pure loss from losses/ inside megatron's forward-backward schedule.
+
+For each mini-batch (one optimizer step):
+  1. global normalisers (sequences and loss tokens of the mini-batch over all DP ranks);
+  2. megatron's schedule over micro-batches (no pipelining, 1F1B or interleaved); on the last
+     pipeline stage the loss_func turns this rank's vocab shard of the logits into token
+     log-probs (ops.token_logprobs, never gathering the vocabulary) and calls the loss;
+  3. the optimizer step (megatron's optimizer; grad clipping and the grad norm included).
+
+Exactness under micro-batching and DP: the loss is called with the global normaliser N, so the
+sum of its values over micro-batches and DP ranks is the loss of the whole mini-batch. Megatron
+runs with calculate_per_token_loss (models/build.py): loss_func returns (loss * N, n_local,
+statistics), the schedule does not divide, DDP sums over DP, and finalize_model_grads divides the
+gradients by sum(n_local) = N. The gradient is therefore exactly that of the whole-batch loss.
+
+A loss reads batch fields by parameter name: `logprobs` is computed here; every other tensor
+parameter of the loss (old_logprobs, teacher_logprobs, advantages, loss_mask, teacher_mask,
+ref_logprobs) is taken from the TrainBatch field of the same name. Metrics are the losses'
+sufficient statistics (losses/metrics.py), merged over micro-batches, all-reduced over DP with
+each key's op, finalised, and shared with every pipeline stage.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+
+from rlad_megatron import ops
+from rlad_megatron.data.batch import TrainBatch
+from rlad_megatron.losses import finalize, get_loss, global_normalizers, merge, reduce_op
+from rlad_megatron.models.build import Student
+from rlad_megatron.models.forward import MicroBatch, align_to_tokens, run_schedule
+from rlad_megatron.runtime.cpu_shims import cuda_to_cpu
+
+_DIST_OPS = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
+_BATCH_INPUTS = ("old_logprobs", "teacher_logprobs", "advantages", "loss_mask", "teacher_mask",
+                 "ref_logprobs")
+
+
+@dataclass
+class LossSpec:
+    """A registered loss and its keyword hyperparameters (losses/__init__.py LOSSES)."""
+
+    name: str = "trrd"
+    kwargs: dict = field(default_factory=dict)
+
+    def function(self) -> Callable:
+        return get_loss(self.name)
+
+    def agg(self) -> str:
+        default = inspect.signature(self.function()).parameters["agg"].default
+        return self.kwargs.get("agg", default)
+
+
+def _loss_inputs(fn: Callable, batch: TrainBatch) -> dict:
+    params = inspect.signature(fn).parameters
+    inputs = {}
+    for name in _BATCH_INPUTS:
+        if name in params:
+            value = getattr(batch, name)
+            if value is None and params[name].default is inspect.Parameter.empty:
+                raise ValueError(f"loss {fn.__name__} needs batch.{name}, which is not set")
+            inputs[name] = value
+    return inputs
+
+
+def _global_count(batch: TrainBatch, agg: str, dp_group) -> tuple[torch.Tensor, torch.Tensor]:
+    """(global N, local n) for the aggregation: sequences or loss tokens."""
+    key = "num_seqs" if agg == "seq_mean_token_mean" else "num_tokens"
+    local = global_normalizers(batch.loss_mask)[key].to(torch.int64)
+    total = local.clone()
+    dist.all_reduce(total, group=dp_group)
+    return total, local
+
+
+def reduce_metrics(stats: dict, dp_group) -> dict:
+    """Sufficient statistics of this rank -> reduced over DP with each key's op."""
+    out = {}
+    for key in sorted(stats):
+        value = stats[key].clone()
+        dist.all_reduce(value, op=_DIST_OPS[reduce_op(key)], group=dp_group)
+        out[key] = value
+    return out
+
+
+def forward_backward(student: Student, batch: TrainBatch, loss: LossSpec, *,
+                     micro_batch_size: int, temperature: float = 1.0) -> dict[str, float]:
+    """Gradients of the loss over `batch` (this DP rank's rows) into the student's grad buffers.
+    Returns the finalised metrics of the whole (all DP ranks) batch, on every rank."""
+    par = student.par
+    if batch.batch_size % micro_batch_size:
+        raise ValueError(f"micro_batch_size: {micro_batch_size} does not divide the per-rank "
+                         f"batch of {batch.batch_size} sequences (pipeline shapes are fixed)")
+    fn = loss.function()
+    n_global, _ = _global_count(batch, loss.agg(), par.dp_group)
+    norm_key = "num_seqs" if loss.agg() == "seq_mean_token_mean" else "num_tokens"
+    vocab = student.spec.vocab_size
+    parts = batch.split(micro_batch_size)
+    micro_batches = [MicroBatch.from_tokens(p.tokens, i) for i, p in enumerate(parts)]
+    collected: list[dict] = []
+
+    def forward_step(chunk, mb: MicroBatch):
+        out = chunk(input_ids=mb.tokens, position_ids=mb.position_ids,
+                    attention_mask=mb.attention_mask)
+        part = parts[mb.index]
+
+        def loss_func(logits):
+            lp = align_to_tokens(ops.token_logprobs(logits, mb.labels, par.tp_group,
+                                                    temperature=temperature, vocab_size=vocab))
+            value, stats = fn(lp, **_loss_inputs(fn, part), **loss.kwargs,
+                              **{norm_key: n_global})
+            collected.append(stats)
+            n_local = global_normalizers(part.loss_mask)[norm_key].to(torch.int)
+            return value * n_global.to(value.dtype), n_local, {}
+
+        return out, loss_func
+
+    for chunk in student.chunks:
+        chunk.zero_grad_buffer()
+    student.optimizer.zero_grad()
+    run_schedule(student, micro_batches, forward_step, forward_only=False,
+                 collect_non_loss_data=False)
+    metrics = None
+    if par.is_last_stage:
+        stats = collected[0]
+        for s in collected[1:]:
+            stats = merge(stats, s)
+        metrics = finalize(reduce_metrics(stats, par.dp_group))
+    shared = [metrics]
+    dist.broadcast_object_list(shared, src=par.last_stage_global_rank, group=par.pp_group)
+    return shared[0]
+
+
+def optimizer_step(student: Student) -> dict[str, float]:
+    """megatron's optimizer step (grad clipping inside); grad norm and whether it was applied."""
+    with cuda_to_cpu():
+        ok, grad_norm, zeros = student.optimizer.step()
+    return {"optim/step_ok": float(bool(ok)),
+            "optim/grad_norm": float(grad_norm) if grad_norm is not None else float("nan")}
+
+
+def update_student(student: Student, batch: TrainBatch, loss: LossSpec, *,
+                   micro_batch_size: int, mini_batch_size: Optional[int] = None,
+                   temperature: float = 1.0) -> list[dict[str, float]]:
+    """One optimizer step per mini-batch of `batch` (all of it when mini_batch_size is None)."""
+    size = mini_batch_size or batch.batch_size
+    results = []
+    for mini in batch.split(size):
+        metrics = forward_backward(student, mini, loss, micro_batch_size=micro_batch_size,
+                                   temperature=temperature)
+        metrics.update(optimizer_step(student))
+        results.append(metrics)
+    return results
