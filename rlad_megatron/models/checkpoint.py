@@ -1,0 +1,162 @@
+"""Megatron-layout distributed checkpoints of a model, written atomically.
+
+Layout (Megatron-LM's, so Megatron tools and users find their way):
+
+    ROOT/latest_checkpointed_iteration.txt   the newest complete iteration, e.g. "100"
+    ROOT/iter_0000100/                       torch_dist: .metadata, __R_I.distcp, common.pt,
+                                             metadata.json, plus rlad_model.json (the ModelSpec,
+                                             tokenizer source, dtype) and whatever `files` adds
+
+The model's tensors sit under "model" (one chunk) or "model0", "model1", ... (virtual pipeline
+chunks), as in Megatron-LM; their sharded keys are global, so a checkpoint loads at any TP, PP or
+VPP. Other state (optimizer, scheduler, RNG, data position) is added by train/checkpoint.py.
+
+Atomicity: every rank writes into ROOT/.tmp_iter_XXXXXXX; after a barrier rank 0 renames it to
+iter_XXXXXXX and only then replaces the pointer (write + os.replace). A crash at any moment
+leaves the previous pointer naming a complete checkpoint; leftover .tmp folders are ignored and
+cleaned at the next save. Old iterations beyond keep_last are removed after the pointer moves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import torch.distributed as dist
+
+from rlad_megatron.models.spec import ModelSpec
+
+POINTER = "latest_checkpointed_iteration.txt"
+MODEL_META = "rlad_model.json"
+_ITER_RE = re.compile(r"^iter_(\d{7})$")
+
+
+def iter_dir(root: str | Path, iteration: int) -> Path:
+    return Path(root) / f"iter_{iteration:07d}"
+
+
+def saved_iterations(root: str | Path) -> list[int]:
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in root.iterdir() if (m := _ITER_RE.match(p.name)))
+
+
+def latest_iteration(root: str | Path) -> Optional[int]:
+    """The iteration named by the pointer file, or None when ROOT has no checkpoint."""
+    pointer = Path(root) / POINTER
+    if not pointer.exists():
+        return None
+    text = pointer.read_text().strip()
+    if not text.isdigit():
+        raise ValueError(f"{pointer}: expected an iteration number, found {text!r}")
+    iteration = int(text)
+    if not iter_dir(root, iteration).is_dir():
+        raise ValueError(f"{pointer} names iteration {iteration} but {iter_dir(root, iteration)} "
+                         "does not exist")
+    return iteration
+
+
+def resolve(path: str | Path, iteration: Optional[int] = None) -> Path:
+    """A checkpoint root (with its pointer) or an iter_XXXXXXX folder -> the iteration folder."""
+    path = Path(path)
+    if _ITER_RE.match(path.name) and path.is_dir():
+        return path
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if iteration is None:
+        iteration = latest_iteration(path)
+        if iteration is None:
+            raise FileNotFoundError(f"{path} holds no {POINTER} (not a Megatron checkpoint root)")
+    folder = iter_dir(path, iteration)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} does not exist")
+    return folder
+
+
+def model_state_key(index: int, num_chunks: int) -> str:
+    return "model" if num_chunks == 1 else f"model{index}"
+
+
+def model_sharded_state_dict(chunks) -> dict:
+    """{"model": ...} or {"model0": ..., "model1": ...} of megatron sharded tensors."""
+    modules = [getattr(c, "module", c) for c in chunks]
+    return {model_state_key(i, len(modules)): m.sharded_state_dict()
+            for i, m in enumerate(modules)}
+
+
+def write_model_meta(folder: Path, spec: ModelSpec, **extra) -> None:
+    (folder / MODEL_META).write_text(json.dumps({"spec": spec.to_dict(), **extra}, indent=2))
+
+
+def read_model_meta(path: str | Path) -> dict:
+    """The rlad_model.json of a checkpoint (root or iteration folder)."""
+    folder = resolve(path)
+    meta = folder / MODEL_META
+    if not meta.exists():
+        raise FileNotFoundError(f"{meta} is missing: {folder} was not written by rlad_megatron "
+                                "(convert it with `rlad convert import` or pass the model spec)")
+    return json.loads(meta.read_text())
+
+
+def read_spec(path: str | Path) -> ModelSpec:
+    return ModelSpec.from_dict(read_model_meta(path)["spec"], prefix=f"{path}:{MODEL_META}")
+
+
+def save(root: str | Path, iteration: int, sharded_state_dict: dict, *, spec: ModelSpec,
+         meta: Optional[dict] = None, files: Optional[dict[str, str]] = None,
+         keep_last: Optional[int] = None) -> Path:
+    """Collective: write iteration `iteration` atomically; returns the final folder."""
+    from megatron.core import dist_checkpointing
+
+    root = Path(root)
+    tmp = root / f".tmp_iter_{iteration:07d}"
+    final = iter_dir(root, iteration)
+    rank0 = dist.get_rank() == 0
+    if rank0:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp_iter_*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+    dist.barrier()
+    dist_checkpointing.save(sharded_state_dict, str(tmp))
+    dist.barrier()
+    if rank0:
+        write_model_meta(tmp, spec, **(meta or {}))
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
+        if final.exists():  # re-saving an iteration (e.g. after a resume): replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        pointer_tmp = root / (POINTER + ".tmp")
+        pointer_tmp.write_text(f"{iteration}\n")
+        os.replace(pointer_tmp, root / POINTER)
+        if keep_last:
+            for old in saved_iterations(root)[:-keep_last]:
+                if old != iteration:
+                    shutil.rmtree(iter_dir(root, old), ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def load(path: str | Path, sharded_state_dict: dict, *, iteration: Optional[int] = None,
+         strict: str = "assume_ok_unexpected") -> dict:
+    """Collective: fill a template sharded state dict (this rank's layout) from a checkpoint."""
+    from megatron.core import dist_checkpointing
+
+    folder = resolve(path, iteration)
+    return dist_checkpointing.load(sharded_state_dict, str(folder), strict=strict)
+
+
+def load_model(path: str | Path, chunks, *, iteration: Optional[int] = None) -> Path:
+    """Load model weights (any TP/PP/VPP of the writer) into `chunks`; returns the folder."""
+    folder = resolve(path, iteration)
+    state = load(folder, model_sharded_state_dict(chunks))
+    modules = [getattr(c, "module", c) for c in chunks]
+    for i, module in enumerate(modules):
+        module.load_state_dict(state[model_state_key(i, len(modules))], strict=True)
+    return folder
