@@ -26,9 +26,11 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
+import torch
 import torch.distributed as dist
 
 from rlad_megatron.models.spec import ModelSpec
+from rlad_megatron.runtime.cpu_shims import cuda_to_cpu
 
 POINTER = "latest_checkpointed_iteration.txt"
 MODEL_META = "rlad_model.json"
@@ -107,10 +109,15 @@ def read_spec(path: str | Path) -> ModelSpec:
     return ModelSpec.from_dict(read_model_meta(path)["spec"], prefix=f"{path}:{MODEL_META}")
 
 
+def rank_payload_name(rank: int) -> str:
+    return f"rank_state_{rank:05d}.pt"
+
+
 def save(root: str | Path, iteration: int, sharded_state_dict: dict, *, spec: ModelSpec,
          meta: Optional[dict] = None, files: Optional[dict[str, str]] = None,
-         keep_last: Optional[int] = None) -> Path:
-    """Collective: write iteration `iteration` atomically; returns the final folder."""
+         keep_last: Optional[int] = None, rank_payload: Optional[object] = None) -> Path:
+    """Collective: write iteration `iteration` atomically; returns the final folder.
+    `files` are text files written by rank 0; `rank_payload` is torch.save'd by every rank."""
     from megatron.core import dist_checkpointing
 
     root = Path(root)
@@ -123,7 +130,10 @@ def save(root: str | Path, iteration: int, sharded_state_dict: dict, *, spec: Mo
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
     dist.barrier()
-    dist_checkpointing.save(sharded_state_dict, str(tmp))
+    with cuda_to_cpu():
+        dist_checkpointing.save(sharded_state_dict, str(tmp))
+    if rank_payload is not None:
+        torch.save(rank_payload, tmp / rank_payload_name(dist.get_rank()))
     dist.barrier()
     if rank0:
         write_model_meta(tmp, spec, **(meta or {}))

@@ -1,6 +1,7 @@
 """The student update: a pure loss from losses/ inside megatron's forward-backward schedule.
 
-For each mini-batch (one optimizer step):
+For each mini-batch (one optimizer step; the mini-batch loop, NaN guard and LR schedule are in
+train/phases.py):
   1. global normalisers (sequences and loss tokens of the mini-batch over all DP ranks);
   2. megatron's schedule over micro-batches (no pipelining, 1F1B or interleaved); on the last
      pipeline stage the loss_func turns this rank's vocab shard of the logits into token
@@ -143,15 +144,10 @@ def optimizer_step(student: Student) -> dict[str, float]:
             "optim/grad_norm": float(grad_norm) if grad_norm is not None else float("nan")}
 
 
-def update_student(student: Student, batch: TrainBatch, loss: LossSpec, *,
-                   micro_batch_size: int, mini_batch_size: Optional[int] = None,
-                   temperature: float = 1.0) -> list[dict[str, float]]:
-    """One optimizer step per mini-batch of `batch` (all of it when mini_batch_size is None)."""
-    size = mini_batch_size or batch.batch_size
-    results = []
-    for mini in batch.split(size):
-        metrics = forward_backward(student, mini, loss, micro_batch_size=micro_batch_size,
-                                   temperature=temperature)
-        metrics.update(optimizer_step(student))
-        results.append(metrics)
-    return results
+def grads_finite(student: Student) -> bool:
+    """True on every rank when no rank holds a NaN or Inf gradient (before the optimizer step)."""
+    ok = all(bool(torch.isfinite(buffer.grad_data).all())
+             for chunk in student.chunks for buffer in getattr(chunk, "buffers", []))
+    flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())

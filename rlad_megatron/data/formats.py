@@ -1,0 +1,86 @@
+"""How a prompt item becomes model text, what a gold solution looks like, and how a completion is
+read back for the reward.
+
+  chat     the tokenizer's chat template (or the plain template) around the question; solutions
+           end in <answer>...</answer>, which the rewards extract (data/rewards.py). For real
+           instruction-tuned models.
+  compact  short prompts and procedural solutions for tiny models trained from scratch on CPU
+           (the demo), following docs/demo_feasibility: chain_sum "3+4-2=" -> "3+4=7,7-2=5#5".
+           The part after '#' is the answer; `to_reward_text` wraps it in <answer> tags so the
+           task's own scorer (through data/rewards.py) still decides the reward.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from rlad_megatron.data.tasks import PromptItem
+
+_TERM = re.compile(r"[+-]?\d+")
+
+
+def chain_sum_solution(expression: str) -> str:
+    """'3+4-2' -> '3+4=7,7-2=5#5' (left to right, one step per operator)."""
+    terms = _TERM.findall(expression.replace(" ", ""))
+    if not terms:
+        raise ValueError(f"chain_sum: cannot parse expression {expression!r}")
+    total, steps = int(terms[0]), []
+    for term in terms[1:]:
+        value = int(term)
+        new = total + value
+        steps.append(f"{total}{'+' if value >= 0 else '-'}{abs(value)}={new}")
+        total = new
+    return (",".join(steps) if steps else str(total)) + f"#{total}"
+
+
+def _compact_prompt(item: PromptItem) -> str:
+    if item.task == "chain_sum":
+        return str(item.metadata["expression"]).replace(" ", "") + "="
+    raise ValueError(f"data.format=compact supports chain_sum, not {item.task!r}")
+
+
+def _compact_solution(item: PromptItem) -> str:
+    if item.task == "chain_sum":
+        return chain_sum_solution(str(item.metadata["expression"]))
+    raise ValueError(f"data.format=compact supports chain_sum, not {item.task!r}")
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    name: str
+    prompt: Callable[[PromptItem], str]
+    """item -> the text the model is conditioned on (before the tokenizer's template)."""
+    solution: Callable[[PromptItem], str]
+    """item -> a gold completion (SFT targets)."""
+    to_reward_text: Callable[[str], str]
+    """completion -> the text handed to the reward function."""
+    use_chat_template: bool
+
+
+def _after_hash(completion: str) -> str:
+    answer = completion.rsplit("#", 1)[1].strip() if "#" in completion else ""
+    return f"<answer>{answer}</answer>" if answer else completion
+
+
+FORMATS = {
+    "chat": PromptFormat("chat", lambda item: item.question,
+                         lambda item: f"<answer>{item.answer}</answer>", lambda c: c, True),
+    "compact": PromptFormat("compact", _compact_prompt, _compact_solution, _after_hash, False),
+}
+
+
+def get_format(name: str) -> PromptFormat:
+    if name not in FORMATS:
+        raise ValueError(f"data.format: {name!r} is not one of {', '.join(FORMATS)}")
+    return FORMATS[name]
+
+
+def encode_prompt(fmt: PromptFormat, tokenizer, item: PromptItem,
+                  system: Optional[str] = None) -> list[int]:
+    """Prompt token ids: the chat/plain template for `chat`, bos + raw text for `compact`."""
+    if fmt.use_chat_template:
+        return tokenizer.encode_prompt(fmt.prompt(item), system)
+    ids = tokenizer.encode(fmt.prompt(item))
+    return ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) + ids

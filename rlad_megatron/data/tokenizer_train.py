@@ -1,0 +1,31 @@
+"""Train a small sentencepiece tokenizer from text, for models trained from scratch (the demo,
+tests). A character model (model_type="char") suits arithmetic: digits never merge.
+
+    path = train_sentencepiece(lines, "cache/chain_sum_char")   # -> cache/chain_sum_char.model
+The special ids are fixed: <unk>=0, <s>=1, </s>=2, <pad>=3.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+
+def train_sentencepiece(lines: Iterable[str], model_prefix: str | Path, *,
+                        model_type: str = "char", vocab_size: int = 0) -> Path:
+    """Train and write MODEL_PREFIX.model; vocab_size 0 = every character seen (+ 4 specials)."""
+    import sentencepiece as spm
+
+    lines = [line for line in lines if line]
+    if not lines:
+        raise ValueError("train_sentencepiece: no text to train on")
+    chars = sorted({c for line in lines for c in line})
+    size = vocab_size or len(chars) + 5  # + specials and the word-boundary piece
+    prefix = Path(model_prefix)
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_prefix=str(prefix), model_type=model_type,
+        vocab_size=size, character_coverage=1.0, hard_vocab_limit=False,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=3, add_dummy_prefix=False,
+        split_digits=True, minloglevel=2)
+    return prefix.with_suffix(".model")

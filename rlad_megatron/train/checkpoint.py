@@ -1,0 +1,120 @@
+"""The trainer's checkpoint: the student's model, optimizer, LR scheduler, RNG states, data
+position and step, in Megatron's layout (models/checkpoint.py: ROOT/iter_0000100/ and
+ROOT/latest_checkpointed_iteration.txt), written atomically, keep-last-N.
+
+Named parts of the state dict:
+    model / model0..   the student's sharded tensors (any TP/PP/VPP can load them)
+    optimizer          megatron's sharded optimizer state (resharded on load)
+    scheduler          OptimizerParamScheduler.state_dict()          (common, rank 0)
+    train_state        {"step", "data": PromptSampler state, ...}      (common, rank 0)
+    rank_state_RRRRR.pt  per rank: torch/numpy/python RNG and megatron's model-parallel RNG
+                       tracker; restored only when the layout (TP, PP, DP) is the same,
+                       otherwise re-seeded from (seed, step) with a warning.
+The teacher is never part of it. Loading a Megatron checkpoint that holds only a model (from
+`rlad convert import` or `rlad sft`) is `load_student_weights`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from rlad_megatron.models import checkpoint as mckpt
+from rlad_megatron.models.build import Student
+from rlad_megatron.runtime.cpu_shims import cuda_to_cpu
+
+log = logging.getLogger("rlad_megatron.checkpoint")
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    data: dict = field(default_factory=dict)
+    bad_steps: int = 0
+
+
+def _rng_state() -> dict:
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+             "python": random.getstate(), "tracker": get_cuda_rng_tracker().get_states()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    get_cuda_rng_tracker().set_states(state["tracker"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _layout(student: Student) -> dict:
+    p = student.par
+    return {"tp": p.tp, "pp": p.pp, "vpp": p.vpp, "dp": p.dp, "world": dist.get_world_size()}
+
+
+def _sharded(student: Student, scheduler, state: Optional[TrainState], *, loading: bool) -> dict:
+    model_sd = mckpt.model_sharded_state_dict(student.chunks)
+    with cuda_to_cpu():
+        opt_sd = student.optimizer.sharded_state_dict(model_sd, is_loading=loading)
+    out = {**model_sd, "optimizer": opt_sd}
+    if not loading:
+        out["scheduler"] = scheduler.state_dict()
+        out["train_state"] = asdict(state)
+    return out
+
+
+def save_train_checkpoint(root: str | Path, student: Student, scheduler, state: TrainState, *,
+                          keep_last: int, config_yaml: str, meta: Optional[dict] = None) -> Path:
+    """Collective: save everything needed to resume at `state.step`."""
+    return mckpt.save(root, state.step, _sharded(student, scheduler, state, loading=False),
+                      spec=student.spec, keep_last=keep_last,
+                      meta={"layout": _layout(student), "kind": "train", **(meta or {})},
+                      files={"run_config.yaml": config_yaml}, rank_payload=_rng_state())
+
+
+def load_train_checkpoint(root: str | Path, student: Student, scheduler,
+                          iteration: Optional[int] = None) -> TrainState:
+    """Collective: restore model, optimizer, scheduler, data position, step (and RNG when the
+    layout matches)."""
+    from megatron.core import dist_checkpointing
+
+    folder = mckpt.resolve(root, iteration)
+    meta = mckpt.read_model_meta(folder)
+    if meta.get("kind") != "train":
+        raise ValueError(f"{folder} is a model-only checkpoint (no optimizer/train state); load it "
+                         "as student.checkpoint instead of resuming from it")
+    common = dist_checkpointing.load_common_state_dict(str(folder))
+    loaded = mckpt.load(folder, _sharded(student, None, None, loading=True))
+    modules = student.modules
+    for i, module in enumerate(modules):
+        module.load_state_dict(loaded[mckpt.model_state_key(i, len(modules))], strict=True)
+    with cuda_to_cpu(), torch.no_grad():
+        student.optimizer.load_state_dict(loaded["optimizer"])
+    scheduler.load_state_dict(common["scheduler"])
+    state = TrainState(**common["train_state"])
+    payload = folder / mckpt.rank_payload_name(dist.get_rank())
+    if meta.get("layout") == _layout(student) and payload.exists():
+        _set_rng_state(torch.load(payload, weights_only=False))
+    else:
+        log.warning("resuming %s at another layout (%s, saved %s): RNG states are re-seeded",
+                    folder, _layout(student), meta.get("layout"))
+    return state
+
+
+def load_student_weights(path: str | Path, student: Student) -> Path:
+    """Model weights only (a converted or SFT checkpoint, or a train checkpoint's model part)."""
+    return mckpt.load_model(path, student.chunks)

@@ -1,0 +1,273 @@
+"""The run configuration: dataclasses per section, a YAML file plus dotted key=value overrides
+(omegaconf), validated in one place (`RunConfig.validate`) with errors that name the key.
+
+    rlad train examples/configs/demo.yaml train.steps=20 parallel.tensor=2 loss.trrd.alpha=0.3
+
+Unknown keys and wrong types are refused by omegaconf with the full dotted key; semantic checks
+(sizes that must divide, files that must exist, options that contradict each other) live in
+`validate()` and run before any model is built. The resolved config is saved with the run
+(`to_yaml`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from rlad_megatron.runtime.parallel import ParallelConfig
+
+ALGORITHMS = {"rlad": "trrd", "grpo": "grpo", "kdrl": "kdrl", "sft_distill": "sft", "sft": "sft"}
+"""algorithm -> registered loss (losses/__init__.py)."""
+NEEDS_TEACHER = {"rlad", "kdrl", "sft_distill"}
+
+
+@dataclass
+class ModelConfig:
+    """One model: architecture, weights, tokenizer."""
+
+    preset: Optional[str] = None
+    """Named architecture (models/spec.py PRESETS); `spec` fields override it."""
+    spec: Dict[str, Any] = field(default_factory=dict)
+    """ModelSpec fields (all of them when there is no preset and no checkpoint)."""
+    checkpoint: Optional[str] = None
+    """Megatron checkpoint (root or iter_XXXXXXX) to load weights, and the spec when no preset."""
+    tokenizer: Optional[str] = None
+    """Tokenizer path (sentencepiece .model, tokenizer.json or a HF dir); default: the checkpoint's."""
+    dtype: str = "fp32"
+    """Parameter dtype: fp32 | bf16 | fp16 (bf16/fp16 need a GPU)."""
+    random_init: bool = False
+    """Allow random weights when no checkpoint is given (tests, smoke runs)."""
+
+
+@dataclass
+class DataConfig:
+    """Prompts and rewards."""
+
+    source: str = "reasoning_gym"
+    """"reasoning_gym" or the path of a JSONL/Parquet file with question and answer fields."""
+    task: str = "chain_sum"
+    """reasoning-gym task name (source: reasoning_gym)."""
+    task_config: Dict[str, Any] = field(default_factory=dict)
+    """reasoning-gym dataset options, e.g. {min_terms: 2, max_terms: 5}."""
+    format: str = "chat"
+    """Prompt rendering: "chat" (tokenizer template / plain template) or "compact"
+    (data/formats.py: short prompts and procedural solutions for tiny models)."""
+    system_prompt: Optional[str] = None
+    train_size: int = 2000
+    heldout_size: int = 128
+    seed: int = 0
+    question_field: str = "question"
+    answer_field: str = "answer"
+    answer_format: str = "auto"
+    heldout_fraction: float = 0.05
+    on_bad_row: str = "error"
+    reward: str = "reasoning_gym"
+    """Reward spec (data/rewards.py), e.g. "math+0.1*format"."""
+
+
+@dataclass
+class RolloutConfig:
+    prompts_per_step: int = 16
+    """Prompts per RL step, over all data-parallel ranks."""
+    group_size: int = 8
+    """G: samples per prompt (GRPO group)."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 64
+    micro_batch_size: int = 0
+    """Generation batch per forward; 0 = all of this rank's sequences at once."""
+
+
+@dataclass
+class AdvantageConfig:
+    estimator: str = "grpo"
+    eps: float = 1e-6
+    drop_zero_variance: bool = False
+    """Drop groups whose rewards are all equal (they carry no policy gradient)."""
+
+
+@dataclass
+class TRRDLossConfig:
+    alpha: float = 0.5
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    teacher_logratio_clamp: float = 1.0
+    clamp_grad: str = "detach"
+    agg: str = "seq_mean_token_mean"
+    dual_clip: Optional[float] = None
+    kl_beta: float = 0.0
+    kl_estimator: str = "k3"
+
+
+@dataclass
+class GRPOLossConfig:
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    agg: str = "seq_mean_token_mean"
+    dual_clip: Optional[float] = None
+
+
+@dataclass
+class KDRLLossConfig:
+    beta_init: float = 5e-3
+    beta_min: float = 1e-3
+    anneal_steps: int = 0
+    """Linear anneal of beta from beta_init to beta_min over this many steps (0: constant)."""
+    kl_estimator: str = "k2"
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    agg: str = "seq_mean_token_mean"
+
+
+@dataclass
+class SFTLossConfig:
+    agg: str = "token_mean"
+
+
+@dataclass
+class LossConfig:
+    """Per-loss options; the algorithm picks which section is used."""
+
+    trrd: TRRDLossConfig = field(default_factory=TRRDLossConfig)
+    grpo: GRPOLossConfig = field(default_factory=GRPOLossConfig)
+    kdrl: KDRLLossConfig = field(default_factory=KDRLLossConfig)
+    sft: SFTLossConfig = field(default_factory=SFTLossConfig)
+
+
+@dataclass
+class SelectionConfig:
+    policy: str = "paper"
+    """paper | advantage | alignment | both (data/selection.py)."""
+    tau_adv: float = 0.0
+    tau_align: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-6
+    min_lr: float = 0.0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    distributed: bool = False
+    warmup_steps: int = 0
+    decay_style: str = "constant"
+    """constant | linear | cosine (megatron's OptimizerParamScheduler)."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    """RL steps (or SFT steps for algorithm sft / sft_distill)."""
+    micro_batch_size: int = 4
+    """Sequences per micro-batch in the log-prob passes and the update."""
+    mini_batches: int = 1
+    """Optimizer steps per RL step (the step's sequences are split into this many mini-batches)."""
+    sft_batch_size: int = 32
+    """Sequences per SFT step (algorithms sft and sft_distill), over all DP ranks."""
+    max_consecutive_bad_steps: int = 3
+    """Abort after this many consecutive steps with a NaN/Inf loss or gradient."""
+
+
+@dataclass
+class CheckpointConfig:
+    dir: Optional[str] = None
+    """Checkpoint root (Megatron layout); default RUN_DIR/checkpoints."""
+    save_every: int = 0
+    """Save every N steps (0: only at the end and on preemption)."""
+    keep_last: int = 2
+    resume: bool = True
+    """Resume from the latest checkpoint in `dir` when there is one."""
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = True
+    wandb_project: Optional[str] = None
+    wandb_entity: Optional[str] = None
+    log_every: int = 1
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0
+    """Evaluate on the held-out split every N steps (0: only before and after training)."""
+    num_prompts: int = 64
+    k: int = 1
+    """Samples per prompt: mean@k accuracy and pass@k."""
+    temperature: float = 0.0
+    """0 = greedy."""
+    top_p: float = 1.0
+    max_new_tokens: int = 0
+    """0 = rollout.max_new_tokens."""
+
+
+@dataclass
+class RunConfig:
+    algorithm: str = "rlad"
+    """rlad | grpo | kdrl | sft_distill | sft."""
+    run_dir: str = "runs/default"
+    seed: int = 1234
+    student: ModelConfig = field(default_factory=ModelConfig)
+    teacher: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    optimizer: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def loss_name(self) -> str:
+        return ALGORITHMS[self.algorithm]
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return self.checkpoint.dir or str(Path(self.run_dir) / "checkpoints")
+
+    def validate(self, world_size: int = 1) -> None:
+        from rlad_megatron.train.validate import validate_run_config
+
+        validate_run_config(self, world_size)
+
+
+def load_config(path: Optional[str], overrides: List[str] = ()) -> RunConfig:
+    """YAML file (optional) + dotted overrides -> RunConfig; errors name the file and key."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    base = OmegaConf.structured(RunConfig)
+    where = "defaults"
+    try:
+        layers = [base]
+        if path is not None:
+            where = path
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"config file {path} does not exist")
+            layers.append(OmegaConf.load(path))
+        where = "command-line overrides"
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ValueError(f"override {bad[0]!r} is not of the form key=value")
+        layers.append(OmegaConf.from_dotlist(list(overrides)))
+        where = f"{path or 'defaults'} with overrides {list(overrides)}"
+        return OmegaConf.to_object(OmegaConf.merge(*layers))
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        raise ValueError(f"{where}: {'key ' + key + ': ' if key else ''}{e.msg}") from None
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

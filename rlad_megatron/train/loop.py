@@ -1,0 +1,166 @@
+"""The RLAD loop: the paper's algorithm box, one call per stage.
+
+    for each step:
+        prompts   <- sampler                                   data/sampler.py
+        rollout   <- G student samples per prompt              rollout/ (KV cache, TP/PP)
+        rewards   <- verifiable reward of each sample          data/rewards.py
+        A         <- GRPO group normalisation                  data/advantages.py
+        lp_old    <- student forward-only pass                 models/forward.py
+        lp_T      <- teacher forward-only pass (fused)         models/forward.py
+        mask_T    <- selective imitation                       data/selection.py
+        update    <- TRRD (or GRPO/KDRL) loss, optimizer steps train/step.py, losses/
+        log, checkpoint, preemption check
+
+`algorithm` picks the loss (train/config.py ALGORITHMS) and, for sft / sft_distill, the
+supervised data path (gold solutions / rejection-sampled teacher traces). Evaluation on the
+held-out split runs before training, every eval.every steps, and at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Optional
+
+import torch
+
+from rlad_megatron.data.batch import TrainBatch
+from rlad_megatron.rollout import generate
+from rlad_megatron.runtime import print0
+from rlad_megatron.train import phases
+from rlad_megatron.train.checkpoint import save_train_checkpoint
+from rlad_megatron.train.config import RunConfig
+from rlad_megatron.train.evaluate import evaluate
+from rlad_megatron.train.plots import plot_run
+from rlad_megatron.train.preemption import PreemptionHandler
+from rlad_megatron.train.setup import Run, setup
+from rlad_megatron.train.sft_data import sft_batch
+from rlad_megatron.train.timers import memory_stats, progress, throughput
+
+log = logging.getLogger("rlad_megatron.train")
+
+
+def rl_step(run: Run, step: int) -> dict[str, float]:
+    cfg, timer = run.cfg, run.timer
+    with timer.phase("rollout"):
+        items = phases.dp_shard(run, run.sampler.next(cfg.rollout.prompts_per_step))
+        rollout = phases.rollout(run, items, step)
+    with timer.phase("reward"):
+        rewards, texts = phases.score(run, rollout, items)
+        advantages, loss_mask = phases.advantages(run, rewards, rollout)
+    with timer.phase("old_logprobs"):
+        old = phases.logprobs(run, run.student, rollout.tokens, fused=False)
+    teacher = None
+    if run.teacher is not None:
+        with timer.phase("teacher_logprobs"):
+            teacher = phases.logprobs(run, run.teacher, rollout.tokens, fused=True)
+        phases.teacher_guard(run, teacher, loss_mask)
+    batch = phases.select(run, TrainBatch.from_rollout(
+        dataclasses.replace(rollout, loss_mask=loss_mask), rewards=rewards,
+        advantages=advantages, old_logprobs=old, teacher_logprobs=teacher))
+    with timer.phase("update"):
+        metrics = phases.update(run, batch, step, cfg.train.mini_batches)
+    zero_var = float((loss_mask.sum(1) == 0).float().mean())
+    metrics.update(phases.dp_mean(run, {
+        "rollout/reward_mean": float(rewards.mean()),
+        "rollout/response_len": float(rollout.response_lengths.float().mean()),
+        "rollout/masked_frac": zero_var,
+        "selection/selected_frac": float(batch.selected_frac)
+        if batch.selected_frac is not None and batch.selected_frac == batch.selected_frac else 0.0,
+        "throughput/tokens": float(rollout.tokens.numel()),
+    }))
+    metrics["_sample"] = texts[0] if texts else ""
+    return metrics
+
+
+def sft_step(run: Run, step: int) -> dict[str, float]:
+    cfg, timer = run.cfg, run.timer
+    tok = run.tokenizer
+    items = phases.dp_shard(run, run.sampler.next(cfg.train.sft_batch_size))
+    prompts = phases.prompt_ids(run, items)
+    keep = None
+    with timer.phase("rollout"):
+        if cfg.algorithm == "sft":
+            targets = [tok.encode(run.fmt.solution(item)) for item in items]
+        else:  # sft_distill: one teacher trace per prompt, kept when its reward is 1
+            gen = phases.generation_config(run, samples=1, temperature=cfg.rollout.temperature,
+                                           top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
+                                           max_new_tokens=cfg.rollout.max_new_tokens)
+            traces = generate(run.teacher, prompts, gen, seed=cfg.seed * 1_000_003 + step)
+            rewards, texts = phases.score(run, traces, items)
+            keep = (rewards >= 1.0).tolist()
+            targets = [tok.encode(t) for t in texts]
+    batch = sft_batch(prompts, targets, eos_id=tok.eos_id, pad_id=tok.pad_id or 0, keep=keep)
+    with timer.phase("update"):
+        metrics = phases.update(run, batch, step, 1)
+    metrics.update(phases.dp_mean(run, {"throughput/tokens": float(batch.tokens.numel()),
+                                        "sft/kept_frac": 1.0 if keep is None else
+                                        sum(keep) / len(keep)}))
+    return metrics
+
+
+def run_eval(run: Run, step: int, *, teacher: bool = False) -> dict[str, float]:
+    out, sample = evaluate(run, run.student, run.splits.heldout)
+    if teacher and run.teacher is not None:
+        t, _ = evaluate(run, run.teacher, run.splits.heldout, prefix="eval_teacher")
+        out["eval/teacher_accuracy"] = t["eval_teacher/accuracy"]
+    run.metrics.log(step, out)
+    run.metrics.log_text(step, "eval/sample", sample)
+    return out
+
+
+def checkpoint(run: Run) -> None:
+    run.state.data = run.sampler.state_dict()
+    save_train_checkpoint(run.cfg.checkpoint_dir, run.student, run.scheduler, run.state,
+                          keep_last=run.cfg.checkpoint.keep_last, config_yaml=run.config_yaml)
+
+
+def train(cfg: RunConfig, run: Optional[Run] = None) -> dict:
+    """Run (or resume) training; returns a summary (eval before/after, plot path, last step)."""
+    run = run or setup(cfg)
+    is_rl = cfg.algorithm in ("rlad", "grpo", "kdrl")
+    step_fn = rl_step if is_rl else sft_step
+    summary: dict = {"start_step": run.state.step}
+    if run.state.step == 0:
+        summary["before"] = run_eval(run, 0, teacher=True)
+    preempt = PreemptionHandler()
+    steps = range(run.state.step + 1, cfg.train.steps + 1)
+    bar = progress(steps, desc=cfg.algorithm, enabled=cfg.logging.progress and run.env.rank == 0)
+    preempted = False
+    with preempt:
+        for step in bar:
+            t0 = time.perf_counter()
+            metrics = step_fn(run, step)
+            run.state.step = step
+            sample = metrics.pop("_sample", None)
+            seconds = time.perf_counter() - t0
+            metrics.update(run.timer.pop())
+            metrics["throughput/tokens_per_s"] = throughput(metrics.pop("throughput/tokens") *
+                                                            run.par.dp, seconds)
+            metrics.update(memory_stats())
+            if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
+                metrics.update(run_eval(run, step))
+            if step % cfg.logging.log_every == 0 or step == cfg.train.steps:
+                run.metrics.log(step, metrics)
+                if sample is not None:
+                    run.metrics.log_text(step, "rollout/sample", sample)
+            bar.set_postfix({k.split("/")[1]: f"{v:.3g}" for k, v in metrics.items()
+                             if k in ("rollout/reward_mean", f"loss/{cfg.loss_name}")})
+            save_now = cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0
+            if preempt.stop_agreed():
+                checkpoint(run)
+                print0(f"rlad: preempted; checkpoint at step {step} in {cfg.checkpoint_dir}")
+                preempted = True
+                break
+            if save_now and step != cfg.train.steps:
+                checkpoint(run)
+    if not preempted:
+        if run.state.step > summary["start_step"] or run.state.step == 0:
+            checkpoint(run)
+        summary["after"] = run_eval(run, run.state.step, teacher=False)
+        if run.is_logging_rank:
+            summary["plot"] = str(plot_run(cfg.run_dir))
+    run.metrics.close()
+    summary.update(last_step=run.state.step, preempted=preempted)
+    return summary

@@ -1,0 +1,181 @@
+"""The phases of one RLAD step, each a function of the Run and the batch (train/loop.py calls
+them in the order of the paper's algorithm box).
+
+Data parallelism: every rank draws the same prompts; DP rank r takes the r-th contiguous slice,
+generates G samples of each (rollout/), scores and normalises them within their group (groups
+never cross ranks), and computes the old-policy and teacher log-probs of its own rows. The
+log-prob passes leave their [b, s] result on the last pipeline stage; it is broadcast over the
+pipeline group so that every stage holds the complete TrainBatch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from rlad_megatron.data.advantages import get_advantage_estimator
+from rlad_megatron.data.batch import RolloutBatch, TrainBatch
+from rlad_megatron.data.formats import encode_prompt
+from rlad_megatron.data.selection import select_teacher_tokens
+from rlad_megatron.data.tasks import PromptItem
+from rlad_megatron.losses import check_teacher_logprobs, kdrl_beta
+from rlad_megatron.models.forward import forward_logprobs
+from rlad_megatron.rollout import GenerationConfig, generate
+from rlad_megatron.train.step import LossSpec, forward_backward, grads_finite, optimizer_step
+
+log = logging.getLogger("rlad_megatron.train")
+
+
+def agree_or_raise(error: Optional[str]) -> None:
+    """Raise the same ValueError on every rank when any rank found one (no rank left hanging)."""
+    errors = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, error)
+    first = next((e for e in errors if e), None)
+    if first:
+        raise ValueError(first)
+
+
+def dp_shard(run, items: list) -> list:
+    n = len(items) // run.par.dp
+    return items[run.par.dp_rank * n:(run.par.dp_rank + 1) * n]
+
+
+def prompt_ids(run, items: list[PromptItem]) -> list[list[int]]:
+    return [encode_prompt(run.fmt, run.tokenizer, item, run.cfg.data.system_prompt)
+            for item in items]
+
+
+def generation_config(run, *, samples: int, temperature: float, top_p: float, top_k: int,
+                      max_new_tokens: int) -> GenerationConfig:
+    return GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature,
+                            greedy=temperature == 0, top_k=top_k, top_p=top_p,
+                            eos_token_id=run.tokenizer.eos_id,
+                            pad_token_id=run.tokenizer.pad_id or 0, samples_per_prompt=samples,
+                            progress=False)
+
+
+def rollout(run, items: list[PromptItem], step: int, model=None) -> RolloutBatch:
+    """G samples per prompt of this DP rank from the student (or `model`)."""
+    r = run.cfg.rollout
+    gen = generation_config(run, samples=r.group_size, temperature=r.temperature, top_p=r.top_p,
+                            top_k=r.top_k, max_new_tokens=r.max_new_tokens)
+    return generate(model or run.student, prompt_ids(run, items), gen,
+                    seed=run.cfg.seed * 1_000_003 + step)
+
+
+def completions(run, batch: RolloutBatch) -> list[str]:
+    """Decoded responses (EOS dropped; ids the tokenizer does not know, from model vocabulary
+    rows beyond it, are dropped too)."""
+    eos, known = run.tokenizer.eos_id, run.tokenizer.vocab_size
+    out = []
+    for row, (p, n) in enumerate(zip(batch.prompt_lengths.tolist(),
+                                     batch.response_lengths.tolist())):
+        ids = batch.tokens[row, p:p + n].tolist()
+        out.append(run.tokenizer.decode([t for t in ids if t != eos and t < known]))
+    return out
+
+
+def score(run, batch: RolloutBatch, items: list[PromptItem]) -> tuple[torch.Tensor, list[str]]:
+    """[b] rewards of this rank's rows (row i answers items[i // G])."""
+    group = batch.batch_size // len(items)
+    texts = completions(run, batch)
+    rewards = [run.reward_fn(run.fmt.to_reward_text(text), items[i // group])
+               for i, text in enumerate(texts)]
+    return torch.tensor(rewards, dtype=torch.float32), texts
+
+
+def advantages(run, rewards: torch.Tensor, batch: RolloutBatch):
+    """[b] group-normalised advantages and the loss mask (zero-variance groups masked out when
+    advantage.drop_zero_variance: the rows stay, so every rank keeps its shape)."""
+    a = run.cfg.advantage
+    adv, keep = get_advantage_estimator(a.estimator)(
+        rewards, batch.group_ids, eps=a.eps, drop_zero_variance=a.drop_zero_variance)
+    return adv, batch.loss_mask & keep[:, None]
+
+
+def _pp_broadcast(run, value: Optional[torch.Tensor], shape) -> torch.Tensor:
+    par = run.par
+    if par.pp == 1:
+        return value
+    out = value if par.is_last_stage else torch.empty(shape, dtype=torch.float32)
+    dist.broadcast(out.contiguous(), src=par.last_stage_global_rank, group=par.pp_group)
+    return out
+
+
+def logprobs(run, model, tokens: torch.Tensor, *, fused: bool) -> torch.Tensor:
+    """[b, s] log-probs of `tokens` under `model` at the rollout temperature, on every stage."""
+    lp = forward_logprobs(model, tokens, micro_batch_size=run.cfg.train.micro_batch_size,
+                          temperature=run.cfg.rollout.temperature, fused=fused)
+    return _pp_broadcast(run, lp, tuple(tokens.shape))
+
+
+def teacher_guard(run, teacher_lp: torch.Tensor, loss_mask: torch.Tensor) -> None:
+    error = None
+    try:
+        check_teacher_logprobs(teacher_lp, loss_mask, run.teacher.spec.vocab_size)
+    except ValueError as e:
+        error = f"teacher log-probs ({run.cfg.teacher.checkpoint or 'random weights'}): {e}"
+    agree_or_raise(error)
+
+
+def select(run, batch: TrainBatch) -> TrainBatch:
+    s = run.cfg.selection
+    if batch.teacher_logprobs is None:
+        return batch
+    selection = select_teacher_tokens(batch.advantages, batch.old_logprobs,
+                                      batch.teacher_logprobs, batch.loss_mask, policy=s.policy,
+                                      tau_adv=s.tau_adv, tau_align=s.tau_align)
+    return batch.with_selection(selection)
+
+
+def loss_spec(run, step: int) -> LossSpec:
+    cfg, name = run.cfg, run.cfg.loss_name
+    section = getattr(cfg.loss, name)
+    kwargs = {k: getattr(section, k) for k in section.__dataclass_fields__}
+    if name == "kdrl":
+        init, low, steps = kwargs.pop("beta_init"), kwargs.pop("beta_min"), kwargs.pop("anneal_steps")
+        kwargs["beta"] = init if steps == 0 else kdrl_beta(step, init, low, steps)
+    return LossSpec(name, kwargs)
+
+
+def update(run, batch: TrainBatch, step: int, mini_batches: int) -> dict[str, float]:
+    """One optimizer step per mini-batch; a NaN/Inf loss or gradient skips the step (logged),
+    and max_consecutive_bad_steps of them in a row abort the run."""
+    loss = loss_spec(run, step)
+    size = batch.batch_size // mini_batches
+    merged: dict[str, list[float]] = {}
+    for mini in batch.split(size):
+        metrics = forward_backward(run.student, mini, loss,
+                                   micro_batch_size=run.cfg.train.micro_batch_size,
+                                   temperature=run.cfg.rollout.temperature)
+        finite = math.isfinite(metrics.get(f"loss/{loss.name}", 0.0)) and grads_finite(run.student)
+        if finite:
+            metrics.update(optimizer_step(run.student))
+            run.scheduler.step(increment=1)
+            run.state.bad_steps = 0
+        else:
+            run.state.bad_steps += 1
+            log.warning("step %d: NaN/Inf loss or gradient, optimizer step skipped (%d in a row)",
+                        step, run.state.bad_steps)
+            metrics["optim/skipped"] = 1.0
+            if run.state.bad_steps >= run.cfg.train.max_consecutive_bad_steps:
+                raise RuntimeError(
+                    f"aborting at step {step}: {run.state.bad_steps} consecutive optimizer steps "
+                    "with a NaN/Inf loss or gradient (train.max_consecutive_bad_steps)")
+        for key, value in metrics.items():
+            merged.setdefault(key, []).append(value)
+    out = {k: sum(v) / len(v) for k, v in merged.items()}
+    out["optim/lr"] = float(run.student.optimizer.param_groups[0]["lr"])
+    return out
+
+
+def dp_mean(run, values: dict[str, float]) -> dict[str, float]:
+    """Mean of per-rank scalars over the data-parallel group (equal-sized ranks)."""
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(t, group=run.par.dp_group)
+    return {k: v / run.par.dp for k, v in zip(keys, t.tolist())}

@@ -1,0 +1,202 @@
+"""Build everything a run needs from its RunConfig, in order, before the first step:
+processes and parallel state, tokenizer(s), student and teacher, LR schedule, prompts, reward,
+logging, and the resume point. Each part is one function; the loop (train/loop.py) only uses the
+resulting `Run`.
+
+Every user error is raised here, before any work: bad config values (RunConfig.validate), missing
+files, tokenizers that disagree, layouts that cannot hold the models (models/config.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch.distributed as dist
+
+from rlad_megatron.convert.init_weights import random_hf_weights
+from rlad_megatron.convert.layout import load_hf_tensors
+from rlad_megatron.data.formats import PromptFormat, get_format
+from rlad_megatron.data.rewards import get_reward
+from rlad_megatron.data.sampler import PromptSampler
+from rlad_megatron.data.tasks import PromptSplits, file_splits, reasoning_gym_splits
+from rlad_megatron.data.tokenizer import Tokenizer, check_same_vocab, load_tokenizer
+from rlad_megatron.models import checkpoint as mckpt
+from rlad_megatron.models.build import (BuiltModel, OptimizerSettings, Student, Teacher,
+                                        build_student, build_teacher, memory_report)
+from rlad_megatron.models.spec import ModelSpec, get_preset
+from rlad_megatron.runtime import DistEnv, Parallel, init_distributed, init_parallel, print0
+from rlad_megatron.train import checkpoint as tckpt
+from rlad_megatron.train.config import NEEDS_TEACHER, ModelConfig, RunConfig, to_yaml
+from rlad_megatron.train.metrics import open_metrics
+from rlad_megatron.train.timers import PhaseTimer
+
+log = logging.getLogger("rlad_megatron.setup")
+
+
+@dataclass
+class Run:
+    """Everything the loop touches. Built by `setup`."""
+
+    cfg: RunConfig
+    env: DistEnv
+    par: Parallel
+    tokenizer: Tokenizer
+    student: Student
+    teacher: Optional[Teacher]
+    scheduler: object
+    splits: PromptSplits
+    sampler: PromptSampler
+    fmt: PromptFormat
+    reward_fn: Callable
+    metrics: object
+    timer: PhaseTimer
+    state: tckpt.TrainState
+    config_yaml: str
+    resumed_from: Optional[str] = None
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def is_logging_rank(self) -> bool:
+        return self.par.is_last_stage and self.par.tp_rank == 0 and self.par.dp_rank == 0
+
+
+def resolve_spec(m: ModelConfig, role: str) -> ModelSpec:
+    """preset (+ spec overrides), or spec alone, or the checkpoint's recorded spec."""
+    if m.preset:
+        spec = get_preset(m.preset, **m.spec)
+    elif m.spec:
+        spec = ModelSpec.from_dict(dict(m.spec), prefix=f"{role}.spec")
+    else:
+        spec = mckpt.read_spec(m.checkpoint)
+        if m.spec:
+            spec = dataclasses.replace(spec, **m.spec)
+    spec.validate(prefix=role)
+    return spec
+
+
+def tokenizer_path(m: ModelConfig, role: str) -> str:
+    if m.tokenizer:
+        return m.tokenizer
+    meta = mckpt.read_model_meta(m.checkpoint)
+    path = meta.get("tokenizer")
+    if not path:
+        raise ValueError(f"{role}.tokenizer is not set and {m.checkpoint} records no tokenizer")
+    folder = mckpt.resolve(m.checkpoint)
+    local = folder / path
+    return str(local if local.exists() else path)
+
+
+def load_tokenizers(cfg: RunConfig, teacher_needed: bool) -> Tokenizer:
+    tok = load_tokenizer(tokenizer_path(cfg.student, "student"))
+    if teacher_needed:
+        t_path = tokenizer_path(cfg.teacher, "teacher")
+        if Path(t_path).resolve() != Path(tokenizer_path(cfg.student, "student")).resolve():
+            check_same_vocab(load_tokenizer(t_path), tok, label_a=f"teacher ({t_path})",
+                             label_b=f"student ({tokenizer_path(cfg.student, 'student')})")
+    return tok
+
+
+def check_vocab_fits(spec: ModelSpec, tok: Tokenizer, role: str) -> None:
+    if tok.vocab_size > spec.vocab_size:
+        raise ValueError(f"{role}.vocab_size: {spec.vocab_size} is smaller than the tokenizer's "
+                         f"{tok.vocab_size} tokens")
+
+
+def init_weights(model: BuiltModel, m: ModelConfig, seed: int) -> Optional[str]:
+    """Load the configured checkpoint, or layout-invariant random weights (random_init)."""
+    if m.checkpoint:
+        return str(mckpt.load_model(m.checkpoint, model.chunks))
+    weights = random_hf_weights(model.spec, seed=seed)
+    load_hf_tensors(model.chunks, weights.__getitem__, spec=model.spec, tp=model.par.tp,
+                    tp_rank=model.par.tp_rank, padded_vocab=model.padded_vocab_size)
+    return None
+
+
+def build_scheduler(cfg: RunConfig, student: Student):
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    o = cfg.optimizer
+    per_step = 1 if cfg.algorithm in ("sft", "sft_distill") else cfg.train.mini_batches
+    total = max(cfg.train.steps * per_step, 1)
+    warmup = o.warmup_steps * per_step
+    return OptimizerParamScheduler(
+        student.optimizer, init_lr=0.0 if warmup else o.lr, max_lr=o.lr, min_lr=o.min_lr,
+        lr_warmup_steps=warmup, lr_decay_steps=max(total, warmup + 1),
+        lr_decay_style=o.decay_style, start_wd=o.weight_decay, end_wd=o.weight_decay,
+        wd_incr_steps=total, wd_incr_style="constant")
+
+
+def load_splits(cfg: RunConfig) -> PromptSplits:
+    d = cfg.data
+    if d.source == "reasoning_gym":
+        return reasoning_gym_splits(d.task, train_size=d.train_size, heldout_size=d.heldout_size,
+                                    seed=d.seed, config=dict(d.task_config))
+    return file_splits(d.source, heldout_fraction=d.heldout_fraction, seed=d.seed,
+                       question_field=d.question_field, answer_field=d.answer_field,
+                       answer_format=d.answer_format, task=d.task, on_bad_row=d.on_bad_row)
+
+
+def setup(cfg: RunConfig) -> Run:
+    env = init_distributed()
+    cfg.validate(env.world_size)
+    teacher_needed = cfg.algorithm in NEEDS_TEACHER
+    student_spec = resolve_spec(cfg.student, "student")
+    teacher_spec = resolve_spec(cfg.teacher, "teacher") if teacher_needed else None
+    tok = load_tokenizers(cfg, teacher_needed)
+    check_vocab_fits(student_spec, tok, "student")
+    fmt, reward_fn = get_format(cfg.data.format), get_reward(cfg.data.reward)
+    splits = load_splits(cfg)
+
+    par = init_parallel(dataclasses.replace(cfg.parallel, seed=cfg.seed))
+    o = cfg.optimizer
+    student = build_student(student_spec, par, OptimizerSettings(
+        lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay, adam_beta1=o.adam_beta1,
+        adam_beta2=o.adam_beta2, adam_eps=o.adam_eps, clip_grad=o.clip_grad,
+        distributed=o.distributed), dtype=cfg.student.dtype)
+    teacher = None
+    if teacher_needed:
+        teacher = build_teacher(teacher_spec, par, dtype=cfg.teacher.dtype,
+                                student_spec=student_spec)
+        init_weights(teacher, cfg.teacher, seed=cfg.seed + 1)
+    init_weights(student, cfg.student, seed=cfg.seed)
+    scheduler = build_scheduler(cfg, student)
+
+    run_dir = Path(cfg.run_dir)
+    config_yaml = to_yaml(cfg)
+    if env.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(config_yaml)
+    dist.barrier()
+
+    state, resumed = tckpt.TrainState(), None
+    sampler = PromptSampler(splits.train, seed=cfg.data.seed + cfg.seed)
+    ckpt_root = cfg.checkpoint_dir
+    if cfg.checkpoint.resume and mckpt.saved_iterations(ckpt_root) and \
+            mckpt.latest_iteration(ckpt_root) is not None:
+        state = tckpt.load_train_checkpoint(ckpt_root, student, scheduler)
+        sampler.load_state_dict(state.data)
+        resumed = str(mckpt.resolve(ckpt_root))
+    run = Run(cfg=cfg, env=env, par=par, tokenizer=tok, student=student, teacher=teacher,
+              scheduler=scheduler, splits=splits, sampler=sampler, fmt=fmt, reward_fn=reward_fn,
+              metrics=None, timer=PhaseTimer(), state=state, config_yaml=config_yaml,
+              resumed_from=resumed)
+    run.metrics = open_metrics(
+        run_dir, enabled=run.is_logging_rank, tensorboard=cfg.logging.tensorboard,
+        wandb_project=cfg.logging.wandb_project, wandb_entity=cfg.logging.wandb_entity,
+        config=json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),
+        resume=resumed is not None)
+    if resumed is not None:
+        run.metrics.truncate_from(state.step + 1)
+    mem = memory_report(student, teacher)
+    print0(f"rlad: {cfg.algorithm} on {par.describe()}, world {env.world_size} ({env.backend}); "
+           f"student {student_spec.name or student_spec.arch} {student.parameter_count():,} "
+           f"params/rank" + (f", teacher {teacher_spec.name or teacher_spec.arch} "
+                             f"{teacher.parameter_count():,} params/rank" if teacher else "")
+           + "; " + ", ".join(f"{k.split('/')[1]}={v:.1f}MiB" for k, v in mem.items())
+           + (f"; resumed from {resumed} at step {state.step}" if resumed else ""))
+    return run

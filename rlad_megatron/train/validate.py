@@ -1,0 +1,116 @@
+"""RunConfig.validate(): every semantic check of a run configuration, before any work starts.
+
+Each error names the dotted key (and both values where two disagree). Checks that need the
+models' architecture (TP divides heads, PP divides layers, vocabularies agree) run in
+models/config.py when the models are resolved; tokenizers are compared in train/setup.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlad_megatron.train.config import ALGORITHMS, NEEDS_TEACHER, RunConfig
+
+_CHOICES = {
+    "data.format": ("chat", "compact"),
+    "data.on_bad_row": ("error", "skip"),
+    "optimizer.decay_style": ("constant", "linear", "cosine"),
+    "selection.policy": ("paper", "advantage", "alignment", "both"),
+    "advantage.estimator": ("grpo", "dr_grpo"),
+    "loss.trrd.clamp_grad": ("detach", "straight_through"),
+    "student.dtype": ("fp32", "bf16", "fp16"),
+    "teacher.dtype": ("fp32", "bf16", "fp16"),
+}
+
+
+def _get(cfg, dotted: str):
+    value = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _positive(cfg, *keys: str, allow_zero: bool = False) -> None:
+    for key in keys:
+        value = _get(cfg, key)
+        if value < 0 or (value == 0 and not allow_zero):
+            raise ValueError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def _model(cfg: RunConfig, role: str) -> None:
+    m = getattr(cfg, role)
+    if not (m.preset or m.spec or m.checkpoint):
+        raise ValueError(f"{role}: set {role}.preset, {role}.spec or {role}.checkpoint")
+    if m.checkpoint is not None and not Path(m.checkpoint).exists():
+        raise ValueError(f"{role}.checkpoint: {m.checkpoint} does not exist")
+    if m.checkpoint is None and not m.random_init:
+        raise ValueError(f"{role}.checkpoint is not set: give the weights to load, or set "
+                         f"{role}.random_init=true to start from random weights")
+    if m.tokenizer is not None and not Path(m.tokenizer).exists():
+        raise ValueError(f"{role}.tokenizer: {m.tokenizer} does not exist")
+    if m.tokenizer is None and m.checkpoint is None:
+        raise ValueError(f"{role}.tokenizer is not set and there is no {role}.checkpoint to take "
+                         "it from")
+
+
+def validate_run_config(cfg: RunConfig, world_size: int = 1) -> None:
+    if cfg.algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm: {cfg.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+    for key, choices in _CHOICES.items():
+        if _get(cfg, key) not in choices:
+            raise ValueError(f"{key}: {_get(cfg, key)!r} is not one of {', '.join(choices)}")
+    cfg.parallel.validate(world_size)
+    dp = world_size // (cfg.parallel.tensor * cfg.parallel.pipeline)
+    _model(cfg, "student")
+    if cfg.algorithm in NEEDS_TEACHER:
+        _model(cfg, "teacher")
+    _positive(cfg, "train.steps", "train.micro_batch_size", "train.mini_batches",
+              "train.sft_batch_size", "train.max_consecutive_bad_steps", "rollout.prompts_per_step",
+              "rollout.group_size", "rollout.max_new_tokens", "eval.num_prompts", "eval.k",
+              "checkpoint.keep_last", "optimizer.lr", "logging.log_every")
+    _positive(cfg, "rollout.temperature", "eval.temperature", "rollout.top_k",
+              "rollout.micro_batch_size", "checkpoint.save_every", "eval.every",
+              "optimizer.warmup_steps", "optimizer.weight_decay", "optimizer.clip_grad",
+              "data.heldout_size", "eval.max_new_tokens", allow_zero=True)
+    if not 0 < cfg.rollout.top_p <= 1:
+        raise ValueError(f"rollout.top_p must be in (0, 1], got {cfg.rollout.top_p}")
+    if cfg.algorithm in ("rlad", "grpo", "kdrl") and cfg.rollout.group_size < 2:
+        raise ValueError(f"rollout.group_size: {cfg.rollout.group_size} must be >= 2 for "
+                         f"{cfg.algorithm} (GRPO advantages compare samples of one prompt)")
+    if cfg.rollout.temperature == 0 and cfg.algorithm in ("rlad", "grpo", "kdrl"):
+        raise ValueError("rollout.temperature must be > 0 for RL (greedy samples of a group "
+                         "are identical)")
+    if cfg.algorithm in ("sft", "sft_distill"):
+        per_rank, what = cfg.train.sft_batch_size, "train.sft_batch_size"
+    else:
+        per_rank, what = cfg.rollout.prompts_per_step * cfg.rollout.group_size, \
+            "rollout.prompts_per_step * rollout.group_size"
+    if per_rank % dp:
+        raise ValueError(f"{what} = {per_rank} is not divisible by the data-parallel size {dp}")
+    per_rank //= dp
+    step = cfg.train.micro_batch_size * cfg.train.mini_batches
+    if per_rank % step:
+        raise ValueError(
+            f"{what} per data-parallel rank = {per_rank} is not divisible by "
+            f"train.micro_batch_size * train.mini_batches = {cfg.train.micro_batch_size} * "
+            f"{cfg.train.mini_batches}")
+    if cfg.parallel.virtual_pipeline and (per_rank // cfg.train.mini_batches //
+                                          cfg.train.micro_batch_size) % cfg.parallel.pipeline:
+        raise ValueError("interleaved pipeline: micro-batches per mini-batch must be a multiple "
+                         f"of parallel.pipeline = {cfg.parallel.pipeline}")
+    if cfg.data.source != "reasoning_gym" and not Path(cfg.data.source).is_file():
+        raise ValueError(f"data.source: {cfg.data.source} is neither 'reasoning_gym' nor a file")
+    if cfg.optimizer.distributed:
+        import torch
+        if not torch.cuda.is_available():
+            raise ValueError("optimizer.distributed: megatron-core's distributed optimizer state "
+                             "does not checkpoint exactly on CPU (no apex/transformer-engine); "
+                             "set optimizer.distributed=false")
+    if cfg.optimizer.min_lr > cfg.optimizer.lr:
+        raise ValueError(f"optimizer.min_lr: {cfg.optimizer.min_lr} > optimizer.lr: "
+                         f"{cfg.optimizer.lr}")
+    t = cfg.loss.trrd
+    if not 0 <= t.alpha <= 1:
+        raise ValueError(f"loss.trrd.alpha: {t.alpha} is outside [0, 1]")
+    if cfg.eval.k > 1 and cfg.eval.temperature == 0:
+        raise ValueError(f"eval.k: {cfg.eval.k} samples per prompt need eval.temperature > 0")
