@@ -260,7 +260,7 @@ def load_config(path: Optional[str], overrides: List[str] = ()) -> RunConfig:
         if bad:
             raise ValueError(f"override {bad[0]!r} is not of the form key=value")
         layers.append(OmegaConf.from_dotlist(list(overrides)))
-        where = f"{path or 'defaults'} with overrides {list(overrides)}"
+        where = f"{path} with command-line overrides" if path else "command-line overrides"
         return OmegaConf.to_object(OmegaConf.merge(*layers))
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)

@@ -81,13 +81,17 @@ def validate_run_config(cfg: RunConfig, world_size: int = 1) -> None:
         raise ValueError("rollout.temperature must be > 0 for RL (greedy samples of a group "
                          "are identical)")
     if cfg.algorithm in ("sft", "sft_distill"):
-        per_rank, what = cfg.train.sft_batch_size, "train.sft_batch_size"
+        if cfg.train.sft_batch_size % dp:
+            raise ValueError(f"train.sft_batch_size = {cfg.train.sft_batch_size} is not "
+                             f"divisible by the data-parallel size {dp}")
+        per_rank, what = cfg.train.sft_batch_size // dp, "train.sft_batch_size"
     else:
-        per_rank, what = cfg.rollout.prompts_per_step * cfg.rollout.group_size, \
-            "rollout.prompts_per_step * rollout.group_size"
-    if per_rank % dp:
-        raise ValueError(f"{what} = {per_rank} is not divisible by the data-parallel size {dp}")
-    per_rank //= dp
+        if cfg.rollout.prompts_per_step % dp:
+            raise ValueError(f"rollout.prompts_per_step = {cfg.rollout.prompts_per_step} is not "
+                             f"divisible by the data-parallel size {dp} (a prompt's group of "
+                             "samples stays on one rank)")
+        per_rank = cfg.rollout.prompts_per_step // dp * cfg.rollout.group_size
+        what = "rollout.prompts_per_step * rollout.group_size"
     step = cfg.train.micro_batch_size * cfg.train.mini_batches
     if per_rank % step:
         raise ValueError(

@@ -31,3 +31,15 @@ def parallel(request):
     par = init_parallel(ParallelConfig(tensor=tp, pipeline=pp, virtual_pipeline=rest[0] if rest else None))
     yield par
     destroy_parallel()
+
+
+@pytest.fixture
+def shared_tmp_path(tmp_path):
+    """One temporary folder for all ranks (rank 0's tmp_path)."""
+    import torch.distributed as dist
+
+    holder = [str(tmp_path)]
+    dist.broadcast_object_list(holder, src=0)
+    from pathlib import Path
+
+    return Path(holder[0])

@@ -1,0 +1,120 @@
+"""Graceful preemption: SIGTERM or SIGUSR1 -> finish the current step, checkpoint, exit 0.
+
+    with PreemptionHandler() as preempt:
+        for step in run.steps():
+            ...one whole step...
+            if preempt.stop_agreed():              # collective: every rank calls it every step
+                run.checkpoint.save(step)
+                break                              # then exit 0
+    # handlers restored here
+
+The signal handler only sets a flag (and writes one line to stderr on rank 0); all the work
+happens in the loop, between steps. `stop_agreed()` all-reduces the flag with MAX so that every
+rank leaves at the same step even when only some of them were signalled.
+
+The Slurm contract (the sbatch script's side, see slurm/):
+  * `#SBATCH --signal=B:USR1@120` makes Slurm send SIGUSR1 to the batch shell 120 s before the
+    time limit. The shell traps it and forwards it to the training step, e.g.
+        trap 'kill -USR1 "$pid"' USR1
+        srun ... rlad train ... & pid=$!
+        wait "$pid"; wait "$pid"             # the first wait returns when the trap fires
+    srun passes the signal on to every task, i.e. to every rank.
+  * The trainer finishes its step, checkpoints, and exits 0.
+  * The script then requeues the job (`scontrol requeue "$SLURM_JOB_ID"`), and the requeued job
+    resumes from the latest checkpoint. Requeueing is the script's business, not the trainer's.
+  * Scancel, a node drain or the time limit send SIGTERM (then SIGKILL after Slurm's KillWait):
+    the same path, with less time. Make the step plus the checkpoint fit in the warning time.
+  * Prefer one srun task per rank. Under torchrun the agent handles SIGTERM itself: it sends
+    the signal to the workers and kills them 30 s later; SIGUSR1 reaches the workers only if it
+    is added to TORCHELASTIC_SIGNALS_TO_HANDLE.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def _stderr_rank0(message: str) -> None:
+    """os.write, not print: a handler may interrupt a print, and buffered IO is not reentrant."""
+    if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        return
+    os.write(2, (message + "\n").encode())
+
+
+class PreemptionHandler:
+    """Turns the given signals into a flag that the training loop polls between steps.
+
+    `requested` is this process's flag; `stop_agreed()` is the flag agreed over ranks.
+    `install()` (or entering the `with` block) saves the current handlers and installs ours;
+    `restore()` (or leaving the block) puts the saved ones back. Signal handlers can only be
+    installed from the main thread (ValueError otherwise).
+    """
+
+    def __init__(self, signals: Sequence[int] = DEFAULT_SIGNALS, *,
+                 log: Optional[Callable[[str], None]] = _stderr_rank0):
+        self.signals = tuple(signal.Signals(s) for s in signals)
+        self._log = log
+        self._previous: dict[signal.Signals, object] = {}
+        self._received: Optional[signal.Signals] = None
+
+    def install(self) -> "PreemptionHandler":
+        if threading.current_thread() is not threading.main_thread():
+            raise ValueError("PreemptionHandler.install must run in the main thread "
+                             "(Python delivers signals only there)")
+        for sig in self.signals:
+            if sig not in self._previous:
+                self._previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._on_signal)
+        return self
+
+    def _on_signal(self, signum: int, frame) -> None:
+        if self._received is None:
+            self._received = signal.Signals(signum)
+            if self._log is not None:
+                self._log(f"[preemption] received {self._received.name}: finishing the current "
+                          "step, then checkpoint and exit")
+
+    @property
+    def requested(self) -> bool:
+        """True once one of the signals arrived in this process."""
+        return self._received is not None
+
+    @property
+    def received(self) -> Optional[signal.Signals]:
+        """The first signal that arrived, or None."""
+        return self._received
+
+    def stop_agreed(self, group=None) -> bool:
+        """Whether any rank of `group` (default: the world) has the flag raised.
+
+        A collective when torch.distributed is initialised: every rank of the group must call
+        it at the same point of every step. Without a process group it is `requested`.
+        """
+        if not (dist.is_available() and dist.is_initialized()):
+            return self.requested
+        device = "cpu"
+        if dist.get_backend(group) == "nccl":
+            device = torch.device("cuda", torch.cuda.current_device())
+        flag = torch.tensor([1 if self.requested else 0], dtype=torch.int32, device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
+        return bool(flag.item())
+
+    def restore(self) -> None:
+        """Put back the handlers that were installed before `install()`."""
+        for sig, previous in self._previous.items():
+            signal.signal(sig, signal.SIG_DFL if previous is None else previous)
+        self._previous.clear()
+
+    def __enter__(self) -> "PreemptionHandler":
+        return self.install()
+
+    def __exit__(self, *exc) -> None:
+        self.restore()

@@ -1,0 +1,86 @@
+"""Run configuration: YAML + dotted overrides, and the one validator's messages.
+
+A failure means a bad value would reach the trainer (or an error would not name its key)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from rlad_megatron.train.config import RunConfig, load_config, to_yaml
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "run.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+def _valid(tmp_path, **over):
+    tok = tmp_path / "tok.model"
+    tok.write_bytes(b"x")
+    cfg = load_config(None, [f"student.preset=tiny-llama", "student.random_init=true",
+                             f"student.tokenizer={tok}", "teacher.preset=tiny-llama",
+                             "teacher.random_init=true", f"teacher.tokenizer={tok}",
+                             "rollout.prompts_per_step=4", "rollout.group_size=4",
+                             "train.micro_batch_size=2"] + [f"{k}={v}" for k, v in over.items()])
+    return cfg
+
+
+def test_yaml_and_overrides_merge_with_typed_defaults(tmp_path):
+    path = _write(tmp_path, "algorithm: grpo\nrollout:\n  group_size: 4\nloss:\n  trrd:\n    alpha: 0.3\n")
+    cfg = load_config(path, ["rollout.group_size=6", "parallel.tensor=2", "loss.trrd.clamp_grad=straight_through"])
+    assert cfg.algorithm == "grpo" and cfg.rollout.group_size == 6 and cfg.parallel.tensor == 2
+    assert cfg.loss.trrd.alpha == 0.3 and cfg.loss.trrd.clamp_grad == "straight_through"
+    assert cfg.rollout.temperature == 1.0  # default kept
+    again = load_config(_write(tmp_path, to_yaml(cfg)))
+    assert again == cfg
+
+
+@pytest.mark.parametrize("text,override,message", [
+    ("rollout:\n  group_sise: 4\n", [], r"key rollout.group_sise"),
+    ("", ["train.steps=ten"], r"key train.steps"),
+    ("", ["optimizer"], r"override 'optimizer' is not of the form key=value"),
+])
+def test_unknown_keys_and_wrong_types_name_the_key(tmp_path, text, override, message):
+    with pytest.raises(ValueError, match=message):
+        load_config(_write(tmp_path, text), override)
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml does not exist"):
+        load_config(str(tmp_path / "nope.yaml"))
+
+
+@pytest.mark.parametrize("over,world,message", [
+    ({"algorithm": "ppo"}, 1, r"algorithm: 'ppo' is not one of rlad, grpo, kdrl, sft_distill, sft"),
+    ({"rollout.group_size": 1}, 1, r"rollout.group_size: 1 must be >= 2 for rlad"),
+    ({"parallel.tensor": 3}, 2, r"parallel.tensor \* parallel.pipeline = 3 \* 1 = 3 does not divide the world size 2"),
+    ({"train.micro_batch_size": 3}, 1, r"per data-parallel rank = 16 is not divisible by train.micro_batch_size \* train.mini_batches = 3 \* 1"),
+    ({"rollout.prompts_per_step": 3}, 2, r"rollout.prompts_per_step = 3 is not divisible by the data-parallel size 2"),
+    ({"selection.policy": "sometimes"}, 1, r"selection.policy: 'sometimes' is not one of paper"),
+    ({"loss.trrd.alpha": 1.5}, 1, r"loss.trrd.alpha: 1.5 is outside \[0, 1\]"),
+    ({"rollout.top_p": 0}, 1, r"rollout.top_p must be in \(0, 1\]"),
+    ({"optimizer.distributed": True}, 1, r"optimizer.distributed: megatron-core's distributed optimizer"),
+    ({"teacher.random_init": False}, 1, r"teacher.checkpoint is not set"),
+    ({"student.tokenizer": "/nonexistent/tok.model"}, 1, r"student.tokenizer: /nonexistent/tok.model does not exist"),
+    ({"eval.k": 4}, 1, r"eval.k: 4 samples per prompt need eval.temperature > 0"),
+    ({"data.source": "/no/such.jsonl"}, 1, r"data.source: /no/such.jsonl is neither"),
+])
+def test_validate_names_the_key_and_values(tmp_path, over, world, message):
+    cfg = _valid(tmp_path, **over)
+    with pytest.raises(ValueError, match=message):
+        cfg.validate(world)
+
+
+def test_a_valid_config_passes(tmp_path):
+    _valid(tmp_path).validate(1)
+    _valid(tmp_path, **{"algorithm": "grpo", "teacher.random_init": False}).validate(2)
+
+
+def test_cli_reports_config_errors_before_any_work(tmp_path):
+    path = _write(tmp_path, "rollout:\n  group_sise: 4\n")
+    out = subprocess.run([sys.executable, "-m", "rlad_megatron.cli", "train", path],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "rollout.group_sise" in out.stderr and "Traceback" not in out.stderr
