@@ -1,0 +1,236 @@
+"""Batched, KV-cached sampling from a megatron GPTModel (student or frozen teacher) under TP/PP.
+
+    batch = generate(model, prompts, GenerationConfig(max_new_tokens=256, temperature=1.0,
+                                                      eos_token_id=eos, samples_per_prompt=8))
+
+A thin loop over GPTModel.forward with megatron's StaticInferenceContext as the KV cache: one
+prefill over the left-padded prompts, then one forward of [b, 1] per new token (pipeline.py);
+the next token is drawn from the vocab-parallel logits (sampling.py); generation stops per row at
+EOS and for the batch when every row has stopped or max_new_tokens is reached.
+
+Why not megatron's inference engines (megatron-core 0.16.1, docs/megatron_inference_cpu.md):
+the dynamic engine (DynamicInferenceContext) needs flash-attn kernels (attention.py asserts
+flash-attn >= 2.7.3 or FA3); the legacy static engine (StaticInferenceEngine(legacy=True) +
+TextGenerationController) needs extra CPU shims (torch.cuda.Event, communication_utils._is_cuda,
+a scoped cuda_to_cpu around generate), gathers the full-vocabulary logits on every TP rank
+(broadcasting them over PP each step), samples with torch.multinomial (not TP-invariant) and
+prefills only up to the SHORTEST prompt, feeding longer prompts one token per step. This loop
+needs only the shims init_parallel applies (current_device, the CPU RNG tracker).
+
+Contract:
+  * Every rank of a model-parallel group (TP x PP) calls generate with the same prompts and
+    config; each DP rank generates its own prompts. Results are identical on every rank of the
+    group, and do not depend on the TP/PP layout for a given seed (sampling.py).
+  * Row r of the batch (after repeating each prompt G = samples_per_prompt times) draws its
+    noise as row id row_offset + r; row_offset defaults to dp_rank * b, the global row index
+    when every DP rank has b rows. Vary `seed` between calls (e.g. base seed + iteration):
+    the same (seed, row id) draws the same noise.
+  * Output (data.batch.RolloutBatch): row i is prompt_i, response_i, then pad_token_id, from
+    column 0; s = max_i (prompt_len_i + response_len_i). loss_mask is True on the response
+    tokens, the EOS token included; sampler_logprobs[:, t] is the log-prob of tokens[:, t] under
+    softmax(logits / T) (T = 1 when greedy), 0 off the mask. The log-prob under the
+    top-k/top-p-filtered distribution is in Generation.filtered_logprobs (generate_detailed).
+  * The model is put in eval mode for the call and restored afterwards; DDP-wrapped chunks are
+    run through their inner module (no grad sync, no hooks), under torch.no_grad.
+  * Verified on CPU with megatron's local layer spec. Not yet on GPU: the small tensors made here
+    (masks, positions, receive buffers) are CPU tensors, and the transformer-engine spec treats
+    explicit padding masks differently (docs/megatron_inference_cpu.md, section 6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from tqdm import tqdm
+
+from rlad_megatron.data.batch import RolloutBatch
+from rlad_megatron.models.build import BuiltModel
+from rlad_megatron.rollout.layout import (LeftPadded, PromptsIn, decode_mask, left_padded,
+                                          positions, prefill_mask, right_padded)
+from rlad_megatron.rollout.pipeline import StageRunner
+from rlad_megatron.rollout.sampling import TOP_P_CANDIDATES, sample_next
+
+
+@dataclass
+class GenerationConfig:
+    """How to sample; one per rollout (student) or trace generation (teacher)."""
+
+    max_new_tokens: int
+    """New tokens per row at most (EOS included)."""
+    temperature: float = 1.0
+    """Softmax temperature; 0 means greedy (argmax, filters ignored)."""
+    greedy: bool = False
+    """Argmax decoding whatever the temperature (same as temperature 0)."""
+    top_k: int = 0
+    """Keep the k most likely tokens; 0 is off."""
+    top_p: float = 1.0
+    """Nucleus: keep the smallest most-likely set with mass >= top_p (after top_k); 1 is off."""
+    eos_token_id: Union[int, Sequence[int], None] = None
+    """Token id(s) that end a row; None generates max_new_tokens for every row."""
+    pad_token_id: int = 0
+    """Fills the prompts' padding and the rows after their EOS."""
+    samples_per_prompt: int = 1
+    """G: each prompt is repeated G times in a row (its rows share a group id)."""
+    seed: int = 0
+    """Base of the sampling noise (sampling.py); generate(seed=...) overrides it per call."""
+    use_cache: bool = True
+    """False recomputes the whole prefix every step (reference and benchmark baseline)."""
+    progress: bool = True
+    """tqdm bar over the decode steps, on global rank 0 only."""
+    top_p_candidates: int = TOP_P_CANDIDATES
+    """Ids per TP rank gathered for top-p before falling back to all (speed only)."""
+
+    def validate(self, prefix: str = "rollout") -> None:
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"{prefix}.max_new_tokens must be a positive integer, got "
+                             f"{self.max_new_tokens!r}")
+        if not self.temperature >= 0:
+            raise ValueError(f"{prefix}.temperature must be >= 0, got {self.temperature!r}")
+        if self.top_k < 0:
+            raise ValueError(f"{prefix}.top_k must be >= 0 (0 is off), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"{prefix}.top_p must be in (0, 1] (1 is off), got {self.top_p}")
+        if self.samples_per_prompt < 1:
+            raise ValueError(f"{prefix}.samples_per_prompt must be >= 1, got "
+                             f"{self.samples_per_prompt}")
+        if self.top_p_candidates < 1:
+            raise ValueError(f"{prefix}.top_p_candidates must be >= 1, got "
+                             f"{self.top_p_candidates}")
+
+    @property
+    def effective_temperature(self) -> float:
+        return 0.0 if self.greedy else float(self.temperature)
+
+    def eos_ids(self) -> Tensor:
+        ids = self.eos_token_id
+        ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+        return torch.tensor(ids, dtype=torch.long)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """generate_detailed's result: the RolloutBatch and what it has no field for."""
+
+    batch: RolloutBatch
+    filtered_logprobs: Tensor  # [b, s] fp32: under the top-k/top-p distribution, 0 off the mask
+    steps: int  # forwards run (<= max_new_tokens; fewer when every row hit EOS)
+
+
+def generate(model: BuiltModel, prompts: PromptsIn, cfg: GenerationConfig, *,
+             prompt_lengths: Optional[Tensor] = None, padding_side: str = "right",
+             seed: Optional[int] = None, row_offset: Optional[int] = None) -> RolloutBatch:
+    """Sample responses to `prompts`; see the module docstring for the contract.
+
+    prompts: list of token-id lists, or a padded [n, P] int64 tensor with prompt_lengths [n]
+        and padding_side ("right": real tokens first; "left": real tokens last).
+    Returns a RolloutBatch of b = n * samples_per_prompt rows, identical on the model-parallel
+    group's ranks."""
+    return generate_detailed(model, prompts, cfg, prompt_lengths=prompt_lengths,
+                             padding_side=padding_side, seed=seed, row_offset=row_offset).batch
+
+
+@torch.no_grad()
+def generate_detailed(model: BuiltModel, prompts: PromptsIn, cfg: GenerationConfig, *,
+                      prompt_lengths: Optional[Tensor] = None, padding_side: str = "right",
+                      seed: Optional[int] = None, row_offset: Optional[int] = None) -> Generation:
+    """generate(), also returning the filtered log-probs and the number of steps run."""
+    cfg.validate()
+    inputs = left_padded(prompts, prompt_lengths=prompt_lengths, padding_side=padding_side,
+                         pad_id=cfg.pad_token_id).repeat(cfg.samples_per_prompt)
+    b, p = inputs.tokens.shape
+    max_len = p + cfg.max_new_tokens
+    limit = model.spec.max_position_embeddings
+    if max_len > limit:
+        raise ValueError(f"rollout: longest prompt {p} + max_new_tokens {cfg.max_new_tokens} = "
+                         f"{max_len} exceeds {model.spec.name or 'model'}.max_position_embeddings "
+                         f"{limit}")
+    offset = model.par.dp_rank * b if row_offset is None else row_offset
+    runner = StageRunner(model)
+    modes = [chunk.training for chunk in runner.chunks]
+    try:
+        for chunk in runner.chunks:
+            chunk.eval()
+        seq, lp, flp, resp_len, steps = _decode(
+            runner, model, inputs, cfg, seed=cfg.seed if seed is None else seed,
+            row_ids=torch.arange(b) + offset)
+    finally:
+        for chunk, mode in zip(runner.chunks, modes):
+            chunk.train(mode)
+    return _assemble(inputs, seq, lp, flp, resp_len, steps, cfg,
+                     group_ids=(torch.arange(b) + offset) // cfg.samples_per_prompt)
+
+
+def _decode(runner: StageRunner, model: BuiltModel, inputs: LeftPadded, cfg: GenerationConfig,
+            *, seed: int, row_ids: Tensor):
+    """The decode loop in the working layout. Returns seq [b, P + N] (prompt and responses,
+    pad after EOS), log-probs and filtered log-probs [b, P + N] float64 (at the response
+    columns), response lengths [b] and the number of steps run."""
+    b, p = inputs.tokens.shape
+    n = cfg.max_new_tokens
+    seq = torch.full((b, p + n), cfg.pad_token_id, dtype=torch.long)
+    seq[:, :p] = inputs.tokens
+    valid = torch.ones((b, p + n), dtype=torch.bool)
+    valid[:, :p] = inputs.valid
+    lp = torch.zeros((b, p + n), dtype=torch.float64)
+    flp = torch.zeros_like(lp)
+    done = torch.zeros(b, dtype=torch.bool)
+    resp_len = torch.zeros(b, dtype=torch.long)
+    eos = cfg.eos_ids()
+    temperature = cfg.effective_temperature
+    runner.start(b, p + n, cfg.use_cache)
+    bar = tqdm(total=n, desc="generate", unit="tok", leave=False,
+               disable=not cfg.progress or (dist.is_initialized() and dist.get_rank() != 0))
+    steps = 0
+    for t in range(n):
+        end = p + t  # columns [0, end) are known
+        if t == 0 or not cfg.use_cache:
+            cur = valid[:, :end]
+            logits = runner.forward(seq[:, :end], positions(cur), prefill_mask(cur))
+        else:
+            logits = runner.forward(seq[:, end - 1:end], (inputs.lengths + t - 1)[:, None],
+                                    decode_mask(valid[:, :end]))
+        msg = None
+        if runner.is_last_stage:
+            out = sample_next(logits, temperature=temperature, seed=seed, step=t, row_ids=row_ids,
+                              vocab_size=model.spec.vocab_size, top_k=cfg.top_k, top_p=cfg.top_p,
+                              tp_group=model.par.tp_group,
+                              top_p_candidates=cfg.top_p_candidates)
+            msg = torch.stack([out.tokens.double(), out.logprobs, out.filtered_logprobs])
+        msg = runner.share(msg, (3, b))
+        live = ~done
+        tok = torch.where(live, msg[0].long(), cfg.pad_token_id)
+        seq[:, end] = tok
+        lp[:, end] = torch.where(live, msg[1], 0.0)
+        flp[:, end] = torch.where(live, msg[2], 0.0)
+        resp_len += live.long()
+        done |= live & torch.isin(tok, eos)
+        steps = t + 1
+        bar.update(1)
+        if bool(done.all()):
+            break
+    bar.close()
+    return seq, lp, flp, resp_len, steps
+
+
+def _assemble(inputs: LeftPadded, seq: Tensor, lp: Tensor, flp: Tensor, resp_len: Tensor,
+              steps: int, cfg: GenerationConfig, group_ids: Tensor) -> Generation:
+    """Working layout -> RolloutBatch layout (see layout.py)."""
+    p = inputs.tokens.shape[1]
+    start = p - inputs.lengths
+    total = inputs.lengths + resp_len
+    cols = torch.arange(int(total.max()))[None]
+    loss_mask = (cols >= inputs.lengths[:, None]) & (cols < total[:, None])
+    batch = RolloutBatch(
+        tokens=right_padded(seq, start, total, cfg.pad_token_id),
+        prompt_lengths=inputs.lengths.clone(),
+        response_lengths=resp_len,
+        loss_mask=loss_mask,
+        sampler_logprobs=right_padded(lp, start, total, 0.0).float(),
+        group_ids=group_ids,
+    )
+    return Generation(batch=batch, filtered_logprobs=right_padded(flp, start, total, 0.0).float(),
+                      steps=steps)

@@ -1,0 +1,195 @@
+"""Next-token sampling from vocab-parallel logits: greedy, temperature, top-k and top-p.
+
+Sampling is Gumbel-max: token = argmax_v (z_v + g_v) over the allowed ids, z = logits / T,
+g_v = -log(-log(u_v)), which draws from softmax(z) restricted to the allowed ids. The uniforms u
+are a deterministic function of (seed, step, row id, GLOBAL token id): each row has its own
+generator, seeded from (seed, step, row id), that draws u for the whole true vocabulary
+[0, vocab_size); every TP rank draws the same stream and reads its own ids. Tokens therefore do
+not depend on the TP/PP layout, the padded vocabulary size, the batch composition or the other
+rows (TP=2 gives the same tokens as TP=1). Temperature 0 is greedy: argmax of the logits, lowest
+id on ties (like torch.argmax), no noise.
+
+Filters, applied in this order on z (like Hugging Face's warpers: temperature, top-k, top-p):
+  top_k > 0   keep the k largest z (ties at the k-th value: whichever torch.topk returns)
+  top_p < 1   then keep the smallest prefix of the remaining ids, sorted by probability (ties by
+              lowest id), whose renormalised probability mass reaches top_p; a token is kept if
+              the mass of the tokens before it is < top_p (so at least one is kept)
+
+Log-probs returned for the sampled token (float64, [b]):
+  logprobs           log softmax(logits / T)[token] over the whole vocabulary: the plain
+                     temperature-scaled policy, what RL ratios need; T = 1 when greedy
+  filtered_logprobs  log of the renormalised top-k/top-p distribution the token was drawn from
+                     (equal to `logprobs` without filters, and when greedy)
+
+Communication per call at TP > 1 (the vocabulary is never gathered unless top-p needs it):
+  no filter      one all_gather of [b, 5] per rank: best (score, id, z) and log-sum-exp pieces
+  top-k / top-p  one all_gather of each rank's K largest z and their ids, [b, 2K + 3], with
+                 K = top_k, or K = top_p_candidates for top-p alone. Top-p without top-k is exact
+                 when the nucleus closes above every rank's K-th value; rows where it does not
+                 make the call repeat with K = V/tp (all ids), decided identically on all ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from rlad_megatron.ops.vocab_shard import VocabShard, vocab_shard
+
+TOP_P_CANDIDATES = 256
+"""Ids per TP rank gathered for top-p alone before falling back to all of them."""
+_MASK64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """One step's result for b rows, identical on every rank of the TP group."""
+
+    tokens: Tensor  # [b] int64 global token ids
+    logprobs: Tensor  # [b] float64, under softmax(logits / T)
+    filtered_logprobs: Tensor  # [b] float64, under the top-k/top-p renormalised distribution
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def stream_seed(seed: int, step: int, row: int) -> int:
+    """The generator seed of one (seed, step, row): a 63-bit hash, no collisions in practice."""
+    x = 0
+    for value in (seed, step, row):
+        x = _splitmix64(x ^ (value & _MASK64))
+    return x >> 1
+
+
+def gumbel_noise(row_ids: Tensor, step: int, seed: int, vocab_size: int) -> Tensor:
+    """[b, vocab_size] float64 Gumbel(0, 1) noise; row i depends only on (seed, step, row_ids[i])."""
+    out = torch.empty(len(row_ids), vocab_size, dtype=torch.float64)
+    gen = torch.Generator()
+    for i, row in enumerate(row_ids.tolist()):
+        gen.manual_seed(stream_seed(seed, step, row))
+        torch.rand(vocab_size, generator=gen, dtype=torch.float64, out=out[i])
+    return out.log_().neg_().log_().neg_()
+
+
+def _gather(local: Tensor, shard: VocabShard) -> Tensor:
+    """[b, n] on each rank -> [tp, b, n] on every rank (one all_gather)."""
+    if shard.group is None:
+        return local[None]
+    parts = [torch.empty_like(local) for _ in range(shard.tp)]
+    dist.all_gather(parts, local.contiguous(), group=shard.group)
+    return torch.stack(parts)
+
+
+def _lse_pieces(z: Tensor) -> tuple[Tensor, Tensor]:
+    """Local max m [b] and sum exp(z - m) [b] over this rank's real ids (-inf, 0 when none)."""
+    if z.shape[1] == 0:
+        b = z.shape[0]
+        return torch.full((b,), float("-inf"), dtype=z.dtype), torch.zeros(b, dtype=z.dtype)
+    m = z.max(-1).values
+    return m, (z - m[:, None]).exp().sum(-1)
+
+
+def _global_lse(m: Tensor, s: Tensor) -> Tensor:
+    """[tp, b] pieces -> log sum_v exp(z_v) over the whole vocabulary, [b]."""
+    big_m = m.max(0).values
+    return big_m + (s * (m - big_m).exp()).sum(0).log()
+
+
+def _sample_unfiltered(z: Tensor, noise: Optional[Tensor], shard: VocabShard) -> Sampled:
+    """z: [b, n_valid] float64; noise: the same ids' Gumbel noise, or None for greedy."""
+    b = z.shape[0]
+    m, s = _lse_pieces(z)
+    if z.shape[1]:
+        score = z if noise is None else z + noise
+        best, loc = score.max(-1)  # first maximum: lowest id within the shard
+        mine = torch.stack([best, (loc + shard.start).double(), z.gather(1, loc[:, None])[:, 0],
+                            m, s], -1)
+    else:
+        inf = torch.full((b,), float("-inf"), dtype=z.dtype)
+        mine = torch.stack([inf, torch.zeros(b, dtype=z.dtype), inf, m, s], -1)
+    every = _gather(mine, shard)  # [tp, b, 5]
+    winner = every[..., 0].argmax(0)  # first rank wins ties: lowest id, like torch.argmax
+    pick = every.gather(0, winner[None, :, None].expand(1, b, 5))[0]
+    lp = pick[:, 2] - _global_lse(every[..., 3], every[..., 4])
+    return Sampled(tokens=pick[:, 1].long(), logprobs=lp, filtered_logprobs=lp)
+
+
+def _candidates(z: Tensor, shard: VocabShard, k: int) -> Tensor:
+    """This rank's k largest z, [b, 2k + 3]: values (-inf padded), global ids (-1 padded), m, s,
+    and tau, the k-th value when ids were left out (-inf when all real ids are in)."""
+    b, n = z.shape
+    take = min(k, n)
+    vals, idx = z.topk(take, dim=-1) if take else (z[:, :0], z[:, :0].long())
+    pad = k - take
+    vals = torch.cat([vals, z.new_full((b, pad), float("-inf"))], 1)
+    ids = torch.cat([(idx + shard.start).double(), z.new_full((b, pad), -1.0)], 1)
+    m, s = _lse_pieces(z)
+    tau = vals[:, k - 1] if n > k else z.new_full((b,), float("-inf"))
+    return torch.cat([vals, ids, m[:, None], s[:, None], tau[:, None]], 1)
+
+
+def _sample_filtered(z: Tensor, noise: Tensor, shard: VocabShard, *, top_k: int, top_p: float,
+                     k: int) -> Optional[Sampled]:
+    """Top-k/top-p Gumbel-max over the gathered candidates; None when top-p needs more of them.
+    noise: [b, vocab_size] (the full true vocabulary)."""
+    b = z.shape[0]
+    every = _gather(_candidates(z, shard, k), shard)  # [tp, b, 2k + 3]
+    vals = every[..., :k].permute(1, 0, 2).reshape(b, -1)
+    ids = every[..., k:2 * k].permute(1, 0, 2).reshape(b, -1)
+    lse = _global_lse(every[..., 2 * k], every[..., 2 * k + 1])
+    tau = every[..., 2 * k + 2].max(0).values
+    by_id = ids.argsort(dim=-1, stable=True)  # then a stable sort by value: ties -> lowest id first
+    vals, ids = vals.gather(1, by_id), ids.gather(1, by_id)
+    order = vals.argsort(dim=-1, descending=True, stable=True)
+    vals, ids = vals.gather(1, order), ids.gather(1, order)
+    keep = torch.isfinite(vals)
+    if top_k > 0:
+        keep &= torch.arange(vals.shape[1]) < top_k
+    if top_p < 1.0:
+        norm = torch.where(keep, vals, float("-inf")).logsumexp(-1) if top_k > 0 else lse
+        p = torch.where(keep, (vals - norm[:, None]).exp(), 0.0)
+        keep &= (p.cumsum(-1) - p) < top_p
+        last = vals.gather(1, (keep.sum(-1, keepdim=True) - 1).clamp(min=0))[:, 0]
+        if top_k == 0 and bool((last <= tau).any()):
+            return None  # the nucleus may reach ids some rank left out
+    safe_ids = ids.long().clamp(min=0)
+    score = torch.where(keep, vals + noise.gather(1, safe_ids), float("-inf"))
+    j = score.argmax(-1, keepdim=True)
+    z_tok = vals.gather(1, j)[:, 0]
+    kept_lse = torch.where(keep, vals, float("-inf")).logsumexp(-1)
+    return Sampled(tokens=safe_ids.gather(1, j)[:, 0], logprobs=z_tok - lse,
+                   filtered_logprobs=z_tok - kept_lse)
+
+
+def sample_next(logits: Tensor, *, temperature: float, seed: int, step: int, row_ids: Tensor,
+                vocab_size: int, top_k: int = 0, top_p: float = 1.0,
+                tp_group: Optional[dist.ProcessGroup] = None,
+                top_p_candidates: int = TOP_P_CANDIDATES) -> Sampled:
+    """Sample one token per row from vocab-parallel logits (see the module docstring).
+
+    logits: [b, V/tp] this TP rank's block of the padded vocabulary (ids >= vocab_size are
+        padding and never sampled); the full [b, V] when tp_group is None.
+    temperature: 0 means greedy (argmax; filters ignored).
+    row_ids: [b] int64, the rows' identities for the noise (global row index under DP).
+    Call on every rank of tp_group with the same arguments; returns the same Sampled on each."""
+    shard = vocab_shard(logits.shape[-1], tp_group, vocab_size)
+    x = logits[:, :shard.n_valid].double()
+    if temperature == 0:
+        return _sample_unfiltered(x, None, shard)
+    z = x / temperature
+    noise = gumbel_noise(row_ids, step, seed, vocab_size)
+    if top_k <= 0 and top_p >= 1.0:
+        return _sample_unfiltered(z, noise[:, shard.start:shard.start + shard.n_valid], shard)
+    k = min(top_k if top_k > 0 else top_p_candidates, shard.local_size)
+    out = _sample_filtered(z, noise, shard, top_k=top_k, top_p=top_p, k=k)
+    if out is None:
+        out = _sample_filtered(z, noise, shard, top_k=top_k, top_p=top_p, k=shard.local_size)
+    return out
