@@ -3,6 +3,7 @@ function of the package; nothing runs at import.
 
   rlad train CONFIG.yaml [key=value ...]   RLAD (or grpo / kdrl / sft_distill) training
   rlad sft CONFIG.yaml [key=value ...]     supervised training on gold solutions (algorithm=sft)
+  rlad demo RECIPE.yaml [STAGE.key=value]  tokenizer -> teacher SFT -> student SFT -> RL
   rlad info                                versions, devices, and whether the CPU shims are active
 
 Under torchrun or srun every rank runs the same command:
@@ -55,17 +56,51 @@ def _train(args, algorithm=None) -> int:
     return 0
 
 
+def _demo(args) -> int:
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex).*")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from rlad_megatron.runtime import print0
+    from rlad_megatron.train.recipe import run_recipe
+
+    try:
+        out = run_recipe(args.config, list(args.overrides))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"rlad: error: {e}", file=sys.stderr)
+        return 2
+    rl = out["rl"]
+    before, after = rl.get("before", {}), rl.get("after", {})
+    print0("\n=== rlad demo: held-out accuracy (greedy, "
+           f"{int(before.get('eval/num_prompts', 0))} prompts) ===")
+    print0(f"  teacher                 {before.get('eval/teacher_accuracy', float('nan')):.1%}")
+    print0(f"  student before RL       {before.get('eval/accuracy', float('nan')):.1%}")
+    print0(f"  student after {rl['last_step']:>3} steps {after.get('eval/accuracy', float('nan')):.1%}")
+    if rl.get("plot"):
+        print0(f"  curves: {rl['plot']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlad", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, devices, CPU shims").set_defaults(func=_info)
+    from rlad_megatron.convert import commands as convert_commands
+
+    convert_commands.add_convert_parser(sub)
+    convert_commands.add_logprobs_parser(sub)
     for name, algorithm, text in (("train", None, "train with the configured algorithm"),
                                   ("sft", "sft", "supervised training on gold solutions")):
         p = sub.add_parser(name, help=text)
         p.add_argument("config", help="YAML run config (train/config.py RunConfig)")
         p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
         p.set_defaults(func=lambda a, alg=algorithm: _train(a, alg))
+    p = sub.add_parser("demo", help="tokenizer, teacher SFT, student SFT, then RL (cached)")
+    p.add_argument("config", help="recipe YAML (train/recipe.py), e.g. examples/configs/demo.yaml")
+    p.add_argument("overrides", nargs="*", help="STAGE.key=value overrides")
+    p.set_defaults(func=_demo)
     return parser
 
 

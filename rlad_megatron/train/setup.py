@@ -65,16 +65,18 @@ class Run:
         return self.par.is_last_stage and self.par.tp_rank == 0 and self.par.dp_rank == 0
 
 
-def resolve_spec(m: ModelConfig, role: str) -> ModelSpec:
-    """preset (+ spec overrides), or spec alone, or the checkpoint's recorded spec."""
+def resolve_spec(m: ModelConfig, role: str, tokenizer: Optional[Tokenizer] = None) -> ModelSpec:
+    """preset (+ spec overrides), or spec alone, or the checkpoint's recorded spec.
+    `vocab_size: 0` in the spec means the tokenizer's size."""
+    fields = dict(m.spec)
+    if fields.get("vocab_size") == 0 and tokenizer is not None:
+        fields["vocab_size"] = tokenizer.vocab_size
     if m.preset:
-        spec = get_preset(m.preset, **m.spec)
-    elif m.spec:
-        spec = ModelSpec.from_dict(dict(m.spec), prefix=f"{role}.spec")
+        spec = get_preset(m.preset, **fields)
+    elif m.checkpoint and not fields.get("arch"):
+        spec = dataclasses.replace(mckpt.read_spec(m.checkpoint), **fields)
     else:
-        spec = mckpt.read_spec(m.checkpoint)
-        if m.spec:
-            spec = dataclasses.replace(spec, **m.spec)
+        spec = ModelSpec.from_dict(fields, prefix=f"{role}.spec")
     spec.validate(prefix=role)
     return spec
 
@@ -145,9 +147,9 @@ def setup(cfg: RunConfig) -> Run:
     env = init_distributed()
     cfg.validate(env.world_size)
     teacher_needed = cfg.algorithm in NEEDS_TEACHER
-    student_spec = resolve_spec(cfg.student, "student")
-    teacher_spec = resolve_spec(cfg.teacher, "teacher") if teacher_needed else None
     tok = load_tokenizers(cfg, teacher_needed)
+    student_spec = resolve_spec(cfg.student, "student", tok)
+    teacher_spec = resolve_spec(cfg.teacher, "teacher", tok) if teacher_needed else None
     check_vocab_fits(student_spec, tok, "student")
     fmt, reward_fn = get_format(cfg.data.format), get_reward(cfg.data.reward)
     splits = load_splits(cfg)
