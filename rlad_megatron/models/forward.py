@@ -24,6 +24,7 @@ from rlad_megatron import ops
 from rlad_megatron.models.build import BuiltModel
 from rlad_megatron.runtime import mcore_compat
 from rlad_megatron.runtime.cpu_shims import cuda_to_cpu
+from rlad_megatron.runtime.devices import compute_device
 
 
 def causal_mask(seq_len: int, device=None) -> torch.Tensor:
@@ -58,6 +59,8 @@ class MicroBatch:
 
     @classmethod
     def from_tokens(cls, tokens: torch.Tensor, index: int = 0) -> "MicroBatch":
+        """Inputs on the compute device (the local GPU, or the CPU)."""
+        tokens = tokens.to(compute_device())
         b, s = tokens.shape
         pos = torch.arange(s, device=tokens.device)[None].expand(b, -1)
         return cls(tokens, pos, next_token_labels(tokens), causal_mask(s, tokens.device), index)
@@ -102,7 +105,7 @@ def run_schedule(model: BuiltModel, micro_batches: list[MicroBatch],
 def forward_logprobs(model: BuiltModel, tokens: torch.Tensor, *, micro_batch_size: int,
                      temperature: float = 1.0, fused: bool = False,
                      chunk_size: Optional[int] = None) -> Optional[torch.Tensor]:
-    """[b, s] fp32 log p(tokens[t] | tokens[:t]) on the last pipeline stage, None elsewhere.
+    """[b, s] fp32 log p(tokens[t] | tokens[:t]) on the last pipeline stage (CPU), None elsewhere.
 
     tokens: [b, s] int64 global ids, identical on every rank of the model-parallel group."""
     par = model.par
@@ -131,7 +134,7 @@ def forward_logprobs(model: BuiltModel, tokens: torch.Tensor, *, micro_batch_siz
                 lp = ops.token_logprobs(output, mbatch.labels, par.tp_group,
                                         temperature=temperature, chunk_size=chunk_size,
                                         vocab_size=vocab)
-            return align_to_tokens(lp.detach())
+            return align_to_tokens(lp.detach()).cpu()
 
         return out, to_logprobs
 

@@ -27,7 +27,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from rlad_megatron.models.build import BuiltModel
-from rlad_megatron.runtime import mcore_compat
+from rlad_megatron.runtime import devices, mcore_compat
+from rlad_megatron.runtime.devices import compute_device
 
 
 class StageRunner:
@@ -76,11 +77,13 @@ class StageRunner:
         """tokens, pos: [b, s] int64; mask: [b, 1, s, L] bool. Returns the last position's
         vocab-parallel logits [b, V/tp] on the last stage, None elsewhere."""
         b, s = tokens.shape
+        device = compute_device()
+        tokens, pos, mask = tokens.to(device), pos.to(device), mask.to(device)
         sends, out = [], None
         for v, chunk in enumerate(self.chunks):
             stage = v * self.pp + self.pp_rank
             if stage > 0:
-                buf = torch.empty((s, b, self.hidden), dtype=self.dtype)
+                buf = torch.empty((s, b, self.hidden), dtype=self.dtype, device=device)
                 dist.recv(buf, src=self.prev)
                 chunk.set_input_tensor(buf)
             ctx = self.contexts[v] if self.contexts is not None else None
@@ -95,12 +98,13 @@ class StageRunner:
             ctx.increment_sequence_len_offset(s)
             if first:
                 ctx.enable_decode_mode()
-        return out if self.is_last_stage else None
+        # sampling bookkeeping is small and runs on the CPU (one [b, V/tp] copy per step on GPU)
+        return out.cpu() if self.is_last_stage else None
 
     def share(self, values: Optional[Tensor], shape: tuple[int, ...]) -> Tensor:
         """The last stage's float64 `values` of `shape`, on every PP rank (one broadcast)."""
         if self.pp == 1:
             return values
         buf = values.contiguous() if self.is_last_stage else torch.empty(shape, dtype=torch.float64)
-        dist.broadcast(buf, src=self.last_rank, group=self.pp_group)
+        devices.broadcast(buf, src=self.last_rank, group=self.pp_group)
         return buf

@@ -39,6 +39,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from rlad_megatron.ops.vocab_shard import VocabShard, vocab_shard
+from rlad_megatron.runtime import devices
 
 TOP_P_CANDIDATES = 256
 """Ids per TP rank gathered for top-p alone before falling back to all of them."""
@@ -84,7 +85,7 @@ def _gather(local: Tensor, shard: VocabShard) -> Tensor:
     if shard.group is None:
         return local[None]
     parts = [torch.empty_like(local) for _ in range(shard.tp)]
-    dist.all_gather(parts, local.contiguous(), group=shard.group)
+    devices.all_gather(parts, local.contiguous(), group=shard.group)
     return torch.stack(parts)
 
 

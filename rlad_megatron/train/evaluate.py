@@ -11,9 +11,9 @@ its own seed space (not the training rollouts').
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
 from rlad_megatron.rollout import generate
+from rlad_megatron.runtime import devices
 from rlad_megatron.train.phases import completions, generation_config, prompt_ids
 
 
@@ -32,7 +32,7 @@ def evaluate(run, model, items, *, prefix: str = "eval") -> tuple[dict[str, floa
     sums = torch.tensor([rewards.sum().item(), float(correct.any(dim=1).sum()),
                          float(batch.response_lengths.sum()), float(len(mine)),
                          float(len(mine) * e.k)], dtype=torch.float64)
-    dist.all_reduce(sums, group=run.par.dp_group)
+    devices.all_reduce(sums, group=run.par.dp_group)
     reward_sum, passed, length, n_prompts, n_samples = sums.tolist()
     return {f"{prefix}/accuracy": reward_sum / n_samples, f"{prefix}/pass_at_{e.k}": passed / n_prompts,
             f"{prefix}/response_len": length / n_samples,

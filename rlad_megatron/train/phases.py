@@ -25,6 +25,7 @@ from rlad_megatron.data.tasks import PromptItem
 from rlad_megatron.losses import check_teacher_logprobs, kdrl_beta
 from rlad_megatron.models.forward import forward_logprobs
 from rlad_megatron.rollout import GenerationConfig, generate
+from rlad_megatron.runtime import devices
 from rlad_megatron.train.step import LossSpec, forward_backward, grads_finite, optimizer_step
 
 log = logging.getLogger("rlad_megatron.train")
@@ -102,7 +103,8 @@ def _pp_broadcast(run, value: Optional[torch.Tensor], shape) -> torch.Tensor:
     if par.pp == 1:
         return value
     out = value if par.is_last_stage else torch.empty(shape, dtype=torch.float32)
-    dist.broadcast(out.contiguous(), src=par.last_stage_global_rank, group=par.pp_group)
+    out = out.contiguous()
+    devices.broadcast(out, src=par.last_stage_global_rank, group=par.pp_group)
     return out
 
 
@@ -177,5 +179,5 @@ def dp_mean(run, values: dict[str, float]) -> dict[str, float]:
     """Mean of per-rank scalars over the data-parallel group (equal-sized ranks)."""
     keys = sorted(values)
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-    dist.all_reduce(t, group=run.par.dp_group)
+    devices.all_reduce(t, group=run.par.dp_group)
     return {k: v / run.par.dp for k, v in zip(keys, t.tolist())}

@@ -35,6 +35,7 @@ from rlad_megatron.data.batch import TrainBatch
 from rlad_megatron.losses import finalize, get_loss, global_normalizers, merge, reduce_op
 from rlad_megatron.models.build import Student
 from rlad_megatron.models.forward import MicroBatch, align_to_tokens, run_schedule
+from rlad_megatron.runtime import devices
 from rlad_megatron.runtime.cpu_shims import cuda_to_cpu
 
 _DIST_OPS = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
@@ -74,7 +75,7 @@ def _global_count(batch: TrainBatch, agg: str, dp_group) -> tuple[torch.Tensor, 
     key = "num_seqs" if agg == "seq_mean_token_mean" else "num_tokens"
     local = global_normalizers(batch.loss_mask)[key].to(torch.int64)
     total = local.clone()
-    dist.all_reduce(total, group=dp_group)
+    devices.all_reduce(total, group=dp_group)
     return total, local
 
 
@@ -83,7 +84,7 @@ def reduce_metrics(stats: dict, dp_group) -> dict:
     out = {}
     for key in sorted(stats):
         value = stats[key].clone()
-        dist.all_reduce(value, op=_DIST_OPS[reduce_op(key)], group=dp_group)
+        devices.all_reduce(value, op=_DIST_OPS[reduce_op(key)], group=dp_group)
         out[key] = value
     return out
 
@@ -110,13 +111,15 @@ def forward_backward(student: Student, batch: TrainBatch, loss: LossSpec, *,
         part = parts[mb.index]
 
         def loss_func(logits):
+            inputs = {k: v.to(logits.device) if torch.is_tensor(v) else v
+                      for k, v in _loss_inputs(fn, part).items()}
             lp = align_to_tokens(ops.token_logprobs(logits, mb.labels, par.tp_group,
                                                     temperature=temperature, vocab_size=vocab))
-            value, stats = fn(lp, **_loss_inputs(fn, part), **loss.kwargs,
+            value, stats = fn(lp, **inputs, **loss.kwargs,
                               **{norm_key: n_global})
-            collected.append(stats)
-            n_local = global_normalizers(part.loss_mask)[norm_key].to(torch.int)
-            return value * n_global.to(value.dtype), n_local, {}
+            collected.append({k: v.cpu() for k, v in stats.items()})
+            n_local = global_normalizers(part.loss_mask)[norm_key].to(torch.int).to(logits.device)
+            return value * n_global.to(value.dtype).to(value.device), n_local, {}
 
         return out, loss_func
 
@@ -149,5 +152,5 @@ def grads_finite(student: Student) -> bool:
     ok = all(bool(torch.isfinite(buffer.grad_data).all())
              for chunk in student.chunks for buffer in getattr(chunk, "buffers", []))
     flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    devices.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())

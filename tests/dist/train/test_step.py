@@ -20,7 +20,9 @@ from rlad_megatron.train.step import LossSpec, forward_backward, optimizer_step
 
 LAYOUTS = [(1, 1), (2, 1), (1, 2), (1, 2, 2)]
 LAYOUT_IDS = ["dp2", "tp2", "pp2", "pp2-vpp2"]
-LOSS_RTOL = 1e-5  # the fp32 model's log-probs differ from float64 by ~1e-6 relative
+# The fp32 model's log-probs differ from float64 by ~1e-6 relative (a few 1e-6 absolute); the
+# loss is a signed average of such terms and can be small, so the bound has an absolute part.
+LOSS_RTOL, LOSS_ATOL = 1e-5, 2e-6
 
 LOSSES = [
     LossSpec("trrd", {}),
@@ -76,7 +78,7 @@ def test_loss_and_gradients_in_megatron_path_match_one_float64_call(parallel, lo
     local = batch.select_rows(_dp_slice(parallel, torch.arange(batch.batch_size)))
     metrics = forward_backward(student, local, loss, micro_batch_size=1)
     got = metrics[f"loss/{loss.name}"]
-    assert_all_ranks(abs(got - ref_value) <= LOSS_RTOL * max(abs(ref_value), 1e-3),
+    assert_all_ranks(abs(got - ref_value) <= LOSS_ATOL + LOSS_RTOL * abs(ref_value),
                      f"{loss.name} loss {got} vs float64 {ref_value} at {parallel.describe()}")
     assert_student_grads_match(student, ref_grads, parallel, f"{loss.name} gradients")
     assert_all_ranks(metrics["count/seqs"] == batch.batch_size,
