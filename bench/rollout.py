@@ -24,8 +24,8 @@ max_new_tokens=1, so that call is timed at 5 values of t spread over [0, 255] an
 the sum over all t of the linear interpolation of those times. Full mode also reports this
 estimate next to the measurement (`nocache_estimate_check`), so the estimator is validated.
 
-Output: bench/results/rollout.json (full) or bench/results/rollout_quick.json (quick, so that a
-quick run does not overwrite the kept full result), and as the last line
+Output: bench/results/rollout.json, under "full" or "quick" (bench/report.py: a quick run does
+not overwrite the kept full result), and as the last line
     RESULT rollout kv_speedup_256=<min over batch sizes of kv tok/s / nocache tok/s> vs_hf=na
 Target: kv_speedup_256 >= 10. vs_hf (against Hugging Face transformers' generate) comes with the
 conversion tool.
@@ -157,9 +157,8 @@ def main() -> None:
         report["env"]["megatron_core"] = version("megatron-core")
     except Exception:
         pass
-    path = RESULTS / ("rollout_quick.json" if args.quick else "rollout.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    from bench.report import write_result
+    path = write_result("rollout", "quick" if args.quick else "full", report)
     print(f"wrote {path} ({report['wall_s']:.0f} s)")
     print(f"RESULT rollout kv_speedup_256={kv_speedup_256:.1f} vs_hf=na")
 
