@@ -5,13 +5,18 @@ read back for the reward.
            end in <answer>...</answer>, which the rewards extract (data/rewards.py). For real
            instruction-tuned models.
   compact  short prompts and procedural solutions for tiny models trained from scratch on CPU
-           (the demo), following docs/demo_feasibility: chain_sum "3+4-2=" -> "3+4=7,7-2=5#5".
-           The part after '#' is the answer; `to_reward_text` wraps it in <answer> tags so the
-           task's own scorer (through data/rewards.py) still decides the reward.
+           (the demo): chain_sum "3+4-2=" -> "3+4=7,7-2=5#5". The part after '#' is the answer;
+           `to_reward_text` wraps it in <answer> tags so the task's own scorer (through
+           data/rewards.py) still decides the reward, but only when every step of the chain is
+           right and uses the prompt's terms in order. Outcome reward alone reinforces lucky
+           answers reached through wrong steps (about 20% of a weak student's correct samples
+           in the feasibility study); a wrong step therefore gets no <answer> and scores 0.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import re
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -35,6 +40,31 @@ def chain_sum_solution(expression: str) -> str:
     return (",".join(steps) if steps else str(total)) + f"#{total}"
 
 
+_STEP = re.compile(r"^(-?\d+)([+-])(\d+)=(-?\d+)$")
+
+
+def chain_sum_steps_ok(completion: str, expression: str) -> bool:
+    """Every 'a+b=c' / 'a-b=c' step is right, chains from the previous result, and consumes the
+    expression's terms in order; the answer after '#' is the last result."""
+    if "#" not in completion:
+        return False
+    chain, answer = completion.rsplit("#", 1)
+    terms = [int(t) for t in _TERM.findall(expression.replace(" ", ""))]
+    steps = chain.split(",") if chain else []
+    if len(steps) != len(terms) - 1:
+        return False
+    total = terms[0]
+    for step, term in zip(steps, terms[1:]):
+        m = _STEP.match(step)
+        if m is None:
+            return False
+        a, op, b, c = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+        if a != total or (b if op == "+" else -b) != term or c != a + (b if op == "+" else -b):
+            return False
+        total = c
+    return answer.strip() == str(total)
+
+
 def _compact_prompt(item: PromptItem) -> str:
     if item.task == "chain_sum":
         return str(item.metadata["expression"]).replace(" ", "") + "="
@@ -54,27 +84,37 @@ class PromptFormat:
     """item -> the text the model is conditioned on (before the tokenizer's template)."""
     solution: Callable[[PromptItem], str]
     """item -> a gold completion (SFT targets)."""
-    to_reward_text: Callable[[str], str]
-    """completion -> the text handed to the reward function."""
+    to_reward_text: Callable[[str, PromptItem], str]
+    """(completion, item) -> the text handed to the reward function."""
     use_chat_template: bool
 
 
-def _after_hash(completion: str) -> str:
+def _compact_reward_text(completion: str, item: PromptItem, check_steps: bool = True) -> str:
+    if check_steps and item.task == "chain_sum" and not chain_sum_steps_ok(
+            completion, str(item.metadata["expression"])):
+        return completion
     answer = completion.rsplit("#", 1)[1].strip() if "#" in completion else ""
     return f"<answer>{answer}</answer>" if answer else completion
 
 
 FORMATS = {
     "chat": PromptFormat("chat", lambda item: item.question,
-                         lambda item: f"<answer>{item.answer}</answer>", lambda c: c, True),
-    "compact": PromptFormat("compact", _compact_prompt, _compact_solution, _after_hash, False),
+                         lambda item: f"<answer>{item.answer}</answer>", lambda c, item: c, True),
+    "compact": PromptFormat("compact", _compact_prompt, _compact_solution, _compact_reward_text,
+                            False),
 }
 
 
-def get_format(name: str) -> PromptFormat:
+def get_format(name: str, *, check_steps: bool = True) -> PromptFormat:
+    """The named format; check_steps=False lets the compact format pass any completion's answer
+    to the reward (outcome reward only)."""
     if name not in FORMATS:
         raise ValueError(f"data.format: {name!r} is not one of {', '.join(FORMATS)}")
-    return FORMATS[name]
+    fmt = FORMATS[name]
+    if name == "compact" and not check_steps:
+        fmt = dataclasses.replace(fmt, to_reward_text=functools.partial(
+            _compact_reward_text, check_steps=False))
+    return fmt
 
 
 def encode_prompt(fmt: PromptFormat, tokenizer, item: PromptItem,

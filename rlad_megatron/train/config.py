@@ -53,6 +53,9 @@ class DataConfig:
     format: str = "chat"
     """Prompt rendering: "chat" (tokenizer template / plain template) or "compact"
     (data/formats.py: short prompts and procedural solutions for tiny models)."""
+    check_steps: bool = True
+    """compact format: a completion reaches the reward only if every step of its chain is right
+    (no reward for lucky answers); false = outcome reward on the answer alone."""
     system_prompt: Optional[str] = None
     train_size: int = 2000
     heldout_size: int = 128

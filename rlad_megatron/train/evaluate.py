@@ -26,8 +26,9 @@ def evaluate(run, model, items, *, prefix: str = "eval") -> tuple[dict[str, floa
     batch = generate(model, prompt_ids(run, mine), gen, seed=2**31 - 1 - run.cfg.seed,
                      row_offset=run.par.dp_rank * len(mine) * e.k)
     texts = completions(run, batch)
-    rewards = torch.tensor([run.reward_fn(run.fmt.to_reward_text(t), mine[i // e.k])
-                            for i, t in enumerate(texts)], dtype=torch.float64)
+    items_of_rows = [mine[i // e.k] for i in range(len(texts))]
+    rewards = torch.tensor([run.reward_fn(run.fmt.to_reward_text(t, item), item)
+                            for t, item in zip(texts, items_of_rows)], dtype=torch.float64)
     correct = (rewards >= 1.0).view(len(mine), e.k)
     sums = torch.tensor([rewards.sum().item(), float(correct.any(dim=1).sum()),
                          float(batch.response_lengths.sum()), float(len(mine)),

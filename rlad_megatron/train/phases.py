@@ -84,8 +84,9 @@ def score(run, batch: RolloutBatch, items: list[PromptItem]) -> tuple[torch.Tens
     """[b] rewards of this rank's rows (row i answers items[i // G])."""
     group = batch.batch_size // len(items)
     texts = completions(run, batch)
-    rewards = [run.reward_fn(run.fmt.to_reward_text(text), items[i // group])
-               for i, text in enumerate(texts)]
+    rows = [items[i // group] for i in range(len(texts))]
+    rewards = [run.reward_fn(run.fmt.to_reward_text(text, item), item)
+               for text, item in zip(texts, rows)]
     return torch.tensor(rewards, dtype=torch.float32), texts
 
 

@@ -151,7 +151,8 @@ def setup(cfg: RunConfig) -> Run:
     student_spec = resolve_spec(cfg.student, "student", tok)
     teacher_spec = resolve_spec(cfg.teacher, "teacher", tok) if teacher_needed else None
     check_vocab_fits(student_spec, tok, "student")
-    fmt, reward_fn = get_format(cfg.data.format), get_reward(cfg.data.reward)
+    fmt = get_format(cfg.data.format, check_steps=cfg.data.check_steps)
+    reward_fn = get_reward(cfg.data.reward)
     splits = load_splits(cfg)
 
     par = init_parallel(dataclasses.replace(cfg.parallel, seed=cfg.seed))
