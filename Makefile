@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export PYTHONWARNINGS ?= ignore
 
-.PHONY: demo test test-unit test-dist test-dist4 bench clean
+.PHONY: demo forward-demo test test-unit test-dist test-dist4 test-integration bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,9 +21,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(TORCHRUN) --nproc-per-node 2 examples/forward_agreement.py
+	$(TORCHRUN) --nproc-per-node 2 -m rlad_megatron.cli demo examples/configs/demo.yaml $(ARGS)
 
-test: test-unit test-dist test-dist4
+test: test-unit test-dist test-dist4 test-integration
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
@@ -33,6 +33,12 @@ test-dist: $(STAMP)
 
 test-dist4: $(STAMP)
 	$(TORCHRUN) --nproc-per-node 4 -m pytest -q -p no:cacheprovider tests/dist4
+
+test-integration: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests/integration
+
+forward-demo: $(STAMP)
+	$(TORCHRUN) --nproc-per-node 2 examples/forward_agreement.py
 
 bench: $(STAMP)
 	$(PY) -m bench.logprob --quick
