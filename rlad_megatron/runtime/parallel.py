@@ -20,6 +20,11 @@ import torch.distributed as dist
 
 from rlad_megatron.runtime import cpu_shims
 
+_CREATED_GROUPS: list = []
+"""Process groups made by megatron's initialize_model_parallel; megatron never destroys them, so
+a process that re-initialises (tests, the demo's stages) would accumulate thousands of gloo
+threads without destroy_parallel() releasing them."""
+
 
 @dataclass
 class ParallelConfig:
@@ -107,14 +112,15 @@ def init_parallel(cfg: ParallelConfig) -> Parallel:
         raise RuntimeError("call rlad_megatron.runtime.init_distributed() before init_parallel()")
     cfg.validate(dist.get_world_size())
     cpu_shims.apply()
-    if ps.model_parallel_is_initialized():
-        ps.destroy_model_parallel()
+    destroy_parallel()
     vpp = cfg.virtual_pipeline if (cfg.virtual_pipeline or 1) > 1 else None
+    before = set(_groups())
     ps.initialize_model_parallel(
         tensor_model_parallel_size=cfg.tensor,
         pipeline_model_parallel_size=cfg.pipeline,
         virtual_pipeline_model_parallel_size=vpp,
     )
+    _CREATED_GROUPS.extend(g for g in _groups() if g not in before)
     cpu_shims.model_parallel_manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     return Parallel(
@@ -132,7 +138,19 @@ def init_parallel(cfg: ParallelConfig) -> Parallel:
     )
 
 
+def _groups() -> list:
+    from torch.distributed.distributed_c10d import _world
+
+    return [g for g in list(_world.pg_map) if g is not dist.GroupMember.WORLD]
+
+
 def destroy_parallel() -> None:
+    """Tear down megatron's parallel state and release the process groups it created."""
     from megatron.core import parallel_state as ps
 
-    ps.destroy_model_parallel()
+    if ps.model_parallel_is_initialized():
+        ps.destroy_model_parallel()
+    while _CREATED_GROUPS:
+        group = _CREATED_GROUPS.pop()
+        if group in _groups():
+            dist.destroy_process_group(group)
