@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from rlad_megatron.models.build import OptimizerSettings
 from rlad_megatron.runtime.parallel import ParallelConfig
 
 ALGORITHMS = {"rlad": "trrd", "grpo": "grpo", "kdrl": "kdrl", "sft_distill": "sft", "sft": "sft"}
@@ -148,15 +149,9 @@ class SelectionConfig:
 
 
 @dataclass
-class OptimConfig:
-    lr: float = 1e-6
-    min_lr: float = 0.0
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
-    clip_grad: float = 1.0
-    distributed: bool = False
+class OptimConfig(OptimizerSettings):
+    """The student's optimizer (models/build.py OptimizerSettings) and its LR schedule."""
+
     warmup_steps: int = 0
     decay_style: str = "constant"
     """constant | linear | cosine (megatron's OptimizerParamScheduler)."""

@@ -26,8 +26,8 @@ from rlad_megatron.data.sampler import PromptSampler
 from rlad_megatron.data.tasks import PromptSplits, file_splits, reasoning_gym_splits
 from rlad_megatron.data.tokenizer import Tokenizer, check_same_vocab, load_tokenizer
 from rlad_megatron.models import checkpoint as mckpt
-from rlad_megatron.models.build import (BuiltModel, OptimizerSettings, Student, Teacher,
-                                        build_student, build_teacher, memory_report)
+from rlad_megatron.models.build import (BuiltModel, Student, Teacher, build_student,
+                                        build_teacher, memory_report)
 from rlad_megatron.models.spec import ModelSpec, get_preset
 from rlad_megatron.runtime import DistEnv, Parallel, init_distributed, init_parallel, print0
 from rlad_megatron.train import checkpoint as tckpt
@@ -156,11 +156,7 @@ def setup(cfg: RunConfig) -> Run:
     splits = load_splits(cfg)
 
     par = init_parallel(dataclasses.replace(cfg.parallel, seed=cfg.seed))
-    o = cfg.optimizer
-    student = build_student(student_spec, par, OptimizerSettings(
-        lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay, adam_beta1=o.adam_beta1,
-        adam_beta2=o.adam_beta2, adam_eps=o.adam_eps, clip_grad=o.clip_grad,
-        distributed=o.distributed), dtype=cfg.student.dtype)
+    student = build_student(student_spec, par, cfg.optimizer, dtype=cfg.student.dtype)
     teacher = None
     if teacher_needed:
         teacher = build_teacher(teacher_spec, par, dtype=cfg.teacher.dtype,
