@@ -26,9 +26,11 @@ estimate next to the measurement (`nocache_estimate_check`), so the estimator is
 
 Output: bench/results/rollout.json, under "full" or "quick" (bench/report.py: a quick run does
 not overwrite the kept full result), and as the last line
-    RESULT rollout kv_speedup_256=<min over batch sizes of kv tok/s / nocache tok/s> vs_hf=na
-Target: kv_speedup_256 >= 10. vs_hf (against Hugging Face transformers' generate) comes with the
-conversion tool.
+    RESULT rollout kv_speedup_256=<min over batch sizes of kv tok/s / nocache tok/s> vs_hf=<ours / transformers>
+Target: kv_speedup_256 >= 10. vs_hf: our KV-cached tok/s over Hugging Face transformers'
+generate (KV cache, T=1 sampling, no EOS) on the same weights (a random LlamaForCausalLM loaded
+into the megatron model through convert/layout.py) and prompts, batch 8, 256 new tokens; target
+>= 1. "na" when transformers is not installed.
 """
 
 from __future__ import annotations
@@ -57,7 +59,54 @@ def build_model():
     spec = ModelSpec(arch="llama", num_layers=4, hidden_size=256, ffn_hidden_size=1024,
                      num_attention_heads=8, num_query_groups=8, vocab_size=8192,
                      max_position_embeddings=1024, name="bench-4l-256h")
-    return build_teacher(spec, par)
+    model = build_teacher(spec, par)
+    hf = hf_twin(model)
+    return model, hf
+
+
+def hf_twin(model):
+    """A Hugging Face LlamaForCausalLM with random weights, loaded into `model` too, so both
+    generate from identical weights (None when transformers is not installed)."""
+    try:
+        from transformers import LlamaConfig, LlamaForCausalLM
+    except ImportError:
+        return None
+    from rlad_megatron.convert.layout import load_hf_tensors
+
+    s = model.spec
+    torch.manual_seed(SEED)
+    hf = LlamaForCausalLM(LlamaConfig(
+        vocab_size=s.vocab_size, hidden_size=s.hidden_size, intermediate_size=s.ffn_hidden_size,
+        num_hidden_layers=s.num_layers, num_attention_heads=s.num_attention_heads,
+        num_key_value_heads=s.num_query_groups, max_position_embeddings=s.max_position_embeddings,
+        rope_theta=s.rotary_base, rms_norm_eps=s.norm_eps, tie_word_embeddings=False,
+        torch_dtype="float32")).eval()
+    weights = hf.state_dict()
+    load_hf_tensors(model.chunks, weights.__getitem__, spec=s, tp=1, tp_rank=0,
+                    padded_vocab=model.padded_vocab_size)
+    return hf
+
+
+def hf_generate_tok_s(hf, batch: int, new_tokens: int, vocab: int) -> float:
+    """transformers' generate (KV cache, sampling at T=1, no EOS) on the same prompts."""
+    rows = prompts(batch, vocab)
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(batch, width, dtype=torch.long)
+    mask = torch.zeros(batch, width, dtype=torch.long)
+    for i, r in enumerate(rows):  # left padding, as generate() expects for decoder-only models
+        ids[i, width - len(r):] = torch.tensor(r)
+        mask[i, width - len(r):] = 1
+    kwargs = dict(attention_mask=mask, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                  max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0,
+                  eos_token_id=None, use_cache=True)
+    with torch.no_grad():
+        hf.generate(ids[:, :8], **{**kwargs, "attention_mask": mask[:, :8],
+                                   "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
+        start = time.perf_counter()
+        out = hf.generate(ids, **kwargs)
+        wall = time.perf_counter() - start
+    assert out.shape[1] == width + new_tokens
+    return batch * new_tokens / wall
 
 
 def prompts(batch: int, vocab: int, extra: int = 0) -> list[list[int]]:
@@ -111,7 +160,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     began = time.perf_counter()
-    model = build_model()
+    model, hf = build_model()
     timed_generate(model, prompts(2, 8192), 4, True)  # warm-up: lazy init, allocator
     timed_generate(model, prompts(2, 8192), 4, False)
     batches, reps = ([8], 1) if args.quick else ([8, 32], 2)
@@ -139,10 +188,20 @@ def main() -> None:
                   f"{nocache['tok_s']:7.1f} tok/s ({nocache['measured']})  speedup "
                   f"{row['speedup']:5.1f}x  tokens_equal={same}", flush=True)
     kv_speedup_256 = min(speedups[256])
+    vs_hf, hf_row = "na", None
+    if hf is not None:
+        hf_tok_s = hf_generate_tok_s(hf, 8, 256, model.spec.vocab_size)
+        ours = next(r for r in rows if r["batch"] == 8 and r["new_tokens"] == 256)["kv"]["tok_s"]
+        vs_hf = ours / hf_tok_s
+        hf_row = {"batch": 8, "new_tokens": 256, "hf_tok_s": hf_tok_s, "ours_tok_s": ours,
+                  "ratio": vs_hf}
+        print(f"batch   8 new  256: ours {ours:8.1f} tok/s  transformers generate "
+              f"{hf_tok_s:8.1f} tok/s  ratio {vs_hf:.2f}x", flush=True)
     report = {
         "mode": "quick" if args.quick else "full",
         "summary": {"kv_speedup_256": kv_speedup_256, "kv_speedup_64": min(speedups[64]),
-                    "vs_hf": "na"},
+                    "vs_hf": vs_hf},
+        "hf": hf_row,
         "target": {"kv_speedup_256": f">= {TARGET}"},
         "model": model.spec.to_dict(),
         "sampling": "temperature 1.0, seeded Gumbel-max, no EOS",
@@ -160,7 +219,8 @@ def main() -> None:
     from bench.report import write_result
     path = write_result("rollout", "quick" if args.quick else "full", report)
     print(f"wrote {path} ({report['wall_s']:.0f} s)")
-    print(f"RESULT rollout kv_speedup_256={kv_speedup_256:.1f} vs_hf=na")
+    vs = f"{vs_hf:.2f}" if hf is not None else "na"
+    print(f"RESULT rollout kv_speedup_256={kv_speedup_256:.1f} vs_hf={vs}")
 
 
 if __name__ == "__main__":

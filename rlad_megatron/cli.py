@@ -38,6 +38,7 @@ def _train(args, algorithm=None) -> int:
     import warnings
 
     warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex).*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from rlad_megatron.runtime import print0
     from rlad_megatron.train.config import load_config
@@ -63,6 +64,7 @@ def _demo(args) -> int:
     import warnings
 
     warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex).*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from rlad_megatron.runtime import print0
     from rlad_megatron.train.recipe import run_recipe

@@ -140,7 +140,7 @@ def train(cfg: RunConfig, run: Optional[Run] = None) -> dict:
                                                             run.par.dp, seconds)
             metrics.update(memory_stats())
             if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
-                metrics.update(run_eval(run, step))
+                run_eval(run, step)  # logged under eval/ by run_eval
             if step % cfg.logging.log_every == 0 or step == cfg.train.steps:
                 run.metrics.log(step, metrics)
                 if sample is not None:
