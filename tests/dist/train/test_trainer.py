@@ -69,3 +69,31 @@ def test_resume_a_tp2_checkpoint_at_tp1(shared_tmp_path):
     summary = train(second, run2)
     destroy_parallel()
     assert_all_ranks(summary["start_step"] == 2 and summary["last_step"] == 3, f"{summary}")
+
+
+def test_nan_loss_skips_the_step_and_aborts_after_k_in_a_row(shared_tmp_path):
+    from rlad_megatron.data.batch import TrainBatch
+    from rlad_megatron.train import phases
+
+    cfg = _config(shared_tmp_path, "nan", "grpo", "parallel.tensor=2",
+                  "train.max_consecutive_bad_steps=2")
+    run = setup(cfg)
+    tokens = torch.randint(0, 19, (16, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(16, 12, dtype=torch.bool)
+    mask[:, 4:] = True
+    advantages = torch.ones(16)
+    advantages[3] = float("nan")
+    zeros = torch.zeros(16, 12)
+    batch = TrainBatch(tokens=tokens, prompt_lengths=torch.full((16,), 4),
+                       response_lengths=torch.full((16,), 8), loss_mask=mask,
+                       sampler_logprobs=zeros, group_ids=torch.arange(16) // 4,
+                       rewards=advantages, advantages=advantages, old_logprobs=zeros)
+    before = [p.detach().clone() for m in run.student.modules for p in m.parameters()]
+    metrics = phases.update(run, batch, step=1, mini_batches=1)
+    unchanged = all(torch.equal(a, p) for a, p in zip(
+        before, (p for m in run.student.modules for p in m.parameters())))
+    assert_all_ranks(metrics.get("optim/skipped") == 1.0 and unchanged and run.state.bad_steps == 1,
+                     f"a NaN loss must skip the optimizer step: {metrics}")
+    with pytest.raises(RuntimeError, match="2 consecutive optimizer steps with a NaN/Inf"):
+        phases.update(run, batch, step=2, mini_batches=1)
+    destroy_parallel()
