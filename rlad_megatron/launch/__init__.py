@@ -1,1 +1,13 @@
-"""Cluster launch: nemo-run factories and the layout/memory planner."""
+"""Cluster launch: the layout and memory planner, and nemo-run factories and executors.
+
+  memory.py      per-GPU bytes of one TP x PP x DP layout (weights, grads, optimizer, activations,
+                 log-prob chunk, KV cache), with the formulas in its docstring
+  plan.py        `rlad plan`: model sources, valid layouts ranked by headroom, refusals, output
+  nemo_run.py    recipe factories (run.Partial of `rlad_train`), Slurm / local executors,
+                 `launch()`, and the command line `python -m rlad_megatron.launch`
+  plan_check.py  the nemo-run plugin that runs the planner before a submission
+
+Only nemo_run.py's functions and plan_check.py import nemo-run (the `launch` extra); the planner
+needs nothing beyond the package. The Slurm side lives in slurm/ (rlad_train.sbatch, submit.sh);
+docs/launch.md describes both.
+"""

@@ -258,9 +258,11 @@ PidFile={r}/slurmdbd.pid
             raise RuntimeError(f"{' '.join(argv)} exited {p.returncode}: {p.stderr.strip()}")
         return p.stdout
 
-    def sbatch(self, script: str | Path, *args: str, env: dict | None = None) -> str:
-        """Submit; returns the job id. `env` replaces the submission environment."""
-        p = subprocess.run(["sbatch", "--parsable", *args, str(script)],
+    def sbatch(self, script: str | Path, *script_args: str, options=(),
+               env: dict | None = None) -> str:
+        """sbatch [options] script [script_args]; returns the job id. `env` replaces the
+        submission environment (SLURM_CONF is added)."""
+        p = subprocess.run(["sbatch", "--parsable", *options, str(script), *script_args],
                            env={**(env or self.env), "SLURM_CONF": str(self.conf)},
                            capture_output=True, text=True)
         if p.returncode:

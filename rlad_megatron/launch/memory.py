@@ -1,0 +1,185 @@
+"""Per-GPU memory of one RLAD layout: arithmetic on the two ModelSpecs, no torch, no GPU.
+
+Student and teacher share one Megatron layout (TP x PP x DP, runtime/parallel.py). For a layout
+(tp, pp, dp), every term below is bytes on one GPU, each taken at its heaviest pipeline stage
+(an upper bound when pp > 1: weights peak on the last stage, activations on the first):
+
+  teacher weights  P_T * b_T                   frozen: no gradients, no optimizer state
+  student weights  P_S * b_S
+  student grads    P_S * 4                     fp32 grad buffer (models/build.py sets
+                                               DistributedDataParallelConfig(grad_reduce_in_fp32))
+  optimizer        P_S * 12 / d  (bf16, fp16)  Adam: fp32 master copy + 2 fp32 moments
+                   P_S * 8 / d   (fp32)        2 fp32 moments (the fp32 params are the master)
+                   d = dp with optimizer.distributed (ZeRO-1), else 1
+  activations      (L_S/pp) * m * A_layer      1F1B: the first stage holds m = min(pp, micro-batches)
+                                               micro-batches of its L_S/pp layers
+  with recompute   (L_S/pp) * m * 2sbh(/tp) + A_layer      (full recompute keeps each layer's
+                                               input, and one layer's activations while recomputing)
+  logits           b*s * V/tp * 2 * b_S        the student's logits of one micro-batch + their grad
+  log-prob chunk   c * V/tp * 4                the chunked vocab-parallel log-prob workspace (fp32)
+  KV cache         2 * L_S/pp * g_S/tp * d_head * (prompt + response) * B_roll * b_S
+  reserve          CUDA context, NCCL buffers, allocator fragmentation (a flat amount)
+
+So a bf16 student costs 2 + 4 + 12 = 18 bytes per parameter, or 6 + 12/dp with the distributed
+optimizer (Megatron-LM's distributed-optimizer table for fp32 gradients), and a bf16 teacher 2.
+
+P = parameters held by one rank of the heaviest stage: its L/pp layers (matrices / tp; norms
+whole) plus the output layer and final norm (the last stage; a copy of the embedding when tied)
+or, with pp = 1, the embedding too. V = padded vocabulary (models/config.py padded_vocab_size).
+
+A_layer, activations of one layer for one micro-batch of b sequences of s = prompt + response
+tokens (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models",
+Table 2; 2-byte activations, scaled by b_S / 2):
+  sequence parallel   s*b*h * (34 + 5*a*s/h) / tp
+  tensor parallel     s*b*h * (10 + 24/tp + 5*a*s/(h*tp))
+The 5*a*s/h term is the stored [a, s, s] attention scores; flash / fused attention (the
+transformer-engine spec on GPU) never stores them, so it is dropped with flash_attention=True.
+The formula is the paper's GPT block (4h GeLU MLP, full multi-head attention); for SwiGLU and
+grouped-query attention it is an estimate of the same order. The teacher's forward-only passes
+keep no activations beyond the log-prob chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Optional
+
+from rlad_megatron.models.config import padded_vocab_size
+from rlad_megatron.models.spec import ModelSpec
+
+GIB = 1 << 30
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+GRAD_BYTES = 4
+"""The student's gradient buffer is fp32 (models/build.py: grad_reduce_in_fp32=True)."""
+LOGPROB_CHUNK_BYTES = 256 << 20
+"""fp32 bytes of one log-prob chunk on a GPU (ops/chunks.py DEFAULT_CHUNK_BYTES["cuda"])."""
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What one RL step asks of a GPU, besides the weights."""
+
+    prompt_len: int = 1024
+    response_len: int = 1024
+    """rollout.max_new_tokens."""
+    micro_batch_size: int = 1
+    """train.micro_batch_size: sequences per micro-batch of the log-prob passes and the update."""
+    mini_batches: int = 1
+    """train.mini_batches: optimizer steps per RL step."""
+    prompts_per_step: int = 16
+    """rollout.prompts_per_step, over all data-parallel ranks."""
+    group_size: int = 8
+    """rollout.group_size: samples per prompt."""
+    rollout_micro_batch: int = 0
+    """rollout.micro_batch_size: sequences generated together (the KV cache); 0 = all of a rank's."""
+    student_dtype: str = "bf16"
+    teacher_dtype: str = "bf16"
+    distributed_optimizer: bool = True
+    sequence_parallel: bool = False
+    flash_attention: bool = True
+    recompute: bool = False
+    """Full activation recompute (the trainer does not offer it yet; reported for comparison)."""
+    logprob_chunk_tokens: Optional[int] = None
+    """Tokens per log-prob chunk; None: as many as fit LOGPROB_CHUNK_BYTES (the GPU default)."""
+    reserve_gib: float = 4.0
+
+    @property
+    def seq_len(self) -> int:
+        return self.prompt_len + self.response_len
+
+    def sequences_per_rank(self, dp: int) -> int:
+        return self.prompts_per_step // dp * self.group_size
+
+    def rollout_batch(self, dp: int) -> int:
+        return self.rollout_micro_batch or self.sequences_per_rank(dp)
+
+    def micro_batches(self, dp: int) -> int:
+        """Micro-batches per mini-batch on one rank (at least 1)."""
+        return max(1, self.sequences_per_rank(dp) // self.mini_batches // self.micro_batch_size)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes on one GPU, per part (see the module docstring for each formula)."""
+
+    teacher_weights: int
+    student_weights: int
+    student_grads: int
+    optimizer_state: int
+    activations: int
+    activations_recompute: int
+    logits: int
+    logprob_chunk: int
+    kv_cache: int
+    reserve: int
+
+    def total(self, recompute: bool = False) -> int:
+        parts = asdict(self)
+        parts.pop("activations_recompute" if not recompute else "activations")
+        return sum(parts.values())
+
+    def parts(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def layer_parameters(spec: ModelSpec, tp: int) -> int:
+    """Parameters of one transformer layer held by one TP rank."""
+    h, f, d = spec.hidden_size, spec.ffn_hidden_size, spec.head_dim
+    q, kv = spec.num_attention_heads * d, spec.num_query_groups * d
+    sharded = h * (q + 2 * kv) + q * h + 3 * h * f          # qkv, proj, fc1 (gate+up), fc2
+    sharded += (q + 2 * kv) if spec.qkv_bias else 0
+    replicated = 2 * h + (2 * d if spec.qk_layernorm else 0)  # two RMSNorms, qk norms
+    return sharded // tp + replicated
+
+
+def stage_parameters(spec: ModelSpec, tp: int, pp: int) -> int:
+    """Parameters held by one rank of the heaviest pipeline stage (the last one when pp > 1)."""
+    vocab = padded_vocab_size(spec.vocab_size, spec.make_vocab_size_divisible_by, tp)
+    embedding = vocab * spec.hidden_size // tp
+    layers = spec.num_layers // pp * layer_parameters(spec, tp)
+    if pp == 1:
+        return layers + embedding * (1 if spec.tie_embeddings else 2) + spec.hidden_size
+    return layers + embedding + spec.hidden_size             # output layer (or its tied copy), norm
+
+
+def layer_activation_bytes(spec: ModelSpec, w: Workload, tp: int) -> int:
+    """A_layer: activations one layer keeps for the backward of one micro-batch."""
+    s, b, h, a = w.seq_len, w.micro_batch_size, spec.hidden_size, spec.num_attention_heads
+    scores = 0.0 if w.flash_attention else 5 * a * s / h
+    if w.sequence_parallel:
+        per_token = (34 + scores) / tp
+    else:
+        per_token = 10 + 24 / tp + scores / tp
+    return int(s * b * h * per_token * DTYPE_BYTES[w.student_dtype] / 2)
+
+
+def estimate(teacher: ModelSpec, student: ModelSpec, tp: int, pp: int, dp: int,
+             w: Workload) -> MemoryEstimate:
+    """Per-GPU memory of RLAD with `teacher` and `student` under layout tp x pp x dp."""
+    b_s, b_t = DTYPE_BYTES[w.student_dtype], DTYPE_BYTES[w.teacher_dtype]
+    p_s, p_t = stage_parameters(student, tp, pp), stage_parameters(teacher, tp, pp)
+    optimizer_bytes = (12 if b_s == 2 else 8) / (dp if w.distributed_optimizer else 1)
+
+    layers, in_flight = student.num_layers // pp, min(pp, w.micro_batches(dp))
+    a_layer = layer_activation_bytes(student, w, tp)
+    kept_input = w.seq_len * w.micro_batch_size * student.hidden_size * b_s
+    kept_input //= tp if w.sequence_parallel else 1
+
+    vocab_shard = max(padded_vocab_size(m.vocab_size, m.make_vocab_size_divisible_by, tp)
+                      for m in (teacher, student)) // tp
+    tokens = w.micro_batch_size * w.seq_len
+    chunk = w.logprob_chunk_tokens or max(1, LOGPROB_CHUNK_BYTES // (4 * vocab_shard))
+    kv_heads = student.num_query_groups // tp
+    return MemoryEstimate(
+        teacher_weights=p_t * b_t,
+        student_weights=p_s * b_s,
+        student_grads=p_s * GRAD_BYTES,
+        optimizer_state=int(p_s * optimizer_bytes),
+        activations=layers * in_flight * a_layer,
+        activations_recompute=layers * in_flight * kept_input + a_layer,
+        logits=tokens * vocab_shard * 2 * b_s,
+        logprob_chunk=min(chunk, tokens) * vocab_shard * 4,
+        kv_cache=(2 * layers * kv_heads * student.head_dim * w.seq_len
+                  * w.rollout_batch(dp) * b_s),
+        reserve=int(w.reserve_gib * GIB),
+    )

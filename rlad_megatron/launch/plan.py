@@ -1,0 +1,360 @@
+"""`rlad plan`: which TP x PP x DP layouts hold a teacher and a student on the GPUs, by how much.
+
+    rlad plan --teacher llama3.1-405b --student llama3.1-8b --nodes 8 --gpus-per-node 8
+    rlad plan --config examples/configs/qwen3_32b_to_8b.yaml --nodes 4 --gpus-per-node 8 [key=value]
+    rlad plan --teacher /models/Qwen3-8B --student ckpts/qwen3-1.7b ... --json
+
+A model is a preset name (models/spec.py), a Hugging Face directory or its config.json, or a
+Megatron checkpoint written by `rlad convert import` / `rlad train` (its rlad_model.json).
+
+Valid layouts (student and teacher share one, runtime/parallel.py):
+  TP divides the GPUs per node (a TP group stays inside a node) and both models' attention
+     heads, query groups and ffn_hidden_size;
+  PP (times the virtual pipeline size) divides both models' layer counts;
+  DP = world / (TP * PP), and DP divides rollout.prompts_per_step (a prompt's group stays on
+     one rank).
+Each valid layout gets the per-GPU memory of launch/memory.py; they are ranked by headroom (GPU
+memory minus the total). A layout fixed by the run config (parallel.tensor / pipeline) or by
+--tp / --pp is checked as is; the request is refused, with the reason, when that layout does
+not divide the models or does not fit, or, with no fixed layout, when no valid layout fits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from rlad_megatron.launch.memory import GIB, MemoryEstimate, Workload, estimate
+from rlad_megatron.models.spec import PRESETS, ModelSpec, get_preset
+
+LABELS = {"teacher_weights": "teacher weights", "student_weights": "student weights",
+          "student_grads": "student grads", "optimizer_state": "optimizer",
+          "activations": "activations", "activations_recompute": "activations (recompute)",
+          "logits": "logits", "logprob_chunk": "log-prob chunk", "kv_cache": "KV cache",
+          "reserve": "reserve"}
+
+
+@dataclass
+class PlanRequest:
+    teacher: ModelSpec
+    student: ModelSpec
+    nodes: int
+    gpus_per_node: int
+    gpu_memory_gib: float = 80.0
+    workload: Workload = field(default_factory=Workload)
+    tp: Optional[int] = None
+    """A fixed layout (the run config's parallel.tensor/pipeline, or --tp/--pp); None: any."""
+    pp: Optional[int] = None
+    vpp: Optional[int] = None
+
+    @property
+    def world(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+
+@dataclass
+class LayoutPlan:
+    tp: int
+    pp: int
+    dp: int
+    memory: MemoryEstimate
+    total: int
+    headroom: int
+    """GPU memory minus total, in bytes; negative when it does not fit."""
+
+    @property
+    def fits(self) -> bool:
+        return self.headroom >= 0
+
+    @property
+    def name(self) -> str:
+        return f"TP={self.tp} PP={self.pp} DP={self.dp}"
+
+
+@dataclass
+class Plan:
+    request: PlanRequest
+    layouts: list[LayoutPlan]
+    """Every valid layout, most headroom first."""
+    chosen: Optional[LayoutPlan]
+    """The fixed layout, or else the one with most headroom; None when no layout is valid."""
+    ok: bool
+    reason: Optional[str] = None
+    """Why the request is refused (None when ok)."""
+
+
+# ----------------------------------------------------------------------------- models
+def load_model_spec(source: str, role: str = "model") -> ModelSpec:
+    """A preset name, an HF directory or config.json, or a Megatron checkpoint -> ModelSpec."""
+    from rlad_megatron.convert.hf_config import read_hf_config, spec_from_hf_config
+    from rlad_megatron.models import checkpoint as mckpt
+
+    path = Path(source)
+    if not path.exists():
+        if source in PRESETS:
+            return get_preset(source)
+        raise ValueError(f"{role}: {source!r} is neither a preset ({', '.join(sorted(PRESETS))}) "
+                         "nor an existing path (HF model directory, config.json or Megatron "
+                         "checkpoint)")
+    if path.is_file():
+        data = json.loads(path.read_text())
+        if "spec" in data:                                    # a checkpoint's rlad_model.json
+            return ModelSpec.from_dict(data["spec"], prefix=f"{role} ({path})")
+        return spec_from_hf_config(data, source=str(path))
+    if (path / "config.json").exists():
+        return spec_from_hf_config(read_hf_config(path)[0], source=str(path / "config.json"))
+    return mckpt.read_spec(path)
+
+
+def spec_from_model_config(m, role: str) -> ModelSpec:
+    """The ModelSpec a run config's student/teacher section describes (as train/setup.py:
+    preset + spec fields, else the checkpoint's spec + spec fields, else the spec alone)."""
+    from rlad_megatron.models import checkpoint as mckpt
+
+    fields_ = dict(m.spec)
+    if fields_.get("vocab_size") == 0:
+        fields_["vocab_size"] = _tokenizer_vocab(m, role)
+    if m.preset:
+        spec = get_preset(m.preset, **fields_)
+    elif m.checkpoint and not fields_.get("arch"):
+        if not Path(m.checkpoint).exists():
+            raise ValueError(f"{role}.checkpoint: {m.checkpoint} does not exist (set "
+                             f"{role}.preset to plan before the checkpoint is converted)")
+        spec = dataclasses.replace(mckpt.read_spec(m.checkpoint), **fields_)
+    else:
+        spec = ModelSpec.from_dict(fields_, prefix=f"{role}.spec")
+    spec.validate(prefix=role)
+    return spec
+
+
+def _tokenizer_vocab(m, role: str) -> int:
+    from rlad_megatron.data.tokenizer import load_tokenizer
+
+    if not m.tokenizer:
+        raise ValueError(f"{role}.spec.vocab_size is 0 (the tokenizer's) but {role}.tokenizer "
+                         "is not set")
+    return load_tokenizer(m.tokenizer).vocab_size
+
+
+WORKLOAD_FROM_CONFIG = {
+    "response_len": "rollout.max_new_tokens", "micro_batch_size": "train.micro_batch_size",
+    "mini_batches": "train.mini_batches", "prompts_per_step": "rollout.prompts_per_step",
+    "group_size": "rollout.group_size", "rollout_micro_batch": "rollout.micro_batch_size",
+    "student_dtype": "student.dtype", "teacher_dtype": "teacher.dtype",
+    "distributed_optimizer": "optimizer.distributed",
+    "sequence_parallel": "parallel.sequence_parallel",
+}
+"""Workload field <- run config key, for `rlad plan --config` (the prompt length is not in it)."""
+
+
+def build_request(*, nodes: int, gpus_per_node: int, gpu_memory_gib: float = 80.0,
+                  config=None, overrides=(), teacher: Optional[str] = None,
+                  student: Optional[str] = None, tp: Optional[int] = None,
+                  pp: Optional[int] = None, **workload) -> PlanRequest:
+    """A PlanRequest from a run config (a YAML path + dotted overrides, or a RunConfig) and/or
+    explicit models and sizes.
+
+    Explicit arguments win over the config; `workload` holds Workload fields, None = unset."""
+    workload = {k: v for k, v in workload.items() if v is not None}
+    vpp = None
+    if config is not None or overrides:
+        from rlad_megatron.train.config import load_config
+
+        is_path = config is None or isinstance(config, (str, Path))
+        cfg = load_config(config, list(overrides)) if is_path else config
+        values = {}
+        for key, dotted in WORKLOAD_FROM_CONFIG.items():
+            value = cfg
+            for part in dotted.split("."):
+                value = getattr(value, part)
+            values[key] = value
+        workload = {**values, **workload}
+        t_spec = spec_from_model_config(cfg.teacher, "teacher") if teacher is None else None
+        s_spec = spec_from_model_config(cfg.student, "student") if student is None else None
+        tp = cfg.parallel.tensor if tp is None else tp
+        pp = cfg.parallel.pipeline if pp is None else pp
+        vpp = cfg.parallel.virtual_pipeline
+    else:
+        t_spec = s_spec = None
+        if teacher is None or student is None:
+            raise ValueError("give --teacher and --student (preset, HF directory or Megatron "
+                             "checkpoint), or --config with a run config")
+    t_spec = t_spec or load_model_spec(teacher, "teacher")
+    s_spec = s_spec or load_model_spec(student, "student")
+    return PlanRequest(teacher=t_spec, student=s_spec, nodes=nodes, gpus_per_node=gpus_per_node,
+                       gpu_memory_gib=gpu_memory_gib, workload=Workload(**workload), tp=tp,
+                       pp=pp, vpp=vpp)
+
+
+# ----------------------------------------------------------------------------- layouts
+def layout_problems(req: PlanRequest, tp: int, pp: int) -> list[str]:
+    """Why layout tp x pp cannot hold the two models on this many GPUs (empty: it can)."""
+    problems = []
+    if tp > req.gpus_per_node or req.gpus_per_node % tp:
+        problems.append(f"parallel.tensor: {tp} does not divide the GPUs per node "
+                        f"{req.gpus_per_node} (a TP group must stay inside one node)")
+    for role, spec in (("teacher", req.teacher), ("student", req.student)):
+        for key in ("num_attention_heads", "num_query_groups", "ffn_hidden_size"):
+            if getattr(spec, key) % tp:
+                problems.append(f"parallel.tensor: {tp} does not divide "
+                                f"{role}.{key}: {getattr(spec, key)}")
+        stages, what = pp * (req.vpp or 1), ("pipeline * virtual_pipeline" if req.vpp
+                                             else "pipeline")
+        if spec.num_layers % stages:
+            problems.append(f"parallel.{what}: {stages} does not divide "
+                            f"{role}.num_layers: {spec.num_layers}")
+    if req.world % (tp * pp):
+        problems.append(f"parallel.tensor * parallel.pipeline = {tp * pp} does not divide the "
+                        f"world size {req.nodes} nodes * {req.gpus_per_node} GPUs = {req.world}")
+    elif req.workload.prompts_per_step % (req.world // (tp * pp)):
+        problems.append(f"the data-parallel size {req.world // (tp * pp)} does not divide "
+                        f"rollout.prompts_per_step: {req.workload.prompts_per_step}")
+    return problems
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def evaluate(req: PlanRequest, tp: int, pp: int) -> LayoutPlan:
+    dp = req.world // (tp * pp)
+    memory = estimate(req.teacher, req.student, tp, pp, dp, req.workload)
+    total = memory.total(recompute=req.workload.recompute)
+    return LayoutPlan(tp, pp, dp, memory, total, int(req.gpu_memory_gib * GIB) - total)
+
+
+def valid_layouts(req: PlanRequest) -> list[LayoutPlan]:
+    """Every valid (tp, pp) with its memory, most headroom first (then fewer model-parallel ranks)."""
+    layers = math.gcd(req.teacher.num_layers, req.student.num_layers)
+    plans = [evaluate(req, tp, pp) for tp in _divisors(req.gpus_per_node)
+             for pp in _divisors(layers) if not layout_problems(req, tp, pp)]
+    return sorted(plans, key=lambda p: (-p.headroom, p.tp * p.pp, p.tp))
+
+
+def plan(req: PlanRequest) -> Plan:
+    """Rank the valid layouts and decide: the fixed layout, or else the best one, must fit."""
+    for key in ("nodes", "gpus_per_node"):
+        if getattr(req, key) < 1:
+            raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(req, key)}")
+    layouts = valid_layouts(req)
+    if req.tp is not None or req.pp is not None:
+        tp, pp = req.tp or 1, req.pp or 1
+        problems = layout_problems(req, tp, pp)
+        if problems:
+            return Plan(req, layouts, None, False, f"TP={tp} PP={pp} on {req.world} GPUs: "
+                        + "; ".join(problems) + _alternative(layouts))
+        chosen = evaluate(req, tp, pp)
+        if not chosen.fits:
+            return Plan(req, layouts, chosen, False, _over(req, chosen) + _alternative(layouts))
+        return Plan(req, layouts, chosen, True)
+    if not layouts:
+        return Plan(req, layouts, None, False, _no_layout(req))
+    best = layouts[0]
+    if not best.fits:
+        return Plan(req, layouts, best, False, "no layout fits; the best, " + _over(req, best))
+    return Plan(req, layouts, best, True)
+
+
+def _over(req: PlanRequest, lp: LayoutPlan) -> str:
+    parts = sorted(((v, LABELS[k]) for k, v in lp.memory.parts().items()
+                    if k != ("activations" if req.workload.recompute else "activations_recompute")),
+                   reverse=True)
+    text = (f"{lp.name} needs {_gib(lp.total)} GiB per GPU, {_gib(-lp.headroom)} GiB more than "
+            f"the {req.gpu_memory_gib:g} GiB of a GPU (" +
+            ", ".join(f"{label} {_gib(v)}" for v, label in parts[:4]) + ")")
+    if not req.workload.recompute:
+        with_rc = lp.memory.total(recompute=True)
+        if with_rc <= req.gpu_memory_gib * GIB:
+            text += (f"; with full activation recompute it would need {_gib(with_rc)} GiB, "
+                     "which the trainer does not offer yet")
+    return text
+
+
+def _alternative(layouts: list[LayoutPlan]) -> str:
+    fitting = [lp for lp in layouts if lp.fits]
+    if not fitting:
+        return ""
+    return "; layouts that fit: " + ", ".join(
+        f"{lp.name} ({_gib(lp.headroom)} GiB free)" for lp in fitting[:3])
+
+
+def _no_layout(req: PlanRequest) -> str:
+    tps = [tp for tp in _divisors(req.gpus_per_node)
+           if not any(getattr(s, k) % tp for s in (req.teacher, req.student)
+                      for k in ("num_attention_heads", "num_query_groups", "ffn_hidden_size"))]
+    pps = _divisors(math.gcd(req.teacher.num_layers, req.student.num_layers) // (req.vpp or 1))
+    return (f"no valid layout on {req.nodes} x {req.gpus_per_node} GPUs: TP in {tps} (divides "
+            f"{req.gpus_per_node} GPUs per node and both models' heads, query groups and ffn "
+            f"sizes), PP in {pps} (divides both layer counts {req.teacher.num_layers} and "
+            f"{req.student.num_layers}), but no TP * PP gives a data-parallel size that divides "
+            f"{req.world} GPUs and rollout.prompts_per_step {req.workload.prompts_per_step}")
+
+
+# ----------------------------------------------------------------------------- output
+def _gib(n: float) -> str:
+    return f"{n / GIB:.1f}"
+
+
+COLUMNS = ("teacher_weights", "student_weights", "student_grads", "optimizer_state",
+           "activations", "activations_recompute", "logits", "logprob_chunk", "kv_cache",
+           "reserve")
+HEADERS = ("teacher", "student", "grads", "optim", "activ", "act-rc", "logits", "lp-chunk",
+           "kv-cache", "reserve")
+
+
+def format_plan(p: Plan) -> str:
+    """A readable table (GiB per GPU), the chosen layout marked with '*', then the verdict."""
+    r, w = p.request, p.request.workload
+    lines = [
+        f"teacher {r.teacher.name or r.teacher.arch} ({r.teacher.num_parameters() / 1e9:.2f}B "
+        f"params, {w.teacher_dtype}), student {r.student.name or r.student.arch} "
+        f"({r.student.num_parameters() / 1e9:.2f}B, {w.student_dtype})",
+        f"{r.nodes} node(s) x {r.gpus_per_node} GPUs of {r.gpu_memory_gib:g} GiB; sequences "
+        f"{w.prompt_len} + {w.response_len} tokens, train micro-batch {w.micro_batch_size}, "
+        f"{w.prompts_per_step} prompts x {w.group_size} samples per step, "
+        f"{'distributed' if w.distributed_optimizer else 'replicated'} optimizer, activation "
+        f"recompute {'on' if w.recompute else 'off'}",
+        "",
+        "   layout          | " + " ".join(f"{h:>8}" for h in HEADERS) + " |    total  headroom",
+    ]
+    shown = list(p.layouts)
+    if p.chosen is not None and all((lp.tp, lp.pp) != (p.chosen.tp, p.chosen.pp) for lp in shown):
+        shown.insert(0, p.chosen)
+    for lp in shown:
+        mark = "*" if p.chosen is not None and (lp.tp, lp.pp) == (p.chosen.tp, p.chosen.pp) else " "
+        parts = lp.memory.parts()
+        lines.append(f" {mark} {lp.name:<15} | " + " ".join(f"{_gib(parts[c]):>8}" for c in COLUMNS)
+                     + f" | {_gib(lp.total):>8} {_gib(lp.headroom):>9}")
+    if not shown:
+        lines.append("   (no valid layout)")
+    lines.append("")
+    if p.ok:
+        lines.append(f"ok: {p.chosen.name} fits with {_gib(p.chosen.headroom)} GiB to spare")
+    else:
+        lines.append(f"refused: {p.reason}")
+    return "\n".join(lines)
+
+
+def plan_to_dict(p: Plan) -> dict:
+    """The JSON form: bytes everywhere, GiB in `*_gib` fields."""
+    def layout(lp: LayoutPlan) -> dict:
+        return {"tp": lp.tp, "pp": lp.pp, "dp": lp.dp, "fits": lp.fits,
+                "memory_bytes": lp.memory.parts(), "total_bytes": lp.total,
+                "headroom_bytes": lp.headroom, "total_gib": round(lp.total / GIB, 3),
+                "headroom_gib": round(lp.headroom / GIB, 3)}
+
+    r = p.request
+    return {
+        "ok": p.ok, "reason": p.reason,
+        "chosen": layout(p.chosen) if p.chosen is not None else None,
+        "layouts": [layout(lp) for lp in p.layouts],
+        "request": {"nodes": r.nodes, "gpus_per_node": r.gpus_per_node,
+                    "gpu_memory_gib": r.gpu_memory_gib, "tp": r.tp, "pp": r.pp, "vpp": r.vpp,
+                    "workload": dataclasses.asdict(r.workload),
+                    "teacher": {"name": r.teacher.name, "parameters": r.teacher.num_parameters()},
+                    "student": {"name": r.student.name, "parameters": r.student.num_parameters()}},
+    }

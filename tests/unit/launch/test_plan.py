@@ -1,0 +1,249 @@
+"""`rlad plan`: per-GPU memory checked against hand computations, layout rules and refusals.
+
+Each expected number below is written out from the formulas of launch/memory.py's docstring
+with the published architecture values, not computed by the planner's own helpers. A failure
+means the planner would accept a layout that runs out of memory (or refuse one that fits), or
+submit a layout megatron cannot build.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from rlad_megatron.cli import main as rlad_main
+from rlad_megatron.launch.memory import GIB, Workload, estimate, stage_parameters
+from rlad_megatron.launch.plan import (build_request, format_plan, load_model_spec, plan,
+                                       plan_to_dict)
+from rlad_megatron.models.spec import get_preset
+
+REPO = Path(__file__).resolve().parents[3]
+RECIPES = {"qwen3_8b_to_1.7b": (1, (2, 1, 4)), "qwen3_32b_to_8b": (4, (4, 1, 8)),
+           "llama31_405b_to_8b": (8, (8, 2, 4))}
+"""recipe -> (nodes, its configured (TP, PP, DP) on 8-GPU nodes)."""
+
+
+def test_405b_teacher_weights_at_tp8_pp2_by_hand():
+    # Llama-3.1-405B: h=16384, ffn=53248, 128 heads, 8 query groups, head_dim 128, 126 layers,
+    # vocab 128256 (untied). One TP rank of the last of 2 pipeline stages holds:
+    h, f, q, kv = 16384, 53248, 128 * 128, 8 * 128
+    layer = (h * (q + 2 * kv) + q * h + 3 * h * f) // 8 + 2 * h    # matrices / TP, 2 norms whole
+    vocab = 126 * 1024                                               # 128256 -> multiple of 128*TP
+    params = 126 // 2 * layer + vocab * h // 8 + h                   # 63 layers, output layer, norm
+    assert params == 25_369_231_360
+    m = estimate(get_preset("llama3.1-405b"), get_preset("llama3.1-8b"), 8, 2, 4, Workload())
+    assert m.teacher_weights == params * 2                           # bf16
+    # the rough figure: 405.85e9 params * 2 bytes / (TP 8 * PP 2), within 1 %
+    assert abs(m.teacher_weights / (405.85e9 * 2 / 16) - 1) < 0.01
+    assert round(m.teacher_weights / GIB, 1) == 47.3
+
+
+def test_405b_recipe_layout_fits_and_pp8_is_refused_with_the_layer_count():
+    teacher, student = get_preset("llama3.1-405b"), get_preset("llama3.1-8b")
+    w = Workload(prompt_len=1024, response_len=2048, micro_batch_size=1, mini_batches=2,
+                 prompts_per_step=64, group_size=8, rollout_micro_batch=32)
+    from rlad_megatron.launch.plan import PlanRequest
+    ok = plan(PlanRequest(teacher, student, nodes=8, gpus_per_node=8, workload=w, tp=8, pp=2))
+    assert ok.ok and (ok.chosen.tp, ok.chosen.pp, ok.chosen.dp) == (8, 2, 4)
+
+    # student Llama-3.1-8B at TP=8 PP=2: h=4096, ffn=14336, 32 heads, 8 groups, 32 layers
+    h, f, q, kv = 4096, 14336, 32 * 128, 8 * 128
+    p_s = 32 // 2 * ((h * (q + 2 * kv) + q * h + 3 * h * f) // 8 + 2 * h) + 126 * 1024 * h // 8 + h
+    m = ok.chosen.memory
+    assert m.student_weights == p_s * 2 and m.student_grads == p_s * 4
+    assert m.optimizer_state == p_s * 12 // 4                       # distributed over DP=4
+    # KV cache: 2 * 16 layers * (8 groups / 8) * 128 * (1024 + 2048) tokens * 32 seqs * 2 bytes
+    assert m.kv_cache == 2 * 16 * 1 * 128 * 3072 * 32 * 2
+    # activations: 16 layers * min(PP=2, micro-batches=64) * s*b*h*(10 + 24/8) * 2/2 (flash attn)
+    assert m.activations == 16 * 2 * int(3072 * 1 * 4096 * (10 + 24 / 8))
+
+    bad = plan(PlanRequest(teacher, student, nodes=8, gpus_per_node=8, workload=w, tp=8, pp=8))
+    assert not bad.ok
+    assert "parallel.pipeline: 8 does not divide teacher.num_layers: 126" in bad.reason
+    assert "layouts that fit: TP=8 PP=2 DP=4" in bad.reason
+
+
+def test_qwen3_8b_to_1_7b_at_tp2_by_hand():
+    w = Workload(prompt_len=1024, response_len=2048, micro_batch_size=4, mini_batches=2,
+                 prompts_per_step=64, group_size=8, rollout_micro_batch=64)
+    m = estimate(get_preset("qwen3-8b"), get_preset("qwen3-1.7b"), 2, 1, 4, w)
+    # Qwen3-1.7B: h=2048, ffn=6144, 16 heads, 8 groups, head_dim 128, 28 layers, tied
+    # embeddings, qk-norms; vocab 151936 -> 152064 (multiple of 128 * 2)
+    h, f, q, kv, d = 2048, 6144, 16 * 128, 8 * 128, 128
+    layer = (h * (q + 2 * kv) + q * h + 3 * h * f) // 2 + 2 * h + 2 * d
+    p_s = 28 * layer + 152064 * h // 2 + h                          # PP=1: tied embedding once
+    assert m.student_weights == p_s * 2
+    assert m.optimizer_state == p_s * 12 // 4
+    s, b = 1024 + 2048, 4
+    assert m.activations == 28 * 1 * int(s * b * h * (10 + 24 / 2))   # PP=1: one in flight
+    assert m.activations_recompute == 28 * 1 * s * b * h * 2 + int(s * b * h * (10 + 24 / 2))
+    assert m.logits == b * s * (152064 // 2) * 2 * 2                 # logits + grad, bf16
+    chunk = (256 << 20) // (4 * 76032)                               # 882 tokens of V/tp fp32
+    assert m.logprob_chunk == chunk * 76032 * 4
+    assert m.kv_cache == 2 * 28 * (8 // 2) * 128 * s * 64 * 2
+    # Qwen3-8B teacher: h=4096, ffn=12288, 32 heads, 8 groups, 36 layers, untied
+    h, f, q, kv = 4096, 12288, 32 * 128, 8 * 128
+    p_t = 36 * ((h * (q + 2 * kv) + q * h + 3 * h * f) // 2 + 2 * h + 2 * d) + 2 * 152064 * h // 2 + h
+    assert m.teacher_weights == p_t * 2
+    assert m.total() == sum(v for k, v in m.parts().items() if k != "activations_recompute")
+
+
+def test_replicated_optimizer_and_fp32_bytes_per_parameter():
+    spec = get_preset("llama3.1-8b")
+    p = stage_parameters(spec, 1, 1)
+    assert p == spec.num_parameters()          # 128256 is already a multiple of 128
+    bf16 = estimate(spec, spec, 1, 1, 8, Workload(distributed_optimizer=False))
+    assert (bf16.student_weights, bf16.student_grads, bf16.optimizer_state) == (2 * p, 4 * p, 12 * p)
+    fp32 = estimate(spec, spec, 1, 1, 8, Workload(student_dtype="fp32", teacher_dtype="fp32",
+                                                  distributed_optimizer=False))
+    assert (fp32.student_weights, fp32.optimizer_state, fp32.teacher_weights) == (4 * p, 8 * p, 4 * p)
+
+
+def test_sequence_parallel_and_stored_attention_scores_follow_korthikanti():
+    spec = get_preset("qwen3-8b")      # h=4096, 32 heads
+    s, b, t = 2048, 1, 4
+    base = dict(prompt_len=1024, response_len=1024, micro_batch_size=b, prompts_per_step=4)
+    sp = estimate(spec, spec, t, 1, 1, Workload(**base, sequence_parallel=True))
+    assert sp.activations == 36 * int(s * b * 4096 * 34 / t)
+    scores = estimate(spec, spec, t, 1, 1, Workload(**base, flash_attention=False))
+    assert scores.activations == 36 * int(s * b * 4096 * (10 + 24 / t + 5 * 32 * s / (4096 * t)))
+
+
+def test_planner_matches_the_bytes_of_models_built_by_megatron():
+    """One process, TP=1: the planner's weight and gradient bytes equal what build.py allocates."""
+    from rlad_megatron.models.build import OptimizerSettings, build_student, build_teacher
+    from rlad_megatron.runtime import (ParallelConfig, destroy_parallel, init_distributed,
+                                       init_parallel)
+
+    import torch.distributed as dist
+
+    student = get_preset("tiny-qwen3", vocab_size=300)       # padded to 384, tied embeddings
+    teacher = get_preset("tiny-llama", vocab_size=300, num_layers=4, hidden_size=96,
+                         ffn_hidden_size=160)
+    own_group = not dist.is_initialized()
+    saved = {k: os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT")}
+    init_distributed()
+    par = init_parallel(ParallelConfig())
+    try:
+        s = build_student(student, par, OptimizerSettings())
+        t = build_teacher(teacher, par, student_spec=student)
+        m = estimate(teacher, student, 1, 1, 1, Workload(student_dtype="fp32",
+                                                         teacher_dtype="fp32"))
+        assert m.student_weights == s.parameter_bytes()
+        assert m.student_grads == s.grad_buffer_bytes()
+        assert m.teacher_weights == t.parameter_bytes()
+    finally:
+        destroy_parallel()
+        if own_group:      # a later subprocess must not inherit a port this process listens on
+            dist.destroy_process_group()
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+def test_no_fitting_layout_is_refused_with_the_amount():
+    w = Workload(prompt_len=4096, response_len=8192, micro_batch_size=8, prompts_per_step=8,
+                 rollout_micro_batch=64)
+    req = build_request(nodes=1, gpus_per_node=8, gpu_memory_gib=40, teacher="qwen3-32b",
+                        student="qwen3-8b", **{k: getattr(w, k) for k in (
+                            "prompt_len", "response_len", "micro_batch_size", "prompts_per_step",
+                            "rollout_micro_batch")})
+    p = plan(req)
+    best = p.layouts[0]
+    assert not p.ok and p.chosen is best and not best.fits
+    over = f"{(best.total - 40 * GIB) / GIB:.1f}"
+    assert p.reason.startswith(f"no layout fits; the best, {best.name} needs "
+                               f"{best.total / GIB:.1f} GiB per GPU, {over} GiB more than the 40 GiB")
+    assert "refused: no layout fits" in format_plan(p)
+
+
+def test_sizes_that_do_not_divide_are_named():
+    req = build_request(nodes=1, gpus_per_node=8, teacher="qwen3-8b", student="qwen3-1.7b",
+                        tp=3, pp=1)
+    p = plan(req)
+    assert not p.ok and p.chosen is None
+    assert "parallel.tensor: 3 does not divide the GPUs per node 8" in p.reason
+    assert "parallel.tensor: 3 does not divide teacher.num_attention_heads: 32" in p.reason
+    assert "parallel.tensor: 3 does not divide student.num_query_groups: 8" in p.reason
+    # 3 GPUs: DP 3 cannot split 16 prompts, and TP 3 divides no head count
+    none = plan(build_request(nodes=1, gpus_per_node=3, teacher="qwen3-8b", student="qwen3-1.7b"))
+    assert not none.ok and not none.layouts
+    assert none.reason.startswith("no valid layout on 1 x 3 GPUs: TP in [1]")
+
+
+def test_layouts_are_ranked_by_headroom_and_respect_the_rules():
+    p = plan(build_request(nodes=2, gpus_per_node=8, teacher="qwen3-32b", student="qwen3-8b"))
+    assert p.ok
+    headrooms = [lp.headroom for lp in p.layouts]
+    assert headrooms == sorted(headrooms, reverse=True)
+    # TP divides 8 GPUs per node, PP divides gcd(64, 36) = 4, TP * PP divides 16 GPUs
+    assert {(lp.tp, lp.pp) for lp in p.layouts} == {(tp, pp) for tp in (1, 2, 4, 8)
+                                                    for pp in (1, 2, 4) if tp * pp <= 16}
+    assert all(lp.tp * lp.pp * lp.dp == 16 for lp in p.layouts)
+
+
+def test_model_sources_hf_config_and_megatron_checkpoint(tmp_path):
+    hf = tmp_path / "Qwen3-1.7B"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({
+        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 2048,
+        "intermediate_size": 6144, "num_hidden_layers": 28, "num_attention_heads": 16,
+        "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936,
+        "max_position_embeddings": 40960, "rope_theta": 1000000, "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": True}))
+    preset = get_preset("qwen3-1.7b")
+    for source in (hf, hf / "config.json"):
+        spec = load_model_spec(str(source), "student")
+        assert spec.num_parameters() == preset.num_parameters() and spec.head_dim == 128
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "iter_0000000").mkdir(parents=True)
+    (ckpt / "latest_checkpointed_iteration.txt").write_text("0")
+    (ckpt / "iter_0000000" / "rlad_model.json").write_text(json.dumps({"spec": preset.to_dict()}))
+    assert load_model_spec(str(ckpt), "teacher") == preset
+    with pytest.raises(ValueError, match="'qwen9' is neither a preset"):
+        load_model_spec("qwen9", "teacher")
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_recipe_configs_plan_their_own_layout_and_validate(recipe, tmp_path):
+    from rlad_megatron.train.config import load_config
+
+    nodes, layout = RECIPES[recipe]
+    config = str(REPO / "examples" / "configs" / f"{recipe}.yaml")
+    p = plan(build_request(nodes=nodes, gpus_per_node=8, config=config))
+    assert p.ok, p.reason
+    assert (p.chosen.tp, p.chosen.pp, p.chosen.dp) == layout
+    # the config is a valid run config once its checkpoints exist (CPU: no distributed optimizer)
+    for role in ("teacher", "student"):
+        (tmp_path / role).mkdir()
+    cfg = load_config(config, [f"teacher.checkpoint={tmp_path / 'teacher'}",
+                               f"student.checkpoint={tmp_path / 'student'}",
+                               "optimizer.distributed=false"])
+    assert cfg.student.dtype == cfg.teacher.dtype == "bf16"
+    cfg.validate(world_size=nodes * 8)
+
+
+def test_cli_json_and_exit_status(capsys):
+    assert rlad_main(["plan", "--teacher", "llama3.1-405b", "--student", "llama3.1-8b",
+                      "--nodes", "8", "--gpus-per-node", "8", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] and (out["chosen"]["tp"], out["chosen"]["pp"]) == (8, 2)
+    assert out["chosen"]["memory_bytes"]["teacher_weights"] == 25_369_231_360 * 2
+    assert rlad_main(["plan", "--teacher", "llama3.1-405b", "--student", "llama3.1-8b",
+                      "--nodes", "1", "--gpus-per-node", "8"]) == 2
+    assert "refused: no layout fits; the best, TP=8 PP=1 DP=1" in capsys.readouterr().out
+    assert rlad_main(["plan", "--config", str(REPO / "examples/configs/qwen3_32b_to_8b.yaml"),
+                      "--nodes", "4", "--gpus-per-node", "8", "parallel.tensor=3"]) == 2
+    assert "parallel.tensor: 3 does not divide" in capsys.readouterr().out
+
+
+def test_constants_agree_with_the_code_they_describe():
+    from rlad_megatron.launch import memory
+    from rlad_megatron.ops.chunks import DEFAULT_CHUNK_BYTES
+
+    assert memory.LOGPROB_CHUNK_BYTES == DEFAULT_CHUNK_BYTES["cuda"]
+    build = (REPO / "rlad_megatron" / "models" / "build.py").read_text()
+    assert "grad_reduce_in_fp32=True" in build and memory.GRAD_BYTES == 4
