@@ -36,7 +36,6 @@ into the megatron model through convert/layout.py) and prompts, batch 8, 256 new
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time

@@ -14,7 +14,7 @@ Teacher: requires_grad off, eval mode, no DDP wrapper, no grad buffers, no optim
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch

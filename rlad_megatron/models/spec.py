@@ -12,7 +12,7 @@ Architectures (all: RMSNorm, SwiGLU MLP without biases, RoPE, grouped-query atte
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3")

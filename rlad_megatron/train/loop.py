@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from typing import Optional
-
-import torch
 
 from rlad_megatron.data.batch import TrainBatch
 from rlad_megatron.rollout import generate
@@ -61,13 +60,13 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
         advantages=advantages, old_logprobs=old, teacher_logprobs=teacher))
     with timer.phase("update"):
         metrics = phases.update(run, batch, step, cfg.train.mini_batches)
-    zero_var = float((loss_mask.sum(1) == 0).float().mean())
+    masked = float((loss_mask.sum(1) == 0).float().mean())  # rows without loss tokens
+    selected = batch.selected_frac
     metrics.update(phases.dp_mean(run, {
         "rollout/reward_mean": float(rewards.mean()),
         "rollout/response_len": float(rollout.response_lengths.float().mean()),
-        "rollout/masked_frac": zero_var,
-        "selection/selected_frac": float(batch.selected_frac)
-        if batch.selected_frac is not None and batch.selected_frac == batch.selected_frac else 0.0,
+        "rollout/masked_frac": masked,
+        "selection/selected_frac": 0.0 if selected is None or math.isnan(selected) else selected,
         "throughput/tokens": float(rollout.tokens.numel()),
     }))
     metrics["_sample"] = texts[0] if texts else ""

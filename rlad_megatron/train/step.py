@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -57,6 +57,10 @@ class LossSpec:
         default = inspect.signature(self.function()).parameters["agg"].default
         return self.kwargs.get("agg", default)
 
+    def normaliser(self) -> str:
+        """The global count the aggregation divides by: "num_seqs" or "num_tokens"."""
+        return "num_seqs" if self.agg() == "seq_mean_token_mean" else "num_tokens"
+
 
 def _loss_inputs(fn: Callable, batch: TrainBatch) -> dict:
     params = inspect.signature(fn).parameters
@@ -70,13 +74,9 @@ def _loss_inputs(fn: Callable, batch: TrainBatch) -> dict:
     return inputs
 
 
-def _global_count(batch: TrainBatch, agg: str, dp_group) -> tuple[torch.Tensor, torch.Tensor]:
-    """(global N, local n) for the aggregation: sequences or loss tokens."""
-    key = "num_seqs" if agg == "seq_mean_token_mean" else "num_tokens"
-    local = global_normalizers(batch.loss_mask)[key].to(torch.int64)
-    total = local.clone()
-    devices.all_reduce(total, group=dp_group)
-    return total, local
+def _local_count(batch: TrainBatch, key: str) -> torch.Tensor:
+    """This rank's sequences or loss tokens (`key` of losses.global_normalizers)."""
+    return global_normalizers(batch.loss_mask)[key].to(torch.int64)
 
 
 def reduce_metrics(stats: dict, dp_group) -> dict:
@@ -98,8 +98,8 @@ def forward_backward(student: Student, batch: TrainBatch, loss: LossSpec, *,
         raise ValueError(f"micro_batch_size: {micro_batch_size} does not divide the per-rank "
                          f"batch of {batch.batch_size} sequences (pipeline shapes are fixed)")
     fn = loss.function()
-    n_global, _ = _global_count(batch, loss.agg(), par.dp_group)
-    norm_key = "num_seqs" if loss.agg() == "seq_mean_token_mean" else "num_tokens"
+    norm_key = loss.normaliser()
+    n_global = devices.all_reduce(_local_count(batch, norm_key), group=par.dp_group)
     vocab = student.spec.vocab_size
     parts = batch.split(micro_batch_size)
     micro_batches = [MicroBatch.from_tokens(p.tokens, i) for i, p in enumerate(parts)]
@@ -118,7 +118,7 @@ def forward_backward(student: Student, batch: TrainBatch, loss: LossSpec, *,
             value, stats = fn(lp, **inputs, **loss.kwargs,
                               **{norm_key: n_global})
             collected.append({k: v.cpu() for k, v in stats.items()})
-            n_local = global_normalizers(part.loss_mask)[norm_key].to(torch.int).to(logits.device)
+            n_local = _local_count(part, norm_key).to(torch.int).to(logits.device)
             return value * n_global.to(value.dtype).to(value.device), n_local, {}
 
         return out, loss_func

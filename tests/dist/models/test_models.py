@@ -10,7 +10,7 @@ weight-layout or alignment (off-by-one) bug; one limited to a layout points at t
 import pytest
 import torch
 
-from distributed_helpers import assert_all_ranks, assert_close_all_ranks
+from distributed_helpers import assert_all_ranks
 from model_checks import check_forward_logprobs, check_gradients, _tokens
 from rlad_megatron import ops
 from rlad_megatron.models.build import OptimizerSettings, build_student, build_teacher
