@@ -3,7 +3,9 @@ function of the package; nothing runs at import.
 
   rlad train CONFIG.yaml [key=value ...]   RLAD (or grpo / kdrl / sft_distill) training
   rlad sft CONFIG.yaml [key=value ...]     supervised training on gold solutions (algorithm=sft)
-  rlad demo RECIPE.yaml [STAGE.key=value]  tokenizer -> teacher SFT -> student SFT -> RL
+  rlad prepare RECIPE.yaml [overrides]     tokenizer -> teacher SFT -> student SFT (cached)
+  rlad reproduce RECIPE.yaml [--quick]     every arm x seed from the prepared student; tables
+  rlad demo RECIPE.yaml [overrides]        prepare, then GRPO and RLAD side by side
   rlad plan --config CONFIG.yaml --nodes N --gpus-per-node G [key=value ...]
   rlad plan --teacher T --student S --nodes N --gpus-per-node G   layouts that fit, by headroom
   rlad info                                versions, devices, and whether the CPU shims are active
@@ -59,31 +61,37 @@ def _train(args, algorithm=None) -> int:
     return 0
 
 
-def _demo(args) -> int:
+def _quiet() -> None:
     import logging
     import warnings
 
     warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex).*")
     warnings.filterwarnings("ignore", category=FutureWarning)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from rlad_megatron.runtime import print0
-    from rlad_megatron.train.recipe import run_recipe
+
+
+def _prepare(args) -> int:
+    _quiet()
+    from rlad_megatron.train.recipe import prepare
 
     try:
-        out = run_recipe(args.config, list(args.overrides))
+        prepare(args.config, list(args.overrides))
     except (ValueError, FileNotFoundError) as e:
         print(f"rlad: error: {e}", file=sys.stderr)
         return 2
-    rl = out["rl"]
-    before, after = rl.get("before", {}), rl.get("after", {})
-    print0("\n=== rlad demo: held-out accuracy (greedy, "
-           f"{int(before.get('eval/num_prompts', 0))} prompts) ===")
-    print0(f"  teacher                 {before.get('eval/teacher_accuracy', float('nan')):.1%}")
-    print0(f"  student before RL       {before.get('eval/accuracy', float('nan')):.1%}")
-    print0(f"  student after {rl['last_step']:>3} steps {after.get('eval/accuracy', float('nan')):.1%}")
-    if rl.get("plot"):
-        print0(f"  curves: {rl['plot']}")
     return 0
+
+
+def _reproduce(args, demo: bool = False) -> int:
+    _quiet()
+    from rlad_megatron.reproduce.runner import reproduce
+
+    try:
+        return reproduce(args.config, list(args.overrides), quick=args.quick, demo=demo,
+                         jobs=args.jobs)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"rlad: error: {e}", file=sys.stderr)
+        return 2
 
 
 def _plan(args) -> int:
@@ -155,15 +163,35 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
         p.set_defaults(func=lambda a, alg=algorithm: _train(a, alg))
     _add_plan_parser(sub)
-    p = sub.add_parser("demo", help="tokenizer, teacher SFT, student SFT, then RL (cached)")
-    p.add_argument("config", help="recipe YAML (train/recipe.py), e.g. examples/configs/demo.yaml")
+    p = sub.add_parser("prepare", help="a recipe's cached stages: tokenizer, teacher SFT, "
+                                       "student SFT (under torchrun)")
+    p.add_argument("config", help="recipe YAML (train/recipe.py)")
     p.add_argument("overrides", nargs="*", help="STAGE.key=value overrides")
-    p.set_defaults(func=_demo)
+    p.set_defaults(func=_prepare)
+    for name, demo, text in (
+            ("reproduce", False, "the paper's tables in miniature: every arm x seed from one "
+                                 "student, results.md / results.json / plots"),
+            ("demo", True, "teacher, student, then GRPO and RLAD side by side (cached)")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("config", help="recipe YAML, e.g. examples/configs/reproduce.yaml")
+        p.add_argument("overrides", nargs="*", help="STAGE.key=value / reproduce.key=value")
+        p.add_argument("--quick", action="store_true", help="the recipe's reproduce.quick "
+                       "settings: fewer seeds and steps, the same tables")
+        p.add_argument("--jobs", type=int, default=None, help="arms trained at once "
+                       "(default: reproduce.jobs)")
+        p.set_defaults(func=lambda a, d=demo: _reproduce(a, d))
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come after options (`reproduce R --quick run_dir=X`)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-")
+                                                     for e in extra):
+        args.overrides = list(args.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args.func(args)
 
 

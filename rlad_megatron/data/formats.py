@@ -11,6 +11,15 @@ read back for the reward.
            right and uses the prompt's terms in order. Outcome reward alone reinforces lucky
            answers reached through wrong steps (about 20% of a weak student's correct samples
            in the feasibility study); a wrong step therefore gets no <answer> and scores 0.
+           knights_knaves (n people, lettered A, B, C, ...): "A:(Ak=Bk);B:Ak;C:(Bk=An)?" with
+           Xk = "X is a knight", Xn = "X is a knave", ~ & | > = for not, and, or, implies, iff;
+           the solution tries every assignment in order and writes each statement's truth value,
+           '!' marking the consistent one: "kkk:TTF,kkn:TTT!,...#kkn". The step check
+           requires exactly that chain; the answer code is mapped back to reasoning-gym's
+           sentence ("Ann is a knight, Bob is a knave, and ...") for its own scorer.
+
+`steps_ok(completion, item)` (compact format) says whether a completion's whole chain is right:
+evaluation reports it as its own row next to the configured (outcome) reward.
 """
 
 from __future__ import annotations
@@ -65,16 +74,99 @@ def chain_sum_steps_ok(completion: str, expression: str) -> bool:
     return answer.strip() == str(total)
 
 
+_KK_OPS = {"and": "&", "or": "|", "->": ">", "<=>": "="}
+_LETTERS = "ABCDEFGHIJ"
+
+
+def _kk_render(s) -> str:
+    op = s[0]
+    if op in ("telling-truth", "lying"):
+        return _LETTERS[int(s[1])] + ("k" if op == "telling-truth" else "n")
+    if op == "not":
+        return "~" + _kk_render(s[1])
+    return "(" + _kk_render(s[1]) + _KK_OPS[op] + _kk_render(s[2]) + ")"
+
+
+def _kk_eval(s, roles: tuple[bool, ...]) -> bool:
+    op = s[0]
+    if op in ("telling-truth", "lying"):
+        return roles[int(s[1])] == (op == "telling-truth")
+    if op == "not":
+        return not _kk_eval(s[1], roles)
+    a, b = _kk_eval(s[1], roles), _kk_eval(s[2], roles)
+    return {"and": a and b, "or": a or b, "->": (not a) or b, "<=>": a == b}[op]
+
+
+def _kk_code(roles) -> str:
+    return "".join("k" if r else "n" for r in roles)
+
+
+def knights_knaves_prompt(statements) -> str:
+    """Compact puzzle text: 'A:<statement>;B:<statement>?' (module docstring)."""
+    return ";".join(f"{_LETTERS[i]}:{_kk_render(s)}" for i, s in enumerate(statements)) + "?"
+
+
+def knights_knaves_chain(statements) -> str:
+    """Every assignment (knight first), its statements' truth values, '!' where consistent."""
+    n, parts = len(statements), []
+    for code in range(2 ** n):
+        roles = tuple(not (code >> (n - 1 - i)) & 1 for i in range(n))
+        truth = [_kk_eval(s, roles) for s in statements]
+        mark = "!" if tuple(truth) == roles else ""
+        parts.append(_kk_code(roles) + ":" + "".join("T" if t else "F" for t in truth) + mark)
+    return ",".join(parts)
+
+
+def knights_knaves_steps_ok(completion: str, item: PromptItem) -> bool:
+    if "#" not in completion:
+        return False
+    chain, answer = completion.rsplit("#", 1)
+    return (chain == knights_knaves_chain(item.metadata["statements"])
+            and answer.strip() == _kk_code(item.metadata["solution"]))
+
+
+def knights_knaves_sentence(code: str, item: PromptItem) -> Optional[str]:
+    """'kn' -> 'Ann is a knight, and Bob is a knave.' in the puzzle's own names and role words;
+    None when the code is not one k/n per person."""
+    names = [str(n) for n in item.metadata["names"]]
+    terms = item.metadata["knight_knave_terms"]
+    if len(code) != len(names) or set(code) - {"k", "n"}:
+        return None
+    parts = [f"{name} is {terms['a_knight'] if c == 'k' else terms['a_knave']}"
+             for name, c in zip(names, code)]
+    return ", ".join(parts[:-1]) + ", and " + parts[-1] + "."
+
+
 def _compact_prompt(item: PromptItem) -> str:
     if item.task == "chain_sum":
         return str(item.metadata["expression"]).replace(" ", "") + "="
-    raise ValueError(f"data.format=compact supports chain_sum, not {item.task!r}")
+    if item.task == "knights_knaves":
+        return knights_knaves_prompt(item.metadata["statements"])
+    raise ValueError(f"data.format=compact supports {', '.join(COMPACT_TASKS)}, "
+                     f"not {item.task!r}")
 
 
 def _compact_solution(item: PromptItem) -> str:
     if item.task == "chain_sum":
         return chain_sum_solution(str(item.metadata["expression"]))
-    raise ValueError(f"data.format=compact supports chain_sum, not {item.task!r}")
+    if item.task == "knights_knaves":
+        return (knights_knaves_chain(item.metadata["statements"]) + "#"
+                + _kk_code(item.metadata["solution"]))
+    raise ValueError(f"data.format=compact supports {', '.join(COMPACT_TASKS)}, "
+                     f"not {item.task!r}")
+
+
+def compact_steps_ok(completion: str, item: PromptItem) -> bool:
+    """True when every step of the completion's chain is right and its answer follows."""
+    if item.task == "chain_sum":
+        return chain_sum_steps_ok(completion, str(item.metadata["expression"]))
+    if item.task == "knights_knaves":
+        return knights_knaves_steps_ok(completion, item)
+    raise ValueError(f"data.format=compact supports {', '.join(COMPACT_TASKS)}, "
+                     f"not {item.task!r}")
+
+
+COMPACT_TASKS = ("chain_sum", "knights_knaves")
 
 
 @dataclass(frozen=True)
@@ -87,13 +179,16 @@ class PromptFormat:
     to_reward_text: Callable[[str, PromptItem], str]
     """(completion, item) -> the text handed to the reward function."""
     use_chat_template: bool
+    steps_ok: Optional[Callable[[str, PromptItem], bool]] = None
+    """(completion, item) -> whether every step of the chain is right; None: not checkable."""
 
 
 def _compact_reward_text(completion: str, item: PromptItem, check_steps: bool = True) -> str:
-    if check_steps and item.task == "chain_sum" and not chain_sum_steps_ok(
-            completion, str(item.metadata["expression"])):
+    if check_steps and not compact_steps_ok(completion, item):
         return completion
     answer = completion.rsplit("#", 1)[1].strip() if "#" in completion else ""
+    if answer and item.task == "knights_knaves":
+        answer = knights_knaves_sentence(answer, item) or ""
     return f"<answer>{answer}</answer>" if answer else completion
 
 
@@ -101,7 +196,7 @@ FORMATS = {
     "chat": PromptFormat("chat", lambda item: item.question,
                          lambda item: f"<answer>{item.answer}</answer>", lambda c, item: c, True),
     "compact": PromptFormat("compact", _compact_prompt, _compact_solution, _compact_reward_text,
-                            False),
+                            False, compact_steps_ok),
 }
 
 

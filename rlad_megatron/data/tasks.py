@@ -4,17 +4,21 @@ train and held-out splits that cannot share a question.
 reasoning-gym (`reasoning_gym_splits(task, train_size=, heldout_size=, seed=)`):
   * reasoning-gym seeds entry idx of a dataset with `seed + idx`, so datasets built from nearby
     seeds overlap. Each (seed, split) therefore gets its own block of generator seeds:
-        generator_seed(seed, split) = seed * 2**32 + (0 for "train", 2**31 for "heldout")
-    so entries come from disjoint RNG streams for any seed and any size below 2**31.
-  * Different RNG streams can still produce the same question (small task spaces), so questions
-    are also de-duplicated by normalised text (whitespace collapsed, case folded): the held-out
-    split is drawn first, then train skips every question already taken; each split keeps
+        generator_seed(seed, split) = seed * 2**32 + (0 train, 2**30 validation, 2**31 heldout)
+    so entries come from disjoint RNG streams for any seed and any size below 2**24; a difficulty
+    level L adds L * 2**24 (levels below 64), so levels do not share a stream either.
+  * Different RNG streams can still produce the same puzzle (small task spaces), so items are
+    also de-duplicated by `difficulty.structure_key` (the normalised question text; for
+    knights_knaves the puzzle with its names abstracted): the held-out split is drawn first, then
+    the validation split, then train, each skipping every key already taken; each split keeps
     drawing until it has its size (ValueError if the task space is too small).
+  * Three splits: train (RL and SFT prompts), validation (where settings are chosen) and heldout
+    (what the reported tables measure). With difficulty `levels` every split holds
+    size/len(levels) items of each level, interleaved level by level (so any prefix is
+    balanced), each item's level in metadata["level"].
   * basic_arithmetic and chain_sum labels are re-checked with an exact rational evaluator of
     metadata["expression"]; a wrong label is dropped and counted (0.1.25 floors '/' results, and
     allow_parentheses=False evaluates left to right, so that mode is refused outright).
-  * A held-out split is disjoint by question text, not by puzzle structure (2-person
-    knights_knaves has about 400 structures under its name and role words).
 
 Files (`read_prompt_file`, `file_splits`): JSONL (one JSON object per line; blank lines skipped)
 or Parquet, with configurable question and answer fields. The gold answer is taken from the
@@ -36,13 +40,15 @@ import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
+from rlad_megatron.data.difficulty import level_config, structure_key
 from rlad_megatron.data.math_answers import last_boxed
 
-SPLITS = ("train", "heldout")
-_SPLIT_OFFSET = {"train": 0, "heldout": 2**31}
+SPLITS = ("train", "validation", "heldout")
+_SPLIT_OFFSET = {"train": 0, "validation": 2**30, "heldout": 2**31}
 _SEED_STRIDE = 2**32
+_LEVEL_STRIDE = 2**24
 
 
 @dataclass(frozen=True)
@@ -58,10 +64,11 @@ class PromptItem:
 
 @dataclass
 class PromptSplits:
-    """Train and held-out items, plus what was dropped on the way."""
+    """Train, held-out (reported) and validation (tuning) items, plus what was dropped."""
 
     train: list[PromptItem]
     heldout: list[PromptItem]
+    validation: list[PromptItem] = field(default_factory=list)
     duplicates: int = 0
     """items dropped because their question was already in a split"""
     bad_rows: int = 0
@@ -94,32 +101,50 @@ def reasoning_gym_items(task: str, size: int, seed: int = 0, *, split: str = "tr
 
 
 def reasoning_gym_splits(task: str, *, train_size: int, heldout_size: int, seed: int = 0,
-                         heldout_seed: Optional[int] = None,
-                         config: Optional[Mapping[str, Any]] = None) -> PromptSplits:
-    """Disjoint train / held-out items; heldout_seed (default: seed) fixes the eval set."""
+                         heldout_seed: Optional[int] = None, validation_size: int = 0,
+                         config: Optional[Mapping[str, Any]] = None,
+                         levels: Sequence[int] = ()) -> PromptSplits:
+    """Disjoint heldout / validation / train items; heldout_seed (default: seed) fixes the
+    held-out and validation sets. With `levels`, each size is split evenly over the levels."""
     cfg = dict(config or {})
     out = PromptSplits([], [])
     taken: set[str] = set()
     hseed = seed if heldout_seed is None else heldout_seed
-    out.heldout = _draw(task, heldout_size, hseed, "heldout", cfg, taken, out)
-    out.train = _draw(task, train_size, seed, "train", cfg, taken, out)
+    level_cfgs = [(None, cfg)] if not levels else [
+        (lv, level_config(task, lv, cfg)) for lv in levels]
+    n = len(level_cfgs)
+    for name, size in (("heldout_size", heldout_size), ("validation_size", validation_size),
+                       ("train_size", train_size)):
+        if size % n:
+            raise ValueError(f"data.{name} = {size} is not divisible by the {n} data.levels "
+                             f"{list(levels)} (each level gets the same number)")
+    for split, size, split_seed in (("heldout", heldout_size, hseed),
+                                    ("validation", validation_size, hseed),
+                                    ("train", train_size, seed)):
+        per_level = [_draw(task, size // n, split_seed, split, c, taken, out, level=lv)
+                     for lv, c in level_cfgs]
+        setattr(out, split, [item for row in zip(*per_level) for item in row])
     return out
 
 
 def _draw(task: str, size: int, seed: int, split: str, config: dict, taken: set[str],
-          stats: PromptSplits) -> list[PromptItem]:
+          stats: PromptSplits, level: Optional[int] = None) -> list[PromptItem]:
     import reasoning_gym
 
+    if size == 0:
+        return []
     if task == "basic_arithmetic" and config.get("allow_parentheses", True) is False:
         raise ValueError("reasoning-gym basic_arithmetic with allow_parentheses=False has wrong "
                          "labels (it evaluates left to right); use chain_sum or parentheses")
     max_draws = 4 * size + 100
     try:
-        dataset = reasoning_gym.create_dataset(task, size=max_draws,
-                                               seed=generator_seed(seed, split), **config)
+        dataset = reasoning_gym.create_dataset(
+            task, size=max_draws, seed=generator_seed(seed, split) + (level or 0) * _LEVEL_STRIDE,
+            **config)
     except (ValueError, TypeError, AssertionError) as e:
         raise ValueError(f"reasoning-gym task {task!r} with config {config}: {e}") from e
     items: list[PromptItem] = []
+    tag = "" if level is None else f"L{level}/"
     for idx in range(max_draws):
         if len(items) == size:
             break
@@ -127,18 +152,22 @@ def _draw(task: str, size: int, seed: int, split: str, config: dict, taken: set[
         if task in _LABEL_CHECKS and not _LABEL_CHECKS[task](entry):
             stats.bad_labels += 1
             continue
-        key = question_key(entry["question"])
+        key = structure_key(task, entry["question"], entry["metadata"])
         if key in taken:
             stats.duplicates += 1
             continue
         taken.add(key)
-        items.append(PromptItem(id=f"{task}/{split}/s{seed}/{idx}", question=entry["question"],
-                                answer=str(entry["answer"]), task=task,
-                                metadata=dict(entry["metadata"])))
+        metadata = dict(entry["metadata"])
+        if level is not None:
+            metadata["level"] = level
+        items.append(PromptItem(id=f"{task}/{split}/{tag}s{seed}/{idx}",
+                                question=entry["question"], answer=str(entry["answer"]),
+                                task=task, metadata=metadata))
     if len(items) < size:
         raise ValueError(f"reasoning-gym task {task!r} with config {config} gave only "
-                         f"{len(items)} new distinct questions in {max_draws} draws for the "
-                         f"{split} split; asked for {size}")
+                         f"{len(items)} new distinct puzzles in {max_draws} draws for the "
+                         f"{split} split; asked for {size} (a smaller data.*_size, or more "
+                         f"levels, fits this task's space)")
     return items
 
 

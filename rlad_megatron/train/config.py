@@ -51,6 +51,10 @@ class DataConfig:
     """reasoning-gym task name (source: reasoning_gym)."""
     task_config: Dict[str, Any] = field(default_factory=dict)
     """reasoning-gym dataset options, e.g. {min_terms: 2, max_terms: 5}."""
+    levels: List[int] = field(default_factory=list)
+    """Difficulty levels mixed in every split (data/difficulty.py): chain_sum's number of terms,
+    knights_knaves' number of people, e.g. [3, 4, 5]; each split's size is divided evenly over
+    them and evaluation reports each level. Empty: the task_config alone."""
     format: str = "chat"
     """Prompt rendering: "chat" (tokenizer template / plain template) or "compact"
     (data/formats.py: short prompts and procedural solutions for tiny models)."""
@@ -59,7 +63,11 @@ class DataConfig:
     (no reward for lucky answers); false = outcome reward on the answer alone."""
     system_prompt: Optional[str] = None
     train_size: int = 2000
+    """reasoning-gym prompts in the train split (over all levels)."""
     heldout_size: int = 128
+    """reasoning-gym prompts in the held-out split: what reported evaluations measure."""
+    validation_size: int = 0
+    """reasoning-gym prompts in the validation split: where settings are chosen (eval.split)."""
     seed: int = 0
     question_field: str = "question"
     answer_field: str = "answer"
@@ -193,16 +201,31 @@ class LoggingConfig:
 
 @dataclass
 class EvalConfig:
+    """Evaluation at the paper's protocol by default: temperature 0.6, top-p 0.95, mean@k and
+    pass@k over k = 4 samples per prompt (train/evaluate.py)."""
+
     every: int = 0
-    """Evaluate on the held-out split every N steps (0: only before and after training)."""
+    """Evaluate every N steps (0: only before and after training)."""
+    split: str = "heldout"
+    """heldout (the reported split) | validation (for choosing settings; data.validation_size)."""
     num_prompts: int = 64
-    k: int = 1
+    """The first N prompts of the split (levels interleaved); 0 = the whole split."""
+    k: int = 4
     """Samples per prompt: mean@k accuracy and pass@k."""
-    temperature: float = 0.0
-    """0 = greedy."""
-    top_p: float = 1.0
+    temperature: float = 0.6
+    """0 = greedy (then k must be 1)."""
+    top_p: float = 0.95
     max_new_tokens: int = 0
     """0 = rollout.max_new_tokens."""
+    seed: int = 0
+    """Sampling seed of the evaluation, independent of the run's seed: runs that share it are
+    evaluated on the same random numbers (paired comparisons)."""
+    at_start: bool = True
+    """Evaluate the student before the first step (step 0)."""
+    teacher: bool = True
+    """Also evaluate the teacher at step 0, when the run loads one."""
+    save_samples: bool = True
+    """Write each evaluation's per-prompt scores to RUN_DIR/eval/step_XXXXXXX.json."""
 
 
 @dataclass
@@ -233,10 +256,10 @@ class RunConfig:
     def checkpoint_dir(self) -> str:
         return self.checkpoint.dir or str(Path(self.run_dir) / "checkpoints")
 
-    def validate(self, world_size: int = 1) -> None:
+    def validate(self, world_size: int = 1, check_files: bool = True) -> None:
         from rlad_megatron.train.validate import validate_run_config
 
-        validate_run_config(self, world_size)
+        validate_run_config(self, world_size, check_files)
 
 
 def load_config(path: Optional[str], overrides: List[str] = ()) -> RunConfig:

@@ -1,40 +1,125 @@
-"""Held-out evaluation: mean@k accuracy, pass@k and response length, for the student or teacher.
+"""Evaluation at the paper's protocol: k samples per prompt at temperature 0.6 and top-p 0.95
+(eval.* in train/config.py; greedy stays an option with temperature 0 and k 1).
 
-    mean@k    = mean over prompts and k samples of the reward (1.0 = correct)
-    pass@k    = fraction of prompts with at least one correct sample among k
-    length    = mean response length in tokens
-Greedy when eval.temperature is 0 (then k must be 1). Prompts are split over DP ranks
-(round-robin) and the sums all-reduced, so the numbers do not depend on the layout. Sampling uses
-its own seed space (not the training rollouts').
+    mean@k        mean over prompts and k samples of the reward (1.0 = correct)     eval/accuracy
+    pass@k        fraction of prompts with at least one correct sample among k     eval/pass_at_k
+    steps         mean@k of the step-checked reward: the whole chain is right       eval/accuracy_steps
+                  (compact format only; the configured reward may be outcome-only)
+    per level     the same for each difficulty level (metadata["level"])           eval/L3/accuracy
+    se            standard error of mean@k over prompts: sd(per-prompt mean) / sqrt(n)
+    length        mean response length in tokens
+
+Prompts are the first eval.num_prompts of the eval.split (levels interleaved, so a prefix is
+balanced), split over DP ranks in contiguous slices; records are gathered, so the numbers do not
+depend on the layout. Sampling uses eval.seed, not the run's seed: every run evaluated with the same
+eval.seed draws the same random numbers for the same prompt (a paired comparison between arms;
+the row noise is layout-invariant, rollout/sampling.py). `evaluate` also returns each prompt's
+correct counts, which train/loop.py writes to RUN_DIR/eval/step_XXXXXXX.json for the paired
+statistics of the reproduction (reproduce/stats.py).
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+
 import torch
+import torch.distributed as dist
 
 from rlad_megatron.rollout import generate
 from rlad_megatron.runtime import devices
 from rlad_megatron.train.phases import completions, generation_config, prompt_ids
 
 
-def evaluate(run, model, items, *, prefix: str = "eval") -> tuple[dict[str, float], str]:
-    """(metrics, one sample completion) for `model` on the first eval.num_prompts `items`."""
+def protocol_label(e) -> str:
+    """What an evaluation measured, for every printed table: 'mean@4 (T=0.6, top-p 0.95)'."""
+    if e.temperature == 0:
+        return "greedy (mean@1)"
+    return f"mean@{e.k} (T={e.temperature:g}, top-p {e.top_p:g})"
+
+
+def eval_items(run) -> list:
     e = run.cfg.eval
-    mine = items[:e.num_prompts][run.par.dp_rank::run.par.dp]
+    items = run.splits.validation if e.split == "validation" else run.splits.heldout
+    return items[:e.num_prompts] if e.num_prompts else list(items)
+
+
+def evaluate(run, model, items, *, prefix: str = "eval") -> tuple[dict[str, float], str, list]:
+    """(metrics, one sample completion, per-prompt records) for `model` on `items`.
+
+    A record is {"id", "level", "correct", "steps_correct"}: counts out of eval.k samples."""
+    e = run.cfg.eval
+    per_rank = -(-len(items) // run.par.dp)
+    start = min(run.par.dp_rank * per_rank, len(items))
+    mine = items[start:start + per_rank]
     gen = generation_config(run, samples=e.k, temperature=e.temperature, top_p=e.top_p, top_k=0,
                             max_new_tokens=e.max_new_tokens or run.cfg.rollout.max_new_tokens)
-    batch = generate(model, prompt_ids(run, mine), gen, seed=2**31 - 1 - run.cfg.seed,
-                     row_offset=run.par.dp_rank * len(mine) * e.k)
-    texts = completions(run, batch)
-    items_of_rows = [mine[i // e.k] for i in range(len(texts))]
-    rewards = torch.tensor([run.reward_fn(run.fmt.to_reward_text(t, item), item)
-                            for t, item in zip(texts, items_of_rows)], dtype=torch.float64)
-    correct = (rewards >= 1.0).view(len(mine), e.k)
-    sums = torch.tensor([rewards.sum().item(), float(correct.any(dim=1).sum()),
-                         float(batch.response_lengths.sum()), float(len(mine)),
-                         float(len(mine) * e.k)], dtype=torch.float64)
-    devices.all_reduce(sums, group=run.par.dp_group)
-    reward_sum, passed, length, n_prompts, n_samples = sums.tolist()
-    return {f"{prefix}/accuracy": reward_sum / n_samples, f"{prefix}/pass_at_{e.k}": passed / n_prompts,
-            f"{prefix}/response_len": length / n_samples,
-            f"{prefix}/num_prompts": n_prompts}, (texts[0] if texts else "")
+    # row ids are global (prompt index in `items` x k + sample), so every layout draws the same
+    # noise for the same prompt and sample
+    batch = generate(model, prompt_ids(run, mine), gen, seed=2**31 - 1 - e.seed,
+                     row_offset=start * e.k) if mine else None
+    texts = completions(run, batch) if mine else []
+    steps_ok = run.fmt.steps_ok
+    records = []
+    for p, item in enumerate(mine):
+        rows = texts[p * e.k:(p + 1) * e.k]
+        rewards = [run.reward_fn(run.fmt.to_reward_text(t, item), item) for t in rows]
+        records.append({"id": item.id, "level": item.metadata.get("level"),
+                        "correct": sum(r >= 1.0 for r in rewards),
+                        "reward": float(sum(rewards)),
+                        "steps_correct": (sum(bool(steps_ok(t, item)) for t in rows)
+                                          if steps_ok else None)})
+    length = float(batch.response_lengths.sum()) if mine else 0.0
+    if run.par.dp > 1:
+        gathered = [None] * run.par.dp
+        dist.all_gather_object(gathered, records, group=run.par.dp_group)
+        records = [r for part in gathered for r in part]
+        total = torch.tensor([length], dtype=torch.float64)
+        devices.all_reduce(total, group=run.par.dp_group)
+        length = float(total[0])
+    metrics = summarize(records, e.k, prefix)
+    metrics[f"{prefix}/response_len"] = length / max(len(records) * e.k, 1)
+    return metrics, (texts[0] if texts else ""), records
+
+
+def summarize(records: list[dict], k: int, prefix: str = "eval") -> dict[str, float]:
+    """Metrics of per-prompt records (module docstring); pure, so tests check it by hand."""
+    out: dict[str, float] = {f"{prefix}/num_prompts": float(len(records))}
+    groups = {"": records}
+    by_level = defaultdict(list)
+    for r in records:
+        if r.get("level") is not None:
+            by_level[r["level"]].append(r)
+    if len(by_level) > 1:
+        groups.update({f"L{lv}/": rs for lv, rs in sorted(by_level.items())})
+    for tag, rs in groups.items():
+        n = len(rs)
+        if n == 0:
+            continue
+        means = [r["reward"] / k for r in rs]
+        mean = sum(means) / n
+        var = sum((m - mean) ** 2 for m in means) / (n - 1) if n > 1 else 0.0
+        out[f"{prefix}/{tag}accuracy"] = mean
+        out[f"{prefix}/{tag}accuracy_se"] = math.sqrt(var / n)
+        out[f"{prefix}/{tag}pass_at_{k}"] = sum(r["correct"] > 0 for r in rs) / n
+        if rs[0].get("steps_correct") is not None:
+            out[f"{prefix}/{tag}accuracy_steps"] = sum(r["steps_correct"] for r in rs) / (n * k)
+    return out
+
+
+def write_eval_records(cfg, step: int, records: dict[str, list]) -> Path:
+    """RUN_DIR/eval/step_XXXXXXX.json: the protocol and each model's per-prompt records, written
+    atomically (a temporary file renamed into place)."""
+    folder = Path(cfg.run_dir) / "eval"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step_{step:07d}.json"
+    e = cfg.eval
+    doc = {"step": step, "protocol": protocol_label(e), "split": e.split, "k": e.k,
+           "temperature": e.temperature, "top_p": e.top_p, "seed": e.seed, **records}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
+    return path

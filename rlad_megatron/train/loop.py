@@ -19,9 +19,12 @@ held-out split runs before training, every eval.every steps, and at the end.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 import math
 import time
+from pathlib import Path
 from typing import Optional
 
 from rlad_megatron.data.batch import TrainBatch
@@ -30,7 +33,7 @@ from rlad_megatron.runtime import print0
 from rlad_megatron.train import phases
 from rlad_megatron.train.checkpoint import save_train_checkpoint
 from rlad_megatron.train.config import RunConfig
-from rlad_megatron.train.evaluate import evaluate
+from rlad_megatron.train.evaluate import eval_items, evaluate, write_eval_records
 from rlad_megatron.train.plots import plot_run
 from rlad_megatron.train.preemption import PreemptionHandler
 from rlad_megatron.train.setup import Run, setup
@@ -100,12 +103,18 @@ def sft_step(run: Run, step: int) -> dict[str, float]:
 
 
 def run_eval(run: Run, step: int, *, teacher: bool = False) -> dict[str, float]:
-    out, sample = evaluate(run, run.student, run.splits.heldout)
+    """Evaluate the student (and, with teacher=True, the teacher) at the eval.* protocol; log
+    the metrics and write the per-prompt records to RUN_DIR/eval/step_XXXXXXX.json."""
+    items = eval_items(run)
+    out, sample, records = evaluate(run, run.student, items)
+    saved = {"student": records}
     if teacher and run.teacher is not None:
-        t, _ = evaluate(run, run.teacher, run.splits.heldout, prefix="eval_teacher")
-        out["eval/teacher_accuracy"] = t["eval_teacher/accuracy"]
+        t, _, saved["teacher"] = evaluate(run, run.teacher, items, prefix="eval_teacher")
+        out.update(t)
     run.metrics.log(step, out)
     run.metrics.log_text(step, "eval/sample", sample)
+    if run.cfg.eval.save_samples and run.is_logging_rank:
+        write_eval_records(run.cfg, step, saved)
     return out
 
 
@@ -115,14 +124,22 @@ def checkpoint(run: Run) -> None:
                           keep_last=run.cfg.checkpoint.keep_last, config_yaml=run.config_yaml)
 
 
+def write_summary(run_dir: str, summary: dict) -> None:
+    """RUN_DIR/summary.json (atomic): written once a run has finished all its steps."""
+    path = Path(run_dir) / "summary.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=1, default=str))
+    os.replace(tmp, path)
+
+
 def train(cfg: RunConfig, run: Optional[Run] = None) -> dict:
     """Run (or resume) training; returns a summary (eval before/after, plot path, last step)."""
     run = run or setup(cfg)
     is_rl = cfg.algorithm in ("rlad", "grpo", "kdrl")
     step_fn = rl_step if is_rl else sft_step
     summary: dict = {"start_step": run.state.step}
-    if run.state.step == 0:
-        summary["before"] = run_eval(run, 0, teacher=True)
+    if run.state.step == 0 and cfg.eval.at_start:
+        summary["before"] = run_eval(run, 0, teacher=cfg.eval.teacher)
     preempt = PreemptionHandler()
     steps = range(run.state.step + 1, cfg.train.steps + 1)
     bar = progress(steps, desc=cfg.algorithm, enabled=cfg.logging.progress and run.env.rank == 0)
@@ -160,6 +177,7 @@ def train(cfg: RunConfig, run: Optional[Run] = None) -> dict:
         summary["after"] = run_eval(run, run.state.step, teacher=False)
         if run.is_logging_rank:
             summary["plot"] = str(plot_run(cfg.run_dir))
+            write_summary(cfg.run_dir, {**summary, "last_step": run.state.step})
     run.metrics.close()
     summary.update(last_step=run.state.step, preempted=preempted)
     return summary

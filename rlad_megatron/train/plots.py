@@ -91,8 +91,8 @@ def _accuracy_panel(ax, records, keys: Sequence[str], teacher_key: Optional[str]
 
 def plot_run(run_dir_or_jsonl: str | os.PathLike, out_png: Optional[str | os.PathLike] = None, *,
              reward_keys: Sequence[str] = ("rollout/reward_mean",),
-             accuracy_keys: Sequence[str] = ("eval/accuracy", "eval/pass_at_k"),
-             teacher_key: Optional[str] = "eval/teacher_accuracy",
+             accuracy_keys: Sequence[str] = ("eval/accuracy", "eval/accuracy_steps"),
+             teacher_key: Optional[str] = "eval_teacher/accuracy",
              smoothing: float = 0.8, title: Optional[str] = None) -> Path:
     """Write the reward / accuracy figure and return its path.
 

@@ -1,21 +1,28 @@
-"""A multi-stage recipe in one launch: tokenizer -> teacher SFT -> student SFT -> RL, with the
-first three cached. This is what `make demo` runs (examples/configs/demo.yaml):
+"""A recipe file: the cached preparation stages (tokenizer -> teacher SFT -> student SFT) and the
+RL settings every arm of a comparison starts from. `rlad demo` and `rlad reproduce`
+(reproduce/runner.py) read it; `rlad prepare RECIPE` runs the preparation stages alone (under
+torchrun, every rank):
 
-    torchrun --nproc-per-node 2 -m rlad_megatron.cli demo examples/configs/demo.yaml \
-        rl.train.steps=40 teacher_sft.train.steps=300
+    torchrun --nproc-per-node 2 -m rlad_megatron.cli prepare examples/configs/reproduce.yaml
 
-Recipe file: `cache_dir`, `run_dir`, a `base` RunConfig shared by every stage, and one RunConfig
-section per stage (`teacher_sft`, `student_sft`, `rl`) merged on top of it. Overrides are
-`STAGE.key=value` (or `base.key=value`). The tokenizer is a sentencepiece character model trained
-on the training split's prompts and gold solutions. A stage is reused when CACHE/STAGE holds a
-finished checkpoint made from the same resolved config; otherwise it is trained again.
+Recipe file keys: `cache_dir`, `run_dir`, a `base` RunConfig shared by every stage, one RunConfig
+section per stage (`teacher_sft`, `student_sft`, `rl`) merged on top of it, `reproduce` (the
+arms, seeds and alphas; reproduce/spec.py), and `extends: OTHER.yaml` to start from another
+recipe file (merged key by key, except `reproduce`, which replaces the other's whole). Overrides are `STAGE.key=value` (or
+`base.key=value`, `reproduce.key=value`, `cache_dir=...`, `run_dir=...`).
+
+The tokenizer is a sentencepiece character model trained on the prompts and gold solutions of
+every split. A stage is reused when CACHE/STAGE holds a finished checkpoint made from the same
+resolved config (recipe_config.yaml); otherwise it is trained again into CACHE/STAGE, a folder
+the recipe owns (it holds .rlad_recipe, written before training starts): a non-empty folder there
+without it was not made by a recipe and is refused before any work, never deleted.
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch.distributed as dist
 
@@ -28,63 +35,105 @@ from rlad_megatron.train.loop import train
 from rlad_megatron.train.setup import load_splits
 
 STAGES = ("teacher_sft", "student_sft", "rl")
+PREP_STAGES = (("teacher_sft", "teacher"), ("student_sft", "student"))
+MARKER = "recipe_config.yaml"
+"""Written when a stage has finished: its resolved config (the cache key)."""
+OWNER = ".rlad_recipe"
+"""Written before a stage trains: the folder is the recipe's to replace."""
 
 
-def load_recipe(path: str, overrides: list[str]) -> tuple[dict, dict[str, RunConfig]]:
-    """-> (recipe settings, {stage: RunConfig}); errors name the file and key."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"recipe file {path} does not exist")
-    raw = OmegaConf.load(path)
-    unknown = set(raw) - {"cache_dir", "run_dir", "base", *STAGES}
-    if unknown:
-        raise ValueError(f"{path}: unknown top-level key(s) {sorted(unknown)}; expected "
-                         f"cache_dir, run_dir, base, {', '.join(STAGES)}")
-    settings = {"cache_dir": str(raw.get("cache_dir", ".cache/rlad_demo")),
-                "run_dir": str(raw.get("run_dir", "runs/demo"))}
-    by_stage: dict[str, list[str]] = {s: [] for s in ("base", *STAGES)}
+def split_overrides(overrides: list[str], settings: dict,
+                    sections: tuple[str, ...]) -> dict[str, list[str]]:
+    """'STAGE.key=value' -> {STAGE: ['key=value']}; top-level `settings` keys are set in place."""
+    by_section: dict[str, list[str]] = {s: [] for s in sections}
     for item in overrides:
         key, _, value = item.partition("=")
         head, _, rest = key.partition(".")
         if key in settings and value:
             settings[key] = value
-        elif head in by_stage and rest and value:
-            by_stage[head].append(f"{rest}={value}")
+        elif head in by_section and rest and value:
+            by_section[head].append(f"{rest}={value}")
         else:
-            raise ValueError(f"override {item!r}: expected STAGE.key=value with STAGE one of "
-                             f"base, {', '.join(STAGES)} (or cache_dir=..., run_dir=...)")
+            raise ValueError(f"override {item!r}: expected SECTION.key=value with SECTION one of "
+                             f"{', '.join(sections)} (or cache_dir=..., run_dir=...)")
+    return by_section
+
+
+def load_recipe(path: str, overrides: list[str]) -> tuple[dict, dict[str, RunConfig], Any]:
+    """-> (settings {cache_dir, run_dir}, {stage: RunConfig}, the `reproduce` section as an
+    omegaconf node with its overrides merged, or None); errors name the file and key."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    raw = _load_with_parent(Path(path))
+    unknown = set(raw) - {"cache_dir", "run_dir", "base", "reproduce", *STAGES}
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level key(s) {sorted(unknown)}; expected "
+                         f"cache_dir, run_dir, base, {', '.join(STAGES)}, reproduce")
+    settings = {"cache_dir": str(raw.get("cache_dir", ".cache/rlad_demo")),
+                "run_dir": str(raw.get("run_dir", "runs/demo"))}
+    by = split_overrides(overrides, settings, ("base", *STAGES, "reproduce"))
     configs = {}
     for stage in STAGES:
         try:
             merged = OmegaConf.merge(OmegaConf.structured(RunConfig), raw.get("base", {}),
-                                     OmegaConf.from_dotlist(by_stage["base"]),
-                                     raw.get(stage, {}), OmegaConf.from_dotlist(by_stage[stage]))
+                                     OmegaConf.from_dotlist(by["base"]),
+                                     raw.get(stage, {}), OmegaConf.from_dotlist(by[stage]))
             configs[stage] = OmegaConf.to_object(merged)
         except OmegaConfBaseException as e:
             raise ValueError(f"{path}: stage {stage}: key {getattr(e, 'full_key', '?')}: "
                              f"{e.msg}") from None
-    return settings, configs
+    repro = raw.get("reproduce")
+    if repro is not None or by["reproduce"]:
+        repro = OmegaConf.merge(repro or {}, OmegaConf.from_dotlist(by["reproduce"]))
+    return settings, configs, repro
+
+
+def _load_with_parent(path: Path, depth: int = 0):
+    """The recipe file merged over the file its `extends:` key names (relative to it)."""
+    from omegaconf import OmegaConf
+
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe file {path} does not exist")
+    if depth > 4:
+        raise ValueError(f"{path}: `extends` nests more than 4 files deep")
+    raw = OmegaConf.load(path)
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    base = _load_with_parent(path.parent / str(parent), depth + 1)
+    for key in ("reproduce",):  # sections replaced whole, not merged key by key
+        if key in raw and key in base:
+            base.pop(key)
+    return OmegaConf.merge(base, raw)
 
 
 def build_tokenizer(cfg: RunConfig, cache: Path) -> Path:
-    """Character sentencepiece model over the train split's prompts and solutions (rank 0)."""
+    """Character sentencepiece model over every split's prompts and solutions (rank 0)."""
     path = cache / "tokenizer.model"
     if dist.get_rank() == 0 and not path.exists():
         fmt = get_format(cfg.data.format)
         splits = load_splits(cfg)
-        lines = [fmt.prompt(i) + fmt.solution(i) for i in splits.train + splits.heldout]
-        train_sentencepiece(lines, path.with_suffix(""))
+        items = splits.train + splits.validation + splits.heldout
+        train_sentencepiece([fmt.prompt(i) + fmt.solution(i) for i in items],
+                            path.with_suffix(""))
     dist.barrier()
     return path
 
 
 def _finished(folder: Path, cfg: RunConfig) -> bool:
     root = folder / "checkpoints"
-    marker = folder / "recipe_config.yaml"
+    marker = folder / MARKER
     return (marker.exists() and marker.read_text() == to_yaml(cfg)
             and mckpt.latest_iteration(root) == cfg.train.steps if root.exists() else False)
+
+
+def owned_or_absent(folder: Path) -> None:
+    """Refuse to replace a folder that this recipe did not make (it holds no OWNER file)."""
+    if folder.is_file() or (folder.exists() and any(folder.iterdir())
+                            and not (folder / OWNER).exists()):
+        raise ValueError(f"{folder} exists and was not made by a recipe (no {OWNER}); "
+                         f"choose another cache_dir or move it away")
 
 
 def run_stage(name: str, cfg: RunConfig, folder: Path) -> Optional[dict]:
@@ -93,40 +142,61 @@ def run_stage(name: str, cfg: RunConfig, folder: Path) -> Optional[dict]:
         print0(f"recipe: {name}: reusing {folder}")
         return None
     if dist.get_rank() == 0 and folder.exists():
-        shutil.rmtree(folder)
+        shutil.rmtree(folder)  # owned: prepare() checked the OWNER file before any work
+    if dist.get_rank() == 0:
+        folder.mkdir(parents=True)
+        (folder / OWNER).write_text("made by an rlad recipe stage; replaced when its config "
+                                    "changes\n")
     dist.barrier()
     print0(f"recipe: {name}: training ({cfg.algorithm}, {cfg.train.steps} steps) into {folder}")
     summary = train(cfg)
     destroy_parallel()
     if dist.get_rank() == 0:
-        (folder / "recipe_config.yaml").write_text(to_yaml(cfg))
+        (folder / MARKER).write_text(to_yaml(cfg))
     dist.barrier()
     return summary
 
 
-def run_recipe(path: str, overrides: list[str]) -> dict:
-    settings, configs = load_recipe(path, overrides)
-    init_distributed()
-    cache, run_dir = Path(settings["cache_dir"]), Path(settings["run_dir"])
-    tok = str(build_tokenizer(configs["teacher_sft"], cache))
+def stage_configs(settings: dict, configs: dict[str, RunConfig]) -> dict[str, RunConfig]:
+    """The preparation stages' RunConfigs with their cache folders and the shared tokenizer."""
+    cache = Path(settings["cache_dir"])
     out = {}
-    for stage, role in (("teacher_sft", "teacher"), ("student_sft", "student")):
+    for stage, role in PREP_STAGES:
         cfg = configs[stage]
         cfg.algorithm, cfg.run_dir = "sft", str(cache / role)
-        cfg.student.tokenizer, cfg.student.random_init = tok, True
-        out[stage] = run_stage(stage, cfg, cache / role)
+        cfg.student.tokenizer, cfg.student.random_init = str(cache / "tokenizer.model"), True
+        out[stage] = cfg
+    return out
+
+
+def prepare(path: str, overrides: list[str]) -> dict:
+    """Tokenizer, teacher and student (each cached); every rank calls it under torchrun."""
+    settings, configs, _ = load_recipe(path, overrides)
+    stages = stage_configs(settings, configs)
+    cache = Path(settings["cache_dir"])
+    for _, role in PREP_STAGES:
+        owned_or_absent(cache / role)
+    env = init_distributed()
+    for name, cfg in stages.items():  # every stage checked before the first one trains
+        try:
+            cfg.validate(env.world_size, check_files=False)
+        except ValueError as e:
+            raise ValueError(f"stage {name}: {e}") from None
+    build_tokenizer(stages["teacher_sft"], cache)
+    return {stage: run_stage(stage, cfg, cache / role)
+            for (stage, role), cfg in zip(PREP_STAGES, stages.values())}
+
+
+def rl_config(settings: dict, configs: dict[str, RunConfig], run_dir: str) -> RunConfig:
+    """The `rl` stage's RunConfig pointed at the prepared teacher, student and tokenizer."""
+    cache = Path(settings["cache_dir"])
     rl = configs["rl"]
-    rl.run_dir = str(run_dir)
+    rl.run_dir = run_dir
     rl.student.checkpoint = str(cache / "student" / "checkpoints")
     rl.teacher.checkpoint = str(cache / "teacher" / "checkpoints")
-    rl.student.tokenizer = rl.teacher.tokenizer = tok
+    rl.student.tokenizer = rl.teacher.tokenizer = str(cache / "tokenizer.model")
     rl.student.spec = {**configs["student_sft"].student.spec, **rl.student.spec}
     rl.teacher.spec = {**configs["teacher_sft"].student.spec, **rl.teacher.spec}
     rl.student.preset = rl.student.preset or configs["student_sft"].student.preset
     rl.teacher.preset = rl.teacher.preset or configs["teacher_sft"].student.preset
-    if dist.get_rank() == 0 and run_dir.exists():
-        shutil.rmtree(run_dir)
-    dist.barrier()
-    print0(f"recipe: rl: {rl.algorithm} for {rl.train.steps} steps into {run_dir}")
-    out["rl"] = train(rl)
-    return out
+    return rl

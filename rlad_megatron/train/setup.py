@@ -137,7 +137,8 @@ def load_splits(cfg: RunConfig) -> PromptSplits:
     d = cfg.data
     if d.source == "reasoning_gym":
         return reasoning_gym_splits(d.task, train_size=d.train_size, heldout_size=d.heldout_size,
-                                    seed=d.seed, config=dict(d.task_config))
+                                    validation_size=d.validation_size, seed=d.seed,
+                                    config=dict(d.task_config), levels=list(d.levels))
     return file_splits(d.source, heldout_fraction=d.heldout_fraction, seed=d.seed,
                        question_field=d.question_field, answer_field=d.answer_field,
                        answer_format=d.answer_format, task=d.task, on_bad_row=d.on_bad_row)

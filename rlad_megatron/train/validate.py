@@ -14,6 +14,7 @@ from rlad_megatron.train.config import ALGORITHMS, NEEDS_TEACHER, RunConfig
 _CHOICES = {
     "data.format": ("chat", "compact"),
     "data.on_bad_row": ("error", "skip"),
+    "eval.split": ("heldout", "validation"),
     "optimizer.decay_style": ("constant", "linear", "cosine"),
     "selection.policy": ("paper", "advantage", "alignment", "both"),
     "advantage.estimator": ("grpo", "dr_grpo"),
@@ -37,10 +38,12 @@ def _positive(cfg, *keys: str, allow_zero: bool = False) -> None:
             raise ValueError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
 
-def _model(cfg: RunConfig, role: str) -> None:
+def _model(cfg: RunConfig, role: str, check_files: bool = True) -> None:
     m = getattr(cfg, role)
     if not (m.preset or m.spec or m.checkpoint):
         raise ValueError(f"{role}: set {role}.preset, {role}.spec or {role}.checkpoint")
+    if not check_files:
+        return
     if m.checkpoint is not None and not Path(m.checkpoint).exists():
         raise ValueError(f"{role}.checkpoint: {m.checkpoint} does not exist")
     if m.checkpoint is None and not m.random_init:
@@ -53,7 +56,9 @@ def _model(cfg: RunConfig, role: str) -> None:
                          "it from")
 
 
-def validate_run_config(cfg: RunConfig, world_size: int = 1) -> None:
+def validate_run_config(cfg: RunConfig, world_size: int = 1, check_files: bool = True) -> None:
+    """Raise ValueError naming the key of the first problem. check_files=False skips the checks
+    that model checkpoints and tokenizers exist (for runs whose files an earlier stage makes)."""
     if cfg.algorithm not in ALGORITHMS:
         raise ValueError(f"algorithm: {cfg.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
     for key, choices in _CHOICES.items():
@@ -61,17 +66,18 @@ def validate_run_config(cfg: RunConfig, world_size: int = 1) -> None:
             raise ValueError(f"{key}: {_get(cfg, key)!r} is not one of {', '.join(choices)}")
     cfg.parallel.validate(world_size)
     dp = world_size // (cfg.parallel.tensor * cfg.parallel.pipeline)
-    _model(cfg, "student")
+    _model(cfg, "student", check_files)
     if cfg.algorithm in NEEDS_TEACHER:
-        _model(cfg, "teacher")
+        _model(cfg, "teacher", check_files)
     _positive(cfg, "train.steps", "train.micro_batch_size", "train.mini_batches",
               "train.sft_batch_size", "train.max_consecutive_bad_steps", "rollout.prompts_per_step",
-              "rollout.group_size", "rollout.max_new_tokens", "eval.num_prompts", "eval.k",
+              "rollout.group_size", "rollout.max_new_tokens", "eval.k",
               "checkpoint.keep_last", "optimizer.lr", "logging.log_every")
     _positive(cfg, "rollout.temperature", "eval.temperature", "rollout.top_k",
               "rollout.micro_batch_size", "checkpoint.save_every", "eval.every",
               "optimizer.warmup_steps", "optimizer.weight_decay", "optimizer.clip_grad",
-              "data.heldout_size", "eval.max_new_tokens", allow_zero=True)
+              "data.heldout_size", "data.validation_size", "eval.max_new_tokens",
+              "eval.num_prompts", "eval.seed", allow_zero=True)
     if not 0 < cfg.rollout.top_p <= 1:
         raise ValueError(f"rollout.top_p must be in (0, 1], got {cfg.rollout.top_p}")
     if cfg.algorithm in ("rlad", "grpo", "kdrl") and cfg.rollout.group_size < 2:
@@ -116,5 +122,30 @@ def validate_run_config(cfg: RunConfig, world_size: int = 1) -> None:
     t = cfg.loss.trrd
     if not 0 <= t.alpha <= 1:
         raise ValueError(f"loss.trrd.alpha: {t.alpha} is outside [0, 1]")
+    if not 0 < cfg.eval.top_p <= 1:
+        raise ValueError(f"eval.top_p must be in (0, 1], got {cfg.eval.top_p}")
+    d = cfg.data
+    if cfg.eval.split == "validation" and d.validation_size == 0:
+        raise ValueError("eval.split: validation needs data.validation_size > 0")
+    if d.levels:
+        from rlad_megatron.data.difficulty import level_config
+
+        if d.source != "reasoning_gym":
+            raise ValueError("data.levels: difficulty levels need data.source=reasoning_gym")
+        if len(set(d.levels)) != len(d.levels):
+            raise ValueError(f"data.levels: {list(d.levels)} repeats a level")
+        for level in d.levels:
+            level_config(d.task, level, d.task_config)
+        for key in ("train_size", "heldout_size", "validation_size"):
+            if getattr(d, key) % len(d.levels):
+                raise ValueError(f"data.{key} = {getattr(d, key)} is not divisible by the "
+                                 f"{len(d.levels)} data.levels {list(d.levels)}")
+    if d.format == "compact":
+        from rlad_megatron.data.formats import COMPACT_TASKS
+
+        if d.source != "reasoning_gym" or d.task not in COMPACT_TASKS:
+            raise ValueError(f"data.format: compact renders reasoning-gym tasks "
+                             f"{', '.join(COMPACT_TASKS)} only, not "
+                             f"{d.task if d.source == 'reasoning_gym' else d.source!r}")
     if cfg.eval.k > 1 and cfg.eval.temperature == 0:
         raise ValueError(f"eval.k: {cfg.eval.k} samples per prompt need eval.temperature > 0")

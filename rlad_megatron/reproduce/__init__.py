@@ -1,0 +1,11 @@
+"""The reproduction: the paper's tables in miniature (`rlad reproduce`, `rlad demo`).
+
+  spec.py     the recipe's `reproduce` section -> one RunConfig per (arm, seed)
+  runner.py   prepare the teacher and student once, run the jobs side by side, resume
+  stats.py    means, Student-t CIs, paired differences, the evaluation's standard error
+  results.py  Tables 1, 4 and 5 (results.md, results.json) from the runs' files
+  plots.py    curves.png, alpha.png
+
+This folder sits above train/: it launches `rlad train` processes and reads their files; it
+imports train/ only for the config schema and the recipe.
+"""

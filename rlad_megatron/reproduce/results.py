@@ -1,0 +1,259 @@
+"""The reproduction's tables and plots, read back from the finished runs' files:
+
+    RUN_DIR/arms/ARM/seed_S/eval/step_XXXXXXX.json   per-prompt records (train/evaluate.py)
+    RUN_DIR/arms/ARM/seed_S/metrics.jsonl            phase timers (time/<phase>_s)
+
+and written as results.json, results.md, curves.png and alpha.png:
+  * Table 1 (the paper's K&K table in miniature): rows = the student before RL, the teacher and
+    each arm; columns = difficulty levels and their average; mean +- 95% CI over seeds of the
+    final held-out mean@k; then each arm's paired difference to the baseline (seed by seed) with
+    its CI, and the evaluation's own standard error (reproduce/stats.py). The same table for the
+    step-checked accuracy follows as its own rows.
+  * Table 5: the average against alpha (RLAD arms), beside the baseline and KDRL.
+  * Table 4: seconds per step by phase for each arm (mean over steps and seeds).
+Missing runs (failed or not yet finished) are listed, never silently averaged over.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from pathlib import Path
+
+from rlad_megatron.reproduce.spec import Job, ReproduceSpec, arm_label
+from rlad_megatron.reproduce.stats import (eval_se, mean_ci, paired_difference, paired_eval_se,
+                                           pooled_se, prompt_means)
+
+PHASES = ("rollout", "reward", "old_logprobs", "teacher_logprobs", "update", "step")
+
+
+def _read_eval(run_dir: Path, step: int) -> dict | None:
+    path = run_dir / "eval" / f"step_{step:07d}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _eval_steps(run_dir: Path) -> list[int]:
+    folder = run_dir / "eval"
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.stem.split("_")[1]) for p in folder.glob("step_*.json"))
+
+
+def _scores(records: list[dict], k: int, levels: list, field: str) -> dict[str, float]:
+    """{'avg': mean@k, 'L3': ..., ...} of one evaluation (fractions)."""
+    out = {}
+    for lv in [None, *levels]:
+        means = prompt_means(records, k, lv, field)
+        if means:
+            out["avg" if lv is None else f"L{lv}"] = sum(means.values()) / len(means)
+    return out
+
+
+def _timings(run_dir: Path) -> dict[str, float]:
+    """Mean seconds of each phase per step; "step" is the median whole step (a step that ran an
+    evaluation or a checkpoint counts those in time/step_s, the median leaves them out)."""
+    path = run_dir / "metrics.jsonl"
+    rows = []
+    if path.exists():
+        rows = [r for r in map(json.loads, path.read_text().splitlines()) if "time/step_s" in r]
+    if not rows:
+        return {}
+    out = {p: sum(float(r.get(f"time/{p}_s", 0.0)) for r in rows) / len(rows)
+           for p in PHASES if p != "step"}
+    out["step"] = statistics.median(float(r["time/step_s"]) for r in rows)
+    return out
+
+
+def collect(jobs: list[Job], spec: ReproduceSpec, run_dir: Path) -> dict:
+    """Read every finished job back and compute the tables (module docstring)."""
+    first = jobs[0].cfg
+    k, levels = first.eval.k, list(first.data.levels)
+    cols = [f"L{lv}" for lv in levels] + ["avg"] if len(levels) > 1 else ["avg"]
+    arms: dict[str, dict] = {}
+    missing, before, teacher = [], None, None
+    for job in jobs:
+        last = job.cfg.train.steps
+        final = _read_eval(job.run_dir, last) if (job.run_dir / "summary.json").exists() else None
+        a = arms.setdefault(job.arm, {"label": arm_label(spec, job.arm, jobs),
+                                      "algorithm": job.cfg.algorithm,
+                                      "alpha": job.cfg.loss.trrd.alpha
+                                      if job.cfg.algorithm == "rlad" else None,
+                                      "seeds": {}})
+        if final is None:
+            missing.append(f"{job.arm} seed {job.seed}")
+            continue
+        start = _read_eval(job.run_dir, 0)
+        if start is not None:
+            before = before or start["student"]
+            teacher = teacher or start.get("teacher")
+        curve = {}  # step 0 is shared (reproduce/spec.py): added below
+        for step in _eval_steps(job.run_dir):
+            doc = _read_eval(job.run_dir, step)
+            curve[step] = _scores(doc["student"], k, [], "reward").get("avg")
+        a["seeds"][job.seed] = {
+            "final": _scores(final["student"], k, levels, "reward"),
+            "steps": _scores(final["student"], k, levels, "steps_correct"),
+            "prompt_means": prompt_means(final["student"], k),
+            "eval_se": eval_se(prompt_means(final["student"], k)),
+            "curve": curve, "time": _timings(job.run_dir)}
+    if before:
+        start_acc = _scores(before, k, [], "reward").get("avg")
+        for a in arms.values():
+            for s in a["seeds"].values():
+                s["curve"].setdefault(0, start_acc)
+                s["curve"] = dict(sorted(s["curve"].items()))
+    base = arms.get(spec.baseline, {"seeds": {}})
+    tables = {"table1": {}, "table1_steps": {}, "diff": {}, "table4": {}}
+    for name, a in arms.items():
+        seeds = a["seeds"]
+        if not seeds:
+            continue
+        for table, field in (("table1", "final"), ("table1_steps", "steps")):
+            tables[table][name] = {c: mean_ci([s[field].get(c, math.nan) for s in seeds.values()
+                                               if c in s[field]]).as_dict() for c in cols}
+        tables["table1"][name]["eval_se"] = pooled_se([s["eval_se"] for s in seeds.values()])
+        if name != spec.baseline and base["seeds"]:
+            tables["diff"][name] = {c: paired_difference(
+                {sd: s["final"][c] for sd, s in seeds.items() if c in s["final"]},
+                {sd: s["final"][c] for sd, s in base["seeds"].items() if c in s["final"]}
+            ).as_dict() for c in cols}
+            tables["diff"][name]["eval_se"] = pooled_se([
+                paired_eval_se(s["prompt_means"], base["seeds"][sd]["prompt_means"])
+                for sd, s in seeds.items() if sd in base["seeds"]])
+        tables["table4"][name] = {p: sum(s["time"].get(p, 0.0) for s in seeds.values())
+                                  / len(seeds) for p in PHASES}
+    alpha_rows = sorted((a["alpha"], name) for name, a in arms.items()
+                        if a["alpha"] is not None and a["seeds"])
+    for a in arms.values():
+        for s in a["seeds"].values():
+            s.pop("prompt_means")
+    ref = {"student_before": before, "teacher": teacher}
+    fixed = {key: (_scores(recs, k, levels, "reward") | {
+        "eval_se": eval_se(prompt_means(recs, k))}) if recs else None
+        for key, recs in ref.items()}
+    fixed_steps = {key: _scores(recs, k, levels, "steps_correct") if recs else None
+                   for key, recs in ref.items()}
+    return {"protocol": f"mean@{k} (T={first.eval.temperature:g}, top-p {first.eval.top_p:g})"
+            if first.eval.temperature else "greedy (mean@1)",
+            "split": first.eval.split, "k": k, "levels": levels, "columns": cols,
+            "level_name": "terms" if first.data.task == "chain_sum" else "people",
+            "task": first.data.task, "steps": first.train.steps,
+            "n_prompts": len(before) if before else 0,
+            "baseline": spec.baseline, "seeds": spec.seeds, "arms": arms,
+            "reference": fixed, "reference_steps": fixed_steps, "alphas": alpha_rows,
+            "missing": missing, **tables}
+
+
+def _pct(est: dict | float | None, ci: bool = True) -> str:
+    if est is None:
+        return "-"
+    if isinstance(est, dict):
+        m, h = est["mean"], est["ci95"]
+        if math.isnan(m):
+            return "-"
+        return f"{100 * m:.1f}" + (f" ± {100 * h:.1f}" if ci and not math.isnan(h) else "")
+    return "-" if math.isnan(est) else f"{100 * est:.1f}"
+
+
+def _signed(est: dict) -> str:
+    m, h = est["mean"], est["ci95"]
+    if math.isnan(m):
+        return "-"
+    sig = "*" if est["n"] > 1 and (est["low"] > 0 or est["high"] < 0) else ""
+    return f"{100 * m:+.1f}" + (f" ± {100 * h:.1f}" if not math.isnan(h) else "") + sig
+
+
+def _header(r: dict, first: str, extra: list[str]) -> list[str]:
+    names = [f"{c[1:]} {r['level_name']}" if c.startswith("L") else "average"
+             for c in r["columns"]]
+    cells = [first, *names, *extra]
+    return ["| " + " | ".join(cells) + " |", "|" + "---|" * len(cells)]
+
+
+def _table1(r: dict, key: str, ref_key: str, title: str) -> list[str]:
+    lines = [title, ""] + _header(r, "model", ["eval SE"] if key == "table1" else [])
+    for name, ref in (("student before RL", "student_before"), ("teacher", "teacher")):
+        scores = r[ref_key].get(ref) if r[ref_key] else None
+        if scores:
+            cells = [_pct(scores.get(c)) for c in r["columns"]]
+            if key == "table1":
+                cells.append(_pct(scores.get("eval_se")))
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for name, row in r[key].items():
+        cells = [_pct(row[c]) for c in r["columns"]]
+        if key == "table1":
+            cells.append(_pct(row.get("eval_se")))
+        lines.append(f"| {r['arms'][name]['label']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown(r: dict) -> str:
+    n_seeds = len(r["seeds"])
+    out = [f"# Reproduction: {r['task']}, {r['steps']} RL steps, {n_seeds} seeds",
+           "", f"Command: `{r.get('command', '')}`  ", f"Evaluation: {r['protocol']} on the "
+           f"{r['split']} split ({r['n_prompts']} prompts, the same prompts and sampling seed for "
+           f"every run). Accuracy in %, mean ± 95% CI over seeds (Student t, {n_seeds - 1} d.f.); "
+           "eval SE: the evaluation's own standard error over prompts (pooled over seeds).", ""]
+    out += _table1(r, "table1", "reference",
+                   "## Table 1: outcome reward (the final answer), held-out mean@k")
+    if r["diff"]:
+        out += ["", f"Paired difference to {r['arms'][r['baseline']]['label']} (seed by seed; "
+                "* = the 95% CI excludes 0):", ""]
+        out += _header(r, "arm", ["eval SE of the difference"])
+        for name, row in r["diff"].items():
+            cells = [_signed(row[c]) for c in r["columns"]] + [_pct(row.get("eval_se"))]
+            out.append(f"| {r['arms'][name]['label']} | " + " | ".join(cells) + " |")
+    out += [""] + _table1(r, "table1_steps", "reference_steps",
+                          "## Table 1, step-checked: every step of the chain right")
+    if len(r["alphas"]) > 1:
+        out += ["", "## Table 5: alpha ablation (average over levels)", "",
+                "| alpha | mean@k | difference to the baseline |", "|---|---|---|"]
+        for alpha, name in r["alphas"]:
+            diff = r["diff"].get(name)
+            out.append(f"| {alpha:g} | {_pct(r['table1'][name]['avg'])} | "
+                       f"{_signed(diff['avg']) if diff else '-'} |")
+    out += ["", "## Table 4: seconds per step by phase (mean over steps and seeds; step: the "
+            "median whole step, evaluations excluded)", "",
+            "| arm | " + " | ".join(p.replace("_", " ") for p in PHASES) + " |",
+            "|" + "---|" * (len(PHASES) + 1)]
+    for name, row in r["table4"].items():
+        out.append(f"| {r['arms'][name]['label']} | " +
+                   " | ".join(f"{row[p]:.3f}" for p in PHASES) + " |")
+    if r["missing"]:
+        out += ["", "Missing runs (failed or unfinished): " + ", ".join(r["missing"])]
+    return "\n".join(out) + "\n"
+
+
+def summary_lines(r: dict) -> str:
+    """The short console table: before / teacher / each arm's average and difference."""
+    lines = [f"held-out {r['protocol']}, {r['n_prompts']} prompts, average over levels "
+             f"(mean ± 95% CI over {len(r['seeds'])} seed(s)):"]
+    for name, ref in (("student before RL", "student_before"), ("teacher", "teacher")):
+        scores = r["reference"].get(ref)
+        if scores:
+            lines.append(f"  {name:<40} {_pct(scores['avg'])}")
+    for name, row in r["table1"].items():
+        diff = r["diff"].get(name)
+        lines.append(f"  {r['arms'][name]['label']:<40} {_pct(row['avg']):<14}"
+                     + (f" vs {r['baseline']}: {_signed(diff['avg'])}" if diff else ""))
+    return "\n".join(lines)
+
+
+def write_results(r: dict, run_dir: Path) -> list[Path]:
+    from rlad_megatron.reproduce.plots import plot_alpha, plot_curves
+
+    r["summary_md"] = summary_lines(r)
+    files = []
+    for name, text in (("results.json", json.dumps(r, indent=1, default=str)),
+                       ("results.md", markdown(r))):
+        path = run_dir / name
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+        files.append(path)
+    files.append(plot_curves(r, run_dir / "curves.png"))
+    if len(r["alphas"]) > 1:
+        files.append(plot_alpha(r, run_dir / "alpha.png"))
+    return files

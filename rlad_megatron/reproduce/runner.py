@@ -1,0 +1,175 @@
+"""`rlad reproduce RECIPE [--quick] [overrides]` and `rlad demo`: prepare the teacher and the
+student once, train every arm x seed from that student, then write the tables and plots.
+
+    rlad reproduce examples/configs/reproduce.yaml --quick run_dir=runs/repro_quick
+
+Order of work:
+  1. load the recipe and check everything before any work: every stage's and every job's
+     RunConfig is validated (files that the preparation will make are not required yet), the
+     run directory must be new, empty or one this command made (RUN_DIR/.rlad_reproduce);
+  2. `rlad prepare` under torchrun (reproduce.prepare_procs processes): tokenizer, teacher SFT,
+     student SFT, each cached and reused;
+  3. the jobs, reproduce.jobs at a time, each `rlad train RUN_DIR/arms/ARM/seed_S.yaml` under
+     torchrun (reproduce.procs processes) with its output in RUN_DIR/logs/ARM_seed_S.log.
+     A job whose RUN_DIR/arms/ARM/seed_S/summary.json exists for the same config is reused; an
+     interrupted one resumes from its last checkpoint (checkpoint.save_every); a job whose
+     config changed is trained again;
+  4. results.json, results.md, curves.png, alpha.png (reproduce/results.py).
+Why processes per arm rather than one launch: arms are independent, and on a small machine two
+single-process arms side by side use the cores better than one arm split by tensor parallelism
+(the models here are tiny); on a cluster each arm is a job of its own anyway.
+Returns 0 when every job finished, 1 when some failed (the tables hold the finished ones).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rlad_megatron.reproduce.results import collect, write_results
+from rlad_megatron.reproduce.spec import Job, build_jobs, parse_spec
+from rlad_megatron.train.config import RunConfig
+from rlad_megatron.train.recipe import (PREP_STAGES, load_recipe, owned_or_absent, rl_config,
+                                        stage_configs)
+
+MARKER = ".rlad_reproduce"
+
+
+def _torchrun(procs: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc-per-node={procs}"]
+
+
+def check_before_work(stages: dict[str, RunConfig], jobs: list[Job], spec, run_dir: Path,
+                      cache: Path) -> None:
+    """Every config valid, the run directory and cache folders ours (module docstring)."""
+    for name, cfg in stages.items():
+        try:
+            cfg.validate(spec.prepare_procs, check_files=False)
+        except ValueError as e:
+            raise ValueError(f"stage {name}: {e}") from None
+    for job in jobs:
+        try:
+            job.cfg.validate(spec.procs, check_files=False)
+        except ValueError as e:
+            raise ValueError(f"arm {job.arm} (seed {job.seed}): {e}") from None
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"run_dir {run_dir} is a file")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / MARKER).exists():
+        raise ValueError(f"run_dir {run_dir} is not empty and was not made by rlad reproduce "
+                         f"(no {MARKER}); choose a new run_dir")
+    for _, role in PREP_STAGES:
+        owned_or_absent(cache / role)
+
+
+def claim(run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / MARKER).write_text("made by rlad reproduce; its arms/ and logs/ may be replaced\n")
+    probe = run_dir / ".write_probe"
+    try:
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"run_dir {run_dir} is not writable: {e}") from None
+
+
+def job_state(job: Job) -> str:
+    """'done' (reusable), 'resume' (same config, unfinished) or 'new'."""
+    cfg_file = job.run_dir.with_suffix(".yaml")
+    same = cfg_file.exists() and cfg_file.read_text() == job.config_yaml
+    if same and (job.run_dir / "summary.json").exists():
+        return "done"
+    return "resume" if same else "new"
+
+
+def start_job(job: Job, log_dir: Path, procs: int, threads: int) -> subprocess.Popen:
+    cfg_file = job.run_dir.with_suffix(".yaml")
+    if job_state(job) == "new" and job.run_dir.exists():
+        shutil.rmtree(job.run_dir)  # under RUN_DIR/arms, which this command owns
+    cfg_file.parent.mkdir(parents=True, exist_ok=True)
+    cfg_file.write_text(job.config_yaml)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
+    log = open(log_dir / f"{job.arm}_seed_{job.seed}.log", "w")
+    cmd = _torchrun(procs) + ["-m", "rlad_megatron.cli", "train", str(cfg_file)]
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def run_jobs(jobs: list[Job], spec, run_dir: Path) -> list[str]:
+    """Run the unfinished jobs, spec.jobs at a time; returns the failures' descriptions."""
+    from tqdm import tqdm
+
+    log_dir = run_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    todo = [j for j in jobs if job_state(j) != "done"]
+    if len(todo) < len(jobs):
+        print(f"reproduce: reusing {len(jobs) - len(todo)} finished run(s)", flush=True)
+    threads = max(1, (os.cpu_count() or 1) // min(spec.jobs, max(len(todo), 1)) // spec.procs)
+    running: dict[subprocess.Popen, tuple[Job, float]] = {}
+    failures = []
+    bar = tqdm(total=len(todo), desc="arms x seeds", unit="run", dynamic_ncols=True,
+               mininterval=5.0)
+    queue = list(todo)
+    while queue or running:
+        started = False
+        while queue and len(running) < spec.jobs:
+            job = queue.pop(0)
+            running[start_job(job, log_dir, spec.procs, threads)] = (job, time.time())
+            started = True
+        if started:
+            bar.set_postfix_str("running " + ", ".join(f"{j.arm}/{j.seed}"
+                                                       for j, _ in running.values()))
+        time.sleep(1.0)
+        for proc in [p for p in running if p.poll() is not None]:
+            job, t0 = running.pop(proc)
+            tag = f"{job.arm} seed {job.seed}"
+            if proc.returncode != 0:
+                failures.append(f"{tag}: exit {proc.returncode}, see "
+                                f"{log_dir / f'{job.arm}_seed_{job.seed}.log'}")
+                bar.write(f"reproduce: FAILED {failures[-1]}")
+            else:
+                bar.write(f"reproduce: {tag} done in {time.time() - t0:.0f} s")
+            bar.update(1)
+    bar.close()
+    return failures
+
+
+def reproduce(path: str, overrides: list[str], *, quick: bool = False, demo: bool = False,
+              jobs: int | None = None) -> int:
+    settings, configs, node = load_recipe(path, overrides)
+    spec = parse_spec(node, quick=quick)
+    if jobs is not None:
+        if jobs < 1:
+            raise ValueError(f"--jobs: {jobs} must be >= 1")
+        spec.jobs = jobs
+    run_dir, cache = Path(settings["run_dir"]), Path(settings["cache_dir"])
+    stages = stage_configs(settings, copy.deepcopy(configs))
+    job_list = build_jobs(spec, rl_config(settings, configs, str(run_dir)), run_dir)
+    check_before_work(stages, job_list, spec, run_dir, cache)
+    claim(run_dir)
+    t0 = time.time()
+    print(f"reproduce: {len(job_list)} runs ({', '.join(spec.arm_names)} x seeds "
+          f"{spec.seeds}) into {run_dir}; teacher and student cached in {cache}", flush=True)
+    prep = subprocess.run(_torchrun(spec.prepare_procs) +
+                          ["-m", "rlad_megatron.cli", "prepare", path, *overrides])
+    if prep.returncode != 0:
+        print(f"reproduce: preparing the teacher and student failed (exit {prep.returncode})",
+              file=sys.stderr)
+        return 1
+    failures = run_jobs(job_list, spec, run_dir)
+    results = collect(job_list, spec, run_dir)
+    results["wall_s"] = time.time() - t0
+    results["command"] = " ".join(["rlad", "demo" if demo else "reproduce", path,
+                                   *(["--quick"] if quick else []), *overrides])
+    files = write_results(results, run_dir)
+    print("\n" + results["summary_md"], flush=True)
+    print(f"reproduce: wrote {', '.join(str(f) for f in files)} "
+          f"({results['wall_s'] / 60:.1f} min)", flush=True)
+    if failures:
+        print("reproduce: failed runs:\n  " + "\n  ".join(failures), file=sys.stderr)
+        return 1
+    return 0

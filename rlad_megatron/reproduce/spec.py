@@ -1,0 +1,199 @@
+"""What a reproduction runs: the `reproduce` section of a recipe file (train/recipe.py) turned
+into one job per (arm, seed), each a complete RunConfig.
+
+    reproduce:
+      seeds: [1, 2, 3]          # run seeds: rollouts and prompt order (cfg.seed)
+      baseline: grpo            # paired differences are taken against this arm
+      jobs: 2                   # arms trained at once (each a process of its own)
+      procs: 1                  # processes per arm (torchrun --nproc-per-node)
+      prepare_procs: 2          # processes of the preparation stages
+      arms:                     # name -> RunConfig overrides on top of the `rl` stage
+        grpo: {algorithm: grpo}
+        rlad: {algorithm: rlad}
+      alphas: [0.1, 0.3, 0.7]   # Table 5: extra RLAD arms "rlad_a0.1", ... (the `rlad` arm
+                                #   is the alpha ablation's own value, loss.trrd.alpha)
+      validation: false         # evaluate on the validation split (for choosing settings)
+      quick: {seeds: [1], arms: [grpo, rlad], alphas: [], rl: {train.steps: 30}}
+
+Every job of one seed has the same cfg.seed, so the arms of a seed draw the same prompts per
+step; every job has the same eval.* (split, prompts, sampling seed), so evaluations are paired.
+All jobs start from the same student, so its step-0 evaluation (and the teacher's) is run once,
+by the first job that loads a teacher, and shared by every curve.
+Arm names are folder names: letters, digits, '.', '_' and '-'.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlad_megatron.train.config import ALGORITHMS, NEEDS_TEACHER, RunConfig, to_yaml
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_KEYS = {"seeds", "baseline", "jobs", "procs", "prepare_procs", "arms", "alphas", "validation",
+         "quick"}
+_QUICK_KEYS = {"seeds", "arms", "alphas", "rl", "jobs"}
+
+
+@dataclass
+class ReproduceSpec:
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    baseline: str = "grpo"
+    jobs: int = 2
+    procs: int = 1
+    prepare_procs: int = 2
+    arms: dict[str, dict] = field(default_factory=dict)
+    alphas: list[float] = field(default_factory=list)
+    validation: bool = False
+    rl_overrides: list[str] = field(default_factory=list)
+    """dotted overrides of the rl stage (from reproduce.quick.rl)."""
+
+    @property
+    def arm_names(self) -> list[str]:
+        return list(self.arms) + [alpha_arm(a) for a in self.alphas]
+
+
+def alpha_arm(alpha: float) -> str:
+    return f"rlad_a{alpha:g}"
+
+
+def parse_spec(node: Any, *, quick: bool = False, where: str = "reproduce") -> ReproduceSpec:
+    """The `reproduce` omegaconf node (or None) -> ReproduceSpec, with `quick` applied."""
+    from omegaconf import OmegaConf
+
+    raw = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    unknown = set(raw) - _KEYS
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; expected {sorted(_KEYS)}")
+    spec = ReproduceSpec()
+    for key in ("seeds", "baseline", "jobs", "procs", "prepare_procs", "validation"):
+        if key in raw:
+            setattr(spec, key, raw[key])
+    spec.arms = {str(k): dict(v or {}) for k, v in (raw.get("arms") or {}).items()}
+    spec.alphas = [float(a) for a in raw.get("alphas") or []]
+    if quick:
+        q = raw.get("quick") or {}
+        unknown = set(q) - _QUICK_KEYS
+        if unknown:
+            raise ValueError(f"{where}.quick: unknown key(s) {sorted(unknown)}; expected "
+                             f"{sorted(_QUICK_KEYS)}")
+        if "arms" in q:
+            missing = [a for a in q["arms"] if a not in spec.arms]
+            if missing:
+                raise ValueError(f"{where}.quick.arms: {missing} are not in {where}.arms "
+                                 f"({', '.join(spec.arms)})")
+            spec.arms = {a: spec.arms[a] for a in q["arms"]}
+        spec.seeds = list(q.get("seeds", spec.seeds))
+        spec.jobs = q.get("jobs", spec.jobs)
+        spec.alphas = [float(a) for a in q.get("alphas", spec.alphas)]
+        spec.rl_overrides = [f"{k}={v}" for k, v in _flatten(q.get("rl") or {}).items()]
+    _check(spec, where)
+    return spec
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _check(spec: ReproduceSpec, where: str) -> None:
+    if not spec.arms:
+        raise ValueError(f"{where}.arms: no arms to run")
+    if not spec.seeds or len(set(spec.seeds)) != len(spec.seeds) or \
+            any(not isinstance(s, int) or s < 0 for s in spec.seeds):
+        raise ValueError(f"{where}.seeds: {spec.seeds} must be distinct integers >= 0")
+    for key in ("jobs", "procs", "prepare_procs"):
+        if not isinstance(getattr(spec, key), int) or getattr(spec, key) < 1:
+            raise ValueError(f"{where}.{key}: {getattr(spec, key)!r} must be an integer >= 1")
+    for name in spec.arm_names:
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"{where}.arms: {name!r} is not a usable arm name (letters, digits, "
+                             f"'.', '_', '-')")
+    if len(set(spec.arm_names)) != len(spec.arm_names):
+        raise ValueError(f"{where}: arm names repeat: {spec.arm_names}")
+    if spec.baseline not in spec.arms:
+        raise ValueError(f"{where}.baseline: {spec.baseline!r} is not one of the arms "
+                         f"({', '.join(spec.arms)})")
+    if spec.alphas and "rlad" not in spec.arms:
+        raise ValueError(f"{where}.alphas: the alpha ablation varies the 'rlad' arm, which "
+                         f"{where}.arms does not have")
+    for a in spec.alphas:
+        if not 0 <= a <= 1:
+            raise ValueError(f"{where}.alphas: {a} is outside [0, 1]")
+
+
+@dataclass
+class Job:
+    arm: str
+    seed: int
+    cfg: RunConfig
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.run_dir)
+
+    @property
+    def config_yaml(self) -> str:
+        return to_yaml(self.cfg)
+
+
+def arm_overrides(spec: ReproduceSpec, arm: str) -> dict:
+    if arm in spec.arms:
+        return spec.arms[arm]
+    alpha = next(a for a in spec.alphas if alpha_arm(a) == arm)
+    return {**spec.arms["rlad"], "loss": {"trrd": {"alpha": alpha}}}
+
+
+def build_jobs(spec: ReproduceSpec, rl: RunConfig, run_dir: Path,
+               where: str = "reproduce") -> list[Job]:
+    """One Job per (arm, seed): the rl stage + the arm's overrides + seed, eval split and run_dir."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    jobs = []
+    for arm in spec.arm_names:
+        for seed in spec.seeds:
+            try:
+                merged = OmegaConf.merge(OmegaConf.structured(copy.deepcopy(rl)),
+                                         OmegaConf.from_dotlist(spec.rl_overrides),
+                                         arm_overrides(spec, arm))
+                cfg: RunConfig = OmegaConf.to_object(merged)
+            except OmegaConfBaseException as e:
+                raise ValueError(f"{where}.arms.{arm}: key {getattr(e, 'full_key', '?')}: "
+                                 f"{e.msg}") from None
+            if cfg.algorithm not in ALGORITHMS:
+                raise ValueError(f"{where}.arms.{arm}.algorithm: {cfg.algorithm!r} is not one "
+                                 f"of {', '.join(ALGORITHMS)}")
+            cfg.seed = seed
+            cfg.run_dir = str(run_dir / "arms" / arm / f"seed_{seed}")
+            if spec.validation:
+                cfg.eval.split = "validation"
+            jobs.append(Job(arm, seed, cfg))
+    # every job starts from the same student and evaluates it with the same prompts and seed:
+    # the step-0 evaluation (and the teacher's) is run once, by the first job that has a teacher
+    first = next((j for j in jobs if j.cfg.algorithm in NEEDS_TEACHER), jobs[0])
+    for job in jobs:
+        job.cfg.eval.at_start = job is first
+        job.cfg.eval.teacher = job is first
+    return jobs
+
+
+def arm_label(spec: ReproduceSpec, arm: str, jobs: list[Job]) -> str:
+    """A readable row name: 'RLAD (alpha 0.5)', 'GRPO', 'SFT (teacher traces)'."""
+    cfg = next(j.cfg for j in jobs if j.arm == arm)
+    if cfg.algorithm == "rlad":
+        return f"RLAD (alpha {cfg.loss.trrd.alpha:g})"
+    if cfg.algorithm == "kdrl":
+        return f"KDRL (beta {cfg.loss.kdrl.beta_init:g})"
+    if cfg.algorithm == "sft_distill":
+        return "SFT (rejection-sampled teacher traces)"
+    return {"grpo": "GRPO", "sft": "SFT (gold)"}.get(cfg.algorithm, arm)
+
