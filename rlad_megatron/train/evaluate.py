@@ -41,6 +41,13 @@ def protocol_label(e) -> str:
     return f"mean@{e.k} (T={e.temperature:g}, top-p {e.top_p:g})"
 
 
+def rank_slice(n: int, dp: int, dp_rank: int) -> tuple[int, int]:
+    """[start, stop) of the prompts DP rank `dp_rank` evaluates: contiguous, ceil(n / dp) each."""
+    per_rank = -(-n // dp)
+    start = min(dp_rank * per_rank, n)
+    return start, min(start + per_rank, n)
+
+
 def eval_items(run) -> list:
     e = run.cfg.eval
     items = run.splits.validation if e.split == "validation" else run.splits.heldout
@@ -52,9 +59,8 @@ def evaluate(run, model, items, *, prefix: str = "eval") -> tuple[dict[str, floa
 
     A record is {"id", "level", "correct", "steps_correct"}: counts out of eval.k samples."""
     e = run.cfg.eval
-    per_rank = -(-len(items) // run.par.dp)
-    start = min(run.par.dp_rank * per_rank, len(items))
-    mine = items[start:start + per_rank]
+    start, stop = rank_slice(len(items), run.par.dp, run.par.dp_rank)
+    mine = items[start:stop]
     gen = generation_config(run, samples=e.k, temperature=e.temperature, top_p=e.top_p, top_k=0,
                             max_new_tokens=e.max_new_tokens or run.cfg.rollout.max_new_tokens)
     # row ids are global (prompt index in `items` x k + sample), so every layout draws the same

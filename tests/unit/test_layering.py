@@ -15,7 +15,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "rlad_megatron"
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
-HEAVY_RLAD = ("runtime", "models", "ops", "rollout", "train", "convert", "launch", "cli")
+HEAVY_RLAD = ("runtime", "models", "ops", "rollout", "train", "convert", "launch", "reproduce",
+              "cli")
 
 
 def imported_modules(source: str, module: str):

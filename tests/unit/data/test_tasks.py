@@ -50,9 +50,11 @@ def test_other_seed_gives_other_items_and_heldout_ignores_train_size():
 
 
 def test_generator_seed_blocks_never_overlap():
-    # reasoning-gym seeds entry idx with seed + idx: blocks must be disjoint for sizes < 2**31
+    # reasoning-gym seeds entry idx with seed + idx: blocks must be disjoint for sizes < 2**24,
+    # with difficulty level L adding L * 2**24 (levels < 64) inside its split's block
     starts = sorted(generator_seed(s, split) for s in range(4) for split in SPLITS)
-    assert all(b - a >= 2**31 for a, b in zip(starts, starts[1:]))
+    assert all(b - a >= 2**30 for a, b in zip(starts, starts[1:]))
+    assert 63 * 2**24 + 2**24 <= 2**30
     assert reasoning_gym_items("chain_sum", 5, seed=2, split="heldout")[0].id == \
         "chain_sum/heldout/s2/0"
     with pytest.raises(ValueError, match="seed must be in"):
@@ -66,7 +68,7 @@ def test_small_task_space_is_deduplicated_then_refused():
     assert len(set(_questions(s.train + s.heldout))) == 120
     fewer = reasoning_gym_splits("chain_sum", train_size=10, heldout_size=60, seed=0, config=cfg)
     assert fewer.heldout == s.heldout  # held-out is drawn first: train size never changes it
-    with pytest.raises(ValueError, match="only .* new distinct questions"):
+    with pytest.raises(ValueError, match="only .* new distinct puzzles"):
         reasoning_gym_splits("chain_sum", train_size=300, heldout_size=100, seed=0, config=cfg)
 
 

@@ -64,7 +64,17 @@ def test_missing_config_file_is_named(tmp_path):
     ({"optimizer.distributed": True}, 1, r"optimizer.distributed: megatron-core's distributed optimizer"),
     ({"teacher.random_init": False}, 1, r"teacher.checkpoint is not set"),
     ({"student.tokenizer": "/nonexistent/tok.model"}, 1, r"student.tokenizer: /nonexistent/tok.model does not exist"),
-    ({"eval.k": 4}, 1, r"eval.k: 4 samples per prompt need eval.temperature > 0"),
+    ({"eval.k": 4, "eval.temperature": 0.0}, 1,
+     r"eval.k: 4 samples per prompt need eval.temperature > 0"),
+    ({"eval.split": "validation"}, 1, r"eval.split: validation needs data.validation_size"),
+    ({"data.levels": [3, 3]}, 1, r"data.levels: \[3, 3\] repeats a level"),
+    ({"data.levels": [3, 4], "data.heldout_size": 5}, 1,
+     r"data.heldout_size = 5 is not divisible by the 2 data.levels"),
+    ({"data.levels": [3], "data.task_config": {"min_terms": 2}}, 1,
+     r"data.task_config sets \['min_terms'\]"),
+    ({"data.format": "compact", "data.task": "countdown"}, 1,
+     r"data.format: compact renders reasoning-gym tasks"),
+    ({"eval.top_p": 0.0}, 1, r"eval.top_p must be in \(0, 1\]"),
     ({"data.source": "/no/such.jsonl"}, 1, r"data.source: /no/such.jsonl is neither"),
 ])
 def test_validate_names_the_key_and_values(tmp_path, over, world, message):

@@ -17,7 +17,7 @@ def _write_run(run_dir, *, with_eval: bool, steps: int = 30):
                       "loss/trrd": 1.0 / (s + 1)})
             if with_eval and s % 10 == 0:
                 m.log(s, {"eval/accuracy": 0.2 + 0.01 * s, "eval/pass_at_k": 0.4 + 0.01 * s,
-                          "eval/teacher_accuracy": 0.8})
+                          "eval_teacher/accuracy": 0.8})
 
 
 def _check_png(path):
@@ -57,7 +57,7 @@ def test_accuracy_panel_says_no_data_when_keys_are_absent():
 
     ax = Figure().subplots()
     _accuracy_panel(ax, [{"step": 0, "rollout/reward_mean": 1.0}], ("eval/accuracy",),
-                    "eval/teacher_accuracy")
+                    "eval_teacher/accuracy")
     assert any("no data" in t.get_text() for t in ax.texts)
     assert not ax.lines
 

@@ -1,0 +1,126 @@
+"""`rlad reproduce` end to end on a tiny recipe: real teacher and student SFT (torchrun), two arms
+plus one alpha arm x two seeds as real `rlad train` processes, then the tables and plots; a
+second launch reuses every finished run; a foreign run directory is refused before any work.
+
+A failure means `make reproduce` would not produce (or not resume) its results, or would write
+into a folder it does not own.
+"""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPE = """
+cache_dir: {cache}
+run_dir: {run}
+base:
+  seed: 7
+  parallel: {{tensor: 1}}
+  data: {{source: reasoning_gym, task: chain_sum, levels: [3, 4],
+          task_config: {{min_digits: 1, max_digits: 1}}, format: compact, check_steps: false,
+          train_size: 64, validation_size: 4, heldout_size: 8}}
+  rollout: {{max_new_tokens: 24}}
+  eval: {{num_prompts: 0, k: 2, temperature: 0.6, top_p: 0.95}}
+  logging: {{progress: false, tensorboard: false}}
+teacher_sft:
+  student:
+    preset: tiny-llama
+    spec: {{num_layers: 1, hidden_size: 32, ffn_hidden_size: 64, num_attention_heads: 2,
+            num_query_groups: 1, vocab_size: 0, max_position_embeddings: 48}}
+  train: {{steps: 40, sft_batch_size: 8, micro_batch_size: 8}}
+  optimizer: {{lr: 3.0e-3}}
+student_sft:
+  student:
+    preset: tiny-llama
+    spec: {{num_layers: 1, hidden_size: 32, ffn_hidden_size: 64, num_attention_heads: 2,
+            num_query_groups: 1, vocab_size: 0, max_position_embeddings: 48}}
+  train: {{steps: 2, sft_batch_size: 8, micro_batch_size: 8}}
+rl:
+  rollout: {{prompts_per_step: 2, group_size: 2}}
+  train: {{steps: 2, micro_batch_size: 2, mini_batches: 1}}
+  eval: {{every: 1}}
+reproduce:
+  seeds: [1, 2]
+  jobs: 2
+  prepare_procs: 1
+  arms:
+    grpo: {{algorithm: grpo}}
+    rlad: {{algorithm: rlad}}
+  alphas: [0.3]
+"""
+
+
+def _reproduce(recipe: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "rlad_megatron.cli", "reproduce", str(recipe),
+                           *extra], cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    root = tmp_path_factory.mktemp("repro")
+    recipe = root / "tiny.yaml"
+    recipe.write_text(RECIPE.format(cache=root / "cache", run=root / "run"))
+    out = _reproduce(recipe)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return root, recipe, out
+
+
+def test_tables_and_plots_written(finished):
+    root, _, out = finished
+    run = root / "run"
+    for name in ("results.md", "results.json", "curves.png", "alpha.png"):
+        assert (run / name).stat().st_size > 0, name
+    r = json.loads((run / "results.json").read_text())
+    assert r["columns"] == ["L3", "L4", "avg"] and r["n_prompts"] == 8 and r["k"] == 2
+    assert r["protocol"] == "mean@2 (T=0.6, top-p 0.95)"
+    assert set(r["table1"]) == {"grpo", "rlad", "rlad_a0.3"} and not r["missing"]
+    assert set(r["diff"]) == {"rlad", "rlad_a0.3"}
+    assert [a for a, _ in r["alphas"]] == [0.3, 0.5]
+    for arm in r["table1"].values():
+        assert arm["avg"]["n"] == 2 and 0.0 <= arm["avg"]["mean"] <= 1.0
+    # the average column is the mean over seeds of each seed's final mean@k, read back here
+    for name, arm in r["arms"].items():
+        finals = [s["final"]["avg"] for s in arm["seeds"].values()]
+        assert r["table1"][name]["avg"]["mean"] == pytest.approx(sum(finals) / 2)
+        for seed in arm["seeds"].values():
+            assert sorted(int(s) for s in seed["curve"]) == [0, 1, 2]  # JSON keys
+    # step 0 was evaluated once (by the first job with a teacher) and shared
+    step0 = sorted(run.glob("arms/*/seed_*/eval/step_0000000.json"))
+    assert [p.parts[-4:-2] for p in step0] == [("rlad", "seed_1")]
+    assert "teacher" in json.loads(step0[0].read_text())
+    md = (run / "results.md").read_text()
+    for heading in ("## Table 1", "Paired difference", "step-checked", "## Table 5",
+                    "## Table 4", "mean@2 (T=0.6, top-p 0.95)", "student before RL", "teacher"):
+        assert heading in md, heading
+    assert "RLAD (alpha 0.3)" in out.stdout and "vs grpo" in out.stdout
+
+
+def test_second_launch_reuses_finished_runs(finished):
+    root, recipe, _ = finished
+    before = (root / "run" / "results.json").read_text()
+    t0 = time.time()
+    again = _reproduce(recipe)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "reusing 6 finished run(s)" in again.stdout
+    assert "reusing" in again.stdout and time.time() - t0 < 120
+    r0, r1 = json.loads(before), json.loads((root / "run" / "results.json").read_text())
+    assert r0["table1"] == r1["table1"]
+
+
+def test_foreign_run_dir_refused_before_any_work(finished, tmp_path):
+    root, recipe, _ = finished
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("user data")
+    out = _reproduce(recipe, f"run_dir={foreign}")
+    assert out.returncode == 2 and "not made by rlad reproduce" in out.stderr
+    assert (foreign / "keep.txt").read_text() == "user data"
+    assert sorted(p.name for p in foreign.iterdir()) == ["keep.txt"]
+    bad = _reproduce(recipe, "reproduce.baseline=kdrl", f"run_dir={tmp_path / 'new'}")
+    assert bad.returncode == 2 and "reproduce.baseline" in bad.stderr
+    assert not (tmp_path / "new").exists()

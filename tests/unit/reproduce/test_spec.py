@@ -1,0 +1,88 @@
+"""The reproduction's jobs from a recipe: every arm of a seed shares the run seed (same prompts
+per step), every job shares the evaluation (paired comparisons), alpha arms change only alpha,
+--quick keeps the tables' arms, and bad sections are refused with the key named.
+
+A failure means the arms are not compared on equal terms, or a typo in a recipe runs something
+other than what was asked.
+"""
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from rlad_megatron.reproduce.spec import arm_label, build_jobs, parse_spec
+from rlad_megatron.train.recipe import load_recipe, rl_config
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _jobs(overrides=(), quick=False, recipe="reproduce.yaml"):
+    settings, configs, node = load_recipe(str(REPO / "examples" / "configs" / recipe),
+                                          list(overrides))
+    spec = parse_spec(node, quick=quick)
+    rl = rl_config(settings, configs, settings["run_dir"])
+    return spec, build_jobs(spec, rl, Path(settings["run_dir"]))
+
+
+def test_full_recipe_jobs_are_paired():
+    spec, jobs = _jobs()
+    assert spec.arm_names == ["grpo", "kdrl", "rlad", "sft", "rlad_a0.1", "rlad_a0.3",
+                              "rlad_a0.7", "rlad_a0.9"]
+    assert len(jobs) == 8 * 3 and {j.seed for j in jobs} == {1, 2, 3}
+    assert len({(j.cfg.eval.seed, j.cfg.eval.split, j.cfg.eval.num_prompts, j.cfg.eval.k,
+                 j.cfg.eval.temperature, j.cfg.eval.top_p) for j in jobs}) == 1
+    assert jobs[0].cfg.eval.temperature == 0.6 and jobs[0].cfg.eval.top_p == 0.95
+    for j in jobs:
+        assert j.cfg.seed == j.seed and j.run_dir.name == f"seed_{j.seed}"
+        assert j.cfg.data == jobs[0].cfg.data and j.cfg.rollout == jobs[0].cfg.rollout
+    by = {(j.arm, j.seed): j.cfg for j in jobs}
+    assert by[("grpo", 1)].algorithm == "grpo" and by[("sft", 2)].algorithm == "sft_distill"
+    assert by[("rlad", 1)].loss.trrd.alpha == 0.5 and by[("rlad_a0.1", 1)].loss.trrd.alpha == 0.1
+    a, b = by[("rlad", 3)], by[("rlad_a0.7", 3)]
+    b.loss.trrd.alpha = 0.5
+    b.run_dir = a.run_dir
+    assert a == b  # an alpha arm differs from the rlad arm in alpha alone
+    # the shared step-0 evaluation (student and teacher) runs once
+    first = [j for j in jobs if j.cfg.eval.at_start]
+    assert len(first) == 1 and first[0].cfg.eval.teacher and first[0].arm == "kdrl"
+    labels = {arm_label(spec, j.arm, jobs) for j in jobs}
+    assert {"GRPO", "KDRL (beta 0.05)", "RLAD (alpha 0.5)", "RLAD (alpha 0.1)",
+            "SFT (rejection-sampled teacher traces)"} <= labels
+
+
+def test_quick_and_validation_and_demo():
+    spec, jobs = _jobs(quick=True)
+    assert spec.arm_names == ["grpo", "rlad"] and spec.seeds == [1, 2]
+    assert {j.cfg.train.steps for j in jobs} == {30}
+    _, jobs = _jobs(["reproduce.validation=true"])
+    assert {j.cfg.eval.split for j in jobs} == {"validation"}
+    spec, jobs = _jobs(recipe="demo.yaml")
+    assert spec.arm_names == ["grpo", "rlad"] and spec.seeds == [1]
+    assert {j.cfg.train.steps for j in jobs} == {80}
+    spec, jobs = _jobs(recipe="validation_sweep.yaml")
+    assert {j.cfg.eval.split for j in jobs} == {"validation"}
+    assert {arm_label(spec, "grpo_lr1e-4", jobs)} == {"GRPO [grpo_lr1e-4]"}
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"arms": {"grpo": {"algorithm": "grpo"}}, "baseline": "kdrl"}, "reproduce.baseline"),
+    ({"arms": {"grpo": {"algorithm": "grpo"}}, "alphas": [0.3]}, "varies the 'rlad' arm"),
+    ({"arms": {"grpo": {"algorithm": "grpo"}}, "seeds": [1, 1]}, "reproduce.seeds"),
+    ({"arms": {"bad/name": {"algorithm": "grpo"}}, "baseline": "bad/name"}, "arm name"),
+    ({"arms": {"grpo": {"algorithm": "grpo"}}, "jobz": 2}, "unknown key"),
+    ({"arms": {}}, "no arms"),
+])
+def test_bad_sections_are_refused(section, message):
+    with pytest.raises(ValueError, match=message):
+        parse_spec(OmegaConf.create(section))
+
+
+def test_bad_quick_and_arm_keys_are_refused():
+    with pytest.raises(ValueError, match="quick.arms"):
+        parse_spec(OmegaConf.create({"arms": {"grpo": {}}, "quick": {"arms": ["rlad"]}}),
+                   quick=True)
+    with pytest.raises(ValueError, match=r"arms.grpo: key optimizer.lrr"):
+        _jobs(["reproduce.arms.grpo.optimizer.lrr=1"])
+    with pytest.raises(ValueError, match="not one of"):
+        _jobs(["reproduce.arms.grpo.algorithm=ppo"])
