@@ -127,6 +127,22 @@ def reasoning_gym_splits(task: str, *, train_size: int, heldout_size: int, seed:
     return out
 
 
+def check_task_config(task: str, config: Mapping[str, Any], key: str = "data.task_config") -> None:
+    """Raise ValueError naming `key` when reasoning-gym would refuse `config` for `task` (its own
+    config class checks it; no dataset is generated)."""
+    from reasoning_gym.factory import DATASETS
+
+    if task not in DATASETS:
+        raise ValueError(f"data.task: {task!r} is not a reasoning-gym task")
+    config_cls = DATASETS[task][1]
+    try:
+        cfg = config_cls(**dict(config))
+        if hasattr(cfg, "validate"):
+            cfg.validate()
+    except (TypeError, ValueError, AssertionError) as e:
+        raise ValueError(f"{key} {dict(config)} for reasoning-gym task {task!r}: {e}") from None
+
+
 def _draw(task: str, size: int, seed: int, split: str, config: dict, taken: set[str],
           stats: PromptSplits, level: Optional[int] = None) -> list[PromptItem]:
     import reasoning_gym

@@ -22,7 +22,7 @@ import os
 import statistics
 from pathlib import Path
 
-from rlad_megatron.reproduce.spec import Job, ReproduceSpec, arm_label
+from rlad_megatron.reproduce.spec import Job, ReproduceSpec, alpha_arm, arm_label
 from rlad_megatron.reproduce.stats import (eval_se, mean_ci, paired_difference, paired_eval_se,
                                            pooled_se, prompt_means)
 
@@ -124,8 +124,9 @@ def collect(jobs: list[Job], spec: ReproduceSpec, run_dir: Path) -> dict:
                 for sd, s in seeds.items() if sd in base["seeds"]])
         tables["table4"][name] = {p: sum(s["time"].get(p, 0.0) for s in seeds.values())
                                   / len(seeds) for p in PHASES}
-    alpha_rows = sorted((a["alpha"], name) for name, a in arms.items()
-                        if a["alpha"] is not None and a["seeds"])
+    ablation = ["rlad"] + [alpha_arm(a) for a in spec.alphas] if spec.alphas else []
+    alpha_rows = sorted((arms[name]["alpha"], name) for name in ablation
+                        if name in arms and arms[name]["seeds"])
     for a in arms.values():
         for s in a["seeds"].values():
             s.pop("prompt_means")
@@ -197,7 +198,7 @@ def markdown(r: dict) -> str:
            f"every run). Accuracy in %, mean ± 95% CI over seeds (Student t, {n_seeds - 1} d.f.); "
            "eval SE: the evaluation's own standard error over prompts (pooled over seeds).", ""]
     out += _table1(r, "table1", "reference",
-                   "## Table 1: outcome reward (the final answer), held-out mean@k")
+                   f"## Table 1: outcome reward (the final answer), {r['split']} mean@k")
     if r["diff"]:
         out += ["", f"Paired difference to {r['arms'][r['baseline']]['label']} (seed by seed; "
                 "* = the 95% CI excludes 0):", ""]
@@ -228,7 +229,7 @@ def markdown(r: dict) -> str:
 
 def summary_lines(r: dict) -> str:
     """The short console table: before / teacher / each arm's average and difference."""
-    lines = [f"held-out {r['protocol']}, {r['n_prompts']} prompts, average over levels "
+    lines = [f"{r['split']} split, {r['protocol']}, {r['n_prompts']} prompts, average over levels "
              f"(mean ± 95% CI over {len(r['seeds'])} seed(s)):"]
     for name, ref in (("student before RL", "student_before"), ("teacher", "teacher")):
         scores = r["reference"].get(ref)

@@ -8,7 +8,8 @@ torchrun, every rank):
 Recipe file keys: `cache_dir`, `run_dir`, a `base` RunConfig shared by every stage, one RunConfig
 section per stage (`teacher_sft`, `student_sft`, `rl`) merged on top of it, `reproduce` (the
 arms, seeds and alphas; reproduce/spec.py), and `extends: OTHER.yaml` to start from another
-recipe file (merged key by key, except `reproduce`, which replaces the other's whole). Overrides are `STAGE.key=value` (or
+recipe file (merged key by key, except `reproduce` and the dotted keys listed under `replace:`,
+e.g. `[base.data.task_config]`, which replace the other's whole). Overrides are `STAGE.key=value` (or
 `base.key=value`, `reproduce.key=value`, `cache_dir=...`, `run_dir=...`).
 
 The tokenizer is a sentencepiece character model trained on the prompts and gold solutions of
@@ -99,12 +100,15 @@ def _load_with_parent(path: Path, depth: int = 0):
         raise ValueError(f"{path}: `extends` nests more than 4 files deep")
     raw = OmegaConf.load(path)
     parent = raw.pop("extends", None)
+    replace = list(raw.pop("replace", None) or [])
     if parent is None:
         return raw
     base = _load_with_parent(path.parent / str(parent), depth + 1)
-    for key in ("reproduce",):  # sections replaced whole, not merged key by key
-        if key in raw and key in base:
-            base.pop(key)
+    for key in ["reproduce", *replace]:  # replaced whole, not merged key by key
+        head, _, leaf = str(key).rpartition(".")
+        node = OmegaConf.select(base, head) if head else base
+        if node is not None and leaf in node and OmegaConf.select(raw, str(key)) is not None:
+            node.pop(leaf)
     return OmegaConf.merge(base, raw)
 
 

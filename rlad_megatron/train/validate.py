@@ -127,8 +127,14 @@ def validate_run_config(cfg: RunConfig, world_size: int = 1, check_files: bool =
     d = cfg.data
     if cfg.eval.split == "validation" and d.validation_size == 0:
         raise ValueError("eval.split: validation needs data.validation_size > 0")
-    if d.levels:
+    if d.source == "reasoning_gym":
         from rlad_megatron.data.difficulty import level_config
+        from rlad_megatron.data.tasks import check_task_config
+
+        for level in d.levels or [None]:
+            check_task_config(d.task, d.task_config if level is None
+                              else level_config(d.task, level, d.task_config))
+    if d.levels:
 
         if d.source != "reasoning_gym":
             raise ValueError("data.levels: difficulty levels need data.source=reasoning_gym")

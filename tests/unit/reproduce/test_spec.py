@@ -60,6 +60,10 @@ def test_quick_and_validation_and_demo():
     spec, jobs = _jobs(recipe="demo.yaml")
     assert spec.arm_names == ["grpo", "rlad"] and spec.seeds == [1]
     assert {j.cfg.train.steps for j in jobs} == {80}
+    _, jobs = _jobs(recipe="reproduce_kk.yaml")  # `replace:` drops chain_sum's task_config
+    d = jobs[0].cfg.data
+    assert (d.task, d.task_config, d.levels) == ("knights_knaves", {}, [2, 3, 4])
+    assert jobs[0].cfg.optimizer == _jobs()[1][0].cfg.optimizer  # the rest is inherited
     spec, jobs = _jobs(recipe="validation_sweep.yaml")
     assert {j.cfg.eval.split for j in jobs} == {"validation"}
     assert {arm_label(spec, "grpo_lr1e-4", jobs)} == {"GRPO [grpo_lr1e-4]"}

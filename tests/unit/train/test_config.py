@@ -75,6 +75,9 @@ def test_missing_config_file_is_named(tmp_path):
     ({"data.format": "compact", "data.task": "countdown"}, 1,
      r"data.format: compact renders reasoning-gym tasks"),
     ({"eval.top_p": 0.0}, 1, r"eval.top_p must be in \(0, 1\]"),
+    ({"data.task_config": {"bogus": 1}}, 1,
+     r"data.task_config \{'bogus': 1\} for reasoning-gym task 'chain_sum'"),
+    ({"data.task": "no_such_task"}, 1, r"data.task: 'no_such_task' is not a reasoning-gym task"),
     ({"data.source": "/no/such.jsonl"}, 1, r"data.source: /no/such.jsonl is neither"),
 ])
 def test_validate_names_the_key_and_values(tmp_path, over, world, message):
