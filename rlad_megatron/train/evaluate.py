@@ -57,7 +57,8 @@ def eval_items(run) -> list:
 def evaluate(run, model, items, *, prefix: str = "eval") -> tuple[dict[str, float], str, list]:
     """(metrics, one sample completion, per-prompt records) for `model` on `items`.
 
-    A record is {"id", "level", "correct", "steps_correct"}: counts out of eval.k samples."""
+    A record is {"id", "level", "correct", "reward", "steps_correct"}: counts (and the reward
+    sum) over the eval.k samples of one prompt; steps_correct is None without a step check."""
     e = run.cfg.eval
     start, stop = rank_slice(len(items), run.par.dp, run.par.dp_rank)
     mine = items[start:stop]

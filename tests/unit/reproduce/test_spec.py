@@ -54,7 +54,8 @@ def test_full_recipe_jobs_are_paired():
 def test_quick_and_validation_and_demo():
     spec, jobs = _jobs(quick=True)
     assert spec.arm_names == ["grpo", "rlad"] and spec.seeds == [1, 2]
-    assert {j.cfg.train.steps for j in jobs} == {30}
+    assert {j.cfg.train.steps for j in jobs} == {20}
+    assert {j.cfg.eval.num_prompts for j in jobs} == {384}
     _, jobs = _jobs(["reproduce.validation=true"])
     assert {j.cfg.eval.split for j in jobs} == {"validation"}
     spec, jobs = _jobs(recipe="demo.yaml")
