@@ -66,6 +66,30 @@ def _timings(run_dir: Path) -> dict[str, float]:
     return out
 
 
+DIAGNOSTICS = ("clip_frac_low_pos", "clip_frac_high_pos", "clip_frac_low_neg",
+               "clip_frac_high_neg", "teacher/clamp_frac", "teacher/logratio_mean",
+               "rollout/reward_mean")
+"""Per arm, mean over steps and seeds: the surrogate's clip fractions by bound and advantage sign
+(trrd/ or grpo/; losses/metrics.py), the share of tokens whose teacher log-ratio hit the clamp,
+the mean log-ratio lp_S - lp_T over the sampled tokens, and the training reward (last 10
+steps)."""
+
+
+def _diagnostics(run_dir: Path) -> dict[str, float]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return {}
+    rows = [r for r in map(json.loads, path.read_text().splitlines()) if "time/step_s" in r]
+    out = {}
+    for key in DIAGNOSTICS:
+        use = rows[-10:] if key == "rollout/reward_mean" else rows
+        vals = [v for r in use for k, v in r.items()
+                if (k == key or (key.startswith("clip") and k.endswith("/" + key)))]
+        if vals:
+            out[key] = sum(vals) / len(vals)
+    return out
+
+
 def collect(jobs: list[Job], spec: ReproduceSpec, run_dir: Path) -> dict:
     """Read every finished job back and compute the tables (module docstring)."""
     first = jobs[0].cfg
@@ -97,7 +121,8 @@ def collect(jobs: list[Job], spec: ReproduceSpec, run_dir: Path) -> dict:
             "steps": _scores(final["student"], k, levels, "steps_correct"),
             "prompt_means": prompt_means(final["student"], k),
             "eval_se": eval_se(prompt_means(final["student"], k)),
-            "curve": curve, "time": _timings(job.run_dir)}
+            "curve": curve, "time": _timings(job.run_dir),
+            "diagnostics": _diagnostics(job.run_dir)}
     if before:
         start_acc = _scores(before, k, [], "reward").get("avg")
         for a in arms.values():
@@ -105,7 +130,7 @@ def collect(jobs: list[Job], spec: ReproduceSpec, run_dir: Path) -> dict:
                 s["curve"].setdefault(0, start_acc)
                 s["curve"] = dict(sorted(s["curve"].items()))
     base = arms.get(spec.baseline, {"seeds": {}})
-    tables = {"table1": {}, "table1_steps": {}, "diff": {}, "table4": {}}
+    tables = {"table1": {}, "table1_steps": {}, "diff": {}, "table4": {}, "diagnostics": {}}
     for name, a in arms.items():
         seeds = a["seeds"]
         if not seeds:
@@ -124,6 +149,9 @@ def collect(jobs: list[Job], spec: ReproduceSpec, run_dir: Path) -> dict:
                 for sd, s in seeds.items() if sd in base["seeds"]])
         tables["table4"][name] = {p: sum(s["time"].get(p, 0.0) for s in seeds.values())
                                   / len(seeds) for p in PHASES}
+        tables["diagnostics"][name] = {
+            d: sum(vals) / len(vals) for d in DIAGNOSTICS
+            if (vals := [s["diagnostics"][d] for s in seeds.values() if d in s["diagnostics"]])}
     ablation = ["rlad"] + [alpha_arm(a) for a in spec.alphas] if spec.alphas else []
     alpha_rows = sorted((arms[name]["alpha"], name) for name in ablation
                         if name in arms and arms[name]["seeds"])
@@ -222,6 +250,20 @@ def markdown(r: dict) -> str:
     for name, row in r["table4"].items():
         out.append(f"| {r['arms'][name]['label']} | " +
                    " | ".join(f"{row[p]:.3f}" for p in PHASES) + " |")
+    diag = {n: row for n, row in r.get("diagnostics", {}).items() if row}
+    if diag:
+        out += ["", "## Diagnostics (mean over steps and seeds): where the trust region bites", "",
+                "clip fractions: share of response tokens clipped at the low (1 - eps_low) or "
+                "high (1 + eps_high) bound, for positive and negative advantages; clamp: share of "
+                "tokens whose teacher log-ratio hit +-c; log-ratio: mean lp_S - lp_T over the "
+                "sampled tokens (how much more the student likes its samples than the teacher "
+                "does); "
+                "reward: training reward over the last 10 steps.", "",
+                "| arm | clip low, A>0 | clip high, A>0 | clip low, A<0 | clip high, A<0 | "
+                "teacher clamp | log-ratio to teacher | reward |", "|" + "---|" * 8]
+        for name, row in diag.items():
+            cells = [f"{row[d]:.4f}" if d in row else "-" for d in DIAGNOSTICS]
+            out.append(f"| {r['arms'][name]['label']} | " + " | ".join(cells) + " |")
     if r["missing"]:
         out += ["", "Missing runs (failed or unfinished): " + ", ".join(r["missing"])]
     return "\n".join(out) + "\n"
