@@ -8,8 +8,9 @@ Named parts of the state dict:
     scheduler          OptimizerParamScheduler.state_dict()          (common, rank 0)
     train_state        {"step", "data": PromptSampler state, ...}      (common, rank 0)
     rank_state_RRRRR.pt  per rank: torch/numpy/python RNG and megatron's model-parallel RNG
-                       tracker; restored only when the layout (TP, PP, DP) is the same,
-                       otherwise re-seeded from (seed, step) with a warning.
+                       tracker as tensors and plain data, read with weights_only=True (nothing
+                       in it can run code); restored only when the layout (TP, PP, DP) is the
+                       same, otherwise re-seeded from (seed, step) with a warning.
 The teacher is never part of it. Loading a Megatron checkpoint that holds only a model (from
 `rlad convert import` or `rlad sft`) is `load_student_weights`.
 """
@@ -43,7 +44,9 @@ class TrainState:
 def _rng_state() -> dict:
     from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
              "python": random.getstate(), "tracker": get_cuda_rng_tracker().get_states()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
@@ -54,7 +57,8 @@ def _set_rng_state(state: dict) -> None:
     from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
     get_cuda_rng_tracker().set_states(state["tracker"])
     if "cuda" in state and torch.cuda.is_available():
@@ -107,12 +111,27 @@ def load_train_checkpoint(root: str | Path, student: Student, scheduler,
     scheduler.load_state_dict(common["scheduler"])
     state = TrainState(**common["train_state"])
     payload = folder / mckpt.rank_payload_name(dist.get_rank())
-    if meta.get("layout") == _layout(student) and payload.exists():
-        _set_rng_state(torch.load(payload, weights_only=False))
+    rng = read_rank_state(payload) if meta.get("layout") == _layout(student) else None
+    if rng is not None:
+        _set_rng_state(rng)
     else:
         log.warning("resuming %s at another layout (%s, saved %s): RNG states are re-seeded",
                     folder, _layout(student), meta.get("layout"))
     return state
+
+
+def read_rank_state(path: Path) -> Optional[dict]:
+    """The per-rank RNG state, loaded without unpickling arbitrary objects (weights_only: only
+    tensors and plain Python data are accepted). None, with a warning, when the file is missing
+    or holds anything else (a file from an older version, or one planted to run code)."""
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, EOFError
+        log.warning("%s is not a plain RNG state (%s: %s); RNG states are re-seeded",
+                    path, type(e).__name__, str(e).splitlines()[0][:200])
+        return None
 
 
 def load_student_weights(path: str | Path, student: Student) -> Path:

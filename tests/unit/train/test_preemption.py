@@ -122,3 +122,30 @@ def test_sigterm_finishes_the_step_checkpoints_and_exits_zero(tmp_path):
     assert "received SIGTERM" in stderr
     last = int((tmp_path / "checkpoint").read_text())
     assert (tmp_path / f"done_{last}").exists() and not (tmp_path / f"start_{last + 1}").exists()
+
+
+def test_a_planted_rank_state_pickle_is_not_executed(tmp_path, caplog):
+    """Issue 13 item 2: resuming read rank_state_*.pt with weights_only=False, so a planted
+    object's __reduce__ ran. read_rank_state refuses anything but tensors and plain data."""
+    import logging
+    import os
+
+    import torch
+
+    from rlad_megatron.train.checkpoint import read_rank_state
+
+    marker = tmp_path / "pwned"
+
+    class Planted:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "rank_state_00000.pt"
+    torch.save({"torch": torch.zeros(3), "evil": Planted()}, path)
+    with caplog.at_level(logging.WARNING, logger="rlad_megatron.checkpoint"):
+        assert read_rank_state(path) is None
+    assert not marker.exists()
+    assert "is not a plain RNG state" in caplog.text and str(path) in caplog.text
+    torch.save({"torch": torch.zeros(3), "python": (3, (1, 2), None)}, path)
+    assert read_rank_state(path)["python"] == (3, (1, 2), None)
+    assert read_rank_state(tmp_path / "missing.pt") is None
