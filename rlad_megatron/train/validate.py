@@ -119,33 +119,28 @@ def validate_run_config(cfg: RunConfig, world_size: int = 1, check_files: bool =
     if cfg.optimizer.min_lr > cfg.optimizer.lr:
         raise ValueError(f"optimizer.min_lr: {cfg.optimizer.min_lr} > optimizer.lr: "
                          f"{cfg.optimizer.lr}")
-    t = cfg.loss.trrd
-    if not 0 <= t.alpha <= 1:
-        raise ValueError(f"loss.trrd.alpha: {t.alpha} is outside [0, 1]")
+    _losses(cfg)
     if not 0 < cfg.eval.top_p <= 1:
         raise ValueError(f"eval.top_p must be in (0, 1], got {cfg.eval.top_p}")
     d = cfg.data
     if cfg.eval.split == "validation" and d.validation_size == 0:
         raise ValueError("eval.split: validation needs data.validation_size > 0")
-    if d.source == "reasoning_gym":
+    if d.levels:
+        if d.source != "reasoning_gym":
+            raise ValueError("data.levels: difficulty levels need data.source=reasoning_gym")
+        if len(set(d.levels)) != len(d.levels):
+            raise ValueError(f"data.levels: {list(d.levels)} repeats a level")
+        for key in ("train_size", "heldout_size", "validation_size"):
+            if getattr(d, key) % len(d.levels):
+                raise ValueError(f"data.{key} = {getattr(d, key)} is not divisible by the "
+                                 f"{len(d.levels)} data.levels {list(d.levels)}")
+    if d.source == "reasoning_gym":  # reasoning-gym's own config class checks the options
         from rlad_megatron.data.difficulty import level_config
         from rlad_megatron.data.tasks import check_task_config
 
         for level in d.levels or [None]:
             check_task_config(d.task, d.task_config if level is None
                               else level_config(d.task, level, d.task_config))
-    if d.levels:
-
-        if d.source != "reasoning_gym":
-            raise ValueError("data.levels: difficulty levels need data.source=reasoning_gym")
-        if len(set(d.levels)) != len(d.levels):
-            raise ValueError(f"data.levels: {list(d.levels)} repeats a level")
-        for level in d.levels:
-            level_config(d.task, level, d.task_config)
-        for key in ("train_size", "heldout_size", "validation_size"):
-            if getattr(d, key) % len(d.levels):
-                raise ValueError(f"data.{key} = {getattr(d, key)} is not divisible by the "
-                                 f"{len(d.levels)} data.levels {list(d.levels)}")
     if d.format == "compact":
         from rlad_megatron.data.formats import COMPACT_TASKS
 
@@ -155,3 +150,42 @@ def validate_run_config(cfg: RunConfig, world_size: int = 1, check_files: bool =
                              f"{d.task if d.source == 'reasoning_gym' else d.source!r}")
     if cfg.eval.k > 1 and cfg.eval.temperature == 0:
         raise ValueError(f"eval.k: {cfg.eval.k} samples per prompt need eval.temperature > 0")
+
+
+def _losses(cfg: RunConfig) -> None:
+    """Every loss option, whichever algorithm is chosen (a bad value is a typo either way)."""
+    from rlad_megatron.losses import AGGREGATIONS, KL_ESTIMATORS
+
+    t = cfg.loss.trrd
+    if not 0 <= t.alpha <= 1:
+        raise ValueError(f"loss.trrd.alpha: {t.alpha} is outside [0, 1]")
+    for name in ("trrd", "grpo", "kdrl"):
+        sec = getattr(cfg.loss, name)
+        if not 0 <= sec.eps_low < 1:
+            raise ValueError(f"loss.{name}.eps_low: {sec.eps_low} must be in [0, 1) (the ratio's "
+                             f"lower bound 1 - eps_low must stay positive)")
+        if sec.eps_high < 0:
+            raise ValueError(f"loss.{name}.eps_high: {sec.eps_high} must be >= 0")
+        if getattr(sec, "dual_clip", None) is not None and sec.dual_clip <= 1:
+            raise ValueError(f"loss.{name}.dual_clip: {sec.dual_clip} must be > 1 (or null)")
+    for name in ("trrd", "grpo", "kdrl", "sft"):
+        agg = getattr(cfg.loss, name).agg
+        if agg not in AGGREGATIONS:
+            raise ValueError(f"loss.{name}.agg: {agg!r} is not one of {', '.join(AGGREGATIONS)}")
+    for key, value in (("loss.trrd.kl_estimator", t.kl_estimator),
+                       ("loss.kdrl.kl_estimator", cfg.loss.kdrl.kl_estimator)):
+        if value not in KL_ESTIMATORS:
+            raise ValueError(f"{key}: {value!r} is not one of {', '.join(KL_ESTIMATORS)}")
+    if t.teacher_logratio_clamp <= 0:
+        raise ValueError(f"loss.trrd.teacher_logratio_clamp: {t.teacher_logratio_clamp} must "
+                         f"be > 0")
+    if t.kl_beta != 0:
+        raise ValueError(f"loss.trrd.kl_beta: {t.kl_beta}: the reference-model KL of the paper's "
+                         f"Eq. 4 needs reference log-probs, which this version does not compute; "
+                         f"use 0")
+    k = cfg.loss.kdrl
+    if not 0 <= k.beta_min <= k.beta_init:
+        raise ValueError(f"loss.kdrl.beta_min: {k.beta_min} must be in [0, loss.kdrl.beta_init "
+                         f"= {k.beta_init}]")
+    if k.anneal_steps < 0:
+        raise ValueError(f"loss.kdrl.anneal_steps: {k.anneal_steps} must be >= 0")

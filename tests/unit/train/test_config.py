@@ -78,6 +78,14 @@ def test_missing_config_file_is_named(tmp_path):
     ({"data.task_config": {"bogus": 1}}, 1,
      r"data.task_config \{'bogus': 1\} for reasoning-gym task 'chain_sum'"),
     ({"data.task": "no_such_task"}, 1, r"data.task: 'no_such_task' is not a reasoning-gym task"),
+    ({"loss.trrd.eps_low": -0.5}, 1, r"loss.trrd.eps_low: -0.5 must be in \[0, 1\)"),
+    ({"loss.grpo.eps_high": -0.1}, 1, r"loss.grpo.eps_high: -0.1 must be >= 0"),
+    ({"loss.trrd.kl_beta": 0.1}, 1, r"loss.trrd.kl_beta: 0.1: the reference-model KL"),
+    ({"loss.trrd.dual_clip": 0.5}, 1, r"loss.trrd.dual_clip: 0.5 must be > 1"),
+    ({"loss.kdrl.agg": "mean"}, 1, r"loss.kdrl.agg: 'mean' is not one of"),
+    ({"loss.kdrl.kl_estimator": "k9"}, 1, r"loss.kdrl.kl_estimator: 'k9' is not one of"),
+    ({"loss.trrd.teacher_logratio_clamp": 0.0}, 1, r"teacher_logratio_clamp: 0.0 must be > 0"),
+    ({"loss.kdrl.beta_min": 0.1}, 1, r"loss.kdrl.beta_min: 0.1 must be in \[0"),
     ({"data.source": "/no/such.jsonl"}, 1, r"data.source: /no/such.jsonl is neither"),
 ])
 def test_validate_names_the_key_and_values(tmp_path, over, world, message):
