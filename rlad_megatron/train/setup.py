@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -33,6 +34,7 @@ from rlad_megatron.runtime import DistEnv, Parallel, init_distributed, init_para
 from rlad_megatron.train import checkpoint as tckpt
 from rlad_megatron.train.config import NEEDS_TEACHER, ModelConfig, RunConfig, to_yaml
 from rlad_megatron.train.metrics import open_metrics
+from rlad_megatron.train.phases import agree_or_raise
 from rlad_megatron.train.timers import PhaseTimer
 
 log = logging.getLogger("rlad_megatron.setup")
@@ -144,9 +146,31 @@ def load_splits(cfg: RunConfig) -> PromptSplits:
                        answer_format=d.answer_format, task=d.task, on_bad_row=d.on_bad_row)
 
 
+def check_writable(path: str | Path, key: str) -> None:
+    """Create `path` (a folder) if needed and write and remove a probe file in it, so that an
+    unusable run_dir or checkpoint.dir is named before any model is built, not at the first
+    save after hours of training."""
+    folder = Path(path)
+    probe = folder / f".rlad_write_probe_{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"{key}: {folder} is not a writable folder ({e.strerror or e})") from None
+
+
 def setup(cfg: RunConfig) -> Run:
     env = init_distributed()
     cfg.validate(env.world_size)
+    error = None
+    if env.rank == 0:
+        try:
+            check_writable(cfg.run_dir, "run_dir")
+            check_writable(cfg.checkpoint_dir, "checkpoint.dir")
+        except ValueError as e:
+            error = str(e)
+    agree_or_raise(error)  # every rank raises the same error, none waits for the others
     teacher_needed = cfg.algorithm in NEEDS_TEACHER
     tok = load_tokenizers(cfg, teacher_needed)
     student_spec = resolve_spec(cfg.student, "student", tok)

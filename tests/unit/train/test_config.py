@@ -105,3 +105,18 @@ def test_cli_reports_config_errors_before_any_work(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "rollout.group_sise" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_unwritable_run_dir_or_checkpoint_dir_is_named_before_any_model(tmp_path):
+    """Issue 13 item 3: an unusable checkpoint.dir used to be found at the first save."""
+    from rlad_megatron.train.setup import check_writable
+
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("user data")
+    with pytest.raises(ValueError, match=r"checkpoint.dir: .*file.txt is not a writable folder"):
+        check_writable(a_file, "checkpoint.dir")
+    with pytest.raises(ValueError, match=r"run_dir: .*file.txt/sub is not a writable folder"):
+        check_writable(a_file / "sub", "run_dir")
+    assert a_file.read_text() == "user data"
+    check_writable(tmp_path / "new" / "ckpt", "checkpoint.dir")
+    assert (tmp_path / "new" / "ckpt").is_dir() and not list((tmp_path / "new" / "ckpt").iterdir())
