@@ -9,6 +9,10 @@ from pathlib import Path
 from rlad_megatron.reproduce.stats import mean_ci
 
 
+def _split(r: dict) -> str:
+    return {"heldout": "held-out"}.get(r["split"], r["split"])
+
+
 def _figure(width: float = 7.5, height: float = 4.5):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -35,8 +39,8 @@ def plot_curves(r: dict, out: Path) -> Path:
     note = f" (teacher {100 * teacher['avg']:.1f}%)" if teacher else ""  # off the axis: it
     # would squeeze the arms' curves into a few pixels
     ax.set_xlabel("RL step")
-    ax.set_ylabel(f"{r['split']} {r['protocol']} (%)")
-    ax.set_title(f"{r['task']}: {r['split']} accuracy, mean and 95% CI over "
+    ax.set_ylabel(f"{_split(r)} {r['protocol']} (%)")
+    ax.set_title(f"{r['task']}: {_split(r)} accuracy, mean and 95% CI over "
                  f"{len(r['seeds'])} seed(s){note}", fontsize="medium")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
@@ -59,7 +63,7 @@ def plot_alpha(r: dict, out: Path) -> Path:
         if not math.isnan(b["ci95"]):
             ax.axhspan(100 * b["low"], 100 * b["high"], color="gray", alpha=0.15)
     ax.set_xlabel("alpha (1 = GRPO's ratio, 0 = the teacher's)")
-    ax.set_ylabel(f"{r['split']} {r['protocol']} (%)")
+    ax.set_ylabel(f"{_split(r)} {r['protocol']} (%)")
     ax.set_title("Table 5: alpha ablation, mean and 95% CI over seeds")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")

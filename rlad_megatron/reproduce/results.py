@@ -63,6 +63,9 @@ def _timings(run_dir: Path) -> dict[str, float]:
     out = {p: sum(float(r.get(f"time/{p}_s", 0.0)) for r in rows) / len(rows)
            for p in PHASES if p != "step"}
     out["step"] = statistics.median(float(r["time/step_s"]) for r in rows)
+    times = [float(r["time"]) for r in map(json.loads, path.read_text().splitlines())
+             if "time" in r]
+    out["run_wall"] = max(times) - min(times)  # first to last logged record of the run
     return out
 
 
@@ -222,11 +225,11 @@ def markdown(r: dict) -> str:
     n_seeds = len(r["seeds"])
     out = [f"# Reproduction: {r['task']}, {r['steps']} RL steps, {n_seeds} seeds",
            "", f"Command: `{r.get('command', '')}`  ", f"Evaluation: {r['protocol']} on the "
-           f"{r['split']} split ({r['n_prompts']} prompts, the same prompts and sampling seed for "
+           f"{_split(r)} split ({r['n_prompts']} prompts, the same prompts and sampling seed for "
            f"every run). Accuracy in %, mean ± 95% CI over seeds (Student t, {n_seeds - 1} d.f.); "
            "eval SE: the evaluation's own standard error over prompts (pooled over seeds).", ""]
     out += _table1(r, "table1", "reference",
-                   f"## Table 1: outcome reward (the final answer), {r['split']} mean@k")
+                   f"## Table 1: outcome reward (the final answer), {_split(r)} mean@k")
     if r["diff"]:
         out += ["", f"Paired difference to {r['arms'][r['baseline']]['label']} (seed by seed; "
                 "* = the 95% CI excludes 0):", ""]
@@ -269,17 +272,23 @@ def markdown(r: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def _split(r: dict) -> str:
+    return {"heldout": "held-out"}.get(r["split"], r["split"])
+
+
 def summary_lines(r: dict) -> str:
     """The short console table: before / teacher / each arm's average and difference."""
-    lines = [f"{r['split']} split, {r['protocol']}, {r['n_prompts']} prompts, average over levels "
-             f"(mean ± 95% CI over {len(r['seeds'])} seed(s)):"]
+    lines = [f"{_split(r)} split, {r['protocol']}, {r['n_prompts']} prompts, average over "
+             f"levels, % (mean ± 95% CI over {len(r['seeds'])} seed(s)); outcome reward, then "
+             f"step-checked:"]
     for name, ref in (("student before RL", "student_before"), ("teacher", "teacher")):
-        scores = r["reference"].get(ref)
+        scores, steps = r["reference"].get(ref), (r["reference_steps"] or {}).get(ref) or {}
         if scores:
-            lines.append(f"  {name:<40} {_pct(scores['avg'])}")
+            lines.append(f"  {name:<40} {_pct(scores['avg']):<14} {_pct(steps.get('avg'))}")
     for name, row in r["table1"].items():
         diff = r["diff"].get(name)
-        lines.append(f"  {r['arms'][name]['label']:<40} {_pct(row['avg']):<14}"
+        lines.append(f"  {r['arms'][name]['label']:<40} {_pct(row['avg']):<14} "
+                     f"{_pct(r['table1_steps'][name]['avg']):<14}"
                      + (f" vs {r['baseline']}: {_signed(diff['avg'])}" if diff else ""))
     return "\n".join(lines)
 
