@@ -90,6 +90,9 @@ def sft_step(run: Run, step: int) -> dict[str, float]:
                                            top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
                                            max_new_tokens=cfg.rollout.max_new_tokens)
             traces = generate(run.teacher, prompts, gen, seed=cfg.seed * 1_000_003 + step)
+            # the teacher's own log-probs of its samples: NaN/Inf or uniform (weights not
+            # loaded) stops the run, as the teacher pass does under rlad/kdrl
+            phases.teacher_guard(run, traces.sampler_logprobs, traces.loss_mask)
             rewards, texts = phases.score(run, traces, items)
             keep = (rewards >= 1.0).tolist()
             targets = [tok.encode(t) for t in texts]
