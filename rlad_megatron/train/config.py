@@ -172,7 +172,8 @@ class TrainConfig:
     micro_batch_size: int = 4
     """Sequences per micro-batch in the log-prob passes and the update."""
     mini_batches: int = 1
-    """Optimizer steps per RL step (the step's sequences are split into this many mini-batches)."""
+    """Optimizer steps per RL step (the step's sequences are split into this many mini-batches).
+    RL only: the SFT paths (sft, sft_distill) take one optimizer step per batch."""
     sft_batch_size: int = 32
     """Sequences per SFT step (algorithms sft and sft_distill), over all DP ranks."""
     max_consecutive_bad_steps: int = 3

@@ -98,12 +98,15 @@ def validate_run_config(cfg: RunConfig, world_size: int = 1, check_files: bool =
                              "samples stays on one rank)")
         per_rank = cfg.rollout.prompts_per_step // dp * cfg.rollout.group_size
         what = "rollout.prompts_per_step * rollout.group_size"
-    step = cfg.train.micro_batch_size * cfg.train.mini_batches
-    if per_rank % step:
+    # the SFT paths take one optimizer step per batch: mini_batches is an RL setting
+    mini = 1 if cfg.algorithm in ("sft", "sft_distill") else cfg.train.mini_batches
+    if per_rank % (cfg.train.micro_batch_size * mini):
         raise ValueError(
             f"{what} per data-parallel rank = {per_rank} is not divisible by "
-            f"train.micro_batch_size * train.mini_batches = {cfg.train.micro_batch_size} * "
-            f"{cfg.train.mini_batches}")
+            + (f"train.micro_batch_size = {cfg.train.micro_batch_size}" if mini == 1 and
+               cfg.algorithm in ("sft", "sft_distill") else
+               f"train.micro_batch_size * train.mini_batches = {cfg.train.micro_batch_size} * "
+               f"{cfg.train.mini_batches}"))
     if cfg.parallel.virtual_pipeline and (per_rank // cfg.train.mini_batches //
                                           cfg.train.micro_batch_size) % cfg.parallel.pipeline:
         raise ValueError("interleaved pipeline: micro-batches per mini-batch must be a multiple "

@@ -120,3 +120,16 @@ def test_unwritable_run_dir_or_checkpoint_dir_is_named_before_any_model(tmp_path
     assert a_file.read_text() == "user data"
     check_writable(tmp_path / "new" / "ckpt", "checkpoint.dir")
     assert (tmp_path / "new" / "ckpt").is_dir() and not list((tmp_path / "new" / "ckpt").iterdir())
+
+
+def test_sft_paths_ignore_mini_batches_in_the_divisibility_check(tmp_path):
+    """Issue 13 item 12: sft_distill with train.mini_batches=2 was refused although the SFT path
+    takes one optimizer step per batch; RL keeps the check."""
+    _valid(tmp_path, **{"algorithm": "sft_distill", "train.mini_batches": 2,
+                        "train.sft_batch_size": 8, "train.micro_batch_size": 8}).validate(1)
+    with pytest.raises(ValueError, match=r"train.sft_batch_size per data-parallel rank = 8 is "
+                                         r"not divisible by train.micro_batch_size = 3"):
+        _valid(tmp_path, **{"algorithm": "sft", "train.sft_batch_size": 8,
+                            "train.micro_batch_size": 3}).validate(1)
+    with pytest.raises(ValueError, match=r"train.micro_batch_size \* train.mini_batches = 2 \* 3"):
+        _valid(tmp_path, **{"algorithm": "grpo", "train.mini_batches": 3}).validate(1)
