@@ -159,6 +159,10 @@ def build_request(*, nodes: int, gpus_per_node: int, gpu_memory_gib: float = 80.
     explicit models and sizes.
 
     Explicit arguments win over the config; `workload` holds Workload fields, None = unset."""
+    for name, value in (("--nodes", nodes), ("--gpus-per-node", gpus_per_node),
+                        ("--gpu-memory", gpu_memory_gib)):
+        if not value > 0:
+            raise ValueError(f"{name}: {value:g} must be > 0")
     workload = {k: v for k, v in workload.items() if v is not None}
     vpp = None
     if config is not None or overrides:

@@ -247,3 +247,16 @@ def test_constants_agree_with_the_code_they_describe():
     assert memory.LOGPROB_CHUNK_BYTES == DEFAULT_CHUNK_BYTES["cuda"]
     build = (REPO / "rlad_megatron" / "models" / "build.py").read_text()
     assert "grad_reduce_in_fp32=True" in build and memory.GRAD_BYTES == 4
+
+
+@pytest.mark.parametrize("flag, value", [("--gpu-memory", "0"), ("--gpu-memory", "-8"),
+                                         ("--nodes", "0"), ("--gpus-per-node", "-1")])
+def test_nonpositive_machine_sizes_are_refused_by_the_cli(flag, value, capsys):
+    """Issue 13 item 12: `rlad plan --gpu-memory 0` was accepted."""
+    from rlad_megatron.cli import main
+
+    args = ["plan", "--teacher", "qwen3-8b", "--student", "qwen3-1.7b", "--nodes", "1",
+            "--gpus-per-node", "8"]
+    args += [flag, value]
+    assert main(args) == 2
+    assert f"{flag}: {float(value):g} must be > 0" in capsys.readouterr().err
