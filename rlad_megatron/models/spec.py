@@ -180,4 +180,9 @@ def get_preset(preset: str, **overrides) -> ModelSpec:
     """A copy of a named preset, with field overrides (e.g. num_layers=4 for a truncated model)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; known: {', '.join(sorted(PRESETS))}")
+    known = {f.name for f in dataclasses.fields(ModelSpec)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"preset {preset!r}: unknown spec field(s) {unknown}; ModelSpec fields: "
+                         f"{', '.join(sorted(known))}")
     return dataclasses.replace(PRESETS[preset], **overrides)

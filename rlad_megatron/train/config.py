@@ -276,7 +276,7 @@ def load_config(path: Optional[str], overrides: List[str] = ()) -> RunConfig:
             where = path
             if not Path(path).is_file():
                 raise FileNotFoundError(f"config file {path} does not exist")
-            layers.append(OmegaConf.load(path))
+            layers.append(load_mapping(path))
         where = "command-line overrides"
         bad = [o for o in overrides if "=" not in o]
         if bad:
@@ -287,6 +287,22 @@ def load_config(path: Optional[str], overrides: List[str] = ()) -> RunConfig:
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         raise ValueError(f"{where}: {'key ' + key + ': ' if key else ''}{e.msg}") from None
+
+
+def load_mapping(path: str):
+    """The YAML file as an omegaconf mapping; malformed YAML or a top level that is not a mapping
+    is a ValueError naming the file."""
+    import yaml
+    from omegaconf import DictConfig, OmegaConf
+
+    try:
+        node = OmegaConf.load(path)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(node, DictConfig):
+        raise ValueError(f"{path}: the top level must be a mapping of config sections, got a "
+                         f"{type(node).__name__}")
+    return node
 
 
 def to_yaml(cfg: RunConfig) -> str:

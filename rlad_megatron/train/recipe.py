@@ -31,7 +31,7 @@ from rlad_megatron.data.formats import get_format
 from rlad_megatron.data.tokenizer_train import train_sentencepiece
 from rlad_megatron.models import checkpoint as mckpt
 from rlad_megatron.runtime import destroy_parallel, init_distributed, print0
-from rlad_megatron.train.config import RunConfig, to_yaml
+from rlad_megatron.train.config import RunConfig, load_mapping, to_yaml
 from rlad_megatron.train.loop import train
 from rlad_megatron.train.setup import load_splits
 
@@ -98,7 +98,7 @@ def _load_with_parent(path: Path, depth: int = 0):
         raise FileNotFoundError(f"recipe file {path} does not exist")
     if depth > 4:
         raise ValueError(f"{path}: `extends` nests more than 4 files deep")
-    raw = OmegaConf.load(path)
+    raw = load_mapping(str(path))
     parent = raw.pop("extends", None)
     replace = list(raw.pop("replace", None) or [])
     if parent is None:

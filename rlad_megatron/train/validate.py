@@ -7,8 +7,10 @@ models/config.py when the models are resolved; tokenizers are compared in train/
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+from rlad_megatron.models.spec import PRESETS, ModelSpec
 from rlad_megatron.train.config import ALGORITHMS, NEEDS_TEACHER, RunConfig
 
 _CHOICES = {
@@ -42,6 +44,15 @@ def _model(cfg: RunConfig, role: str, check_files: bool = True) -> None:
     m = getattr(cfg, role)
     if not (m.preset or m.spec or m.checkpoint):
         raise ValueError(f"{role}: set {role}.preset, {role}.spec or {role}.checkpoint")
+    if m.spec:
+        known = {f.name for f in dataclasses.fields(ModelSpec)}
+        unknown = sorted(set(m.spec) - known)
+        if unknown:
+            raise ValueError(f"{role}.spec: unknown field(s) {unknown}; ModelSpec fields: "
+                             f"{', '.join(sorted(known))}")
+    if m.preset and m.preset not in PRESETS:
+        raise ValueError(f"{role}.preset: unknown model preset {m.preset!r}; known: "
+                         f"{', '.join(sorted(PRESETS))}")
     if not check_files:
         return
     if m.checkpoint is not None and not Path(m.checkpoint).exists():

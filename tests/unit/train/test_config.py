@@ -5,6 +5,8 @@ A failure means a bad value would reach the trainer (or an error would not name 
 import subprocess
 import sys
 
+import re
+
 import pytest
 
 from rlad_megatron.train.config import RunConfig, load_config, to_yaml
@@ -133,3 +135,28 @@ def test_sft_paths_ignore_mini_batches_in_the_divisibility_check(tmp_path):
                             "train.micro_batch_size": 3}).validate(1)
     with pytest.raises(ValueError, match=r"train.micro_batch_size \* train.mini_batches = 2 \* 3"):
         _valid(tmp_path, **{"algorithm": "grpo", "train.mini_batches": 3}).validate(1)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("algorithm: [grpo\n", r"bad.yaml: not valid YAML"),
+    ("- algorithm: grpo\n", r"bad.yaml: the top level must be a mapping"),
+    ("student: {preset: tiny-llama, spec: {num_layerz: 2}}\n",
+     r"student.spec: unknown field\(s\) \['num_layerz'\]"),
+])
+def test_cli_names_the_file_or_field_instead_of_a_traceback(tmp_path, capsys, text, message):
+    """Issue 13 item 11: malformed YAML, a YAML list as config and an unknown spec field with a
+    preset gave tracebacks; each is now a named error with exit status 2 before any work."""
+    from rlad_megatron.cli import main
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    tok = tmp_path / "tok.model"
+    tok.write_bytes(b"x")
+    assert main(["train", str(path), f"student.tokenizer={tok}", "student.random_init=true",
+                 "algorithm=grpo"]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text if "spec" not in text else "base: {}\n")
+    if "spec" not in text:
+        assert main(["prepare", str(recipe)]) == 2
+        assert re.search(message.replace("bad.yaml", "recipe.yaml"), capsys.readouterr().err)
