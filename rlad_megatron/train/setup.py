@@ -160,6 +160,22 @@ def check_writable(path: str | Path, key: str) -> None:
         raise ValueError(f"{key}: {folder} is not a writable folder ({e.strerror or e})") from None
 
 
+def check_splits(cfg: RunConfig, splits: PromptSplits) -> None:
+    """Say what the data holds and what was dropped; refuse an empty split the run needs."""
+    eval_split = splits.validation if cfg.eval.split == "validation" else splits.heldout
+    print0(f"rlad: data: {len(splits.train)} train, {len(splits.validation)} validation, "
+           f"{len(splits.heldout)} held-out prompts; dropped {splits.duplicates} duplicate(s), "
+           f"{splits.bad_rows} bad row(s), {splits.bad_labels} wrong gold label(s)")
+    if not splits.train:
+        raise ValueError(f"data: the train split of {cfg.data.source} is empty")
+    if not eval_split:
+        hint = ("data.heldout_fraction" if cfg.data.source != "reasoning_gym" else
+                "data.validation_size" if cfg.eval.split == "validation" else
+                "data.heldout_size")
+        raise ValueError(f"eval.split: the {cfg.eval.split} split of {cfg.data.source} is empty "
+                         f"(see {hint})")
+
+
 def setup(cfg: RunConfig) -> Run:
     env = init_distributed()
     cfg.validate(env.world_size)
@@ -179,6 +195,7 @@ def setup(cfg: RunConfig) -> Run:
     fmt = get_format(cfg.data.format, check_steps=cfg.data.check_steps)
     reward_fn = get_reward(cfg.data.reward)
     splits = load_splits(cfg)
+    check_splits(cfg, splits)
 
     par = init_parallel(dataclasses.replace(cfg.parallel, seed=cfg.seed))
     student = build_student(student_spec, par, cfg.optimizer, dtype=cfg.student.dtype)

@@ -160,3 +160,22 @@ def test_cli_names_the_file_or_field_instead_of_a_traceback(tmp_path, capsys, te
     if "spec" not in text:
         assert main(["prepare", str(recipe)]) == 2
         assert re.search(message.replace("bad.yaml", "recipe.yaml"), capsys.readouterr().err)
+
+
+def test_empty_evaluation_split_is_named_and_drops_are_counted(tmp_path, capsys):
+    """Issue 13 item 12: an empty held-out split said only "prompts: empty batch", and dropped
+    rows were not counted."""
+    from rlad_megatron.data.tasks import file_splits
+    from rlad_megatron.train.setup import check_splits
+
+    data = tmp_path / "qa.jsonl"
+    data.write_text('{"question": "1+1", "answer": "2"}\n{"question": "1+1", "answer": "2"}\n'
+                    'not json\n{"question": "2+2", "answer": "4"}\n')
+    cfg = _valid(tmp_path, **{"data.source": str(data), "data.heldout_fraction": 0.0,
+                              "data.on_bad_row": "skip"})
+    splits = file_splits(data, heldout_fraction=0.0, on_bad_row="skip")
+    with pytest.raises(ValueError, match=r"eval.split: the heldout split of .*qa.jsonl is empty "
+                                         r"\(see data.heldout_fraction\)"):
+        check_splits(cfg, splits)
+    assert "2 train, 0 validation, 0 held-out prompts; dropped 1 duplicate(s), 1 bad row(s)" \
+        in capsys.readouterr().out
