@@ -120,6 +120,49 @@ def load_train_checkpoint(root: str | Path, student: Student, scheduler,
     return state
 
 
+RUN_IDENTITY = ("algorithm", "seed", "student.preset", "student.spec", "teacher.preset",
+                "teacher.spec", "data.source", "data.task", "data.task_config", "data.levels",
+                "data.format", "data.seed")
+"""What makes a checkpoint this run's: a resume that differs in any of them is refused unless
+checkpoint.resume_other_run is set (learning rate, steps, logging may change on resume)."""
+
+
+def check_run_identity(root: str | Path, config_yaml: str, allow_other: bool = False) -> None:
+    """Compare the latest checkpoint's run_config.yaml under `root` with this run's resolved
+    config (YAML) on RUN_IDENTITY; raise ValueError naming the differing keys and both values."""
+    import yaml
+
+    folder = mckpt.resolve(root)
+    saved_file = folder / "run_config.yaml"
+    if not saved_file.exists():
+        raise ValueError(f"{folder} has no run_config.yaml: it is not a training checkpoint of "
+                         f"rlad train; set checkpoint.dir to a new folder")
+    saved, now = yaml.safe_load(saved_file.read_text()), yaml.safe_load(config_yaml)
+
+    def get(d, dotted):
+        for part in dotted.split("."):
+            d = d.get(part) if isinstance(d, dict) else None
+        return d
+
+    teacher_keys = ("teacher.preset", "teacher.spec")
+    differ = [f"{k}: checkpoint {get(saved, k)!r}, this run {get(now, k)!r}" for k in RUN_IDENTITY
+              if get(saved, k) != get(now, k) and not (
+                  k in teacher_keys and "teacher" not in _needs(saved, now))]
+    if differ and not allow_other:
+        raise ValueError(f"checkpoint.dir {root} holds another run ({folder.name}): "
+                         + "; ".join(differ) + ". Use a new run_dir / checkpoint.dir, or set "
+                         "checkpoint.resume_other_run=true to resume it anyway")
+    if differ:
+        log.warning("resuming another run's checkpoint %s: %s", folder, "; ".join(differ))
+
+
+def _needs(saved: dict, now: dict) -> set:
+    from rlad_megatron.train.config import NEEDS_TEACHER
+
+    return {"teacher"} if (saved.get("algorithm") in NEEDS_TEACHER
+                           or now.get("algorithm") in NEEDS_TEACHER) else set()
+
+
 def read_rank_state(path: Path) -> Optional[dict]:
     """The per-rank RNG state, loaded without unpickling arbitrary objects (weights_only: only
     tensors and plain Python data are accepted). None, with a warning, when the file is missing

@@ -189,6 +189,9 @@ class CheckpointConfig:
     keep_last: int = 2
     resume: bool = True
     """Resume from the latest checkpoint in `dir` when there is one."""
+    resume_other_run: bool = False
+    """Resume even when the checkpoint's run differs in identity (algorithm, seed, models, data;
+    train/checkpoint.py RUN_IDENTITY); off: such a resume is refused, naming the keys."""
 
 
 @dataclass

@@ -186,6 +186,13 @@ def setup(cfg: RunConfig) -> Run:
             check_writable(cfg.checkpoint_dir, "checkpoint.dir")
         except ValueError as e:
             error = str(e)
+    if error is None and env.rank == 0 and cfg.checkpoint.resume:
+        try:  # a checkpoint of another run is refused before any model is built
+            if mckpt.latest_iteration(cfg.checkpoint_dir) is not None:
+                tckpt.check_run_identity(cfg.checkpoint_dir, to_yaml(cfg),
+                                         cfg.checkpoint.resume_other_run)
+        except ValueError as e:
+            error = str(e)
     agree_or_raise(error)  # every rank raises the same error, none waits for the others
     teacher_needed = cfg.algorithm in NEEDS_TEACHER
     tok = load_tokenizers(cfg, teacher_needed)
