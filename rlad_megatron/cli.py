@@ -56,6 +56,7 @@ def _train(args, algorithm=None) -> int:
         summary = train(cfg)
     except (ValueError, FileNotFoundError) as e:
         print(f"rlad: error: {e}", file=sys.stderr)
+        _release_process_groups()
         return 2
     print0("rlad: done " + json.dumps({k: v for k, v in summary.items()}, default=str))
     return 0
@@ -68,6 +69,18 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", message=".*(Transformer Engine|Apex).*")
     warnings.filterwarnings("ignore", category=FutureWarning)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _release_process_groups() -> None:
+    """After a refused run: megatron's and torch's process groups are released, so that a caller
+    in the same process (a test, a notebook) can start another run."""
+    import torch.distributed as dist
+
+    from rlad_megatron.runtime import destroy_parallel
+
+    destroy_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _prepare(args) -> int:
