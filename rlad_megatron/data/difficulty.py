@@ -18,7 +18,7 @@ structure_key(task, question, metadata) is what held-out splits are disjoint by:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 LEVEL_KNOBS: dict[str, Callable[[int], dict[str, Any]]] = {
     "chain_sum": lambda level: {"min_terms": level, "max_terms": level},
@@ -48,11 +48,24 @@ def level_config(task: str, level: int, base: Mapping[str, Any]) -> dict[str, An
     return {**base, **knob}
 
 
+def check_level_sizes(sizes: Mapping[str, int], levels: Sequence[int]) -> None:
+    """Each split's size must divide evenly over the levels; `sizes` maps data.* keys to sizes."""
+    for key, size in sizes.items():
+        if levels and size % len(levels):
+            raise ValueError(f"data.{key} = {size} is not divisible by the {len(levels)} "
+                             f"data.levels {list(levels)} (each level gets the same number)")
+
+
+def question_key(question: str) -> str:
+    """Normalised question text (whitespace collapsed, case folded) used for de-duplication."""
+    return " ".join(question.split()).casefold()
+
+
 def structure_key(task: str, question: str, metadata: Mapping[str, Any]) -> str:
     """The identity of a puzzle for de-duplication and held-out splits (module docstring)."""
     if task == "knights_knaves" and "statements" in metadata:
         return f"kk:{len(metadata['statements'])}:{_plain(metadata['statements'])!r}"
-    return " ".join(question.split()).casefold()
+    return question_key(question)
 
 
 def _plain(value: Any) -> Any:

@@ -137,36 +137,45 @@ def knights_knaves_sentence(code: str, item: PromptItem) -> Optional[str]:
     return ", ".join(parts[:-1]) + ", and " + parts[-1] + "."
 
 
+@dataclass(frozen=True)
+class _CompactTask:
+    prompt: Callable[[PromptItem], str]
+    solution: Callable[[PromptItem], str]
+    steps_ok: Callable[[str, PromptItem], bool]
+
+
+_COMPACT = {
+    "chain_sum": _CompactTask(
+        prompt=lambda item: str(item.metadata["expression"]).replace(" ", "") + "=",
+        solution=lambda item: chain_sum_solution(str(item.metadata["expression"])),
+        steps_ok=lambda c, item: chain_sum_steps_ok(c, str(item.metadata["expression"]))),
+    "knights_knaves": _CompactTask(
+        prompt=lambda item: knights_knaves_prompt(item.metadata["statements"]),
+        solution=lambda item: (knights_knaves_chain(item.metadata["statements"]) + "#"
+                               + _kk_code(item.metadata["solution"])),
+        steps_ok=knights_knaves_steps_ok),
+}
+COMPACT_TASKS = tuple(_COMPACT)
+
+
+def _compact(item: PromptItem) -> _CompactTask:
+    if item.task not in _COMPACT:
+        raise ValueError(f"data.format=compact supports {', '.join(COMPACT_TASKS)}, "
+                         f"not {item.task!r}")
+    return _COMPACT[item.task]
+
+
 def _compact_prompt(item: PromptItem) -> str:
-    if item.task == "chain_sum":
-        return str(item.metadata["expression"]).replace(" ", "") + "="
-    if item.task == "knights_knaves":
-        return knights_knaves_prompt(item.metadata["statements"])
-    raise ValueError(f"data.format=compact supports {', '.join(COMPACT_TASKS)}, "
-                     f"not {item.task!r}")
+    return _compact(item).prompt(item)
 
 
 def _compact_solution(item: PromptItem) -> str:
-    if item.task == "chain_sum":
-        return chain_sum_solution(str(item.metadata["expression"]))
-    if item.task == "knights_knaves":
-        return (knights_knaves_chain(item.metadata["statements"]) + "#"
-                + _kk_code(item.metadata["solution"]))
-    raise ValueError(f"data.format=compact supports {', '.join(COMPACT_TASKS)}, "
-                     f"not {item.task!r}")
+    return _compact(item).solution(item)
 
 
 def compact_steps_ok(completion: str, item: PromptItem) -> bool:
     """True when every step of the completion's chain is right and its answer follows."""
-    if item.task == "chain_sum":
-        return chain_sum_steps_ok(completion, str(item.metadata["expression"]))
-    if item.task == "knights_knaves":
-        return knights_knaves_steps_ok(completion, item)
-    raise ValueError(f"data.format=compact supports {', '.join(COMPACT_TASKS)}, "
-                     f"not {item.task!r}")
-
-
-COMPACT_TASKS = ("chain_sum", "knights_knaves")
+    return _compact(item).steps_ok(completion, item)
 
 
 @dataclass(frozen=True)

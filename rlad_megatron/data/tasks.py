@@ -42,7 +42,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
-from rlad_megatron.data.difficulty import level_config, structure_key
+from rlad_megatron.data.difficulty import (check_level_sizes, level_config, question_key,
+                                            structure_key)
 from rlad_megatron.data.math_answers import last_boxed
 
 SPLITS = ("train", "validation", "heldout")
@@ -77,11 +78,6 @@ class PromptSplits:
     """generated items whose gold answer failed the exact re-check"""
 
 
-def question_key(question: str) -> str:
-    """Normalised question text used for de-duplication."""
-    return " ".join(question.split()).casefold()
-
-
 # ----------------------------------------------------------------------------- reasoning-gym
 
 
@@ -113,11 +109,8 @@ def reasoning_gym_splits(task: str, *, train_size: int, heldout_size: int, seed:
     level_cfgs = [(None, cfg)] if not levels else [
         (lv, level_config(task, lv, cfg)) for lv in levels]
     n = len(level_cfgs)
-    for name, size in (("heldout_size", heldout_size), ("validation_size", validation_size),
-                       ("train_size", train_size)):
-        if size % n:
-            raise ValueError(f"data.{name} = {size} is not divisible by the {n} data.levels "
-                             f"{list(levels)} (each level gets the same number)")
+    check_level_sizes({"heldout_size": heldout_size, "validation_size": validation_size,
+                       "train_size": train_size}, levels)
     for split, size, split_seed in (("heldout", heldout_size, hseed),
                                     ("validation", validation_size, hseed),
                                     ("train", train_size, seed)):

@@ -90,12 +90,17 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: dict, prefix: str = "model") -> "ModelSpec":
+        cls.check_fields(data, prefix)
+        return cls(**data)
+
+    @classmethod
+    def check_fields(cls, data, prefix: str = "model") -> None:
+        """ValueError naming `prefix` when `data` has keys that are not ModelSpec fields."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{prefix}: unknown field(s) {', '.join(unknown)}; "
                              f"known: {', '.join(sorted(known))}")
-        return cls(**data)
 
     def num_parameters(self) -> int:
         """Total parameter count (unpadded vocabulary), for reports and the planner."""
@@ -180,9 +185,5 @@ def get_preset(preset: str, **overrides) -> ModelSpec:
     """A copy of a named preset, with field overrides (e.g. num_layers=4 for a truncated model)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; known: {', '.join(sorted(PRESETS))}")
-    known = {f.name for f in dataclasses.fields(ModelSpec)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"preset {preset!r}: unknown spec field(s) {unknown}; ModelSpec fields: "
-                         f"{', '.join(sorted(known))}")
+    ModelSpec.check_fields(overrides, f"preset {preset!r}")
     return dataclasses.replace(PRESETS[preset], **overrides)

@@ -7,9 +7,11 @@ models/config.py when the models are resolved; tokenizers are compared in train/
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
+from rlad_megatron.data.difficulty import check_level_sizes, level_config
+from rlad_megatron.data.formats import COMPACT_TASKS
+from rlad_megatron.data.tasks import check_task_config
 from rlad_megatron.models.spec import PRESETS, ModelSpec
 from rlad_megatron.train.config import ALGORITHMS, NEEDS_TEACHER, RunConfig
 
@@ -44,12 +46,7 @@ def _model(cfg: RunConfig, role: str, check_files: bool = True) -> None:
     m = getattr(cfg, role)
     if not (m.preset or m.spec or m.checkpoint):
         raise ValueError(f"{role}: set {role}.preset, {role}.spec or {role}.checkpoint")
-    if m.spec:
-        known = {f.name for f in dataclasses.fields(ModelSpec)}
-        unknown = sorted(set(m.spec) - known)
-        if unknown:
-            raise ValueError(f"{role}.spec: unknown field(s) {unknown}; ModelSpec fields: "
-                             f"{', '.join(sorted(known))}")
+    ModelSpec.check_fields(m.spec, f"{role}.spec")
     if m.preset and m.preset not in PRESETS:
         raise ValueError(f"{role}.preset: unknown model preset {m.preset!r}; known: "
                          f"{', '.join(sorted(PRESETS))}")
@@ -144,20 +141,13 @@ def validate_run_config(cfg: RunConfig, world_size: int = 1, check_files: bool =
             raise ValueError("data.levels: difficulty levels need data.source=reasoning_gym")
         if len(set(d.levels)) != len(d.levels):
             raise ValueError(f"data.levels: {list(d.levels)} repeats a level")
-        for key in ("train_size", "heldout_size", "validation_size"):
-            if getattr(d, key) % len(d.levels):
-                raise ValueError(f"data.{key} = {getattr(d, key)} is not divisible by the "
-                                 f"{len(d.levels)} data.levels {list(d.levels)}")
+        check_level_sizes({k: getattr(d, k) for k in
+                           ("train_size", "heldout_size", "validation_size")}, d.levels)
     if d.source == "reasoning_gym":  # reasoning-gym's own config class checks the options
-        from rlad_megatron.data.difficulty import level_config
-        from rlad_megatron.data.tasks import check_task_config
-
         for level in d.levels or [None]:
             check_task_config(d.task, d.task_config if level is None
                               else level_config(d.task, level, d.task_config))
     if d.format == "compact":
-        from rlad_megatron.data.formats import COMPACT_TASKS
-
         if d.source != "reasoning_gym" or d.task not in COMPACT_TASKS:
             raise ValueError(f"data.format: compact renders reasoning-gym tasks "
                              f"{', '.join(COMPACT_TASKS)} only, not "
