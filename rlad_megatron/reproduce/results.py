@@ -25,13 +25,13 @@ from pathlib import Path
 from rlad_megatron.reproduce.spec import Job, ReproduceSpec, alpha_arm, arm_label
 from rlad_megatron.reproduce.stats import (eval_se, mean_ci, paired_difference, paired_eval_se,
                                            pooled_se, prompt_means)
+from rlad_megatron.train.metrics import read_metrics
 
 PHASES = ("rollout", "reward", "old_logprobs", "teacher_logprobs", "update", "step")
 
 
-def _read_eval(run_dir: Path, step: int) -> dict | None:
-    path = run_dir / "eval" / f"step_{step:07d}.json"
-    return json.loads(path.read_text()) if path.exists() else None
+def _read_eval(run_dir: Path, step: int) -> dict:
+    return json.loads((run_dir / "eval" / f"step_{step:07d}.json").read_text())
 
 
 def _eval_steps(run_dir: Path) -> list[int]:
@@ -51,21 +51,18 @@ def _scores(records: list[dict], k: int, levels: list, field: str) -> dict[str, 
     return out
 
 
-def _timings(run_dir: Path) -> dict[str, float]:
+def _timings(records: list[dict]) -> dict[str, float]:
     """Mean seconds of each phase per step; "step" is the median whole step (a step that ran an
-    evaluation or a checkpoint counts those in time/step_s, the median leaves them out)."""
-    path = run_dir / "metrics.jsonl"
-    rows = []
-    if path.exists():
-        rows = [r for r in map(json.loads, path.read_text().splitlines()) if "time/step_s" in r]
+    evaluation or a checkpoint counts those in time/step_s, the median leaves them out);
+    "run_wall" the first to last logged record of the run. `records`: its metrics.jsonl."""
+    rows = [r for r in records if "time/step_s" in r]
     if not rows:
         return {}
     out = {p: sum(float(r.get(f"time/{p}_s", 0.0)) for r in rows) / len(rows)
            for p in PHASES if p != "step"}
     out["step"] = statistics.median(float(r["time/step_s"]) for r in rows)
-    times = [float(r["time"]) for r in map(json.loads, path.read_text().splitlines())
-             if "time" in r]
-    out["run_wall"] = max(times) - min(times)  # first to last logged record of the run
+    times = [float(r["time"]) for r in records if "time" in r]
+    out["run_wall"] = max(times) - min(times)
     return out
 
 
@@ -78,11 +75,8 @@ the mean log-ratio lp_S - lp_T over the sampled tokens, and the training reward 
 steps)."""
 
 
-def _diagnostics(run_dir: Path) -> dict[str, float]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return {}
-    rows = [r for r in map(json.loads, path.read_text().splitlines()) if "time/step_s" in r]
+def _diagnostics(records: list[dict]) -> dict[str, float]:
+    rows = [r for r in records if "time/step_s" in r]
     out = {}
     for key in DIAGNOSTICS:
         use = rows[-10:] if key == "rollout/reward_mean" else rows
@@ -101,31 +95,29 @@ def collect(jobs: list[Job], spec: ReproduceSpec, run_dir: Path) -> dict:
     arms: dict[str, dict] = {}
     missing, before, teacher = [], None, None
     for job in jobs:
-        last = job.cfg.train.steps
-        final = _read_eval(job.run_dir, last) if (job.run_dir / "summary.json").exists() else None
         a = arms.setdefault(job.arm, {"label": arm_label(spec, job.arm, jobs),
                                       "algorithm": job.cfg.algorithm,
                                       "alpha": job.cfg.loss.trrd.alpha
                                       if job.cfg.algorithm == "rlad" else None,
                                       "seeds": {}})
-        if final is None:
+        docs = {step: _read_eval(job.run_dir, step) for step in _eval_steps(job.run_dir)}
+        final = docs.get(job.cfg.train.steps)
+        if final is None or not (job.run_dir / "summary.json").exists():
             missing.append(f"{job.arm} seed {job.seed}")
             continue
-        start = _read_eval(job.run_dir, 0)
-        if start is not None:
-            before = before or start["student"]
-            teacher = teacher or start.get("teacher")
-        curve = {}  # step 0 is shared (reproduce/spec.py): added below
-        for step in _eval_steps(job.run_dir):
-            doc = _read_eval(job.run_dir, step)
-            curve[step] = _scores(doc["student"], k, [], "reward").get("avg")
+        if 0 in docs:
+            before = before or docs[0]["student"]
+            teacher = teacher or docs[0].get("teacher")
+        records = read_metrics(job.run_dir)
+        means = prompt_means(final["student"], k)
         a["seeds"][job.seed] = {
             "final": _scores(final["student"], k, levels, "reward"),
             "steps": _scores(final["student"], k, levels, "steps_correct"),
-            "prompt_means": prompt_means(final["student"], k),
-            "eval_se": eval_se(prompt_means(final["student"], k)),
-            "curve": curve, "time": _timings(job.run_dir),
-            "diagnostics": _diagnostics(job.run_dir)}
+            "prompt_means": means, "eval_se": eval_se(means),
+            # step 0 is shared (reproduce/spec.py): added below for the runs without it
+            "curve": {step: _scores(doc["student"], k, [], "reward").get("avg")
+                      for step, doc in docs.items()},
+            "time": _timings(records), "diagnostics": _diagnostics(records)}
     if before:
         start_acc = _scores(before, k, [], "reward").get("avg")
         for a in arms.values():
