@@ -91,3 +91,24 @@ def test_bad_quick_and_arm_keys_are_refused():
         _jobs(["reproduce.arms.grpo.optimizer.lrr=1"])
     with pytest.raises(ValueError, match="not one of"):
         _jobs(["reproduce.arms.grpo.algorithm=ppo"])
+
+
+def test_a_finished_run_stays_reusable_when_the_schema_gains_a_field(tmp_path):
+    """A field added to RunConfig (at its default) must not re-run every finished arm: the saved
+    config is compared through the schema, not as text. A real change of setting still is."""
+    from rlad_megatron.reproduce.runner import job_state
+
+    spec, jobs = _jobs()
+    job = jobs[0]
+    job.cfg.run_dir = str(tmp_path / "arms" / job.arm / f"seed_{job.seed}")
+    job.run_dir.mkdir(parents=True)
+    (job.run_dir / "summary.json").write_text("{}")
+    saved = job.run_dir.with_suffix(".yaml")
+    text = job.config_yaml
+    assert "resume_other_run: false" in text
+    saved.write_text(text.replace("  resume_other_run: false\n", ""))  # an older version's file
+    assert job_state(job) == "done"
+    saved.write_text(text.replace("lr: 5.0e-05", "lr: 1.0e-04"))
+    assert job_state(job) == "new"
+    saved.write_text(text.replace("  resume_other_run: false\n", "  no_such_field: 1\n"))
+    assert job_state(job) == "new"
