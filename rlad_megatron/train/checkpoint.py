@@ -144,23 +144,19 @@ def check_run_identity(root: str | Path, config_yaml: str, allow_other: bool = F
             d = d.get(part) if isinstance(d, dict) else None
         return d
 
-    teacher_keys = ("teacher.preset", "teacher.spec")
-    differ = [f"{k}: checkpoint {get(saved, k)!r}, this run {get(now, k)!r}" for k in RUN_IDENTITY
-              if get(saved, k) != get(now, k) and not (
-                  k in teacher_keys and "teacher" not in _needs(saved, now))]
+    from rlad_megatron.train.config import NEEDS_TEACHER
+
+    # the teacher is part of the identity only when one of the two runs has a teacher
+    keys = [k for k in RUN_IDENTITY if not k.startswith("teacher.")
+            or {saved.get("algorithm"), now.get("algorithm")} & NEEDS_TEACHER]
+    differ = [f"{k}: checkpoint {get(saved, k)!r}, this run {get(now, k)!r}" for k in keys
+              if get(saved, k) != get(now, k)]
     if differ and not allow_other:
         raise ValueError(f"checkpoint.dir {root} holds another run ({folder.name}): "
                          + "; ".join(differ) + ". Use a new run_dir / checkpoint.dir, or set "
                          "checkpoint.resume_other_run=true to resume it anyway")
     if differ:
         log.warning("resuming another run's checkpoint %s: %s", folder, "; ".join(differ))
-
-
-def _needs(saved: dict, now: dict) -> set:
-    from rlad_megatron.train.config import NEEDS_TEACHER
-
-    return {"teacher"} if (saved.get("algorithm") in NEEDS_TEACHER
-                           or now.get("algorithm") in NEEDS_TEACHER) else set()
 
 
 def read_rank_state(path: Path) -> Optional[dict]:

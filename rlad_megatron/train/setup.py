@@ -184,11 +184,8 @@ def setup(cfg: RunConfig) -> Run:
         try:
             check_writable(cfg.run_dir, "run_dir")
             check_writable(cfg.checkpoint_dir, "checkpoint.dir")
-        except ValueError as e:
-            error = str(e)
-    if error is None and env.rank == 0 and cfg.checkpoint.resume:
-        try:  # a checkpoint of another run is refused before any model is built
-            if mckpt.latest_iteration(cfg.checkpoint_dir) is not None:
+            # a checkpoint of another run is refused before any model is built
+            if cfg.checkpoint.resume and mckpt.latest_iteration(cfg.checkpoint_dir) is not None:
                 tckpt.check_run_identity(cfg.checkpoint_dir, to_yaml(cfg),
                                          cfg.checkpoint.resume_other_run)
         except ValueError as e:

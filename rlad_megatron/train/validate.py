@@ -94,7 +94,8 @@ def validate_run_config(cfg: RunConfig, world_size: int = 1, check_files: bool =
     if cfg.rollout.temperature == 0 and cfg.algorithm in ("rlad", "grpo", "kdrl"):
         raise ValueError("rollout.temperature must be > 0 for RL (greedy samples of a group "
                          "are identical)")
-    if cfg.algorithm in ("sft", "sft_distill"):
+    is_sft = cfg.algorithm in ("sft", "sft_distill")
+    if is_sft:
         if cfg.train.sft_batch_size % dp:
             raise ValueError(f"train.sft_batch_size = {cfg.train.sft_batch_size} is not "
                              f"divisible by the data-parallel size {dp}")
@@ -107,14 +108,12 @@ def validate_run_config(cfg: RunConfig, world_size: int = 1, check_files: bool =
         per_rank = cfg.rollout.prompts_per_step // dp * cfg.rollout.group_size
         what = "rollout.prompts_per_step * rollout.group_size"
     # the SFT paths take one optimizer step per batch: mini_batches is an RL setting
-    mini = 1 if cfg.algorithm in ("sft", "sft_distill") else cfg.train.mini_batches
-    if per_rank % (cfg.train.micro_batch_size * mini):
-        raise ValueError(
-            f"{what} per data-parallel rank = {per_rank} is not divisible by "
-            + (f"train.micro_batch_size = {cfg.train.micro_batch_size}" if mini == 1 and
-               cfg.algorithm in ("sft", "sft_distill") else
-               f"train.micro_batch_size * train.mini_batches = {cfg.train.micro_batch_size} * "
-               f"{cfg.train.mini_batches}"))
+    m, mini = cfg.train.micro_batch_size, cfg.train.mini_batches
+    step, names = ((m, f"train.micro_batch_size = {m}") if is_sft else
+                   (m * mini, f"train.micro_batch_size * train.mini_batches = {m} * {mini}"))
+    if per_rank % step:
+        raise ValueError(f"{what} per data-parallel rank = {per_rank} is not divisible by "
+                         f"{names}")
     if cfg.parallel.virtual_pipeline and (per_rank // cfg.train.mini_batches //
                                           cfg.train.micro_batch_size) % cfg.parallel.pipeline:
         raise ValueError("interleaved pipeline: micro-batches per mini-batch must be a multiple "
