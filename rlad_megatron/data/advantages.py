@@ -8,6 +8,13 @@ with the POPULATION std (1/G). "dr_grpo" drops the std scaling: A_i = r_i - mean
 rewards are all equal (zero variance) carries no signal: its advantages are exactly 0, and its
 rows are marked keep == False when drop_zero_variance is set (rejection sampling as in
 Skywork-OR1) or True otherwise. Group members need not be contiguous rows.
+
+Teacher trajectories (rollout.teacher_samples, `with_teacher_rows`) join their prompt's group:
+  "group"     the estimator runs over all rows: the group's mean and std include the teacher rows;
+  "baseline"  the estimator runs over the student rows alone, and a teacher row gets
+              A_T = (r_T - mean_S) / (std_S + eps) against the student group's statistics
+              (r_T - mean_S without std scaling, and also where the student group has zero
+              variance: dividing by eps would turn one correct trajectory into A ~ 1e6).
 """
 
 from __future__ import annotations
@@ -76,3 +83,42 @@ def get_advantage_estimator(name: str) -> Callable[..., tuple[Tensor, Tensor]]:
     if name not in ADVANTAGES:
         raise ValueError(f"unknown advantage estimator {name!r}; known: {sorted(ADVANTAGES)}")
     return ADVANTAGES[name]
+
+
+_SCALES_STD = {"grpo": True, "dr_grpo": False}
+"""Whether the estimator divides by the group's std (for the "baseline" teacher-row advantage)."""
+TEACHER_ADVANTAGES = ("group", "baseline")
+
+
+def with_teacher_rows(estimator: str, rewards: Tensor, group_ids: Tensor, teacher_rows: Tensor, *,
+                      mode: str = "group", eps: float = 1e-6, drop_zero_variance: bool = False
+                      ) -> tuple[Tensor, Tensor]:
+    """Advantages [n] and keep [n] for a batch whose rows teacher_rows [n] bool are teacher
+    trajectories (see the module docstring for `mode`). Student rows: the estimator's result over
+    the rows it sees; teacher rows in "baseline" mode are always kept (their gate decides)."""
+    fn = get_advantage_estimator(estimator)
+    if mode not in TEACHER_ADVANTAGES:
+        raise ValueError(f"unknown teacher-row advantage {mode!r}; known: {TEACHER_ADVANTAGES}")
+    teacher_rows = teacher_rows.bool()
+    if mode == "group" or not teacher_rows.any():
+        return fn(rewards, group_ids, eps=eps, drop_zero_variance=drop_zero_variance)
+    student = ~teacher_rows
+    adv = torch.zeros(rewards.shape, dtype=torch.float64)
+    keep = torch.ones(rewards.shape, dtype=torch.bool)
+    a_s, keep_s = fn(rewards[student], group_ids[student], eps=eps,
+                     drop_zero_variance=drop_zero_variance)
+    adv[student], keep[student] = a_s.to(torch.float64), keep_s
+    r = rewards.detach().to(torch.float64)
+    s_ids, t_ids = group_ids[student], group_ids[teacher_rows]
+    mean_s, std_s, _ = _group_stats(r[student], s_ids)          # per student row
+    groups, inverse = torch.unique(s_ids, return_inverse=True)
+    group_mean = torch.zeros(len(groups), dtype=torch.float64).scatter_(0, inverse, mean_s)
+    group_std = torch.zeros(len(groups), dtype=torch.float64).scatter_(0, inverse, std_s)
+    at = torch.searchsorted(groups, t_ids).clamp(max=len(groups) - 1)
+    if not torch.equal(groups[at], t_ids):
+        raise ValueError("with_teacher_rows: a group has teacher rows but no student row")
+    centred, std = r[teacher_rows] - group_mean[at], group_std[at]
+    scaled = _SCALES_STD.get(estimator, True) & (std > 0)
+    adv[teacher_rows] = torch.where(scaled, centred / (std + eps), centred)
+    out_dtype = rewards.dtype if rewards.is_floating_point() else torch.float32
+    return adv.to(out_dtype), keep

@@ -9,12 +9,12 @@ from typing import Sequence, TypeVar, Union
 import torch
 from torch import Tensor
 
-from rlad_megatron.data.selection import Selection
+from rlad_megatron.data.selection import Selection, TrajectoryGates
 
 RowIndex = Union[slice, Sequence[int], Tensor]
 B = TypeVar("B", bound="RolloutBatch")
 PER_ROW_FIELDS = frozenset({"prompt_lengths", "response_lengths", "group_ids", "rewards",
-                            "advantages", "seq_alignment"})
+                            "advantages", "seq_alignment", "teacher_rows"})
 """Tensor fields of shape [b]; every other tensor field is [b, s] like tokens."""
 
 
@@ -83,6 +83,10 @@ class TrainBatch(RolloutBatch):
 
     teacher_mask None means anchor every loss token (the paper's policy); the selection
     statistics are None until data.selection has run (`with_selection`).
+
+    With teacher trajectories (rollout.teacher_samples): teacher_rows marks them, loss_mask is 0 on
+    them (the RL loss sees the student's rows only), and distill_mask holds the response tokens
+    of the teacher rows the gates selected (`gates`, statistics of the batch gating ran on).
     """
 
     rewards: Tensor                          # [b] fp32
@@ -94,6 +98,9 @@ class TrainBatch(RolloutBatch):
     seq_alignment: Tensor | None = None      # [b] fp32: mean over loss tokens of lp_T - lp_old
     selected_frac: float | None = None       # teacher_mask mean over the loss tokens of the
                                              # batch selection ran on (not re-computed by split)
+    teacher_rows: Tensor | None = None       # [b] bool: teacher trajectories
+    distill_mask: Tensor | None = None       # [b, s] bool: selected teacher rows' response tokens
+    gates: TrajectoryGates | None = None     # data.selection.gate_trajectories of the batch
 
     @classmethod
     def from_rollout(cls, rollout: RolloutBatch, **fields) -> "TrainBatch":
@@ -106,3 +113,37 @@ class TrainBatch(RolloutBatch):
         return dataclasses.replace(self, teacher_mask=selection.teacher_mask,
                                    seq_alignment=selection.seq_alignment,
                                    selected_frac=selection.selected_frac)
+
+
+def _pad_columns(t: Tensor, width: int, value) -> Tensor:
+    if t.dim() < 2 or t.shape[1] == width:
+        return t
+    pad = torch.full((t.shape[0], width - t.shape[1]), value, dtype=t.dtype, device=t.device)
+    return torch.cat([t, pad], dim=1)
+
+
+def interleave_groups(student: RolloutBatch, teacher: RolloutBatch, *, group_size: int,
+                      teacher_samples: int, pad_token_id: int = 0) -> tuple[RolloutBatch, Tensor]:
+    """One RolloutBatch of n prompts from the student's n*G rows and the teacher's n*K rows (both
+    consecutive groups, as generate returns them): per prompt its G student rows then its K teacher
+    rows, so that mini- and micro-batches mix both kinds. The narrower batch is right-padded
+    (pad_token_id, masks 0). Returns the batch and teacher_rows [n*(G+K)] bool."""
+    g, k = group_size, teacher_samples
+    n = student.batch_size // g
+    if student.batch_size != n * g or teacher.batch_size != n * k:
+        raise ValueError(f"interleave_groups: {student.batch_size} student rows and "
+                         f"{teacher.batch_size} teacher rows are not {n} prompts of {g} + {k}")
+    if not torch.equal(student.group_ids[::g], teacher.group_ids[::k]):
+        raise ValueError("interleave_groups: the student's and the teacher's group ids differ")
+    width = max(student.seq_len, teacher.seq_len)
+    order = torch.cat([torch.arange(n)[:, None] * g + torch.arange(g),
+                       n * g + torch.arange(n)[:, None] * k + torch.arange(k)], dim=1).reshape(-1)
+    merged = {}
+    for f in dataclasses.fields(RolloutBatch):
+        a, b = getattr(student, f.name), getattr(teacher, f.name)
+        fill = pad_token_id if f.name == "tokens" else 0
+        merged[f.name] = torch.cat([_pad_columns(a, width, fill),
+                                    _pad_columns(b, width, fill)])[order]
+    teacher_rows = torch.cat([torch.zeros(n * g, dtype=torch.bool),
+                              torch.ones(n * k, dtype=torch.bool)])[order]
+    return RolloutBatch(**merged), teacher_rows

@@ -10,6 +10,7 @@ from typing import Callable
 from rlad_megatron.losses.aggregate import AGGREGATIONS, aggregate, global_normalizers
 from rlad_megatron.losses.diagnostics import check_teacher_logprobs
 from rlad_megatron.losses.grpo import grpo_loss
+from rlad_megatron.losses.joint import distill_share, joint_loss
 from rlad_megatron.losses.kdrl import kdrl_beta, kdrl_loss
 from rlad_megatron.losses.kl import KL_ESTIMATORS, kl_estimate
 from rlad_megatron.losses.metrics import METRICS, REDUCE_OPS, finalize, merge, reduce_op
@@ -21,6 +22,7 @@ LOSSES: dict[str, Callable] = {
     "grpo": grpo_loss,
     "kdrl": kdrl_loss,
     "sft": sft_loss,
+    "joint": joint_loss,
 }
 
 
@@ -32,6 +34,7 @@ def get_loss(name: str) -> Callable:
 
 
 __all__ = ["LOSSES", "get_loss", "trrd_loss", "grpo_loss", "kdrl_loss", "kdrl_beta", "sft_loss",
+           "joint_loss", "distill_share",
            "trrd_log_ratio", "aggregate", "AGGREGATIONS", "global_normalizers", "kl_estimate",
            "KL_ESTIMATORS", "check_teacher_logprobs", "METRICS", "REDUCE_OPS", "reduce_op",
            "merge", "finalize"]

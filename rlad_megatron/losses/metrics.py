@@ -25,7 +25,13 @@ Keys (<area> is "trrd" or "grpo"; kdrl_loss reports the "grpo" keys of its polic
     teacher/logratio_mean         sum  of lp - lp_T over loss tokens (trrd, kdrl)
     kl/ref_mean, kl/teacher_mean  sum  of the KL estimator (to reference; to teacher for kdrl)
     sft/nll_mean                  sum  of -lp over loss tokens
-Every fraction and mean is over ALL loss tokens (count/tokens). min/max of an empty batch are
+    loss/joint                    sum  RL term + lambda * distillation term (losses/joint.py)
+    joint/rl_term, joint/distill_term  sum  the two terms of loss/joint (the latter times lambda)
+    distill/tokens, distill/seqs  sum  selected teacher-row tokens and rows (distill_mask)
+    distill/nll_mean, distill/ratio_mean, distill/is_weight_mean
+                                  sum  of -lp, r and the importance weight over distill tokens
+Every fraction and mean is over ALL loss tokens (count/tokens), the distill/ ones over
+distill/tokens. min/max of an empty batch are
 +inf/-inf (the identities of the reduction) and finalise to NaN.
 """
 
@@ -38,6 +44,7 @@ import torch
 from torch import Tensor
 
 TOKENS = "count/tokens"
+DISTILL_TOKENS = "distill/tokens"
 POLICY_AREAS = ("trrd", "grpo")
 
 
@@ -63,6 +70,14 @@ METRICS: dict[str, tuple[str, str | None]] = {
     "loss/kdrl": ("sum", None),
     "loss/sft": ("sum", None),
     "sft/nll_mean": ("sum", TOKENS),
+    "loss/joint": ("sum", None),
+    "joint/rl_term": ("sum", None),
+    "joint/distill_term": ("sum", None),
+    DISTILL_TOKENS: ("sum", None),
+    "distill/seqs": ("sum", None),
+    "distill/nll_mean": ("sum", DISTILL_TOKENS),
+    "distill/ratio_mean": ("sum", DISTILL_TOKENS),
+    "distill/is_weight_mean": ("sum", DISTILL_TOKENS),
 }
 """key -> (reduce op, normalising key or None)."""
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlad_megatron.train.config import ALGORITHMS, NEEDS_TEACHER, RunConfig, to_yaml
+from rlad_megatron.train.config import ALGORITHMS, RunConfig, to_yaml
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _KEYS = {"seeds", "baseline", "jobs", "procs", "prepare_procs", "arms", "alphas", "validation",
@@ -179,7 +179,7 @@ def build_jobs(spec: ReproduceSpec, rl: RunConfig, run_dir: Path,
             jobs.append(Job(arm, seed, cfg))
     # every job starts from the same student and evaluates it with the same prompts and seed:
     # the step-0 evaluation (and the teacher's) is run once, by the first job that has a teacher
-    first = next((j for j in jobs if j.cfg.algorithm in NEEDS_TEACHER), jobs[0])
+    first = next((j for j in jobs if j.cfg.needs_teacher), jobs[0])
     for job in jobs:
         job.cfg.eval.at_start = job is first
         job.cfg.eval.teacher = job is first

@@ -146,9 +146,12 @@ def check_run_identity(root: str | Path, config_yaml: str, allow_other: bool = F
 
     from rlad_megatron.train.config import NEEDS_TEACHER
 
+    def has_teacher(d: dict) -> bool:
+        return d.get("algorithm") in NEEDS_TEACHER or bool(get(d, "rollout.teacher_samples"))
+
     # the teacher is part of the identity only when one of the two runs has a teacher
     keys = [k for k in RUN_IDENTITY if not k.startswith("teacher.")
-            or {saved.get("algorithm"), now.get("algorithm")} & NEEDS_TEACHER]
+            or has_teacher(saved) or has_teacher(now)]
     differ = [f"{k}: checkpoint {get(saved, k)!r}, this run {get(now, k)!r}" for k in keys
               if get(saved, k) != get(now, k)]
     if differ and not allow_other:

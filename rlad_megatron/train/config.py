@@ -21,6 +21,9 @@ from rlad_megatron.runtime.parallel import ParallelConfig
 ALGORITHMS = {"rlad": "trrd", "grpo": "grpo", "kdrl": "kdrl", "sft_distill": "sft", "sft": "sft"}
 """algorithm -> registered loss (losses/__init__.py)."""
 NEEDS_TEACHER = {"rlad", "kdrl", "sft_distill"}
+"""Algorithms that always load a teacher (any RL algorithm also does with rollout.teacher_samples)."""
+TRAJECTORY_ALGORITHMS = ("rlad", "grpo")
+"""Algorithms whose RL loss can be joined with imitation of teacher trajectories."""
 
 
 @dataclass
@@ -90,6 +93,11 @@ class RolloutConfig:
     max_new_tokens: int = 64
     micro_batch_size: int = 0
     """Generation batch per forward; 0 = all of this rank's sequences at once."""
+    teacher_samples: int = 0
+    """Teacher trajectories per prompt (the description's reading of RLAD, `imitation.*`): the
+    teacher samples them with the rollout's sampler and temperature, the reward scores them, and
+    the selected ones are imitated beside the RL loss (losses/joint.py). 0: the paper's reading
+    only (the teacher scores the student's rollouts)."""
 
 
 @dataclass
@@ -110,7 +118,11 @@ class TRRDLossConfig:
     agg: str = "seq_mean_token_mean"
     dual_clip: Optional[float] = None
     kl_beta: float = 0.0
+    """beta of the paper's Eq. 4: beta * KL(pi_S || pi_ref), pi_ref the student's weights at the
+    start of the run (kept in host memory, swapped in for a forward-only pass; models/reference.py).
+    0: no reference pass."""
     kl_estimator: str = "k3"
+    """k1 | k2 | k3 (losses/kl.py) for the reference KL."""
 
 
 @dataclass
@@ -119,6 +131,9 @@ class GRPOLossConfig:
     eps_high: float = 0.28
     agg: str = "seq_mean_token_mean"
     dual_clip: Optional[float] = None
+    kl_beta: float = 0.0
+    """beta * KL(pi_S || pi_ref), as loss.trrd.kl_beta."""
+    kl_estimator: str = "k3"
 
 
 @dataclass
@@ -154,6 +169,49 @@ class SelectionConfig:
     """paper | advantage | alignment | both (data/selection.py)."""
     tau_adv: float = 0.0
     tau_align: float = 0.0
+
+
+@dataclass
+class ImitationConfig:
+    """Selective imitation of teacher trajectories (rollout.teacher_samples > 0; data/selection.py
+    `gate_trajectories`, losses/joint.py). Each teacher trajectory is imitated only when every
+    switched-on gate passes:
+
+      aligned        the student can follow it: align_metric within tau_align
+      raises reward  its advantage A_T >= tau_adv
+      explore        the prompt is not left to free RL exploration: the student group's success
+                     rate (rewards >= success_reward) < tau_success
+
+    total = RL loss on the student's rows + weight * distillation loss on the selected rows.
+    """
+
+    advantage: str = "group"
+    """How teacher rows get an advantage: "group" (the group's mean and std include them) or
+    "baseline" (against the student group's mean and std, which exclude them)."""
+    gate_aligned: bool = True
+    align_metric: str = "gap"
+    """"gap": mean over the trajectory's tokens of lp_T - lp_S, passes when <= tau_align;
+    "loglik": the student's mean per-token log-likelihood lp_S, passes when >= tau_align."""
+    tau_align: float = 1.5
+    gate_advantage: bool = True
+    tau_adv: float = 0.1
+    """A teacher trajectory raises reward when its advantage is at least this."""
+    gate_explore: bool = True
+    tau_success: float = 0.5
+    """Prompts the student solves at this rate or more are left to RL (no imitation)."""
+    success_reward: float = 1.0
+    """A sample succeeds when its reward is at least this."""
+    distill_loss: str = "ratio"
+    """"ratio": the RL loss's clipped ratio (TRRD's, or GRPO's under algorithm=grpo) on the
+    teacher's tokens, importance-weighted from the teacher to the ratio's anchor and truncated at
+    importance_cap; "nll": token negative log-likelihood (behaviour cloning)."""
+    importance_cap: float = 1.0
+    """Truncation of the "ratio" term's importance weight (pi_old / pi_T)^alpha (math.inf: none)."""
+    weight: float = 1.0
+    """lambda: the distillation term's weight."""
+    weight_end: Optional[float] = None
+    """Anneal lambda linearly from `weight` to this over weight_steps steps (None: constant)."""
+    weight_steps: int = 0
 
 
 @dataclass
@@ -246,6 +304,7 @@ class RunConfig:
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
+    imitation: ImitationConfig = field(default_factory=ImitationConfig)
     optimizer: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -254,7 +313,27 @@ class RunConfig:
 
     @property
     def loss_name(self) -> str:
+        """The registered loss of the update: the algorithm's, or "joint" (RL + imitation of
+        teacher trajectories) when rollout.teacher_samples > 0."""
+        return "joint" if self.uses_trajectories else ALGORITHMS[self.algorithm]
+
+    @property
+    def rl_loss_name(self) -> str:
+        """The RL loss on the student's own rows (inside "joint" when it is used)."""
         return ALGORITHMS[self.algorithm]
+
+    @property
+    def uses_trajectories(self) -> bool:
+        return self.rollout.teacher_samples > 0
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.algorithm in NEEDS_TEACHER or self.uses_trajectories
+
+    @property
+    def kl_beta(self) -> float:
+        """The active loss's reference-KL weight (0 when its loss has none)."""
+        return getattr(getattr(self.loss, self.rl_loss_name), "kl_beta", 0.0)
 
     @property
     def checkpoint_dir(self) -> str:

@@ -3,12 +3,16 @@
     for each step:
         prompts   <- sampler                                   data/sampler.py
         rollout   <- G student samples per prompt              rollout/ (KV cache, TP/PP)
+       [+ K teacher trajectories per prompt                    rollout.teacher_samples]
         rewards   <- verifiable reward of each sample          data/rewards.py
         A         <- GRPO group normalisation                  data/advantages.py
         lp_old    <- student forward-only pass                 models/forward.py
+       [lp_ref    <- student pass with pi_ref swapped in       models/reference.py, kl_beta > 0]
         lp_T      <- teacher forward-only pass (fused)         models/forward.py
         mask_T    <- selective imitation                       data/selection.py
+                     [+ the three gates on teacher rows]
         update    <- TRRD (or GRPO/KDRL) loss, optimizer steps train/step.py, losses/
+                     [+ lambda * distillation on selected teacher rows: losses/joint.py]
         log, checkpoint, preemption check
 
 `algorithm` picks the loss (train/config.py ALGORITHMS) and, for sft / sft_distill, the
@@ -27,7 +31,10 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import torch
+
 from rlad_megatron.data.batch import TrainBatch
+from rlad_megatron.losses import distill_share
 from rlad_megatron.rollout import generate
 from rlad_megatron.runtime import print0
 from rlad_megatron.train import phases
@@ -45,33 +52,45 @@ log = logging.getLogger("rlad_megatron.train")
 
 def rl_step(run: Run, step: int) -> dict[str, float]:
     cfg, timer = run.cfg, run.timer
+    teacher_rows, ref, teacher = None, None, None
     with timer.phase("rollout"):
         items = phases.dp_shard(run, run.sampler.next(cfg.rollout.prompts_per_step))
         rollout = phases.rollout(run, items, step)
+    if cfg.uses_trajectories:
+        with timer.phase("teacher_rollout"):
+            rollout, teacher_rows = phases.with_teacher_trajectories(run, items, step, rollout)
     with timer.phase("reward"):
         rewards, texts = phases.score(run, rollout, items)
-        advantages, loss_mask = phases.advantages(run, rewards, rollout)
+        advantages, loss_mask = phases.advantages(run, rewards, rollout, teacher_rows)
     with timer.phase("old_logprobs"):
         old = phases.logprobs(run, run.student, rollout.tokens, fused=False)
-    teacher = None
+    if run.reference is not None:
+        with timer.phase("ref_logprobs"):
+            ref = phases.reference_logprobs(run, rollout.tokens)
     if run.teacher is not None:
         with timer.phase("teacher_logprobs"):
             teacher = phases.logprobs(run, run.teacher, rollout.tokens, fused=True)
-        phases.teacher_guard(run, teacher, loss_mask)
+        phases.teacher_guard(run, teacher, rollout.loss_mask)
     batch = phases.select(run, TrainBatch.from_rollout(
         dataclasses.replace(rollout, loss_mask=loss_mask), rewards=rewards,
-        advantages=advantages, old_logprobs=old, teacher_logprobs=teacher))
+        advantages=advantages, old_logprobs=old, teacher_logprobs=teacher,
+        ref_logprobs=ref, teacher_rows=teacher_rows),
+        rollout.loss_mask)
     with timer.phase("update"):
         metrics = phases.update(run, batch, step, cfg.train.mini_batches)
-    masked = float((loss_mask.sum(1) == 0).float().mean())  # rows without loss tokens
+    student = ~teacher_rows if teacher_rows is not None else torch.ones_like(rewards, dtype=bool)
+    masked = float((loss_mask[student].sum(1) == 0).float().mean())  # rows without loss tokens
     selected = batch.selected_frac
     metrics.update(phases.dp_mean(run, {
-        "rollout/reward_mean": float(rewards.mean()),
-        "rollout/response_len": float(rollout.response_lengths.float().mean()),
+        "rollout/reward_mean": float(rewards[student].mean()),
+        "rollout/response_len": float(rollout.response_lengths[student].float().mean()),
         "rollout/masked_frac": masked,
         "selection/selected_frac": 0.0 if selected is None or math.isnan(selected) else selected,
         "throughput/tokens": float(rollout.tokens.numel()),
+        **(phases.imitation_metrics(run, batch) if batch.gates is not None else {}),
     }))
+    if cfg.uses_trajectories:
+        metrics["joint/distill_share"] = distill_share(metrics)
     metrics["_sample"] = texts[0] if texts else ""
     return metrics
 

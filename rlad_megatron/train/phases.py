@@ -10,6 +10,7 @@ pipeline group so that every stage holds the complete TrainBatch.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from typing import Optional
@@ -17,10 +18,10 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from rlad_megatron.data.advantages import get_advantage_estimator
-from rlad_megatron.data.batch import RolloutBatch, TrainBatch
+from rlad_megatron.data.advantages import with_teacher_rows
+from rlad_megatron.data.batch import RolloutBatch, TrainBatch, interleave_groups
 from rlad_megatron.data.formats import encode_prompt
-from rlad_megatron.data.selection import select_teacher_tokens
+from rlad_megatron.data.selection import gate_trajectories, select_teacher_tokens
 from rlad_megatron.data.tasks import PromptItem
 from rlad_megatron.losses import check_teacher_logprobs, kdrl_beta
 from rlad_megatron.models.forward import forward_logprobs
@@ -68,6 +69,25 @@ def rollout(run, items: list[PromptItem], step: int, model=None) -> RolloutBatch
                     seed=run.cfg.seed * 1_000_003 + step)
 
 
+TEACHER_SEED_OFFSET = 500_000_009
+"""Teacher trajectories draw their own noise stream (seed offset), never the student's."""
+
+
+def with_teacher_trajectories(run, items: list[PromptItem], step: int,
+                              student: RolloutBatch) -> tuple[RolloutBatch, torch.Tensor]:
+    """rollout.teacher_samples trajectories per prompt from the teacher (same sampler, KV cache,
+    temperature and lengths as the student's rollout), interleaved after each prompt's G student
+    rows. Returns the batch and teacher_rows [b] bool."""
+    r = run.cfg.rollout
+    gen = generation_config(run, samples=r.teacher_samples, temperature=r.temperature,
+                            top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens)
+    teacher = generate(run.teacher, prompt_ids(run, items), gen,
+                       seed=run.cfg.seed * 1_000_003 + step + TEACHER_SEED_OFFSET)
+    return interleave_groups(student, teacher, group_size=r.group_size,
+                             teacher_samples=r.teacher_samples,
+                             pad_token_id=run.tokenizer.pad_id or 0)
+
+
 def completions(run, batch: RolloutBatch) -> list[str]:
     """Decoded responses (EOS dropped; ids the tokenizer does not know, from model vocabulary
     rows beyond it, are dropped too)."""
@@ -90,13 +110,17 @@ def score(run, batch: RolloutBatch, items: list[PromptItem]) -> tuple[torch.Tens
     return torch.tensor(rewards, dtype=torch.float32), texts
 
 
-def advantages(run, rewards: torch.Tensor, batch: RolloutBatch):
-    """[b] group-normalised advantages and the loss mask (zero-variance groups masked out when
-    advantage.drop_zero_variance: the rows stay, so every rank keeps its shape)."""
+def advantages(run, rewards: torch.Tensor, batch: RolloutBatch,
+               teacher_rows: Optional[torch.Tensor] = None):
+    """[b] group-normalised advantages and the RL loss mask (zero-variance groups masked out when
+    advantage.drop_zero_variance: the rows stay, so every rank keeps its shape). Teacher rows get
+    their advantage by imitation.advantage and are left out of the RL loss mask."""
     a = run.cfg.advantage
-    adv, keep = get_advantage_estimator(a.estimator)(
-        rewards, batch.group_ids, eps=a.eps, drop_zero_variance=a.drop_zero_variance)
-    return adv, batch.loss_mask & keep[:, None]
+    rows = torch.zeros(batch.batch_size, dtype=torch.bool) if teacher_rows is None else teacher_rows
+    adv, keep = with_teacher_rows(a.estimator, rewards, batch.group_ids, rows,
+                                  mode=run.cfg.imitation.advantage, eps=a.eps,
+                                  drop_zero_variance=a.drop_zero_variance)
+    return adv, batch.loss_mask & (keep & ~rows)[:, None]
 
 
 def _pp_broadcast(run, value: Optional[torch.Tensor], shape) -> torch.Tensor:
@@ -125,24 +149,66 @@ def teacher_guard(run, teacher_lp: torch.Tensor, loss_mask: torch.Tensor) -> Non
     agree_or_raise(error)
 
 
-def select(run, batch: TrainBatch) -> TrainBatch:
+def reference_logprobs(run, tokens: torch.Tensor) -> Optional[torch.Tensor]:
+    """[b, s] log-probs under pi_ref (the student's starting weights, swapped in from host
+    memory; models/reference.py), or None when the loss has no reference KL."""
+    if run.reference is None:
+        return None
+    with run.reference.swapped_into(run.student):
+        return logprobs(run, run.student, tokens, fused=False)
+
+
+def select(run, batch: TrainBatch, response_mask: torch.Tensor) -> TrainBatch:
+    """The paper's teacher mask on the student's rows and, with teacher trajectories, the three
+    gates on the teacher's rows (response_mask [b, s]: every row's response tokens)."""
     s = run.cfg.selection
     if batch.teacher_logprobs is None:
         return batch
     selection = select_teacher_tokens(batch.advantages, batch.old_logprobs,
                                       batch.teacher_logprobs, batch.loss_mask, policy=s.policy,
                                       tau_adv=s.tau_adv, tau_align=s.tau_align)
-    return batch.with_selection(selection)
+    batch = batch.with_selection(selection)
+    if batch.teacher_rows is None:
+        return batch
+    im = run.cfg.imitation
+    gates = gate_trajectories(
+        teacher_rows=batch.teacher_rows, group_ids=batch.group_ids, rewards=batch.rewards,
+        advantages=batch.advantages, old_logprobs=batch.old_logprobs,
+        teacher_logprobs=batch.teacher_logprobs, response_mask=response_mask,
+        align_metric=im.align_metric, tau_align=im.tau_align, tau_adv=im.tau_adv,
+        tau_success=im.tau_success, success_reward=im.success_reward,
+        use_aligned=im.gate_aligned, use_advantage=im.gate_advantage,
+        use_explore=im.gate_explore)
+    return dataclasses.replace(batch, gates=gates,
+                               distill_mask=response_mask.bool() & gates.selected[:, None])
+
+
+def imitation_metrics(run, batch: TrainBatch) -> dict[str, float]:
+    """Teacher-row reward, each gate's pass rate and the aligned gate's mean metric (this rank's
+    rows; dp_mean them: every rank holds the same number of teacher rows)."""
+    g = batch.gates
+    rows = g.teacher_rows
+    out = {f"imitation/pass_{k}": v for k, v in g.pass_rates().items()}
+    out["imitation/teacher_reward"] = float(batch.rewards[rows].mean())
+    out["imitation/alignment_mean"] = float(g.alignment[rows].mean())
+    out["imitation/teacher_advantage"] = float(batch.advantages[rows].mean())
+    return out
 
 
 def loss_spec(run, step: int) -> LossSpec:
-    cfg, name = run.cfg, run.cfg.loss_name
+    cfg, name = run.cfg, run.cfg.rl_loss_name
     section = getattr(cfg.loss, name)
     kwargs = {k: getattr(section, k) for k in section.__dataclass_fields__}
     if name == "kdrl":
         init, low, steps = kwargs.pop("beta_init"), kwargs.pop("beta_min"), kwargs.pop("anneal_steps")
         kwargs["beta"] = init if steps == 0 else kdrl_beta(step, init, low, steps)
-    return LossSpec(name, kwargs)
+    if not cfg.uses_trajectories:
+        return LossSpec(name, kwargs)
+    im = cfg.imitation
+    weight = im.weight if im.weight_end is None else kdrl_beta(step, im.weight, im.weight_end,
+                                                               im.weight_steps)
+    return LossSpec("joint", {"rl": name, "rl_options": kwargs, "distill": im.distill_loss,
+                              "weight": weight, "importance_cap": im.importance_cap})
 
 
 def update(run, batch: TrainBatch, step: int, mini_batches: int) -> dict[str, float]:

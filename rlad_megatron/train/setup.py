@@ -32,7 +32,8 @@ from rlad_megatron.models.build import (BuiltModel, Student, Teacher, build_stud
 from rlad_megatron.models.spec import ModelSpec, get_preset
 from rlad_megatron.runtime import DistEnv, Parallel, init_distributed, init_parallel, print0
 from rlad_megatron.train import checkpoint as tckpt
-from rlad_megatron.train.config import NEEDS_TEACHER, ModelConfig, RunConfig, to_yaml
+from rlad_megatron.models.reference import ReferenceWeights
+from rlad_megatron.train.config import ModelConfig, RunConfig, to_yaml
 from rlad_megatron.train.metrics import open_metrics
 from rlad_megatron.train.phases import agree_or_raise
 from rlad_megatron.train.timers import PhaseTimer
@@ -60,6 +61,8 @@ class Run:
     state: tckpt.TrainState
     config_yaml: str
     resumed_from: Optional[str] = None
+    reference: Optional[ReferenceWeights] = None
+    """pi_ref of the reference KL (loss.*.kl_beta > 0): the student's starting weights."""
     extras: dict = field(default_factory=dict)
 
     @property
@@ -191,7 +194,7 @@ def setup(cfg: RunConfig) -> Run:
         except ValueError as e:
             error = str(e)
     agree_or_raise(error)  # every rank raises the same error, none waits for the others
-    teacher_needed = cfg.algorithm in NEEDS_TEACHER
+    teacher_needed = cfg.needs_teacher
     tok = load_tokenizers(cfg, teacher_needed)
     student_spec = resolve_spec(cfg.student, "student", tok)
     teacher_spec = resolve_spec(cfg.teacher, "teacher", tok) if teacher_needed else None
@@ -209,6 +212,8 @@ def setup(cfg: RunConfig) -> Run:
                                 student_spec=student_spec)
         init_weights(teacher, cfg.teacher, seed=cfg.seed + 1)
     init_weights(student, cfg.student, seed=cfg.seed)
+    # pi_ref: the starting weights, taken before a resume loads the trained ones
+    reference = ReferenceWeights.snapshot(student) if cfg.kl_beta else None
     scheduler = build_scheduler(cfg, student)
 
     run_dir = Path(cfg.run_dir)
@@ -229,7 +234,7 @@ def setup(cfg: RunConfig) -> Run:
     run = Run(cfg=cfg, env=env, par=par, tokenizer=tok, student=student, teacher=teacher,
               scheduler=scheduler, splits=splits, sampler=sampler, fmt=fmt, reward_fn=reward_fn,
               metrics=None, timer=PhaseTimer(), state=state, config_yaml=config_yaml,
-              resumed_from=resumed)
+              resumed_from=resumed, reference=reference)
     run.metrics = open_metrics(
         run_dir, enabled=run.is_logging_rank, tensorboard=cfg.logging.tensorboard,
         wandb_project=cfg.logging.wandb_project, wandb_entity=cfg.logging.wandb_entity,

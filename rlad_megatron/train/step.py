@@ -8,15 +8,19 @@ train/phases.py):
      log-probs (ops.token_logprobs, never gathering the vocabulary) and calls the loss;
   3. the optimizer step (megatron's optimizer; grad clipping and the grad norm included).
 
-Exactness under micro-batching and DP: the loss is called with the global normaliser N, so the
-sum of its values over micro-batches and DP ranks is the loss of the whole mini-batch. Megatron
-runs with calculate_per_token_loss (models/build.py): loss_func returns (loss * N, n_local,
-statistics), the schedule does not divide, DDP sums over DP, and finalize_model_grads divides the
-gradients by sum(n_local) = N. The gradient is therefore exactly that of the whole-batch loss.
+Exactness under micro-batching and DP: the loss is called with its global normalisers (the
+counts it takes among num_seqs / num_tokens over loss_mask and distill_num_seqs /
+distill_num_tokens over distill_mask, summed over the mini-batch's DP ranks in one all-reduce),
+so the sum of its values over micro-batches and DP ranks is the loss of the whole mini-batch.
+Megatron runs with calculate_per_token_loss (models/build.py): loss_func returns (loss * R,
+r_local, statistics) with R the mini-batch's rows over all DP ranks and r_local the micro-batch's
+rows; the schedule does not divide, DDP sums over DP, and finalize_model_grads divides the
+gradients by sum(r_local) = R. The gradient is therefore exactly that of the whole-batch loss,
+whatever normalisers the loss uses inside (R is never 0, unlike a loss-token count).
 
 A loss reads batch fields by parameter name: `logprobs` is computed here; every other tensor
 parameter of the loss (old_logprobs, teacher_logprobs, advantages, loss_mask, teacher_mask,
-ref_logprobs) is taken from the TrainBatch field of the same name. Metrics are the losses'
+ref_logprobs, distill_mask) is taken from the TrainBatch field of the same name. Metrics are the losses'
 sufficient statistics (losses/metrics.py), merged over micro-batches, all-reduced over DP with
 each key's op, finalised, and shared with every pipeline stage.
 """
@@ -40,7 +44,10 @@ from rlad_megatron.runtime.cpu_shims import cuda_to_cpu
 
 _DIST_OPS = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
 _BATCH_INPUTS = ("old_logprobs", "teacher_logprobs", "advantages", "loss_mask", "teacher_mask",
-                 "ref_logprobs")
+                 "ref_logprobs", "distill_mask")
+_NORMALISERS = {"num_seqs": "loss_mask", "num_tokens": "loss_mask",
+                "distill_num_seqs": "distill_mask", "distill_num_tokens": "distill_mask"}
+"""Loss parameter -> the batch mask it counts (global_normalizers' key without the prefix)."""
 
 
 @dataclass
@@ -52,14 +59,6 @@ class LossSpec:
 
     def function(self) -> Callable:
         return get_loss(self.name)
-
-    def agg(self) -> str:
-        default = inspect.signature(self.function()).parameters["agg"].default
-        return self.kwargs.get("agg", default)
-
-    def normaliser(self) -> str:
-        """The global count the aggregation divides by: "num_seqs" or "num_tokens"."""
-        return "num_seqs" if self.agg() == "seq_mean_token_mean" else "num_tokens"
 
 
 def _loss_inputs(fn: Callable, batch: TrainBatch) -> dict:
@@ -74,9 +73,18 @@ def _loss_inputs(fn: Callable, batch: TrainBatch) -> dict:
     return inputs
 
 
-def _local_count(batch: TrainBatch, key: str) -> torch.Tensor:
-    """This rank's sequences or loss tokens (`key` of losses.global_normalizers)."""
-    return global_normalizers(batch.loss_mask)[key].to(torch.int64)
+def _local_counts(fn: Callable, batch: TrainBatch) -> dict[str, torch.Tensor]:
+    """This rank's counts of every normaliser `fn` takes (_NORMALISERS), and "rows"."""
+    params = inspect.signature(fn).parameters
+    out = {"rows": torch.tensor(batch.batch_size, dtype=torch.int64)}
+    for name, mask_field in _NORMALISERS.items():
+        if name in params:
+            mask = getattr(batch, mask_field)
+            if mask is None:
+                raise ValueError(f"loss {fn.__name__} needs batch.{mask_field}, which is not set")
+            key = name.removeprefix("distill_")
+            out[name] = global_normalizers(mask)[key].to(torch.int64)
+    return out
 
 
 def reduce_metrics(stats: dict, dp_group) -> dict:
@@ -98,8 +106,10 @@ def forward_backward(student: Student, batch: TrainBatch, loss: LossSpec, *,
         raise ValueError(f"micro_batch_size: {micro_batch_size} does not divide the per-rank "
                          f"batch of {batch.batch_size} sequences (pipeline shapes are fixed)")
     fn = loss.function()
-    norm_key = loss.normaliser()
-    n_global = devices.all_reduce(_local_count(batch, norm_key), group=par.dp_group)
+    local = _local_counts(fn, batch)
+    totals = devices.all_reduce(torch.stack(list(local.values())), group=par.dp_group)
+    counts = dict(zip(local, totals))
+    rows = counts.pop("rows")
     vocab = student.spec.vocab_size
     parts = batch.split(micro_batch_size)
     micro_batches = [MicroBatch.from_tokens(p.tokens, i) for i, p in enumerate(parts)]
@@ -115,11 +125,10 @@ def forward_backward(student: Student, batch: TrainBatch, loss: LossSpec, *,
                       for k, v in _loss_inputs(fn, part).items()}
             lp = align_to_tokens(ops.token_logprobs(logits, mb.labels, par.tp_group,
                                                     temperature=temperature, vocab_size=vocab))
-            value, stats = fn(lp, **inputs, **loss.kwargs,
-                              **{norm_key: n_global})
+            value, stats = fn(lp, **inputs, **loss.kwargs, **counts)
             collected.append({k: v.cpu() for k, v in stats.items()})
-            n_local = _local_count(part, norm_key).to(torch.int).to(logits.device)
-            return value * n_global.to(value.dtype).to(value.device), n_local, {}
+            n_local = torch.tensor(part.batch_size, dtype=torch.int, device=logits.device)
+            return value * rows.to(value.dtype).to(value.device), n_local, {}
 
         return out, loss_func
 

@@ -13,7 +13,7 @@ from rlad_megatron.data.difficulty import check_level_sizes, level_config
 from rlad_megatron.data.formats import COMPACT_TASKS
 from rlad_megatron.data.tasks import check_task_config
 from rlad_megatron.models.spec import PRESETS, ModelSpec
-from rlad_megatron.train.config import ALGORITHMS, NEEDS_TEACHER, RunConfig
+from rlad_megatron.train.config import ALGORITHMS, TRAJECTORY_ALGORITHMS, RunConfig
 
 _CHOICES = {
     "data.format": ("chat", "compact"),
@@ -23,6 +23,9 @@ _CHOICES = {
     "selection.policy": ("paper", "advantage", "alignment", "both"),
     "advantage.estimator": ("grpo", "dr_grpo"),
     "loss.trrd.clamp_grad": ("detach", "straight_through"),
+    "imitation.advantage": ("group", "baseline"),
+    "imitation.align_metric": ("gap", "loglik"),
+    "imitation.distill_loss": ("ratio", "nll"),
     "student.dtype": ("fp32", "bf16", "fp16"),
     "teacher.dtype": ("fp32", "bf16", "fp16"),
 }
@@ -75,7 +78,8 @@ def validate_run_config(cfg: RunConfig, world_size: int = 1, check_files: bool =
     cfg.parallel.validate(world_size)
     dp = world_size // (cfg.parallel.tensor * cfg.parallel.pipeline)
     _model(cfg, "student", check_files)
-    if cfg.algorithm in NEEDS_TEACHER:
+    _imitation(cfg)
+    if cfg.needs_teacher:
         _model(cfg, "teacher", check_files)
     _positive(cfg, "train.steps", "train.micro_batch_size", "train.mini_batches",
               "train.sft_batch_size", "train.max_consecutive_bad_steps", "rollout.prompts_per_step",
@@ -105,8 +109,9 @@ def validate_run_config(cfg: RunConfig, world_size: int = 1, check_files: bool =
             raise ValueError(f"rollout.prompts_per_step = {cfg.rollout.prompts_per_step} is not "
                              f"divisible by the data-parallel size {dp} (a prompt's group of "
                              "samples stays on one rank)")
-        per_rank = cfg.rollout.prompts_per_step // dp * cfg.rollout.group_size
-        what = "rollout.prompts_per_step * rollout.group_size"
+        per_rank = cfg.rollout.prompts_per_step // dp * (cfg.rollout.group_size +
+                                                          cfg.rollout.teacher_samples)
+        what = "rollout.prompts_per_step * (rollout.group_size + rollout.teacher_samples)"
     # the SFT paths take one optimizer step per batch: mini_batches is an RL setting
     m, mini = cfg.train.micro_batch_size, cfg.train.mini_batches
     step, names = ((m, f"train.micro_batch_size = {m}") if is_sft else
@@ -175,20 +180,53 @@ def _losses(cfg: RunConfig) -> None:
         agg = getattr(cfg.loss, name).agg
         if agg not in AGGREGATIONS:
             raise ValueError(f"loss.{name}.agg: {agg!r} is not one of {', '.join(AGGREGATIONS)}")
-    for key, value in (("loss.trrd.kl_estimator", t.kl_estimator),
-                       ("loss.kdrl.kl_estimator", cfg.loss.kdrl.kl_estimator)):
-        if value not in KL_ESTIMATORS:
-            raise ValueError(f"{key}: {value!r} is not one of {', '.join(KL_ESTIMATORS)}")
+    if cfg.loss.kdrl.kl_estimator not in KL_ESTIMATORS:
+        raise ValueError(f"loss.kdrl.kl_estimator: {cfg.loss.kdrl.kl_estimator!r} is not one of "
+                         f"{', '.join(KL_ESTIMATORS)}")
     if t.teacher_logratio_clamp <= 0:
         raise ValueError(f"loss.trrd.teacher_logratio_clamp: {t.teacher_logratio_clamp} must "
                          f"be > 0")
-    if t.kl_beta != 0:
-        raise ValueError(f"loss.trrd.kl_beta: {t.kl_beta}: the reference-model KL of the paper's "
-                         f"Eq. 4 needs reference log-probs, which this version does not compute; "
-                         f"use 0")
+    for name in ("trrd", "grpo"):
+        sec = getattr(cfg.loss, name)
+        if sec.kl_beta < 0:
+            raise ValueError(f"loss.{name}.kl_beta: {sec.kl_beta} must be >= 0")
+        if sec.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"loss.{name}.kl_estimator: {sec.kl_estimator!r} is not one of "
+                             f"{', '.join(KL_ESTIMATORS)}")
+    if cfg.kl_beta and cfg.algorithm not in ("rlad", "grpo"):
+        raise ValueError(f"loss.{cfg.rl_loss_name}.kl_beta: the reference KL applies to "
+                         f"algorithm rlad or grpo, not {cfg.algorithm}")
     k = cfg.loss.kdrl
     if not 0 <= k.beta_min <= k.beta_init:
         raise ValueError(f"loss.kdrl.beta_min: {k.beta_min} must be in [0, loss.kdrl.beta_init "
                          f"= {k.beta_init}]")
     if k.anneal_steps < 0:
         raise ValueError(f"loss.kdrl.anneal_steps: {k.anneal_steps} must be >= 0")
+
+
+def _imitation(cfg: RunConfig) -> None:
+    """rollout.teacher_samples and the imitation.* options (checked whether or not they are used:
+    a bad value is a typo either way)."""
+    k, im = cfg.rollout.teacher_samples, cfg.imitation
+    if k < 0:
+        raise ValueError(f"rollout.teacher_samples must be >= 0, got {k}")
+    if k and cfg.algorithm not in TRAJECTORY_ALGORITHMS:
+        raise ValueError(f"rollout.teacher_samples: {k} teacher trajectories join the RL loss of "
+                         f"algorithm {' or '.join(TRAJECTORY_ALGORITHMS)}, not {cfg.algorithm}")
+    t = cfg.teacher
+    if k and not (t.preset or t.spec or t.checkpoint):
+        raise ValueError(f"rollout.teacher_samples: {k} needs a teacher to generate the "
+                         f"trajectories: set teacher.checkpoint (or teacher.preset)")
+    for key in ("weight", "weight_steps"):
+        if getattr(im, key) < 0:
+            raise ValueError(f"imitation.{key} (lambda) must be >= 0, got {getattr(im, key)}"
+                             if key == "weight" else
+                             f"imitation.{key} must be >= 0, got {getattr(im, key)}")
+    if im.weight_end is not None and im.weight_end < 0:
+        raise ValueError(f"imitation.weight_end (lambda at the end) must be >= 0, got "
+                         f"{im.weight_end}")
+    if not im.importance_cap > 0:
+        raise ValueError(f"imitation.importance_cap must be > 0 (.inf: no truncation), got "
+                         f"{im.importance_cap}")
+    if not 0 < im.tau_success <= 1:
+        raise ValueError(f"imitation.tau_success must be in (0, 1], got {im.tau_success}")

@@ -30,8 +30,14 @@ LOSSES = [
     LossSpec("grpo", {"agg": "token_mean"}),
     LossSpec("kdrl", {"beta": 0.1, "kl_estimator": "k3"}),
     LossSpec("sft", {}),
+    LossSpec("trrd", {"kl_beta": 0.2, "kl_estimator": "k2"}),
+    LossSpec("joint", {"rl": "trrd", "rl_options": {"alpha": 0.4}, "distill": "ratio",
+                       "weight": 0.7, "importance_cap": 1.5}),
+    LossSpec("joint", {"rl": "grpo", "rl_options": {"agg": "token_mean", "kl_beta": 0.1},
+                       "distill": "nll", "weight": 0.3}),
 ]
-LOSS_IDS = ["trrd", "trrd-a0.3-token-mean-st", "grpo-token-mean", "kdrl-k3", "sft"]
+LOSS_IDS = ["trrd", "trrd-a0.3-token-mean-st", "grpo-token-mean", "kdrl-k3", "sft",
+            "trrd-refkl-k2", "joint-trrd-ratio", "joint-grpo-nll-refkl"]
 
 
 def _batch(spec, weights, b=4, s=10, seed=0):
@@ -50,7 +56,11 @@ def _batch(spec, weights, b=4, s=10, seed=0):
         sampler_logprobs=old, group_ids=torch.arange(b) // 2,
         rewards=torch.randn(b, generator=g), advantages=torch.randn(b, generator=g),
         old_logprobs=old, teacher_logprobs=teacher,
-        teacher_mask=torch.rand(b, s, generator=g) > 0.3)
+        teacher_mask=torch.rand(b, s, generator=g) > 0.3,
+        ref_logprobs=(lp + 0.3 * torch.randn(b, s, generator=g, dtype=torch.float64)).float(),
+        # distilled rows 0 and 1 only: under DP=2 one rank holds every distilled row and the
+        # other none, so the distillation term's normaliser must be the global one
+        distill_mask=mask & (torch.arange(b) < 2)[:, None])
 
 
 def _reference(spec, weights, batch, loss):
@@ -59,7 +69,8 @@ def _reference(spec, weights, batch, loss):
     fn = get_loss(loss.name)
     d = lambda t: t.double() if t is not None and t.is_floating_point() else t  # noqa: E731
     inputs = {k: d(getattr(batch, k)) for k in ("old_logprobs", "teacher_logprobs", "advantages",
-                                                "loss_mask", "teacher_mask")
+                                                "loss_mask", "teacher_mask", "ref_logprobs",
+                                                "distill_mask")
               if k in fn.__code__.co_varnames}
     value, _ = fn(lp, **inputs, **loss.kwargs)
     value.backward()

@@ -120,3 +120,58 @@ def test_evaluation_is_the_same_at_dp2_and_tp2(shared_tmp_path):
     # a sampled evaluation of random weights: response lengths vary, so equal lengths mean equal
     # draws (not a vacuous match of all-zero rewards)
     assert_all_ranks(0 < m_dp["eval/response_len"] < 10, f"{m_dp}")
+
+
+@pytest.mark.parametrize("layout", [["parallel.tensor=2"], ["parallel.pipeline=2"]],
+                         ids=["tp2", "pp2"])
+def test_rlad_with_teacher_trajectories_and_reference_kl_end_to_end(shared_tmp_path, layout):
+    """The description's three steps as an option of `rlad train`: the teacher generates 2
+    trajectories per prompt, the gates (switched off here, so every teacher row is imitated)
+    select them, and the joint loss trains on both kinds of row, with the reference KL on."""
+    name = f"traj_{layout[0].split('.')[1].split('=')[0]}"
+    cfg = _config(shared_tmp_path, name, "rlad", *layout, "rollout.teacher_samples=2",
+                  "imitation.gate_aligned=false", "imitation.gate_advantage=false",
+                  "imitation.gate_explore=false", "imitation.weight=0.5",
+                  "loss.trrd.kl_beta=0.05")
+    summary = train(cfg)
+    destroy_parallel()
+    assert_all_ranks(summary["last_step"] == 2, f"{summary}")
+    ok, detail = True, ""
+    if torch.distributed.get_rank() == 0:
+        steps = [m for m in _metrics(shared_tmp_path / name) if "loss/joint" in m]
+        detail = f"{steps}"
+        ok = [m["step"] for m in steps] == [1, 2] and all(
+            m["distill/tokens"] > 0 and m["imitation/pass_selected"] == 1.0
+            and 0 < m["joint/distill_share"] < 1 and "imitation/teacher_reward" in m
+            and m["kl/ref_mean"] >= 0 and m["time/teacher_rollout_s"] > 0 for m in steps)
+    assert_all_ranks(ok, f"teacher trajectories at {layout}: {detail}")
+
+
+def test_reference_kl_is_zero_before_the_first_update_and_positive_after(shared_tmp_path):
+    """pi_ref is the student's starting weights, swapped in from host memory: the reference pass
+    equals the old-policy pass before any update, differs after one, and swapping it in and out
+    leaves the student's weights bit-identical."""
+    from rlad_megatron.train import phases
+
+    cfg = _config(shared_tmp_path, "refkl", "grpo", "parallel.tensor=2", "loss.grpo.kl_beta=0.1",
+                  "train.mini_batches=1", "optimizer.lr=3e-2")
+    run = setup(cfg)
+    tokens = torch.randint(0, 19, (4, 12), generator=torch.Generator().manual_seed(1))
+    params = lambda: [p.detach().clone() for m in run.student.modules for p in m.parameters()]  # noqa: E731
+    before = params()
+    old = phases.logprobs(run, run.student, tokens, fused=False)
+    ref = phases.reference_logprobs(run, tokens)
+    same = all(torch.equal(a, b) for a, b in zip(before, params()))
+    assert_all_ranks(torch.equal(ref, old) and same, "reference pass before any update")
+    train(cfg, run)
+    after = phases.logprobs(run, run.student, tokens, fused=False)
+    ref_after = phases.reference_logprobs(run, tokens)
+    destroy_parallel()
+    assert_all_ranks(torch.equal(ref_after, ref) and not torch.allclose(after, ref, atol=1e-4),
+                     "the reference stays the starting model while the student moves")
+    ok, detail = True, ""
+    if torch.distributed.get_rank() == 0:
+        kl = [m["kl/ref_mean"] for m in _metrics(shared_tmp_path / "refkl") if "kl/ref_mean" in m]
+        detail = f"kl/ref_mean per step {kl}"
+        ok = len(kl) == 2 and abs(kl[0]) < 1e-9 and kl[1] > 1e-7
+    assert_all_ranks(ok, detail)

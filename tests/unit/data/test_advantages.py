@@ -4,6 +4,8 @@ Guards the population std (1/G), the Dr. GRPO variant, zero-variance groups (adv
 dropped or kept), and groups whose rows are not contiguous.
 """
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -88,3 +90,32 @@ def test_group_size_must_divide_rows():
     assert group_ids_from_size(6, 3).tolist() == [0, 0, 0, 1, 1, 1]
     with pytest.raises(ValueError, match="group_size: 4"):
         group_ids_from_size(6, 4)
+
+
+# ---- teacher rows (with_teacher_rows) ----------------------------------------------------------
+from rlad_megatron.data.advantages import with_teacher_rows  # noqa: E402
+
+
+def test_teacher_rows_inside_the_group_statistics():
+    rewards = torch.tensor([0.0, 0.0, 1.0, 1.0])          # students 0, 0, 1; teacher 1
+    teacher = torch.tensor([False, False, False, True])
+    adv, keep = with_teacher_rows("grpo", rewards, torch.zeros(4, dtype=torch.long), teacher,
+                                  mode="group", eps=0.0)
+    mean, std = 0.5, 0.5
+    assert adv.tolist() == pytest.approx([(r - mean) / std for r in rewards.tolist()])
+    assert keep.all()
+
+
+def test_teacher_rows_against_the_student_baseline():
+    rewards = torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0])
+    teacher = torch.tensor([False, False, False, True, False, False, False, True])
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    adv, keep = with_teacher_rows("grpo", rewards, groups, teacher, mode="baseline", eps=0.0)
+    m0, s0 = 1 / 3, math.sqrt(2 / 9)
+    assert adv[3].item() == pytest.approx((1 - m0) / s0)
+    assert adv[:3].tolist() == pytest.approx([(r - m0) / s0 for r in (0.0, 0.0, 1.0)])
+    # student group 1 has zero variance (all 1): its teacher row is centred, not divided by eps
+    assert adv[7].item() == pytest.approx(-1.0) and adv[4:7].abs().max() == 0
+    dr, _ = with_teacher_rows("dr_grpo", rewards, groups, teacher, mode="baseline")
+    assert dr[3].item() == pytest.approx(1 - m0)
+    assert keep.all()

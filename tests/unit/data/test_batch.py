@@ -58,3 +58,26 @@ def test_split_and_select_rows_keep_fields_aligned():
 def test_split_rejects_non_positive_size():
     with pytest.raises(ValueError, match="micro_batch_size"):
         rollout().split(0)
+
+
+def test_interleave_groups_puts_each_prompts_teacher_rows_after_its_students():
+    from rlad_megatron.data.batch import interleave_groups
+
+    def rollout(rows, width, offset):
+        tokens = torch.arange(rows * width).reshape(rows, width) + offset
+        mask = torch.ones(rows, width, dtype=torch.bool)
+        return RolloutBatch(tokens=tokens, prompt_lengths=torch.ones(rows, dtype=torch.long),
+                            response_lengths=torch.full((rows,), width - 1),
+                            loss_mask=mask, sampler_logprobs=torch.zeros(rows, width),
+                            group_ids=torch.arange(rows) // (rows // 2))
+
+    student, teacher = rollout(4, 3, 0), rollout(2, 5, 100)   # 2 prompts: G = 2, K = 1
+    merged, rows = interleave_groups(student, teacher, group_size=2, teacher_samples=1,
+                                     pad_token_id=-1)
+    assert rows.tolist() == [False, False, True, False, False, True]
+    assert merged.group_ids.tolist() == [0, 0, 0, 1, 1, 1]
+    assert merged.tokens[0].tolist() == [0, 1, 2, -1, -1]          # padded to the teacher's 5
+    assert merged.tokens[2].tolist() == [100, 101, 102, 103, 104]
+    assert merged.loss_mask[0].tolist() == [True, True, True, False, False]
+    with pytest.raises(ValueError, match="not 2 prompts of 2 \\+ 2"):
+        interleave_groups(student, teacher, group_size=2, teacher_samples=2)

@@ -67,3 +67,62 @@ def test_unknown_policy_lists_known_ones():
     assert set(SELECTION_POLICIES) == {"paper", "advantage", "alignment", "both"}
     with pytest.raises(ValueError, match=r"\['advantage', 'alignment', 'both', 'paper'\]"):
         select("random")
+
+
+# ---- the three gates on teacher trajectories (gate_trajectories) -----------------------------
+# two prompts, group ids 0 and 1; rows 0-2 students of prompt 0, row 3 its teacher row,
+# rows 4-6 students of prompt 1, row 7 its teacher row
+from rlad_megatron.data.selection import GATES, gate_trajectories, group_success_rate  # noqa: E402
+
+T_ROWS = torch.tensor([0, 0, 0, 1, 0, 0, 0, 1], dtype=torch.bool)
+GROUPS = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+REWARDS = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0])   # students 1/3 and 2/3 right
+ADVS = torch.tensor([0.0, 0.0, 0.0, 1.2, 0.0, 0.0, 0.0, 0.05])
+RESP = torch.zeros(8, 4, dtype=torch.bool)
+RESP[:, 1:3] = True
+S_LP = torch.full((8, 4), -0.5)
+S_LP[3, 1:3] = torch.tensor([-1.0, -3.0])    # student on teacher row 3: mean -2.0
+S_LP[7, 1:3] = torch.tensor([-0.4, -0.6])    # on row 7: mean -0.5
+T_LP = torch.full((8, 4), -0.1)              # the teacher: mean -0.1 -> gaps 1.9 and 0.4
+
+
+def gates(**kw):
+    args = dict(teacher_rows=T_ROWS, group_ids=GROUPS, rewards=REWARDS, advantages=ADVS,
+                old_logprobs=S_LP, teacher_logprobs=T_LP, response_mask=RESP)
+    return gate_trajectories(**args, **kw)
+
+
+def test_group_success_rate_counts_student_rows_only():
+    rate = group_success_rate(REWARDS, GROUPS, ~T_ROWS)
+    assert rate.tolist() == pytest.approx([1 / 3] * 4 + [2 / 3] * 4)
+
+
+def test_each_gate_hand_computed():
+    g = gates(tau_align=1.5, tau_adv=0.1, tau_success=0.5)
+    assert g.alignment[T_ROWS].tolist() == pytest.approx([1.9, 0.4])
+    assert g.passed["aligned"].nonzero().flatten().tolist() == [7]          # gap 0.4 <= 1.5
+    assert g.passed["raises_reward"].nonzero().flatten().tolist() == [3]    # A 1.2 >= 0.1
+    assert g.passed["not_exploring"].nonzero().flatten().tolist() == [3]    # 1/3 < 0.5
+    assert g.selected.sum() == 0
+    assert g.pass_rates() == {"aligned": 0.5, "raises_reward": 0.5, "not_exploring": 0.5,
+                              "selected": 0.0}
+
+
+def test_loglik_metric_and_switching_gates_off():
+    g = gates(align_metric="loglik", tau_align=-1.0, tau_adv=0.1, tau_success=0.5,
+              use_aligned=True)
+    assert g.alignment[T_ROWS].tolist() == pytest.approx([-2.0, -0.5])
+    assert g.passed["aligned"].nonzero().flatten().tolist() == [7]
+    off = gates(tau_align=1.5, tau_adv=0.1, tau_success=0.5, use_aligned=False)
+    assert off.selected.nonzero().flatten().tolist() == [3]
+    none = gates(use_aligned=False, use_advantage=False, use_explore=False)
+    assert torch.equal(none.selected, T_ROWS)
+    assert set(none.passed) == set(GATES)
+    assert not none.selected[~T_ROWS].any()      # student rows never pass
+
+
+def test_teacher_equal_to_student_has_zero_alignment_gap():
+    g = gate_trajectories(teacher_rows=T_ROWS, group_ids=GROUPS, rewards=REWARDS,
+                          advantages=ADVS, old_logprobs=S_LP, teacher_logprobs=S_LP,
+                          response_mask=RESP, tau_align=0.0)
+    assert g.alignment.abs().max() == 0.0 and torch.equal(g.passed["aligned"], T_ROWS)

@@ -82,7 +82,26 @@ def test_missing_config_file_is_named(tmp_path):
     ({"data.task": "no_such_task"}, 1, r"data.task: 'no_such_task' is not a reasoning-gym task"),
     ({"loss.trrd.eps_low": -0.5}, 1, r"loss.trrd.eps_low: -0.5 must be in \[0, 1\)"),
     ({"loss.grpo.eps_high": -0.1}, 1, r"loss.grpo.eps_high: -0.1 must be >= 0"),
-    ({"loss.trrd.kl_beta": 0.1}, 1, r"loss.trrd.kl_beta: 0.1: the reference-model KL"),
+    ({"loss.trrd.kl_beta": -0.1}, 1, r"loss.trrd.kl_beta: -0.1 must be >= 0"),
+    ({"loss.trrd.kl_beta": 0.1, "loss.trrd.kl_estimator": "k7"}, 1,
+     r"loss.trrd.kl_estimator: 'k7' is not one of k1, k2, k3"),
+    ({"loss.grpo.kl_estimator": "k7"}, 1, r"loss.grpo.kl_estimator: 'k7' is not one of"),
+    ({"algorithm": "grpo", "teacher.preset": "null", "rollout.teacher_samples": 2}, 1,
+     r"rollout.teacher_samples: 2 needs a teacher to generate the trajectories"),
+    ({"algorithm": "kdrl", "rollout.teacher_samples": 2}, 1,
+     r"rollout.teacher_samples: 2 teacher trajectories join the RL loss of algorithm rlad or "
+     r"grpo, not kdrl"),
+    ({"rollout.teacher_samples": -1}, 1, r"rollout.teacher_samples must be >= 0, got -1"),
+    ({"imitation.weight": -0.5}, 1, r"imitation.weight \(lambda\) must be >= 0, got -0.5"),
+    ({"imitation.weight_end": -1.0}, 1, r"imitation.weight_end \(lambda at the end\) must be"),
+    ({"imitation.tau_success": 0.0}, 1, r"imitation.tau_success must be in \(0, 1\]"),
+    ({"imitation.importance_cap": 0.0}, 1, r"imitation.importance_cap must be > 0"),
+    ({"imitation.distill_loss": "kl"}, 1, r"imitation.distill_loss: 'kl' is not one of ratio"),
+    ({"imitation.advantage": "mean"}, 1, r"imitation.advantage: 'mean' is not one of group"),
+    ({"rollout.teacher_samples": 1, "train.micro_batch_size": 8}, 1,
+     r"rollout.prompts_per_step \* \(rollout.group_size \+ rollout.teacher_samples\) per "
+     r"data-parallel rank = 20 is not divisible by train.micro_batch_size \* "
+     r"train.mini_batches = 8 \* 1"),
     ({"loss.trrd.dual_clip": 0.5}, 1, r"loss.trrd.dual_clip: 0.5 must be > 1"),
     ({"loss.kdrl.agg": "mean"}, 1, r"loss.kdrl.agg: 'mean' is not one of"),
     ({"loss.kdrl.kl_estimator": "k9"}, 1, r"loss.kdrl.kl_estimator: 'k9' is not one of"),
@@ -98,6 +117,8 @@ def test_validate_names_the_key_and_values(tmp_path, over, world, message):
 
 def test_a_valid_config_passes(tmp_path):
     _valid(tmp_path).validate(1)
+    _valid(tmp_path, **{"algorithm": "grpo", "rollout.teacher_samples": 2,
+                        "loss.grpo.kl_beta": 0.05}).validate(1)
     _valid(tmp_path, **{"algorithm": "grpo", "teacher.random_init": False}).validate(2)
 
 
