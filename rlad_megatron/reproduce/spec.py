@@ -199,6 +199,11 @@ def arm_label(spec: ReproduceSpec, arm: str, jobs: list[Job]) -> str:
     else:
         label = {"grpo": "GRPO", "sft": "SFT (gold)"}.get(cfg.algorithm, arm)
     usual = {"rlad": "rlad", "kdrl": "kdrl", "sft_distill": "sft", "grpo": "grpo"}
+    if cfg.uses_trajectories:
+        im = cfg.imitation
+        off = [name for name, on in (("aligned", im.gate_aligned), ("advantage", im.gate_advantage),
+                                     ("explore", im.gate_explore)) if not on]
+        label += " + teacher trajectories" + (f" (no {', no '.join(off)} gate)" if off else "")
     if arm != usual.get(cfg.algorithm) and not (cfg.algorithm == "rlad" and arm in
                                                  [alpha_arm(a) for a in spec.alphas]):
         label += f" [{arm}]"
