@@ -36,6 +36,7 @@ from rlad_megatron.models.reference import ReferenceWeights
 from rlad_megatron.train.config import ModelConfig, RunConfig, to_yaml
 from rlad_megatron.train.metrics import open_metrics
 from rlad_megatron.train.phases import agree_or_raise
+from rlad_megatron.train.run_lock import RunDirLock
 from rlad_megatron.train.timers import PhaseTimer
 
 log = logging.getLogger("rlad_megatron.setup")
@@ -61,6 +62,8 @@ class Run:
     state: tckpt.TrainState
     config_yaml: str
     resumed_from: Optional[str] = None
+    lock: Optional[RunDirLock] = None
+    """RUN_DIR/.rlad_lock (rank 0): released when the run ends (train/loop.py)."""
     reference: Optional[ReferenceWeights] = None
     """pi_ref of the reference KL (loss.*.kl_beta > 0): the student's starting weights."""
     extras: dict = field(default_factory=dict)
@@ -182,18 +185,35 @@ def check_splits(cfg: RunConfig, splits: PromptSplits) -> None:
 def setup(cfg: RunConfig) -> Run:
     env = init_distributed()
     cfg.validate(env.world_size)
-    error = None
+    error, resume_at, lock = None, None, None
     if env.rank == 0:
         try:
             check_writable(cfg.run_dir, "run_dir")
+            lock = RunDirLock.acquire(cfg.run_dir)  # one run per run_dir
             check_writable(cfg.checkpoint_dir, "checkpoint.dir")
-            # a checkpoint of another run is refused before any model is built
-            if cfg.checkpoint.resume and mckpt.latest_iteration(cfg.checkpoint_dir) is not None:
+            # a corrupt latest checkpoint, or one of another run, is found before any model
+            if cfg.checkpoint.resume:
+                resume_at = tckpt.resume_iteration(cfg.checkpoint_dir, cfg.checkpoint.fallback)
+            if resume_at is not None:
                 tckpt.check_run_identity(cfg.checkpoint_dir, to_yaml(cfg),
-                                         cfg.checkpoint.resume_other_run)
+                                         cfg.checkpoint.resume_other_run, iteration=resume_at)
         except ValueError as e:
             error = str(e)
-    agree_or_raise(error)  # every rank raises the same error, none waits for the others
+    try:
+        agree_or_raise(error)  # every rank raises the same error, none waits for the others
+        return _build(cfg, env, resume_at, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _build(cfg: RunConfig, env: DistEnv, resume_at: Optional[int],
+           lock: Optional[RunDirLock]) -> Run:
+    """setup() after the checks that need no model: tokenizers, data, models, resume."""
+    shared = [resume_at]
+    dist.broadcast_object_list(shared, src=0)
+    resume_at = shared[0]
     teacher_needed = cfg.needs_teacher
     tok = load_tokenizers(cfg, teacher_needed)
     student_spec = resolve_spec(cfg.student, "student", tok)
@@ -226,15 +246,14 @@ def setup(cfg: RunConfig) -> Run:
     state, resumed = tckpt.TrainState(), None
     sampler = PromptSampler(splits.train, seed=cfg.data.seed + cfg.seed)
     ckpt_root = cfg.checkpoint_dir
-    if cfg.checkpoint.resume and mckpt.saved_iterations(ckpt_root) and \
-            mckpt.latest_iteration(ckpt_root) is not None:
-        state = tckpt.load_train_checkpoint(ckpt_root, student, scheduler)
+    if resume_at is not None:
+        state = tckpt.load_train_checkpoint(ckpt_root, student, scheduler, iteration=resume_at)
         sampler.load_state_dict(state.data)
-        resumed = str(mckpt.resolve(ckpt_root))
+        resumed = str(mckpt.resolve(ckpt_root, resume_at))
     run = Run(cfg=cfg, env=env, par=par, tokenizer=tok, student=student, teacher=teacher,
               scheduler=scheduler, splits=splits, sampler=sampler, fmt=fmt, reward_fn=reward_fn,
               metrics=None, timer=PhaseTimer(), state=state, config_yaml=config_yaml,
-              resumed_from=resumed, reference=reference)
+              resumed_from=resumed, reference=reference, lock=lock)
     run.metrics = open_metrics(
         run_dir, enabled=run.is_logging_rank, tensorboard=cfg.logging.tensorboard,
         wandb_project=cfg.logging.wandb_project, wandb_entity=cfg.logging.wandb_entity,
