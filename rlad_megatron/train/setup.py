@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from rlad_megatron.convert.init_weights import random_hf_weights
 from rlad_megatron.convert.layout import load_hf_tensors
-from rlad_megatron.data.formats import PromptFormat, get_format
+from rlad_megatron.data.formats import PromptFormat, encode_prompt, get_format
 from rlad_megatron.data.rewards import get_reward
 from rlad_megatron.data.sampler import PromptSampler
 from rlad_megatron.data.tasks import PromptSplits, file_splits, reasoning_gym_splits
@@ -86,7 +86,36 @@ def resolve_spec(m: ModelConfig, role: str, tokenizer: Optional[Tokenizer] = Non
     else:
         spec = ModelSpec.from_dict(fields, prefix=f"{role}.spec")
     spec.validate(prefix=role)
+    if m.checkpoint:
+        check_spec_matches_checkpoint(spec, m.checkpoint, role)
     return spec
+
+
+SHAPE_FIELDS = ("arch", "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
+                "num_query_groups", "vocab_size", "kv_channels", "tie_embeddings", "qkv_bias",
+                "qk_layernorm")
+"""ModelSpec fields that decide the weights' names and shapes (the rest, e.g. rotary_base or
+max_position_embeddings, may differ from the checkpoint's on purpose)."""
+
+
+def check_spec_matches_checkpoint(spec: ModelSpec, checkpoint: str, role: str) -> None:
+    """The configured architecture against the checkpoint's recorded one (rlad_model.json), before
+    any model is built: a mismatch is named with the role, the path and the fields, instead of
+    megatron's "Global shape mismatch" after both models are built. Checkpoints without a
+    recorded spec are left to the load."""
+    try:
+        saved = mckpt.read_spec(checkpoint)
+    except FileNotFoundError:
+        return
+    mine, theirs = spec.to_dict(), saved.to_dict()
+    for d in (mine, theirs):  # None means hidden_size // num_attention_heads
+        d["kv_channels"] = d["kv_channels"] or d["hidden_size"] // d["num_attention_heads"]
+    differ = [f"{k}: configured {mine.get(k)!r}, checkpoint {theirs.get(k)!r}"
+              for k in SHAPE_FIELDS if mine.get(k) != theirs.get(k)]
+    if differ:
+        raise ValueError(f"{role}: the configured architecture does not match {role}.checkpoint "
+                         f"{checkpoint}: " + "; ".join(differ) + f". Drop {role}.preset/"
+                         f"{role}.spec to use the checkpoint's own")
 
 
 def tokenizer_path(m: ModelConfig, role: str) -> str:
@@ -166,12 +195,41 @@ def check_writable(path: str | Path, key: str) -> None:
         raise ValueError(f"{key}: {folder} is not a writable folder ({e.strerror or e})") from None
 
 
+def drop_long_prompts(cfg: RunConfig, splits: PromptSplits, tok: Tokenizer, fmt: PromptFormat,
+                      specs: list[Optional[ModelSpec]]) -> PromptSplits:
+    """Every prompt's length plus the tokens generated after it must fit the models' context
+    (max_position_embeddings): checked when the data loads, not when a batch happens to hold
+    the prompt hours later. An over-long prompt follows data.on_bad_row: "error" names it,
+    "skip" drops it and counts it (PromptSplits.too_long)."""
+    context = min(s.max_position_embeddings for s in specs if s is not None)
+    new = {"train": cfg.rollout.max_new_tokens,
+           "eval": cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens}
+    kept, dropped = {}, 0
+    for split in ("train", "heldout", "validation"):
+        limit = context - new["train" if split == "train" else "eval"]
+        kept[split] = []
+        for item in getattr(splits, split):
+            n = len(encode_prompt(fmt, tok, item, cfg.data.system_prompt))
+            if n <= limit:
+                kept[split].append(item)
+            elif cfg.data.on_bad_row == "skip":
+                dropped += 1
+            else:
+                raise ValueError(
+                    f"data: a {split} prompt of {n} tokens does not fit the context: {n} + "
+                    f"{context - limit} new tokens > max_position_embeddings {context} "
+                    f"(question {item.question[:80]!r}); set data.on_bad_row=skip to drop such "
+                    f"prompts, or shorten rollout.max_new_tokens / eval.max_new_tokens")
+    return dataclasses.replace(splits, **kept, too_long=splits.too_long + dropped)
+
+
 def check_splits(cfg: RunConfig, splits: PromptSplits) -> None:
     """Say what the data holds and what was dropped; refuse an empty split the run needs."""
     eval_split = splits.validation if cfg.eval.split == "validation" else splits.heldout
     print0(f"rlad: data: {len(splits.train)} train, {len(splits.validation)} validation, "
            f"{len(splits.heldout)} held-out prompts; dropped {splits.duplicates} duplicate(s), "
-           f"{splits.bad_rows} bad row(s), {splits.bad_labels} wrong gold label(s)")
+           f"{splits.bad_rows} bad row(s), {splits.bad_labels} wrong gold label(s), "
+           f"{splits.too_long} over-long prompt(s)")
     if not splits.train:
         raise ValueError(f"data: the train split of {cfg.data.source} is empty")
     if not eval_split:
@@ -222,6 +280,7 @@ def _build(cfg: RunConfig, env: DistEnv, resume_at: Optional[int],
     fmt = get_format(cfg.data.format, check_steps=cfg.data.check_steps)
     reward_fn = get_reward(cfg.data.reward)
     splits = load_splits(cfg)
+    splits = drop_long_prompts(cfg, splits, tok, fmt, [student_spec, teacher_spec])
     check_splits(cfg, splits)
 
     par = init_parallel(dataclasses.replace(cfg.parallel, seed=cfg.seed))

@@ -94,6 +94,14 @@ def test_a_truncated_latest_checkpoint_is_named_and_falls_back(tmp_path):
     assert "falling back to iteration 1" in resumed.stderr
     assert "iter_0000001 at step 1" in resumed.stdout
     assert _steps(run) == [1, 2, 3]                     # step 2 trained again, then 3
+    # item 9: an architecture that does not match a checkpoint is named from its spec file
+    # before any model is built (it was megatron's "Global shape mismatch" naming neither)
+    ckpt = run / "checkpoints"
+    wrong = _run(tmp_path, tmp_path / "other", f"student.checkpoint={ckpt}",
+                 "student.random_init=false", "student.spec.num_layers=3")
+    assert wrong.returncode == 2, wrong.stderr[-2000:]
+    assert (f"student: the configured architecture does not match student.checkpoint {ckpt}: "
+            "num_layers: configured 3, checkpoint 2") in wrong.stderr
 
 
 def test_preemption_checkpoints_before_a_scheduled_evaluation(tmp_path):
@@ -112,3 +120,21 @@ def test_preemption_checkpoints_before_a_scheduled_evaluation(tmp_path):
     resumed = _run(tmp_path, run, f"train.steps={step + 1}", "eval.every=1")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert (run / "eval" / f"step_{step:07d}.json").exists()   # evaluated after the resume
+
+
+def test_over_long_prompts_are_found_when_the_data_loads(tmp_path):
+    """Item 6: one over-long prompt among many used to kill a run mid-training, and
+    data.on_bad_row=skip did not drop it. A context of 16 positions holds a two-term chain_sum
+    prompt (5 tokens) + 10 new tokens, not a three-term one (7 tokens)."""
+    run = tmp_path / "run"
+    small = ["student.spec.max_position_embeddings=16", "teacher.spec.max_position_embeddings=16"]
+    refused = _run(tmp_path, run, "train.steps=2", *small)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "prompt of 7 tokens does not fit the context: 7 + 10 new tokens > " \
+           "max_position_embeddings 16" in refused.stderr
+    assert "data.on_bad_row=skip" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (run / "checkpoints" / "iter_0000001").exists()
+    skipped = _run(tmp_path, run, "train.steps=2", "data.on_bad_row=skip", *small)
+    assert skipped.returncode == 0, skipped.stderr[-2000:]
+    dropped = int(skipped.stdout.split(" over-long prompt(s)")[0].rsplit(" ", 1)[1])
+    assert 0 < dropped < 72 and _steps(run) == [1, 2]
