@@ -73,11 +73,31 @@ def _init(tp: int, pp: int):
     from rlad_megatron.runtime import ParallelConfig, init_distributed, init_parallel
 
     env = init_distributed()
+    if env.world_size == 1 and tp * pp > 1:
+        # torch_dist checkpoints load at any layout: one process writes the same checkpoint
+        # (Megatron-LM's converter also writes any target from one process); torchrun is the
+        # faster path that streams each rank's shards
+        print(f"rlad convert import: one process writes the checkpoint whole; it loads at --tp "
+              f"{tp} --pp {pp} (or any layout the model allows). torchrun --nproc-per-node "
+              f"{tp * pp} streams it rank by rank instead")
+        tp = pp = 1
     if env.world_size % (tp * pp):
         raise ValueError(f"--tp {tp} --pp {pp} needs a multiple of {tp * pp} processes, this run "
                          f"has {env.world_size}: launch with torchrun --nproc-per-node {tp * pp} "
-                         "(a single-process import writes TP=1/PP=1, which loads at any layout)")
+                         "or from one process")
     return init_parallel(ParallelConfig(tensor=tp, pipeline=pp))
+
+
+def _check_target(root: Path) -> None:
+    """The import writes iteration 0 and points the root at it: a folder that already holds a
+    checkpoint (a training run's, say) would have its pointer moved back to 0. Refused."""
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"--megatron-path {root} is a file; give a new or empty folder")
+    held = checkpoint.saved_iterations(root)
+    if held or (root / checkpoint.POINTER).exists():
+        raise ValueError(f"--megatron-path {root} already holds a checkpoint (iterations "
+                         f"{held or 'named by ' + checkpoint.POINTER}); importing would move its "
+                         f"pointer to iteration 0. Give a new or empty folder")
 
 
 def import_hf(hf_dir: str | Path, megatron_path: str | Path, *, tp: int = 1, pp: int = 1,
@@ -95,6 +115,7 @@ def import_hf(hf_dir: str | Path, megatron_path: str | Path, *, tp: int = 1, pp:
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     hf.check()
+    _check_target(Path(megatron_path))
     own_layout = par is None
     if own_layout:
         par = _init(tp, pp)

@@ -131,6 +131,8 @@ def export_hf(megatron_path: str | Path, hf_path: str | Path, *, dtype: Optional
     if hf_reference is not None:
         meta = {**meta, **reference_meta(hf_reference)}
     out = Path(hf_path)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--hf-path {out} is a file; give a new or empty folder")
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty")
     rank, world = _rank_world()

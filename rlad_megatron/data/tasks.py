@@ -76,6 +76,8 @@ class PromptSplits:
     """malformed file rows skipped (on_bad_row="skip")"""
     bad_labels: int = 0
     """generated items whose gold answer failed the exact re-check"""
+    too_long: int = 0
+    """prompts dropped because they do not fit the context (train/setup.py, on_bad_row="skip")"""
 
 
 # ----------------------------------------------------------------------------- reasoning-gym

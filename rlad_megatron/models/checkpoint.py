@@ -15,6 +15,12 @@ Atomicity: every rank writes into ROOT/.tmp_iter_XXXXXXX; after a barrier rank 0
 iter_XXXXXXX and only then replaces the pointer (write + os.replace). A crash at any moment
 leaves the previous pointer naming a complete checkpoint; leftover .tmp folders are ignored and
 cleaned at the next save. Old iterations beyond keep_last are removed after the pointer moves.
+
+Verification: before the rename rank 0 writes rlad_manifest.json, every file of the iteration and
+its size. `verify(folder)` names the first missing, truncated or grown file, so a checkpoint that
+a full disk, a killed copy or a bad sync left incomplete is found before anything loads it
+(train/checkpoint.py then falls back to the newest iteration that verifies). Iterations written
+before manifests existed verify as far as their files are present.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from rlad_megatron.runtime.cpu_shims import cuda_to_cpu
 
 POINTER = "latest_checkpointed_iteration.txt"
 MODEL_META = "rlad_model.json"
+MANIFEST = "rlad_manifest.json"
 _ITER_RE = re.compile(r"^iter_(\d{7})$")
 
 
@@ -139,6 +146,7 @@ def save(root: str | Path, iteration: int, sharded_state_dict: dict, *, spec: Mo
         write_model_meta(tmp, spec, **(meta or {}))
         for name, text in (files or {}).items():
             (tmp / name).write_text(text)
+        write_manifest(tmp)
         if final.exists():  # re-saving an iteration (e.g. after a resume): replace it
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -170,3 +178,34 @@ def load_model(path: str | Path, chunks, *, iteration: Optional[int] = None) -> 
     for i, module in enumerate(modules):
         module.load_state_dict(state[model_state_key(i, len(modules))], strict=True)
     return folder
+
+
+def write_manifest(folder: Path) -> None:
+    """rlad_manifest.json: every file under `folder` (relative path) -> its size in bytes."""
+    sizes = {str(f.relative_to(folder)): f.stat().st_size
+             for f in sorted(folder.rglob("*")) if f.is_file() and f.name != MANIFEST}
+    (folder / MANIFEST).write_text(json.dumps({"files": sizes}, indent=1))
+
+
+def verify(folder: str | Path) -> Optional[str]:
+    """None when the iteration folder is complete, else what is wrong with it, naming the file."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return f"{folder} does not exist"
+    manifest = folder / MANIFEST
+    if not manifest.exists():  # written before manifests: the files torch_dist always has
+        required = [folder / ".metadata", folder / MODEL_META]
+        missing = [f for f in required if not f.exists()]
+        return f"{missing[0]} is missing" if missing else None
+    try:
+        sizes = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError, TypeError):
+        return f"{manifest} is not a readable manifest"
+    for name, size in sizes.items():
+        f = folder / name
+        if not f.exists():
+            return f"{f} is missing"
+        if f.stat().st_size != size:
+            return f"{f} has {f.stat().st_size} bytes, the manifest says {size} (truncated or " \
+                   f"overwritten)"
+    return None

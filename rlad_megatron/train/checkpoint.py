@@ -18,6 +18,7 @@ The teacher is never part of it. Loading a Megatron checkpoint that holds only a
 from __future__ import annotations
 
 import logging
+import pickle
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -101,8 +102,14 @@ def load_train_checkpoint(root: str | Path, student: Student, scheduler,
     if meta.get("kind") != "train":
         raise ValueError(f"{folder} is a model-only checkpoint (no optimizer/train state); load it "
                          "as student.checkpoint instead of resuming from it")
-    common = dist_checkpointing.load_common_state_dict(str(folder))
-    loaded = mckpt.load(folder, _sharded(student, None, None, loading=True))
+    try:
+        common = dist_checkpointing.load_common_state_dict(str(folder))
+        loaded = mckpt.load(folder, _sharded(student, None, None, loading=True))
+    except (EOFError, RuntimeError, OSError, pickle.UnpicklingError) as e:
+        # the sizes verified, the contents did not: name the folder instead of a bare traceback
+        raise ValueError(f"checkpoint {folder} could not be read ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:300]}); resume from an earlier iteration "
+                         f"(remove or move this one) or set checkpoint.resume=false") from None
     modules = student.modules
     for i, module in enumerate(modules):
         module.load_state_dict(loaded[mckpt.model_state_key(i, len(modules))], strict=True)
@@ -127,12 +134,47 @@ RUN_IDENTITY = ("algorithm", "seed", "student.preset", "student.spec", "teacher.
 checkpoint.resume_other_run is set (learning rate, steps, logging may change on resume)."""
 
 
-def check_run_identity(root: str | Path, config_yaml: str, allow_other: bool = False) -> None:
-    """Compare the latest checkpoint's run_config.yaml under `root` with this run's resolved
-    config (YAML) on RUN_IDENTITY; raise ValueError naming the differing keys and both values."""
+def resume_iteration(root: str | Path, fallback: bool = True) -> Optional[int]:
+    """The iteration to resume from: the pointer's, when it verifies (models/checkpoint.py
+    `verify`); else, with `fallback`, the newest saved iteration that verifies (saying which and
+    why, as a warning); None when `root` holds no checkpoint. ValueError naming the file when the
+    latest is corrupt or incomplete and fallback is off, or when no iteration verifies."""
+    root = Path(root)
+    saved = mckpt.saved_iterations(root)
+    if not saved and not (root / mckpt.POINTER).exists():
+        return None
+    problems = []
+    try:
+        latest = mckpt.latest_iteration(root)
+    except ValueError as e:
+        latest = None
+        problems.append(str(e))
+    order = ([latest] if latest is not None else []) + [i for i in reversed(saved) if i != latest]
+    for iteration in order:
+        problem = mckpt.verify(mckpt.iter_dir(root, iteration))
+        if problem is None:
+            if problems:
+                log.warning("checkpoint: %s; falling back to iteration %d (checkpoint.fallback)",
+                            "; ".join(problems), iteration)
+            return iteration
+        problems.append(f"iteration {iteration}: {problem}")
+        if not fallback:
+            break
+    if not fallback and problems:
+        raise ValueError(f"checkpoint.dir {root}: the latest checkpoint is corrupt or incomplete: "
+                         f"{problems[0]}. Set checkpoint.fallback=true to resume from the newest "
+                         f"iteration that verifies, or checkpoint.resume=false to start over")
+    raise ValueError(f"checkpoint.dir {root}: no iteration verifies: " + "; ".join(problems))
+
+
+def check_run_identity(root: str | Path, config_yaml: str, allow_other: bool = False,
+                       iteration: Optional[int] = None) -> None:
+    """Compare a checkpoint's run_config.yaml under `root` (the latest, or `iteration`) with this
+    run's resolved config (YAML) on RUN_IDENTITY; raise ValueError naming the differing keys and
+    both values."""
     import yaml
 
-    folder = mckpt.resolve(root)
+    folder = mckpt.resolve(root, iteration)
     saved_file = folder / "run_config.yaml"
     if not saved_file.exists():
         raise ValueError(f"{folder} has no run_config.yaml: it is not a training checkpoint of "

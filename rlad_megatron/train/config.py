@@ -247,6 +247,10 @@ class CheckpointConfig:
     keep_last: int = 2
     resume: bool = True
     """Resume from the latest checkpoint in `dir` when there is one."""
+    fallback: bool = True
+    """When the latest checkpoint is corrupt or incomplete (a file missing or of another size than
+    its manifest records), resume from the newest iteration that verifies, saying so; off: stop
+    with an error naming the file."""
     resume_other_run: bool = False
     """Resume even when the checkpoint's run differs in identity (algorithm, seed, models, data;
     train/checkpoint.py RUN_IDENTITY); off: such a resume is refused, naming the keys."""

@@ -140,6 +140,18 @@ def run_eval(run: Run, step: int, *, teacher: bool = False) -> dict[str, float]:
     return out
 
 
+def eval_due(cfg: RunConfig, step: int) -> bool:
+    """A scheduled evaluation after `step` (the last step's is the final evaluation)."""
+    return bool(cfg.eval.every) and step % cfg.eval.every == 0 and step != cfg.train.steps
+
+
+def pending_eval(cfg: RunConfig, run: Run) -> bool:
+    """Resumed at a step whose scheduled evaluation a preemption skipped (no record of it)."""
+    step = run.state.step
+    record = Path(cfg.run_dir) / "eval" / f"step_{step:07d}.json"
+    return run.resumed_from is not None and eval_due(cfg, step) and not record.exists()
+
+
 def checkpoint(run: Run) -> None:
     run.state.data = run.sampler.state_dict()
     save_train_checkpoint(run.cfg.checkpoint_dir, run.student, run.scheduler, run.state,
@@ -157,11 +169,21 @@ def write_summary(run_dir: str, summary: dict) -> None:
 def train(cfg: RunConfig, run: Optional[Run] = None) -> dict:
     """Run (or resume) training; returns a summary (eval before/after, plot path, last step)."""
     run = run or setup(cfg)
+    try:
+        return _train(cfg, run)
+    finally:
+        if run.lock is not None:
+            run.lock.release()
+
+
+def _train(cfg: RunConfig, run: Run) -> dict:
     is_rl = cfg.algorithm in ("rlad", "grpo", "kdrl")
     step_fn = rl_step if is_rl else sft_step
     summary: dict = {"start_step": run.state.step}
     if run.state.step == 0 and cfg.eval.at_start:
         summary["before"] = run_eval(run, 0, teacher=cfg.eval.teacher)
+    elif pending_eval(cfg, run):  # preempted at an evaluation step: evaluate it now
+        run_eval(run, run.state.step)
     preempt = PreemptionHandler()
     steps = range(run.state.step + 1, cfg.train.steps + 1)
     bar = progress(steps, desc=cfg.algorithm, enabled=cfg.logging.progress and run.env.rank == 0)
@@ -177,21 +199,23 @@ def train(cfg: RunConfig, run: Optional[Run] = None) -> dict:
             metrics["throughput/tokens_per_s"] = throughput(metrics.pop("throughput/tokens") *
                                                             run.par.dp, seconds)
             metrics.update(memory_stats())
-            if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.train.steps:
-                run_eval(run, step)  # logged under eval/ by run_eval
             if step % cfg.logging.log_every == 0 or step == cfg.train.steps:
                 run.metrics.log(step, metrics)
                 if sample is not None:
                     run.metrics.log_text(step, "rollout/sample", sample)
             bar.set_postfix({k.split("/")[1]: f"{v:.3g}" for k, v in metrics.items()
                              if k in ("rollout/reward_mean", f"loss/{cfg.loss_name}")})
-            save_now = cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0
+            # once the signal is here the checkpoint comes first: a scheduled evaluation at this
+            # step would eat the grace period (it runs after the resume instead, pending_eval)
             if preempt.stop_agreed():
                 checkpoint(run)
                 print0(f"rlad: preempted; checkpoint at step {step} in {cfg.checkpoint_dir}")
                 preempted = True
                 break
-            if save_now and step != cfg.train.steps:
+            if eval_due(cfg, step):
+                run_eval(run, step)  # logged under eval/ by run_eval
+            if cfg.checkpoint.save_every and step % cfg.checkpoint.save_every == 0 and \
+                    step != cfg.train.steps:
                 checkpoint(run)
     if not preempted:
         if run.state.step > summary["start_step"] or run.state.step == 0:

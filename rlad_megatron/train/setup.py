@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from rlad_megatron.convert.init_weights import random_hf_weights
 from rlad_megatron.convert.layout import load_hf_tensors
-from rlad_megatron.data.formats import PromptFormat, get_format
+from rlad_megatron.data.formats import PromptFormat, encode_prompt, get_format
 from rlad_megatron.data.rewards import get_reward
 from rlad_megatron.data.sampler import PromptSampler
 from rlad_megatron.data.tasks import PromptSplits, file_splits, reasoning_gym_splits
@@ -36,6 +36,7 @@ from rlad_megatron.models.reference import ReferenceWeights
 from rlad_megatron.train.config import ModelConfig, RunConfig, to_yaml
 from rlad_megatron.train.metrics import open_metrics
 from rlad_megatron.train.phases import agree_or_raise
+from rlad_megatron.train.run_lock import RunDirLock
 from rlad_megatron.train.timers import PhaseTimer
 
 log = logging.getLogger("rlad_megatron.setup")
@@ -61,6 +62,8 @@ class Run:
     state: tckpt.TrainState
     config_yaml: str
     resumed_from: Optional[str] = None
+    lock: Optional[RunDirLock] = None
+    """RUN_DIR/.rlad_lock (rank 0): released when the run ends (train/loop.py)."""
     reference: Optional[ReferenceWeights] = None
     """pi_ref of the reference KL (loss.*.kl_beta > 0): the student's starting weights."""
     extras: dict = field(default_factory=dict)
@@ -83,7 +86,36 @@ def resolve_spec(m: ModelConfig, role: str, tokenizer: Optional[Tokenizer] = Non
     else:
         spec = ModelSpec.from_dict(fields, prefix=f"{role}.spec")
     spec.validate(prefix=role)
+    if m.checkpoint:
+        check_spec_matches_checkpoint(spec, m.checkpoint, role)
     return spec
+
+
+SHAPE_FIELDS = ("arch", "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
+                "num_query_groups", "vocab_size", "kv_channels", "tie_embeddings", "qkv_bias",
+                "qk_layernorm")
+"""ModelSpec fields that decide the weights' names and shapes (the rest, e.g. rotary_base or
+max_position_embeddings, may differ from the checkpoint's on purpose)."""
+
+
+def check_spec_matches_checkpoint(spec: ModelSpec, checkpoint: str, role: str) -> None:
+    """The configured architecture against the checkpoint's recorded one (rlad_model.json), before
+    any model is built: a mismatch is named with the role, the path and the fields, instead of
+    megatron's "Global shape mismatch" after both models are built. Checkpoints without a
+    recorded spec are left to the load."""
+    try:
+        saved = mckpt.read_spec(checkpoint)
+    except FileNotFoundError:
+        return
+    mine, theirs = spec.to_dict(), saved.to_dict()
+    for d in (mine, theirs):  # None means hidden_size // num_attention_heads
+        d["kv_channels"] = d["kv_channels"] or d["hidden_size"] // d["num_attention_heads"]
+    differ = [f"{k}: configured {mine.get(k)!r}, checkpoint {theirs.get(k)!r}"
+              for k in SHAPE_FIELDS if mine.get(k) != theirs.get(k)]
+    if differ:
+        raise ValueError(f"{role}: the configured architecture does not match {role}.checkpoint "
+                         f"{checkpoint}: " + "; ".join(differ) + f". Drop {role}.preset/"
+                         f"{role}.spec to use the checkpoint's own")
 
 
 def tokenizer_path(m: ModelConfig, role: str) -> str:
@@ -163,12 +195,41 @@ def check_writable(path: str | Path, key: str) -> None:
         raise ValueError(f"{key}: {folder} is not a writable folder ({e.strerror or e})") from None
 
 
+def drop_long_prompts(cfg: RunConfig, splits: PromptSplits, tok: Tokenizer, fmt: PromptFormat,
+                      specs: list[Optional[ModelSpec]]) -> PromptSplits:
+    """Every prompt's length plus the tokens generated after it must fit the models' context
+    (max_position_embeddings): checked when the data loads, not when a batch happens to hold
+    the prompt hours later. An over-long prompt follows data.on_bad_row: "error" names it,
+    "skip" drops it and counts it (PromptSplits.too_long)."""
+    context = min(s.max_position_embeddings for s in specs if s is not None)
+    new = {"train": cfg.rollout.max_new_tokens,
+           "eval": cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens}
+    kept, dropped = {}, 0
+    for split in ("train", "heldout", "validation"):
+        limit = context - new["train" if split == "train" else "eval"]
+        kept[split] = []
+        for item in getattr(splits, split):
+            n = len(encode_prompt(fmt, tok, item, cfg.data.system_prompt))
+            if n <= limit:
+                kept[split].append(item)
+            elif cfg.data.on_bad_row == "skip":
+                dropped += 1
+            else:
+                raise ValueError(
+                    f"data: a {split} prompt of {n} tokens does not fit the context: {n} + "
+                    f"{context - limit} new tokens > max_position_embeddings {context} "
+                    f"(question {item.question[:80]!r}); set data.on_bad_row=skip to drop such "
+                    f"prompts, or shorten rollout.max_new_tokens / eval.max_new_tokens")
+    return dataclasses.replace(splits, **kept, too_long=splits.too_long + dropped)
+
+
 def check_splits(cfg: RunConfig, splits: PromptSplits) -> None:
     """Say what the data holds and what was dropped; refuse an empty split the run needs."""
     eval_split = splits.validation if cfg.eval.split == "validation" else splits.heldout
     print0(f"rlad: data: {len(splits.train)} train, {len(splits.validation)} validation, "
            f"{len(splits.heldout)} held-out prompts; dropped {splits.duplicates} duplicate(s), "
-           f"{splits.bad_rows} bad row(s), {splits.bad_labels} wrong gold label(s)")
+           f"{splits.bad_rows} bad row(s), {splits.bad_labels} wrong gold label(s), "
+           f"{splits.too_long} over-long prompt(s)")
     if not splits.train:
         raise ValueError(f"data: the train split of {cfg.data.source} is empty")
     if not eval_split:
@@ -182,18 +243,35 @@ def check_splits(cfg: RunConfig, splits: PromptSplits) -> None:
 def setup(cfg: RunConfig) -> Run:
     env = init_distributed()
     cfg.validate(env.world_size)
-    error = None
+    error, resume_at, lock = None, None, None
     if env.rank == 0:
         try:
             check_writable(cfg.run_dir, "run_dir")
+            lock = RunDirLock.acquire(cfg.run_dir)  # one run per run_dir
             check_writable(cfg.checkpoint_dir, "checkpoint.dir")
-            # a checkpoint of another run is refused before any model is built
-            if cfg.checkpoint.resume and mckpt.latest_iteration(cfg.checkpoint_dir) is not None:
+            # a corrupt latest checkpoint, or one of another run, is found before any model
+            if cfg.checkpoint.resume:
+                resume_at = tckpt.resume_iteration(cfg.checkpoint_dir, cfg.checkpoint.fallback)
+            if resume_at is not None:
                 tckpt.check_run_identity(cfg.checkpoint_dir, to_yaml(cfg),
-                                         cfg.checkpoint.resume_other_run)
+                                         cfg.checkpoint.resume_other_run, iteration=resume_at)
         except ValueError as e:
             error = str(e)
-    agree_or_raise(error)  # every rank raises the same error, none waits for the others
+    try:
+        agree_or_raise(error)  # every rank raises the same error, none waits for the others
+        return _build(cfg, env, resume_at, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _build(cfg: RunConfig, env: DistEnv, resume_at: Optional[int],
+           lock: Optional[RunDirLock]) -> Run:
+    """setup() after the checks that need no model: tokenizers, data, models, resume."""
+    shared = [resume_at]
+    dist.broadcast_object_list(shared, src=0)
+    resume_at = shared[0]
     teacher_needed = cfg.needs_teacher
     tok = load_tokenizers(cfg, teacher_needed)
     student_spec = resolve_spec(cfg.student, "student", tok)
@@ -202,6 +280,7 @@ def setup(cfg: RunConfig) -> Run:
     fmt = get_format(cfg.data.format, check_steps=cfg.data.check_steps)
     reward_fn = get_reward(cfg.data.reward)
     splits = load_splits(cfg)
+    splits = drop_long_prompts(cfg, splits, tok, fmt, [student_spec, teacher_spec])
     check_splits(cfg, splits)
 
     par = init_parallel(dataclasses.replace(cfg.parallel, seed=cfg.seed))
@@ -226,15 +305,14 @@ def setup(cfg: RunConfig) -> Run:
     state, resumed = tckpt.TrainState(), None
     sampler = PromptSampler(splits.train, seed=cfg.data.seed + cfg.seed)
     ckpt_root = cfg.checkpoint_dir
-    if cfg.checkpoint.resume and mckpt.saved_iterations(ckpt_root) and \
-            mckpt.latest_iteration(ckpt_root) is not None:
-        state = tckpt.load_train_checkpoint(ckpt_root, student, scheduler)
+    if resume_at is not None:
+        state = tckpt.load_train_checkpoint(ckpt_root, student, scheduler, iteration=resume_at)
         sampler.load_state_dict(state.data)
-        resumed = str(mckpt.resolve(ckpt_root))
+        resumed = str(mckpt.resolve(ckpt_root, resume_at))
     run = Run(cfg=cfg, env=env, par=par, tokenizer=tok, student=student, teacher=teacher,
               scheduler=scheduler, splits=splits, sampler=sampler, fmt=fmt, reward_fn=reward_fn,
               metrics=None, timer=PhaseTimer(), state=state, config_yaml=config_yaml,
-              resumed_from=resumed, reference=reference)
+              resumed_from=resumed, reference=reference, lock=lock)
     run.metrics = open_metrics(
         run_dir, enabled=run.is_logging_rank, tensorboard=cfg.logging.tensorboard,
         wandb_project=cfg.logging.wandb_project, wandb_entity=cfg.logging.wandb_entity,

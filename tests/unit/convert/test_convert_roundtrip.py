@@ -201,10 +201,30 @@ def test_tp_that_does_not_divide_the_heads_is_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=r"config.json: --tp 2 does not divide "
                                          r"num_attention_heads=3 \(possible TP: 1, 3\)"):
         import_hf(src, tmp_path / "mg", tp=2)
-    src = make_case(tmp_path / "hf2", "llama")
-    with pytest.raises(ValueError, match=r"--tp 2 --pp 1 needs a multiple of 2 processes"):
-        import_hf(src, tmp_path / "mg", tp=2)
     assert not (tmp_path / "mg").exists()
+
+
+def test_cli_import_guards_its_target_and_export_refuses_a_file(tmp_path, capsys):
+    """Issue 13 items 11-12: `convert import --tp 2` from one process was refused; importing into
+    a training checkpoint folder moved its pointer to iteration 0; `export --hf-path FILE` gave a
+    traceback."""
+    src, mg = make_case(tmp_path / "hf", "llama"), tmp_path / "mg"
+    assert cli.main(["convert", "import", "--hf-model", str(src), "--megatron-path", str(mg),
+                     "--tp", "2"]) == 0
+    assert "one process writes the checkpoint whole; it loads at --tp 2" in capsys.readouterr().out
+    (mg / "iter_0000040").mkdir()                     # a training run's later iteration
+    (mg / "latest_checkpointed_iteration.txt").write_text("40\n")
+    assert cli.main(["convert", "import", "--hf-model", str(src), "--megatron-path",
+                     str(mg)]) == 2
+    assert "already holds a checkpoint (iterations [0, 40])" in capsys.readouterr().err
+    assert (mg / "latest_checkpointed_iteration.txt").read_text() == "40\n"
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    assert cli.main(["convert", "export", "--megatron-path", str(mg / "iter_0000000"),
+                     "--hf-path", str(a_file)]) == 2
+    err = capsys.readouterr().err
+    assert "--hf-path" in err and "is a file" in err and "Traceback" not in err
+    assert a_file.read_text() == "mine"
 
 
 def test_export_refuses_a_checkpoint_that_disagrees_with_its_spec(tmp_path):
