@@ -145,7 +145,7 @@ def group_success_rate(rewards: Tensor, group_ids: Tensor, student_rows: Tensor,
 
 def gate_trajectories(*, teacher_rows: Tensor, group_ids: Tensor, rewards: Tensor,
                       advantages: Tensor, old_logprobs: Tensor, teacher_logprobs: Tensor,
-                      response_mask: Tensor, align_metric: str = "gap", tau_align: float = 1.5,
+                      response_mask: Tensor, align_metric: str = "gap", tau_align: float = 1.0,
                       tau_adv: float = 0.1, tau_success: float = 0.5,
                       success_reward: float = 1.0, use_aligned: bool = True,
                       use_advantage: bool = True, use_explore: bool = True) -> TrajectoryGates:
