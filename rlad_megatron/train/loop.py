@@ -42,7 +42,7 @@ from rlad_megatron.train.checkpoint import save_train_checkpoint
 from rlad_megatron.train.config import RunConfig
 from rlad_megatron.train.evaluate import eval_items, evaluate, write_eval_records
 from rlad_megatron.train.plots import plot_run
-from rlad_megatron.train.preemption import PreemptionHandler
+from rlad_megatron.train.preemption import PreemptionHandler, write_preemption_marker
 from rlad_megatron.train.setup import Run, setup
 from rlad_megatron.train.sft_data import sft_batch
 from rlad_megatron.train.timers import memory_stats, progress, throughput
@@ -209,6 +209,7 @@ def _train(cfg: RunConfig, run: Run) -> dict:
             # step would eat the grace period (it runs after the resume instead, pending_eval)
             if preempt.stop_agreed():
                 checkpoint(run)
+                write_preemption_marker(step, cfg.checkpoint_dir)
                 print0(f"rlad: preempted; checkpoint at step {step} in {cfg.checkpoint_dir}")
                 preempted = True
                 break

@@ -26,11 +26,15 @@ The Slurm contract (the sbatch script's side, see slurm/):
     the same path, with less time. Make the step plus the checkpoint fit in the warning time.
   * Prefer one srun task per rank. Under torchrun the agent handles SIGTERM itself: it sends
     the signal to the workers and kills them 30 s later; SIGUSR1 reaches the workers only if it
-    is added to TORCHELASTIC_SIGNALS_TO_HANDLE.
+    is added to TORCHELASTIC_SIGNALS_TO_HANDLE. And torchrun exits 1 with a traceback after a
+    signal even when every worker saved and exited 0: launch through
+    `python -m rlad_megatron.launch.torchrun` (launch/torchrun.py), which forwards both signals
+    and exits 0 when the trainer left the marker below (MARKER_ENV) after its preemption save.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -40,6 +44,22 @@ import torch
 import torch.distributed as dist
 
 DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+MARKER_ENV = "RLAD_PREEMPTION_MARKER"
+"""Environment variable naming a file the trainer writes once its preemption checkpoint is
+complete (set by launch/torchrun.py; unset: nothing is written)."""
+
+
+def write_preemption_marker(step: int, checkpoint_dir: str) -> None:
+    """After the preemption checkpoint of STEP is complete on every rank: local rank 0 of each
+    node writes {"step", "checkpoint_dir"} to $RLAD_PREEMPTION_MARKER (atomically), the
+    launcher's evidence that the run stopped cleanly. Call it on every rank after the save."""
+    path = os.environ.get(MARKER_ENV)
+    if not path or os.environ.get("LOCAL_RANK", "0") != "0":
+        return
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"step": step, "checkpoint_dir": str(checkpoint_dir)}, f)
+    os.replace(tmp, path)
 
 
 def _stderr_rank0(message: str) -> None:
