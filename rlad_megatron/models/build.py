@@ -100,12 +100,14 @@ def _stage_flags(par: Parallel) -> list[tuple[bool, bool, Optional[int]]]:
             for v in range(par.vpp)]
 
 
-def build_chunks(spec: ModelSpec, par: Parallel, *, dtype: str = "fp32", role: str = "model"):
-    """GPTModel chunks for this rank; returns (chunks, TransformerConfig, padded vocab size)."""
+def build_chunks(spec: ModelSpec, par: Parallel, *, dtype: str = "fp32", role: str = "model",
+                 on_host: bool = False):
+    """GPTModel chunks for this rank; returns (chunks, TransformerConfig, padded vocab size).
+    on_host: parameters are created in host memory (megatron's use_cpu_initialization)."""
     from megatron.core.models.gpt import GPTModel
 
     check_layout(spec, par, role)
-    config = transformer_config(spec, par, dtype=dtype)
+    config = transformer_config(spec, par, dtype=dtype, on_host=on_host)
     vocab = padded_vocab_size(spec.vocab_size, spec.make_vocab_size_divisible_by, par.tp)
     rope = spec.rope_scaling
     if rope is not None and (rope.low_freq_factor, rope.high_freq_factor,
@@ -129,11 +131,12 @@ def build_chunks(spec: ModelSpec, par: Parallel, *, dtype: str = "fp32", role: s
 
 
 def build_teacher(spec: ModelSpec, par: Parallel, *, dtype: str = "fp32",
-                  student_spec: Optional[ModelSpec] = None) -> Teacher:
-    """The frozen teacher: no grads, no DDP, no optimizer; eval mode."""
+                  student_spec: Optional[ModelSpec] = None, on_host: bool = False) -> Teacher:
+    """The frozen teacher: no grads, no DDP, no optimizer; eval mode. on_host: built (and then
+    loaded) in host memory, for models/teacher_stream.py to stream."""
     if student_spec is not None:
         check_same_vocab(student_spec, spec)
-    chunks, config, vocab = build_chunks(spec, par, dtype=dtype, role="teacher")
+    chunks, config, vocab = build_chunks(spec, par, dtype=dtype, role="teacher", on_host=on_host)
     for chunk in chunks:
         chunk.requires_grad_(False)
         chunk.eval()
@@ -180,6 +183,8 @@ def memory_report(student: Optional[Student], teacher: Optional[Teacher]) -> dic
         out["memory/student_params_mib"] = student.parameter_bytes() / mib
         out["memory/student_grad_buffer_mib"] = student.grad_buffer_bytes() / mib
         out["memory/student_optimizer_mib"] = student.optimizer_state_bytes() / mib
-    if teacher is not None:
+    if teacher is not None:  # resident bytes; a streamed teacher's layers are in host memory
         out["memory/teacher_params_mib"] = teacher.parameter_bytes() / mib
+        if hasattr(teacher, "host_bytes"):
+            out["memory/teacher_host_mib"] = teacher.host_bytes() / mib
     return out

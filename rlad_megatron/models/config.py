@@ -57,7 +57,8 @@ def use_transformer_engine() -> bool:
     return not cpu_only() and mcore_compat.have_transformer_engine()
 
 
-def transformer_config(spec: ModelSpec, par: Parallel, *, dtype: str = "fp32"):
+def transformer_config(spec: ModelSpec, par: Parallel, *, dtype: str = "fp32",
+                       on_host: bool = False):
     """The megatron TransformerConfig for `spec` under layout `par`."""
     from megatron.core.transformer import TransformerConfig
 
@@ -94,7 +95,7 @@ def transformer_config(spec: ModelSpec, par: Parallel, *, dtype: str = "fp32"):
         pipeline_dtype=params_dtype,
         bf16=dtype == "bf16",
         fp16=dtype == "fp16",
-        use_cpu_initialization=cpu_only(),
+        use_cpu_initialization=cpu_only() or on_host,
         bias_activation_fusion=False,
         masked_softmax_fusion=False,
         persist_layer_norm=False,

@@ -45,6 +45,21 @@ class ModelConfig:
 
 
 @dataclass
+class TeacherConfig(ModelConfig):
+    """The frozen teacher: a ModelConfig plus where its weights live (models/teacher_stream.py)."""
+
+    offload: str = "none"
+    """none: resident on the device, like the student | stream: decoder layers in host memory,
+    visiting the device `stream_window` at a time, scored layer-major. With stream the teacher
+    only scores (no teacher trajectories, evaluation or sft_distill traces: validated)."""
+    stream_window: int = 2
+    """offload=stream: decoder layers resident at once (the one computing + those prefetched)."""
+    stream_activations: str = "device"
+    """offload=stream: where the [s, b, h] hidden states wait between layers: device | host
+    (pinned; for batches whose activations do not fit next to the window)."""
+
+
+@dataclass
 class DataConfig:
     """Prompts and rewards."""
 
@@ -304,7 +319,7 @@ class RunConfig:
     run_dir: str = "runs/default"
     seed: int = 1234
     student: ModelConfig = field(default_factory=ModelConfig)
-    teacher: ModelConfig = field(default_factory=ModelConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)

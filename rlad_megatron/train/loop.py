@@ -42,6 +42,7 @@ from rlad_megatron.train.checkpoint import save_train_checkpoint
 from rlad_megatron.train.config import RunConfig
 from rlad_megatron.train.evaluate import eval_items, evaluate, write_eval_records
 from rlad_megatron.train.plots import plot_run
+from rlad_megatron.models.teacher_stream import StreamedTeacher, stream_metrics
 from rlad_megatron.train.preemption import PreemptionHandler, write_preemption_marker
 from rlad_megatron.train.setup import Run, setup
 from rlad_megatron.train.sft_data import sft_batch
@@ -52,7 +53,7 @@ log = logging.getLogger("rlad_megatron.train")
 
 def rl_step(run: Run, step: int) -> dict[str, float]:
     cfg, timer = run.cfg, run.timer
-    teacher_rows, ref, teacher = None, None, None
+    teacher_rows, ref, teacher, streamed = None, None, None, {}
     with timer.phase("rollout"):
         items = phases.dp_shard(run, run.sampler.next(cfg.rollout.prompts_per_step))
         rollout = phases.rollout(run, items, step)
@@ -71,6 +72,8 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
         with timer.phase("teacher_logprobs"):
             teacher = phases.logprobs(run, run.teacher, rollout.tokens, fused=True)
         phases.teacher_guard(run, teacher, rollout.loss_mask)
+        if isinstance(run.teacher, StreamedTeacher):  # this rank's bytes and copy time
+            streamed = stream_metrics(run.teacher)
     batch = phases.select(run, TrainBatch.from_rollout(
         dataclasses.replace(rollout, loss_mask=loss_mask), rewards=rewards,
         advantages=advantages, old_logprobs=old, teacher_logprobs=teacher,
@@ -91,6 +94,7 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
     }))
     if cfg.uses_trajectories:
         metrics["joint/distill_share"] = distill_share(metrics)
+    metrics.update(streamed)
     metrics["_sample"] = texts[0] if texts else ""
     return metrics
 

@@ -25,6 +25,7 @@ from rlad_megatron.data.selection import gate_trajectories, select_teacher_token
 from rlad_megatron.data.tasks import PromptItem
 from rlad_megatron.losses import check_teacher_logprobs, kdrl_beta
 from rlad_megatron.models.forward import forward_logprobs
+from rlad_megatron.models.teacher_stream import StreamedTeacher, streamed_logprobs
 from rlad_megatron.rollout import GenerationConfig, generate
 from rlad_megatron.runtime import devices
 from rlad_megatron.train.step import LossSpec, forward_backward, grads_finite, optimizer_step
@@ -134,9 +135,14 @@ def _pp_broadcast(run, value: Optional[torch.Tensor], shape) -> torch.Tensor:
 
 
 def logprobs(run, model, tokens: torch.Tensor, *, fused: bool) -> torch.Tensor:
-    """[b, s] log-probs of `tokens` under `model` at the rollout temperature, on every stage."""
-    lp = forward_logprobs(model, tokens, micro_batch_size=run.cfg.train.micro_batch_size,
-                          temperature=run.cfg.rollout.temperature, fused=fused)
+    """[b, s] log-probs of `tokens` under `model` at the rollout temperature, on every stage.
+    A teacher streamed from host memory (teacher.offload=stream) is scored layer-major."""
+    mbs, temperature = run.cfg.train.micro_batch_size, run.cfg.rollout.temperature
+    if isinstance(model, StreamedTeacher):
+        lp = streamed_logprobs(model, tokens, micro_batch_size=mbs, temperature=temperature)
+    else:
+        lp = forward_logprobs(model, tokens, micro_batch_size=mbs, temperature=temperature,
+                              fused=fused)
     return _pp_broadcast(run, lp, tuple(tokens.shape))
 
 

@@ -30,6 +30,7 @@ from rlad_megatron.models import checkpoint as mckpt
 from rlad_megatron.models.build import (BuiltModel, Student, Teacher, build_student,
                                         build_teacher, memory_report)
 from rlad_megatron.models.spec import ModelSpec, get_preset
+from rlad_megatron.models.teacher_stream import stream_teacher
 from rlad_megatron.runtime import DistEnv, Parallel, init_distributed, init_parallel, print0
 from rlad_megatron.train import checkpoint as tckpt
 from rlad_megatron.models.reference import ReferenceWeights
@@ -287,9 +288,13 @@ def _build(cfg: RunConfig, env: DistEnv, resume_at: Optional[int],
     student = build_student(student_spec, par, cfg.optimizer, dtype=cfg.student.dtype)
     teacher = None
     if teacher_needed:
+        streamed = cfg.teacher.offload == "stream"
         teacher = build_teacher(teacher_spec, par, dtype=cfg.teacher.dtype,
-                                student_spec=student_spec)
+                                student_spec=student_spec, on_host=streamed)
         init_weights(teacher, cfg.teacher, seed=cfg.seed + 1)
+        if streamed:  # decoder layers stay in host memory, the rest moves to the device
+            teacher = stream_teacher(teacher, window=cfg.teacher.stream_window,
+                                     activations=cfg.teacher.stream_activations)
     init_weights(student, cfg.student, seed=cfg.seed)
     # pi_ref: the starting weights, taken before a resume loads the trained ones
     reference = ReferenceWeights.snapshot(student) if cfg.kl_beta else None

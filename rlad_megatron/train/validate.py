@@ -28,6 +28,8 @@ _CHOICES = {
     "imitation.distill_loss": ("ratio", "nll"),
     "student.dtype": ("fp32", "bf16", "fp16"),
     "teacher.dtype": ("fp32", "bf16", "fp16"),
+    "teacher.offload": ("none", "stream"),
+    "teacher.stream_activations": ("device", "host"),
 }
 
 
@@ -79,6 +81,7 @@ def validate_run_config(cfg: RunConfig, world_size: int = 1, check_files: bool =
     dp = world_size // (cfg.parallel.tensor * cfg.parallel.pipeline)
     _model(cfg, "student", check_files)
     _imitation(cfg)
+    _teacher_offload(cfg)
     if cfg.needs_teacher:
         _model(cfg, "teacher", check_files)
     _positive(cfg, "train.steps", "train.micro_batch_size", "train.mini_batches",
@@ -230,3 +233,24 @@ def _imitation(cfg: RunConfig) -> None:
                          f"{im.importance_cap}")
     if not 0 < im.tau_success <= 1:
         raise ValueError(f"imitation.tau_success must be in (0, 1], got {im.tau_success}")
+
+
+def _teacher_offload(cfg: RunConfig) -> None:
+    """teacher.offload=stream: the streamed teacher only scores tokens (models/teacher_stream.py);
+    everything that would generate with it, one token at a time through every layer's copy, is
+    refused rather than made silently slow."""
+    t = cfg.teacher
+    if t.stream_window < 1:
+        raise ValueError(f"teacher.stream_window must be >= 1, got {t.stream_window}")
+    if t.offload != "stream":
+        return
+    if cfg.algorithm == "sft_distill":
+        raise ValueError("teacher.offload=stream: algorithm sft_distill generates its traces with "
+                         "the teacher, which a streamed teacher does not do; use offload=none")
+    if cfg.rollout.teacher_samples:
+        raise ValueError(f"teacher.offload=stream: rollout.teacher_samples="
+                         f"{cfg.rollout.teacher_samples} generates with the teacher, which a streamed teacher does not "
+                         "do; set rollout.teacher_samples=0 or teacher.offload=none")
+    if cfg.eval.teacher and cfg.eval.at_start:
+        raise ValueError("teacher.offload=stream: eval.teacher=true evaluates the teacher by "
+                         "generation, which a streamed teacher does not do; set eval.teacher=false")

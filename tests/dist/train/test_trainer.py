@@ -175,3 +175,35 @@ def test_reference_kl_is_zero_before_the_first_update_and_positive_after(shared_
         detail = f"kl/ref_mean per step {kl}"
         ok = len(kl) == 2 and abs(kl[0]) < 1e-9 and kl[1] > 1e-7
     assert_all_ranks(ok, detail)
+
+
+@pytest.mark.parametrize("layout", [["parallel.tensor=2"], ["parallel.pipeline=2"]],
+                         ids=["tp2", "pp2"])
+def test_streamed_teacher_trains_exactly_like_the_resident_one(shared_tmp_path, layout):
+    """teacher.offload=stream (decoder layers in host memory, scored layer-major) gives the same
+    run, bit for bit on CPU, as the resident teacher: every logged loss, teacher and TRRD
+    statistic and the final student weights; and it logs its memory and copy time."""
+    students = {}
+    for offload in ("none", "stream"):
+        cfg = _config(shared_tmp_path, f"offload_{offload}_{layout[0]}", "rlad", *layout,
+                      f"teacher.offload={offload}", "teacher.stream_window=1",
+                      "eval.teacher=false")
+        run = setup(cfg)
+        train(cfg, run)
+        students[offload] = [p.detach().clone() for m in run.student.modules
+                             for p in m.parameters()]
+        destroy_parallel()
+    same = all(torch.equal(a, b) for a, b in zip(students["none"], students["stream"]))
+    assert_all_ranks(same, "final student weights differ between resident and streamed teacher")
+    ok, detail = True, ""
+    if torch.distributed.get_rank() == 0:
+        runs = {o: [m for m in _metrics(shared_tmp_path / f"offload_{o}_{layout[0]}")
+                    if "loss/trrd" in m] for o in ("none", "stream")}
+        keys = [k for k in runs["none"][0] if k.split("/")[0] in ("loss", "trrd", "teacher")]
+        diffs = [(m["step"], k) for m, n in zip(runs["stream"], runs["none"]) for k in keys
+                 if m[k] != n[k]]
+        ok = not diffs and len(runs["stream"]) == 2 and all(
+            m["teacher/resident_mib"] > 0 and m["teacher/host_mib"] > 0 and
+            "time/teacher_transfer_s" in m for m in runs["stream"])
+        detail = f"differing (step, key): {diffs[:5]}; keys {keys[:8]}"
+    assert_all_ranks(ok, detail)

@@ -108,6 +108,16 @@ def test_missing_config_file_is_named(tmp_path):
     ({"loss.trrd.teacher_logratio_clamp": 0.0}, 1, r"teacher_logratio_clamp: 0.0 must be > 0"),
     ({"loss.kdrl.beta_min": 0.1}, 1, r"loss.kdrl.beta_min: 0.1 must be in \[0"),
     ({"data.source": "/no/such.jsonl"}, 1, r"data.source: /no/such.jsonl is neither"),
+    ({"teacher.offload": "disk"}, 1, r"teacher.offload: 'disk' is not one of none, stream"),
+    ({"teacher.stream_window": 0}, 1, r"teacher.stream_window must be >= 1, got 0"),
+    ({"teacher.stream_activations": "nvme"}, 1, r"teacher.stream_activations: 'nvme' is not"),
+    ({"teacher.offload": "stream", "rollout.teacher_samples": 2, "eval.teacher": False,
+      "train.micro_batch_size": 4}, 1,
+     r"teacher.offload=stream: rollout.teacher_samples=2 generates with the teacher"),
+    ({"teacher.offload": "stream"}, 1,
+     r"teacher.offload=stream: eval.teacher=true evaluates the teacher by generation"),
+    ({"teacher.offload": "stream", "algorithm": "sft_distill"}, 1,
+     r"teacher.offload=stream: algorithm sft_distill generates its traces"),
 ])
 def test_validate_names_the_key_and_values(tmp_path, over, world, message):
     cfg = _valid(tmp_path, **over)
