@@ -110,7 +110,9 @@ def _reproduce(args, demo: bool = False) -> int:
 def _plan(args) -> int:
     import json
 
-    from rlad_megatron.launch.plan import build_request, format_plan, plan, plan_to_dict
+    from rlad_megatron.launch.plan import build_request, plan
+    from rlad_megatron.launch.plan_report import format_plan, plan_to_dict
+    from rlad_megatron.launch.step_time import Hardware
 
     try:
         request = build_request(
@@ -121,7 +123,10 @@ def _plan(args) -> int:
             prompts_per_step=args.prompts_per_step, group_size=args.group_size,
             rollout_micro_batch=args.rollout_batch, student_dtype=args.dtype,
             teacher_dtype=args.dtype, distributed_optimizer=args.distributed_optimizer,
-            recompute=args.recompute or None, reserve_gib=args.reserve)
+            recompute=args.recompute or None, reserve_gib=args.reserve,
+            teacher_offload=args.teacher_offload, stream_window=args.stream_window,
+            host_memory_gib=args.host_memory, min_headroom_gib=args.min_headroom,
+            hardware=Hardware.from_overrides(args.hw))
         result = plan(request)
     except (ValueError, FileNotFoundError) as e:
         print(f"rlad plan: error: {e}", file=sys.stderr)
@@ -156,6 +161,18 @@ def _add_plan_parser(sub) -> None:
     p.add_argument("--recompute", action="store_true", help="count full activation recompute")
     p.add_argument("--reserve", type=float, help="GiB kept for CUDA context, NCCL, fragmentation "
                    "(default 4)")
+    p.add_argument("--teacher-offload", choices=("none", "stream"), help="stream: the teacher's "
+                   "layers in host memory, a window on the GPU (default: the config's, else none)")
+    p.add_argument("--stream-window", type=int, help="teacher layers on the GPU when streamed "
+                   "(default 2)")
+    p.add_argument("--host-memory", type=float, help="GiB of host memory per node, checked "
+                   "against a streamed teacher's layers")
+    p.add_argument("--min-headroom", type=float, default=2.0, help="GiB a recommended layout "
+                   "leaves free (default 2)")
+    p.add_argument("--hw", action="append", default=[], metavar="KEY=VALUE",
+                   help="step-time assumption (launch/step_time.py Hardware: peak_tflops, mfu, "
+                   "hbm_gbps, intra_node_gbps, inter_node_gbps, host_to_device_gbps, "
+                   "collective_latency_us)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(func=_plan)
 

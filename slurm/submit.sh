@@ -8,6 +8,8 @@
 #   qwen3_8b_to_1.7b     examples/configs/qwen3_8b_to_1.7b.yaml     1
 #   qwen3_32b_to_8b      examples/configs/qwen3_32b_to_8b.yaml      4
 #   llama31_405b_to_8b   examples/configs/llama31_405b_to_8b.yaml   8
+#   llama31_405b_to_8b_1node  examples/configs/llama31_405b_to_8b_1node.yaml  1 (teacher streamed
+#                        from host memory: set HOST_MEMORY_GIB to check it here too)
 #
 # Refuses to submit (exit 2) when the layout does not divide the models or does not fit the
 # GPUs; the job checks again on its first node before it starts (PLAN=0 skips both checks).
@@ -27,6 +29,7 @@ LOG_DIR=${LOG_DIR:-$PWD/logs}        # the job log: $LOG_DIR/<job name>-<job id>
 SBATCH_EXTRA=${SBATCH_EXTRA:-}       # more sbatch options, e.g. "--qos=high --constraint=h100"
 PYTHON=${PYTHON:-python}
 GPU_MEMORY_GIB=${GPU_MEMORY_GIB:-80}
+HOST_MEMORY_GIB=${HOST_MEMORY_GIB:-}  # per node, for a streamed teacher (empty: checked in the job)
 PROMPT_LEN=${PROMPT_LEN:-1024}
 PLAN=${PLAN:-1}
 
@@ -38,6 +41,8 @@ case "$1" in
     qwen3_8b_to_1.7b)   CONFIG=$REPO/examples/configs/qwen3_8b_to_1.7b.yaml;   : "${NODES:=1}" ;;
     qwen3_32b_to_8b)    CONFIG=$REPO/examples/configs/qwen3_32b_to_8b.yaml;    : "${NODES:=4}" ;;
     llama31_405b_to_8b) CONFIG=$REPO/examples/configs/llama31_405b_to_8b.yaml; : "${NODES:=8}" ;;
+    llama31_405b_to_8b_1node)
+                        CONFIG=$REPO/examples/configs/llama31_405b_to_8b_1node.yaml; : "${NODES:=1}" ;;
     *.yaml|*.yml)       CONFIG=$1;                                             : "${NODES:=1}" ;;
     *) echo "submit.sh: $1 is neither a recipe nor a .yaml config" >&2; exit 2 ;;
 esac
@@ -48,6 +53,7 @@ if [[ "$PLAN" == 1 ]]; then
     if "$PYTHON" -c "import rlad_megatron" 2>/dev/null; then
         "$PYTHON" -m rlad_megatron.cli plan --config "$CONFIG" --nodes "$NODES" \
             --gpus-per-node "$GPUS_PER_NODE" --gpu-memory "$GPU_MEMORY_GIB" \
+            ${HOST_MEMORY_GIB:+--host-memory "$HOST_MEMORY_GIB"} \
             --prompt-len "$PROMPT_LEN" "$@" || { echo "submit.sh: not submitted" >&2; exit 2; }
     else
         echo "submit.sh: rlad_megatron is not importable by $PYTHON here; the job checks the" \
@@ -62,5 +68,5 @@ ARGS=(--job-name="$JOB_NAME" --nodes="$NODES" --ntasks-per-node="$GPUS_PER_NODE"
 [[ -n "$PARTITION" ]] && ARGS+=(--partition="$PARTITION")
 # shellcheck disable=SC2206
 [[ -n "$SBATCH_EXTRA" ]] && ARGS+=($SBATCH_EXTRA)
-export PYTHON GPU_MEMORY_GIB PROMPT_LEN PLAN
+export PYTHON GPU_MEMORY_GIB HOST_MEMORY_GIB PROMPT_LEN PLAN
 sbatch "${ARGS[@]}" "$HERE/rlad_train.sbatch" "$CONFIG" "$@"

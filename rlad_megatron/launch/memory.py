@@ -20,6 +20,16 @@ Student and teacher share one Megatron layout (TP x PP x DP, runtime/parallel.py
   KV cache         2 * L_S/pp * g_S/tp * d_head * (prompt + response) * B_roll * b_S
   reserve          CUDA context, NCCL buffers, allocator fragmentation (a flat amount)
 
+With the teacher streamed from host memory (teacher.offload=stream, models/teacher_stream.py)
+the teacher's device terms become
+  teacher weights  (window * P_layer + P_head) * b_T     P_head: the stage's embedding, output
+                                               layer and final norm (what every micro-batch needs)
+  teacher activ.   B_rank * s * h_T * b_T (/tp with sequence parallelism): the hidden states of
+                                               all the rank's rows between layers (layer-major)
+and its layers move to host memory: L_T/pp * P_layer * b_T per rank (`teacher_host_bytes`).
+Every rank holds its own host copy (DP replicas included), so a node needs
+GPUs-per-node x that; sharing one copy between a node's DP replicas is not implemented.
+
 So a bf16 student costs 2 + 4 + 12 = 18 bytes per parameter, or 6 + 12/dp with the distributed
 optimizer (Megatron-LM's distributed-optimizer table for fp32 gradients), and a bf16 teacher 2.
 
@@ -82,6 +92,10 @@ class Workload:
     logprob_chunk_tokens: Optional[int] = None
     """Tokens per log-prob chunk; None: as many as fit LOGPROB_CHUNK_BYTES (the GPU default)."""
     reserve_gib: float = 4.0
+    teacher_offload: str = "none"
+    """teacher.offload: none | stream (decoder layers in host memory)."""
+    stream_window: int = 2
+    """teacher.stream_window: teacher layers resident at once when streamed."""
 
     @property
     def seq_len(self) -> int:
@@ -110,6 +124,7 @@ class MemoryEstimate:
     activations_recompute: int
     logits: int
     logprob_chunk: int
+    teacher_activations: int
     kv_cache: int
     reserve: int
 
@@ -142,6 +157,27 @@ def stage_parameters(spec: ModelSpec, tp: int, pp: int) -> int:
     return layers + embedding + spec.hidden_size             # output layer (or its tied copy), norm
 
 
+def head_parameters(spec: ModelSpec, tp: int, pp: int) -> int:
+    """Parameters outside the decoder layers on one rank of the heaviest stage: the embedding,
+    the output layer (or its tied copy) and the final norm."""
+    return stage_parameters(spec, tp, pp) - spec.num_layers // pp * layer_parameters(spec, tp)
+
+
+def teacher_device_parameters(spec: ModelSpec, tp: int, pp: int, w: "Workload") -> int:
+    """Teacher parameters on one GPU: the whole stage, or (streamed) the window plus the head."""
+    if w.teacher_offload != "stream":
+        return stage_parameters(spec, tp, pp)
+    window = min(w.stream_window, spec.num_layers // pp)
+    return window * layer_parameters(spec, tp) + head_parameters(spec, tp, pp)
+
+
+def teacher_host_bytes(spec: ModelSpec, tp: int, pp: int, w: "Workload") -> int:
+    """Host memory one rank holds for a streamed teacher (0 when resident)."""
+    if w.teacher_offload != "stream":
+        return 0
+    return spec.num_layers // pp * layer_parameters(spec, tp) * DTYPE_BYTES[w.teacher_dtype]
+
+
 def layer_activation_bytes(spec: ModelSpec, w: Workload, tp: int) -> int:
     """A_layer: activations one layer keeps for the backward of one micro-batch."""
     s, b, h, a = w.seq_len, w.micro_batch_size, spec.hidden_size, spec.num_attention_heads
@@ -157,7 +193,7 @@ def estimate(teacher: ModelSpec, student: ModelSpec, tp: int, pp: int, dp: int,
              w: Workload) -> MemoryEstimate:
     """Per-GPU memory of RLAD with `teacher` and `student` under layout tp x pp x dp."""
     b_s, b_t = DTYPE_BYTES[w.student_dtype], DTYPE_BYTES[w.teacher_dtype]
-    p_s, p_t = stage_parameters(student, tp, pp), stage_parameters(teacher, tp, pp)
+    p_s, p_t = stage_parameters(student, tp, pp), teacher_device_parameters(teacher, tp, pp, w)
     optimizer_bytes = (12 if b_s == 2 else 8) / (dp if w.distributed_optimizer else 1)
 
     layers, in_flight = student.num_layers // pp, min(pp, w.micro_batches(dp))
@@ -179,6 +215,9 @@ def estimate(teacher: ModelSpec, student: ModelSpec, tp: int, pp: int, dp: int,
         activations_recompute=layers * in_flight * kept_input + a_layer,
         logits=tokens * vocab_shard * 2 * b_s,
         logprob_chunk=min(chunk, tokens) * vocab_shard * 4,
+        teacher_activations=(w.sequences_per_rank(dp) * w.seq_len * teacher.hidden_size * b_t
+                             // (tp if w.sequence_parallel else 1)
+                             if w.teacher_offload == "stream" else 0),
         kv_cache=(2 * layers * kv_heads * student.head_dim * w.seq_len
                   * w.rollout_batch(dp) * b_s),
         reserve=int(w.reserve_gib * GIB),

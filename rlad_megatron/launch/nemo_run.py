@@ -43,7 +43,8 @@ from rlad_megatron.train.config import RunConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "examples" / "configs"
 RECIPES = {"qwen3_8b_to_1_7b": "qwen3_8b_to_1.7b.yaml", "qwen3_32b_to_8b": "qwen3_32b_to_8b.yaml",
-           "llama31_405b_to_8b": "llama31_405b_to_8b.yaml"}
+           "llama31_405b_to_8b": "llama31_405b_to_8b.yaml",
+           "llama31_405b_to_8b_1node": "llama31_405b_to_8b_1node.yaml"}
 """factory name -> YAML in examples/configs/ (slurm/README.md gives their node counts)."""
 ENV_VARS = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "CUDA_DEVICE_MAX_CONNECTIONS": "1",
             "TORCH_NCCL_AVOID_RECORD_STREAMS": "1", "NCCL_NVLS_ENABLE": "0",
@@ -115,6 +116,12 @@ def qwen3_32b_to_8b():
 def llama31_405b_to_8b():
     """Llama-3.1-405B teacher -> Llama-3.1-8B student, 8 nodes x 8 GPUs (TP=8, PP=2, DP=4)."""
     return from_yaml(CONFIG_DIR / RECIPES["llama31_405b_to_8b"])
+
+
+def llama31_405b_to_8b_1node():
+    """Llama-3.1-405B teacher streamed from host memory -> Llama-3.1-8B student, 1 node x 8 GPUs
+    (TP=4, DP=2; 1.5 TiB of host memory for the teacher's layers)."""
+    return from_yaml(CONFIG_DIR / RECIPES["llama31_405b_to_8b_1node"])
 
 
 # ----------------------------------------------------------------------------- executors

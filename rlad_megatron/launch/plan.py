@@ -13,10 +13,14 @@ Valid layouts (student and teacher share one, runtime/parallel.py):
   PP (times the virtual pipeline size) divides both models' layer counts;
   DP = world / (TP * PP), and DP divides rollout.prompts_per_step (a prompt's group stays on
      one rank).
-Each valid layout gets the per-GPU memory of launch/memory.py; they are ranked by headroom (GPU
-memory minus the total). A layout fixed by the run config (parallel.tensor / pipeline) or by
---tp / --pp is checked as is; the request is refused, with the reason, when that layout does
-not divide the models or does not fit, or, with no fixed layout, when no valid layout fits.
+Each valid layout gets the per-GPU memory of launch/memory.py (and, with a streamed teacher,
+the host memory per node) and the estimated step time of launch/step_time.py. The layouts that
+fit with at least --min-headroom GiB to spare are ranked fastest first; the recommendation is
+the fastest, not the most sharded (more TP and PP buy memory with communication and pipeline
+bubbles). A layout fixed by the run config (parallel.tensor / pipeline) or by --tp / --pp is
+checked as is; the request is refused, with the reason, when that layout does not divide the
+models or does not fit, or, with no fixed layout, when no valid layout fits. The tables and the
+JSON form are in launch/plan_report.py.
 """
 
 from __future__ import annotations
@@ -28,13 +32,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from rlad_megatron.launch.memory import GIB, MemoryEstimate, Workload, estimate
+from rlad_megatron.launch.memory import (GIB, MemoryEstimate, Workload, estimate,
+                                         teacher_host_bytes)
+from rlad_megatron.launch.step_time import Hardware, StepTime, estimate_step
 from rlad_megatron.models.spec import PRESETS, ModelSpec, get_preset
 
 LABELS = {"teacher_weights": "teacher weights", "student_weights": "student weights",
           "student_grads": "student grads", "optimizer_state": "optimizer",
           "activations": "activations", "activations_recompute": "activations (recompute)",
           "logits": "logits", "logprob_chunk": "log-prob chunk", "kv_cache": "KV cache",
+          "teacher_activations": "teacher activations (streamed)",
           "reserve": "reserve"}
 
 
@@ -50,6 +57,12 @@ class PlanRequest:
     """A fixed layout (the run config's parallel.tensor/pipeline, or --tp/--pp); None: any."""
     pp: Optional[int] = None
     vpp: Optional[int] = None
+    host_memory_gib: Optional[float] = None
+    """Host memory per node for a streamed teacher's layers; None: not checked."""
+    min_headroom_gib: float = 2.0
+    """A layout is recommended only with at least this much GPU memory to spare."""
+    hardware: Hardware = field(default_factory=Hardware)
+    """Assumptions of the step-time estimate (launch/step_time.py)."""
 
     @property
     def world(self) -> int:
@@ -65,10 +78,15 @@ class LayoutPlan:
     total: int
     headroom: int
     """GPU memory minus total, in bytes; negative when it does not fit."""
+    time: StepTime
+    host_per_node: int = 0
+    """Host bytes per node of a streamed teacher's layers (every rank holds its own copy)."""
+    host_limit: Optional[int] = None
 
     @property
     def fits(self) -> bool:
-        return self.headroom >= 0
+        return self.headroom >= 0 and (self.host_limit is None or
+                                       self.host_per_node <= self.host_limit)
 
     @property
     def name(self) -> str:
@@ -79,9 +97,10 @@ class LayoutPlan:
 class Plan:
     request: PlanRequest
     layouts: list[LayoutPlan]
-    """Every valid layout, most headroom first."""
+    """Every valid layout: those that fit with the minimum headroom, fastest first, then the
+    rest, most headroom first."""
     chosen: Optional[LayoutPlan]
-    """The fixed layout, or else the one with most headroom; None when no layout is valid."""
+    """The fixed layout, or else the fastest that fits; None when no layout is valid."""
     ok: bool
     reason: Optional[str] = None
     """Why the request is refused (None when ok)."""
@@ -147,6 +166,7 @@ WORKLOAD_FROM_CONFIG = {
     "student_dtype": "student.dtype", "teacher_dtype": "teacher.dtype",
     "distributed_optimizer": "optimizer.distributed",
     "sequence_parallel": "parallel.sequence_parallel",
+    "teacher_offload": "teacher.offload", "stream_window": "teacher.stream_window",
 }
 """Workload field <- run config key, for `rlad plan --config` (the prompt length is not in it)."""
 
@@ -154,15 +174,22 @@ WORKLOAD_FROM_CONFIG = {
 def build_request(*, nodes: int, gpus_per_node: int, gpu_memory_gib: float = 80.0,
                   config=None, overrides=(), teacher: Optional[str] = None,
                   student: Optional[str] = None, tp: Optional[int] = None,
-                  pp: Optional[int] = None, **workload) -> PlanRequest:
+                  pp: Optional[int] = None, host_memory_gib: Optional[float] = None,
+                  min_headroom_gib: float = 2.0, hardware: Optional[Hardware] = None,
+                  **workload) -> PlanRequest:
     """A PlanRequest from a run config (a YAML path + dotted overrides, or a RunConfig) and/or
     explicit models and sizes.
 
     Explicit arguments win over the config; `workload` holds Workload fields, None = unset."""
     for name, value in (("--nodes", nodes), ("--gpus-per-node", gpus_per_node),
-                        ("--gpu-memory", gpu_memory_gib)):
-        if not value > 0:
+                        ("--gpu-memory", gpu_memory_gib), ("--host-memory", host_memory_gib)):
+        if value is not None and not value > 0:
             raise ValueError(f"{name}: {value:g} must be > 0")
+    if min_headroom_gib < 0:
+        raise ValueError(f"--min-headroom: {min_headroom_gib:g} must be >= 0")
+    if workload.get("teacher_offload") not in (None, "none", "stream"):
+        raise ValueError(f"--teacher-offload: {workload['teacher_offload']!r} is not one of "
+                         "none, stream")
     workload = {k: v for k, v in workload.items() if v is not None}
     vpp = None
     if config is not None or overrides:
@@ -191,7 +218,8 @@ def build_request(*, nodes: int, gpus_per_node: int, gpu_memory_gib: float = 80.
     s_spec = s_spec or load_model_spec(student, "student")
     return PlanRequest(teacher=t_spec, student=s_spec, nodes=nodes, gpus_per_node=gpus_per_node,
                        gpu_memory_gib=gpu_memory_gib, workload=Workload(**workload), tp=tp,
-                       pp=pp, vpp=vpp)
+                       pp=pp, vpp=vpp, host_memory_gib=host_memory_gib,
+                       min_headroom_gib=min_headroom_gib, hardware=hardware or Hardware())
 
 
 # ----------------------------------------------------------------------------- layouts
@@ -228,15 +256,26 @@ def evaluate(req: PlanRequest, tp: int, pp: int) -> LayoutPlan:
     dp = req.world // (tp * pp)
     memory = estimate(req.teacher, req.student, tp, pp, dp, req.workload)
     total = memory.total(recompute=req.workload.recompute)
-    return LayoutPlan(tp, pp, dp, memory, total, int(req.gpu_memory_gib * GIB) - total)
+    time = estimate_step(req.teacher, req.student, tp, pp, dp, req.workload,
+                         gpus_per_node=req.gpus_per_node, hw=req.hardware)
+    host = teacher_host_bytes(req.teacher, tp, pp, req.workload) * req.gpus_per_node
+    limit = None if req.host_memory_gib is None else int(req.host_memory_gib * GIB)
+    return LayoutPlan(tp, pp, dp, memory, total, int(req.gpu_memory_gib * GIB) - total, time,
+                      host, limit)
+
+
+def recommendable(req: PlanRequest, lp: LayoutPlan) -> bool:
+    """Fits, with at least the minimum headroom."""
+    return lp.fits and lp.headroom >= req.min_headroom_gib * GIB
 
 
 def valid_layouts(req: PlanRequest) -> list[LayoutPlan]:
-    """Every valid (tp, pp) with its memory, most headroom first (then fewer model-parallel ranks)."""
+    """Every valid (tp, pp): the recommendable ones fastest first, then the others by headroom."""
     layers = math.gcd(req.teacher.num_layers, req.student.num_layers)
     plans = [evaluate(req, tp, pp) for tp in _divisors(req.gpus_per_node)
              for pp in _divisors(layers) if not layout_problems(req, tp, pp)]
-    return sorted(plans, key=lambda p: (-p.headroom, p.tp * p.pp, p.tp))
+    return sorted(plans, key=lambda p: (0, p.time.total, p.tp * p.pp) if recommendable(req, p)
+                  else (1, -p.headroom, p.tp * p.pp))
 
 
 def plan(req: PlanRequest) -> Plan:
@@ -260,10 +299,21 @@ def plan(req: PlanRequest) -> Plan:
     best = layouts[0]
     if not best.fits:
         return Plan(req, layouts, best, False, "no layout fits; the best, " + _over(req, best))
+    if not recommendable(req, best):
+        return Plan(req, layouts, best, False,
+                    f"no layout leaves the minimum headroom of {req.min_headroom_gib:g} GiB: "
+                    f"{best.name} fits with {_gib(best.headroom)} GiB to spare (lower "
+                    "--min-headroom to accept it)")
     return Plan(req, layouts, best, True)
 
 
 def _over(req: PlanRequest, lp: LayoutPlan) -> str:
+    if lp.headroom >= 0:  # the GPU holds it: the host does not
+        per_rank = lp.host_per_node // req.gpus_per_node
+        return (f"{lp.name}: the streamed teacher's layers need {_gib(lp.host_per_node)} GiB of "
+                f"host memory per node ({req.gpus_per_node} ranks x {_gib(per_rank)} GiB), "
+                f"{_gib(lp.host_per_node - lp.host_limit)} GiB more than --host-memory "
+                f"{req.host_memory_gib:g} GiB")
     parts = sorted(((v, LABELS[k]) for k, v in lp.memory.parts().items()
                     if k != ("activations" if req.workload.recompute else "activations_recompute")),
                    reverse=True)
@@ -298,67 +348,5 @@ def _no_layout(req: PlanRequest) -> str:
             f"{req.world} GPUs and rollout.prompts_per_step {req.workload.prompts_per_step}")
 
 
-# ----------------------------------------------------------------------------- output
 def _gib(n: float) -> str:
     return f"{n / GIB:.1f}"
-
-
-COLUMNS = ("teacher_weights", "student_weights", "student_grads", "optimizer_state",
-           "activations", "activations_recompute", "logits", "logprob_chunk", "kv_cache",
-           "reserve")
-HEADERS = ("teacher", "student", "grads", "optim", "activ", "act-rc", "logits", "lp-chunk",
-           "kv-cache", "reserve")
-
-
-def format_plan(p: Plan) -> str:
-    """A readable table (GiB per GPU), the chosen layout marked with '*', then the verdict."""
-    r, w = p.request, p.request.workload
-    lines = [
-        f"teacher {r.teacher.name or r.teacher.arch} ({r.teacher.num_parameters() / 1e9:.2f}B "
-        f"params, {w.teacher_dtype}), student {r.student.name or r.student.arch} "
-        f"({r.student.num_parameters() / 1e9:.2f}B, {w.student_dtype})",
-        f"{r.nodes} node(s) x {r.gpus_per_node} GPUs of {r.gpu_memory_gib:g} GiB; sequences "
-        f"{w.prompt_len} + {w.response_len} tokens, train micro-batch {w.micro_batch_size}, "
-        f"{w.prompts_per_step} prompts x {w.group_size} samples per step, "
-        f"{'distributed' if w.distributed_optimizer else 'replicated'} optimizer, activation "
-        f"recompute {'on' if w.recompute else 'off'}",
-        "",
-        "   layout          | " + " ".join(f"{h:>8}" for h in HEADERS) + " |    total  headroom",
-    ]
-    shown = list(p.layouts)
-    if p.chosen is not None and all((lp.tp, lp.pp) != (p.chosen.tp, p.chosen.pp) for lp in shown):
-        shown.insert(0, p.chosen)
-    for lp in shown:
-        mark = "*" if p.chosen is not None and (lp.tp, lp.pp) == (p.chosen.tp, p.chosen.pp) else " "
-        parts = lp.memory.parts()
-        lines.append(f" {mark} {lp.name:<15} | " + " ".join(f"{_gib(parts[c]):>8}" for c in COLUMNS)
-                     + f" | {_gib(lp.total):>8} {_gib(lp.headroom):>9}")
-    if not shown:
-        lines.append("   (no valid layout)")
-    lines.append("")
-    if p.ok:
-        lines.append(f"ok: {p.chosen.name} fits with {_gib(p.chosen.headroom)} GiB to spare")
-    else:
-        lines.append(f"refused: {p.reason}")
-    return "\n".join(lines)
-
-
-def plan_to_dict(p: Plan) -> dict:
-    """The JSON form: bytes everywhere, GiB in `*_gib` fields."""
-    def layout(lp: LayoutPlan) -> dict:
-        return {"tp": lp.tp, "pp": lp.pp, "dp": lp.dp, "fits": lp.fits,
-                "memory_bytes": lp.memory.parts(), "total_bytes": lp.total,
-                "headroom_bytes": lp.headroom, "total_gib": round(lp.total / GIB, 3),
-                "headroom_gib": round(lp.headroom / GIB, 3)}
-
-    r = p.request
-    return {
-        "ok": p.ok, "reason": p.reason,
-        "chosen": layout(p.chosen) if p.chosen is not None else None,
-        "layouts": [layout(lp) for lp in p.layouts],
-        "request": {"nodes": r.nodes, "gpus_per_node": r.gpus_per_node,
-                    "gpu_memory_gib": r.gpu_memory_gib, "tp": r.tp, "pp": r.pp, "vpp": r.vpp,
-                    "workload": dataclasses.asdict(r.workload),
-                    "teacher": {"name": r.teacher.name, "parameters": r.teacher.num_parameters()},
-                    "student": {"name": r.student.name, "parameters": r.student.num_parameters()}},
-    }

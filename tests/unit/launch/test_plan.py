@@ -6,6 +6,7 @@ means the planner would accept a layout that runs out of memory (or refuse one t
 submit a layout megatron cannot build.
 """
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -13,14 +14,16 @@ from pathlib import Path
 import pytest
 
 from rlad_megatron.cli import main as rlad_main
-from rlad_megatron.launch.memory import GIB, Workload, estimate, stage_parameters
-from rlad_megatron.launch.plan import (build_request, format_plan, load_model_spec, plan,
-                                       plan_to_dict)
+from rlad_megatron.launch.memory import (GIB, Workload, estimate, layer_parameters,
+                                         stage_parameters)
+from rlad_megatron.launch.plan import build_request, load_model_spec, plan
+from rlad_megatron.launch.plan_report import format_plan, plan_to_dict
+from rlad_megatron.launch.step_time import Hardware, estimate_step
 from rlad_megatron.models.spec import get_preset
 
 REPO = Path(__file__).resolve().parents[3]
 RECIPES = {"qwen3_8b_to_1.7b": (1, (2, 1, 4)), "qwen3_32b_to_8b": (4, (4, 1, 8)),
-           "llama31_405b_to_8b": (8, (8, 2, 4))}
+           "llama31_405b_to_8b": (8, (8, 2, 4)), "llama31_405b_to_8b_1node": (1, (4, 1, 2))}
 """recipe -> (nodes, its configured (TP, PP, DP) on 8-GPU nodes)."""
 
 
@@ -174,11 +177,14 @@ def test_sizes_that_do_not_divide_are_named():
     assert none.reason.startswith("no valid layout on 1 x 3 GPUs: TP in [1]")
 
 
-def test_layouts_are_ranked_by_headroom_and_respect_the_rules():
+def test_layouts_are_ranked_by_step_time_then_headroom_and_respect_the_rules():
     p = plan(build_request(nodes=2, gpus_per_node=8, teacher="qwen3-32b", student="qwen3-8b"))
     assert p.ok
-    headrooms = [lp.headroom for lp in p.layouts]
-    assert headrooms == sorted(headrooms, reverse=True)
+    ok = [lp for lp in p.layouts if lp.fits and lp.headroom >= 2 * GIB]
+    rest = p.layouts[len(ok):]
+    assert ok and p.layouts[:len(ok)] == ok                      # recommendable ones first
+    assert [lp.time.total for lp in ok] == sorted(lp.time.total for lp in ok)
+    assert [lp.headroom for lp in rest] == sorted((lp.headroom for lp in rest), reverse=True)
     # TP divides 8 GPUs per node, PP divides gcd(64, 36) = 4, TP * PP divides 16 GPUs
     assert {(lp.tp, lp.pp) for lp in p.layouts} == {(tp, pp) for tp in (1, 2, 4, 8)
                                                     for pp in (1, 2, 4) if tp * pp <= 16}
@@ -260,3 +266,99 @@ def test_nonpositive_machine_sizes_are_refused_by_the_cli(flag, value, capsys):
     args += [flag, value]
     assert main(args) == 2
     assert f"{flag}: {float(value):g} must be > 0" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- streamed teacher, step time
+H405, F405, Q405, KV405 = 16384, 53248, 128 * 128, 8 * 128
+
+
+def _layer_405b(tp):
+    return (H405 * (Q405 + 2 * KV405) + Q405 * H405 + 3 * H405 * F405) // tp + 2 * H405
+
+
+def test_405b_streamed_teacher_on_one_node_by_hand():
+    w = Workload(prompts_per_step=8, group_size=8, prompt_len=1024, response_len=1024,
+                 teacher_offload="stream", stream_window=2)
+    m = estimate(get_preset("llama3.1-405b"), get_preset("llama3.1-8b"), 4, 1, 2, w)
+    layer = _layer_405b(4)
+    assert layer == 796_917_760 + 32768
+    # PP=1: the embedding and the untied output layer (vocab 128256 -> 128512 at TP 4), final norm
+    head = 2 * 128512 * H405 // 4 + H405
+    assert m.teacher_weights == (2 * layer + head) * 2
+    assert round(m.teacher_weights / GIB, 1) == 4.9
+    # the rank's 32 rows x 2048 tokens of hidden states wait between layers (bf16)
+    assert m.teacher_activations == 32 * 2048 * H405 * 2
+    p = plan(build_request(nodes=1, gpus_per_node=8, teacher="llama3.1-405b",
+                           student="llama3.1-8b", prompts_per_step=8, group_size=8,
+                           prompt_len=1024, response_len=1024, teacher_offload="stream",
+                           host_memory_gib=2048))
+    assert p.ok and (p.chosen.tp, p.chosen.pp, p.chosen.dp) == (4, 1, 2)
+    # every rank holds its TP shard of all 126 layers in host memory: 8 ranks per node
+    assert p.chosen.host_per_node == 8 * 126 * layer * 2
+    assert round(p.chosen.host_per_node / GIB) == 1496
+    by_layout = {(lp.tp, lp.pp): lp for lp in p.layouts}
+    assert not by_layout[(2, 1)].fits                     # TP=2 x DP=4: 2.9 TiB of host memory
+    assert by_layout[(2, 1)].headroom > 0
+    # resident, the teacher does not fit one node at all
+    resident = plan(build_request(nodes=1, gpus_per_node=8, teacher="llama3.1-405b",
+                                  student="llama3.1-8b", prompts_per_step=8))
+    assert not resident.ok and "no layout fits" in resident.reason
+
+
+def test_host_memory_overflow_is_named():
+    p = plan(build_request(nodes=1, gpus_per_node=8, teacher="llama3.1-405b",
+                           student="llama3.1-8b", prompts_per_step=8, teacher_offload="stream",
+                           host_memory_gib=1024, tp=4, pp=1))
+    assert not p.ok
+    assert ("TP=4 PP=1 DP=2: the streamed teacher's layers need 1496.3 GiB of host memory per "
+            "node (8 ranks x 187.0 GiB), 472.3 GiB more than --host-memory 1024 GiB") in p.reason
+    assert "TP=8 PP=1 DP=1 (" in p.reason                   # the layout that fits is offered
+
+
+def test_fastest_layout_is_recommended_not_the_most_sharded():
+    p = plan(build_request(nodes=4, gpus_per_node=8, teacher="qwen3-32b", student="qwen3-8b"))
+    fitting = [lp for lp in p.layouts if lp.fits and lp.headroom >= 2 * GIB]
+    assert p.ok and p.chosen is fitting[0]
+    assert p.chosen.time.total == min(lp.time.total for lp in fitting)
+    assert (p.chosen.tp, p.chosen.pp) != (8, 4)
+    most_sharded = next(lp for lp in p.layouts if (lp.tp, lp.pp) == (8, 4))
+    assert most_sharded.headroom == max(lp.headroom for lp in p.layouts)
+    assert most_sharded.time.pp_bubble > 0 and most_sharded.time.total > p.chosen.time.total
+    # a higher minimum headroom moves the recommendation to a layout that leaves it
+    strict = plan(build_request(nodes=4, gpus_per_node=8, teacher="qwen3-32b",
+                                student="qwen3-8b", min_headroom_gib=60))
+    assert strict.ok and strict.chosen.headroom >= 60 * GIB
+
+
+def test_step_time_parts_by_hand():
+    t, s = get_preset("qwen3-32b"), get_preset("qwen3-8b")
+    w = Workload(prompt_len=1024, response_len=1024, prompts_per_step=16, group_size=8,
+                 micro_batch_size=1)
+    hw = Hardware()
+    rate = 989e12 * 0.4
+    st = estimate_step(t, s, 2, 1, 16, w, gpus_per_node=8, hw=hw)
+    rows, tokens = 8, 8 * 2048
+    assert st.student_compute == pytest.approx(8 * s.num_parameters() * tokens / 2 / rate)
+    assert st.teacher_forward == pytest.approx(2 * t.num_parameters() * tokens / 2 / rate)
+    assert st.pp_bubble == 0
+    # 4 all-reduces of 2048 x 4096 bf16 per student layer and micro-batch (6 with the old-policy
+    # pass), 2 per teacher layer (h 5120), ring factor 2 (tp-1)/tp = 1 at tp 2, plus 10 us each
+    ar = lambda h: 2048 * h * 2 / 450e9 + 10e-6  # noqa: E731
+    assert st.tp_comm == pytest.approx(rows * (36 * 6 * ar(4096) + 64 * 2 * ar(5120)))
+    # DP=16 over 2 TP ranks x 16 = 32 GPUs: leaves the node, fp32 gradients over InfiniBand
+    assert st.dp_allreduce == pytest.approx(2 * 15 / 16 * s.num_parameters() / 2 * 4 / 50e9
+                                            + 10e-6)
+    streamed = estimate_step(t, s, 2, 2, 8, dataclasses.replace(w, teacher_offload="stream"),
+                             gpus_per_node=8, hw=hw)
+    layer = layer_parameters(t, 2) * 2
+    compute = 2 * t.num_parameters() * 16 * 2048 / 4 / rate
+    assert streamed.teacher_forward == pytest.approx(
+        2 * (max(compute, 32 * layer / 50e9) + layer / 50e9))
+
+
+def test_hardware_overrides_are_checked():
+    assert Hardware.from_overrides(["mfu=0.5"]).mfu == 0.5
+    with pytest.raises(ValueError, match="--hw 'flops=1': expected KEY=VALUE with KEY one of"):
+        Hardware.from_overrides(["flops=1"])
+    with pytest.raises(ValueError, match="--hw mfu: 0 must be > 0"):
+        Hardware.from_overrides(["mfu=0"])

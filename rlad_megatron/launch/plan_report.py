@@ -1,0 +1,87 @@
+"""`rlad plan`'s output: the readable table (GiB per GPU, estimated seconds per step) and the
+JSON form (bytes and seconds). The planning itself is launch/plan.py."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from rlad_megatron.launch.memory import GIB
+from rlad_megatron.launch.plan import Plan, LayoutPlan, _gib
+
+
+COLUMNS = ("teacher_weights", "student_weights", "student_grads", "optimizer_state",
+           "activations", "activations_recompute", "logits", "logprob_chunk", "kv_cache",
+           "teacher_activations", "reserve")
+HEADERS = ("teacher", "student", "grads", "optim", "activ", "act-rc", "logits", "lp-chunk",
+           "kv-cache", "t-activ", "reserve")
+
+
+def format_plan(p: Plan) -> str:
+    """A readable table (GiB per GPU), the chosen layout marked with '*', then the verdict."""
+    r, w = p.request, p.request.workload
+    stream = w.teacher_offload == "stream"
+    lines = [
+        f"teacher {r.teacher.name or r.teacher.arch} ({r.teacher.num_parameters() / 1e9:.2f}B "
+        f"params, {w.teacher_dtype}), student {r.student.name or r.student.arch} "
+        f"({r.student.num_parameters() / 1e9:.2f}B, {w.student_dtype})",
+        f"{r.nodes} node(s) x {r.gpus_per_node} GPUs of {r.gpu_memory_gib:g} GiB; sequences "
+        f"{w.prompt_len} + {w.response_len} tokens, train micro-batch {w.micro_batch_size}, "
+        f"{w.prompts_per_step} prompts x {w.group_size} samples per step, "
+        f"{'distributed' if w.distributed_optimizer else 'replicated'} optimizer, activation "
+        f"recompute {'on' if w.recompute else 'off'}, teacher "
+        + (f"streamed from host memory (window {w.stream_window} layers"
+           + (f", {r.host_memory_gib:g} GiB host memory per node)" if r.host_memory_gib
+              else ")") if w.teacher_offload == "stream" else "resident"),
+        "",
+        "   layout          | " + " ".join(f"{h:>8}" for h in HEADERS)
+        + " |    total  headroom" + ("  host/node" if stream else "") + " | est s/step",
+    ]
+    shown = list(p.layouts)
+    if p.chosen is not None and all((lp.tp, lp.pp) != (p.chosen.tp, p.chosen.pp) for lp in shown):
+        shown.insert(0, p.chosen)
+    for lp in shown:
+        mark = "*" if p.chosen is not None and (lp.tp, lp.pp) == (p.chosen.tp, p.chosen.pp) else " "
+        parts = lp.memory.parts()
+        lines.append(f" {mark} {lp.name:<15} | " + " ".join(f"{_gib(parts[c]):>8}" for c in COLUMNS)
+                     + f" | {_gib(lp.total):>8} {_gib(lp.headroom):>9}"
+                     + (f" {_gib(lp.host_per_node):>10}" if stream else "")
+                     + f" | {lp.time.total:>10.2f}")
+    if not shown:
+        lines.append("   (no valid layout)")
+    lines.append("")
+    if p.chosen is not None:
+        lines.append(f"estimated step of {p.chosen.name} (s; assumptions in launch/step_time.py, "
+                     "set with --hw KEY=VALUE): " + ", ".join(
+                         f"{k.replace('_', ' ')} {v:.2f}" for k, v in p.chosen.time.parts().items()))
+    if p.ok:
+        lines.append(f"ok: {p.chosen.name} fits with {_gib(p.chosen.headroom)} GiB to spare, "
+                     f"the fastest layout that leaves {r.min_headroom_gib:g} GiB")
+    else:
+        lines.append(f"refused: {p.reason}")
+    return "\n".join(lines)
+
+
+def plan_to_dict(p: Plan) -> dict:
+    """The JSON form: bytes everywhere, GiB in `*_gib` fields."""
+    def layout(lp: LayoutPlan) -> dict:
+        return {"tp": lp.tp, "pp": lp.pp, "dp": lp.dp, "fits": lp.fits,
+                "memory_bytes": lp.memory.parts(), "total_bytes": lp.total,
+                "headroom_bytes": lp.headroom, "total_gib": round(lp.total / GIB, 3),
+                "headroom_gib": round(lp.headroom / GIB, 3),
+                "host_bytes_per_node": lp.host_per_node,
+                "step_seconds": lp.time.total, "step_seconds_parts": lp.time.parts()}
+
+    r = p.request
+    return {
+        "ok": p.ok, "reason": p.reason,
+        "chosen": layout(p.chosen) if p.chosen is not None else None,
+        "layouts": [layout(lp) for lp in p.layouts],
+        "request": {"nodes": r.nodes, "gpus_per_node": r.gpus_per_node,
+                    "gpu_memory_gib": r.gpu_memory_gib, "tp": r.tp, "pp": r.pp, "vpp": r.vpp,
+                    "workload": dataclasses.asdict(r.workload),
+                    "host_memory_gib": r.host_memory_gib,
+                    "min_headroom_gib": r.min_headroom_gib,
+                    "hardware": dataclasses.asdict(r.hardware),
+                    "teacher": {"name": r.teacher.name, "parameters": r.teacher.num_parameters()},
+                    "student": {"name": r.student.name, "parameters": r.student.num_parameters()}},
+    }
