@@ -1,0 +1,143 @@
+"""One prepared GPU check (tools/gpu_check.sh runs it; at most ~8 minutes on one GPU).
+
+    python tools/gpu_check.py [--out DIR]        (default DIR: bench/results/gpu)
+
+What CI cannot check on CPU, on one CUDA device, single process:
+  1. layer specs: transformer-engine's spec against megatron's local spec, the same weights,
+     forward log-probs (fp32, and bf16 against fp32): max |diff|;
+  2. the streamed teacher (teacher.offload=stream) against the resident one in bf16: identical
+     log-probs?, scoring time with window 1 (no overlap) and window 2 (next layer copied on a side
+     stream), the copy time, the peak CUDA memory of each;
+  3. rollout speed: tokens per second of `generate` at batch 8 and 32.
+Writes DIR/gpu_check.json and prints `RESULT gpu_check ...` last. Without CUDA it exits 2
+saying so (CI never runs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def _build(spec, par, weights, dtype, *, local_spec=False):
+    from rlad_megatron.convert.layout import load_hf_tensors
+    from rlad_megatron.models import config as mconfig
+    from rlad_megatron.models.build import build_teacher
+
+    ctx = (mock.patch.object(mconfig, "use_transformer_engine", return_value=False)
+           if local_spec else mock.patch.object(mconfig, "use_transformer_engine",
+                                                wraps=mconfig.use_transformer_engine))
+    with ctx:
+        model = build_teacher(spec, par, dtype=dtype)
+    load_hf_tensors(model.chunks, lambda n: weights[n], spec=spec, tp=1, tp_rank=0,
+                    padded_vocab=model.padded_vocab_size)
+    return model
+
+
+def _timed(fn, reps=3):
+    fn()
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        out = fn()
+        torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return out, best
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "gpu"))
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("gpu_check: needs a CUDA GPU; nothing was run", file=sys.stderr)
+        return 2
+
+    from rlad_megatron.convert.init_weights import random_hf_weights
+    from rlad_megatron.models.config import use_transformer_engine
+    from rlad_megatron.models.forward import forward_logprobs
+    from rlad_megatron.models.spec import get_preset
+    from rlad_megatron.models.teacher_stream import stream_teacher, streamed_logprobs
+    from rlad_megatron.rollout import GenerationConfig, generate
+    from rlad_megatron.runtime import ParallelConfig, init_distributed, init_parallel
+
+    init_distributed(timeout_s=600)
+    par = init_parallel(ParallelConfig(seed=0))
+    spec = get_preset("tiny-llama", vocab_size=32000, num_layers=16, hidden_size=1024,
+                      ffn_hidden_size=4096, num_attention_heads=16, num_query_groups=4,
+                      max_position_embeddings=2048, name="gpu-check")
+    weights = random_hf_weights(spec, seed=0)
+    tokens = torch.randint(0, spec.vocab_size, (32, 1024), generator=torch.Generator().manual_seed(1))
+    report: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                    "machine": platform.machine(), "transformer_engine": use_transformer_engine()}
+
+    # 1. layer specs
+    local32 = _build(spec, par, weights, "fp32", local_spec=True)
+    lp_local = forward_logprobs(local32, tokens, micro_batch_size=8, fused=True)
+    del local32
+    if use_transformer_engine():
+        te32 = _build(spec, par, weights, "fp32")
+        lp_te = forward_logprobs(te32, tokens, micro_batch_size=8, fused=True)
+        report["te_vs_local_fp32_max_abs"] = float((lp_te - lp_local).abs().max())
+        del te32
+    bf16 = _build(spec, par, weights, "bf16")
+    lp_bf16, resident_s = _timed(lambda: forward_logprobs(bf16, tokens, micro_batch_size=8,
+                                                          fused=True))
+    report["bf16_vs_fp32_max_abs"] = float((lp_bf16 - lp_local).abs().max())
+    report["bf16_vs_fp32_mean_abs"] = float((lp_bf16 - lp_local).abs().mean())
+    report["resident_s"] = resident_s
+    torch.cuda.reset_peak_memory_stats()
+    forward_logprobs(bf16, tokens, micro_batch_size=8, fused=True)
+    report["resident_peak_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
+    del bf16
+    torch.cuda.empty_cache()
+
+    # 2. streamed teacher
+    for window in (1, 2):
+        model = _build(spec, par, weights, "bf16")
+        teacher = stream_teacher(model, window=window)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        lp, secs = _timed(lambda: streamed_logprobs(teacher, tokens, micro_batch_size=8))
+        report[f"stream_w{window}_s"] = secs
+        report[f"stream_w{window}_copy_s"] = teacher.residency.transfer_s
+        report[f"stream_w{window}_peak_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
+        report[f"stream_w{window}_identical"] = bool(torch.equal(lp, lp_bf16))
+        del model, teacher
+        torch.cuda.empty_cache()
+    report["stream_time_ratio"] = report["stream_w2_s"] / report["resident_s"]
+
+    # 3. rollout speed
+    s_spec = dataclasses.replace(spec, num_layers=8, name="gpu-check-student")
+    student = _build(s_spec, par, random_hf_weights(s_spec, seed=1), "bf16")
+    for batch in (8, 32):
+        prompts = [list(range(1, 65))] * batch
+        gen = GenerationConfig(max_new_tokens=256, samples_per_prompt=1, progress=False)
+        _, secs = _timed(lambda: generate(student, prompts, gen, seed=0), reps=2)
+        report[f"rollout_b{batch}_tokens_per_s"] = batch * 256 / secs
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_check.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    print(f"RESULT gpu_check stream_identical={report['stream_w2_identical']} "
+          f"stream_time_ratio={report['stream_time_ratio']:.3f} "
+          f"bf16_vs_fp32_max_abs={report['bf16_vs_fp32_max_abs']:.3g} "
+          f"rollout_b32_tokens_per_s={report['rollout_b32_tokens_per_s']:.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
