@@ -35,6 +35,7 @@ import torch
 
 from rlad_megatron.data.batch import TrainBatch
 from rlad_megatron.losses import distill_share
+from rlad_megatron.models.teacher_stream import StreamedTeacher, stream_metrics
 from rlad_megatron.rollout import generate
 from rlad_megatron.runtime import print0
 from rlad_megatron.train import phases
@@ -42,7 +43,6 @@ from rlad_megatron.train.checkpoint import save_train_checkpoint
 from rlad_megatron.train.config import RunConfig
 from rlad_megatron.train.evaluate import eval_items, evaluate, write_eval_records
 from rlad_megatron.train.plots import plot_run
-from rlad_megatron.models.teacher_stream import StreamedTeacher, stream_metrics
 from rlad_megatron.train.preemption import PreemptionHandler, write_preemption_marker
 from rlad_megatron.train.setup import Run, setup
 from rlad_megatron.train.sft_data import sft_batch
