@@ -202,8 +202,9 @@ class ImitationConfig:
 
     advantage: str = "group"
     """How teacher rows get an advantage: "group" (the group's mean and std include them) or
-    "baseline" (against the student group's mean and std, which exclude them). Default chosen on
-    the validation split (docs/reproduction.md): group 34.2 vs baseline 33.2 mean@4."""
+    "baseline" (against the student group's mean and std, which exclude them). Two validation
+    sweeps (docs/reproduction.md) did not separate them (group 34.2 / 35.1 vs baseline 33.2 /
+    34.9 mean@4); "group" is GRPO's own convention."""
     gate_aligned: bool = True
     align_metric: str = "gap"
     """"gap": mean over the trajectory's tokens of lp_T - lp_S, passes when <= tau_align;
@@ -221,8 +222,9 @@ class ImitationConfig:
     distill_loss: str = "nll"
     """"ratio": the RL loss's clipped ratio (TRRD's, or GRPO's under algorithm=grpo) on the
     teacher's tokens, importance-weighted from the teacher to the ratio's anchor and truncated at
-    importance_cap; "nll": token negative log-likelihood (behaviour cloning). Default chosen on
-    the validation split (docs/reproduction.md): nll 35.1 vs ratio 34.2 mean@4."""
+    importance_cap; "nll": token negative log-likelihood (behaviour cloning). Two validation
+    sweeps (docs/reproduction.md) did not separate them (nll 35.1 / 34.7 vs ratio 34.2 / 35.1
+    mean@4); "nll" needs no off-policy correction, so it is the simpler of two equals."""
     importance_cap: float = 1.0
     """Truncation of the "ratio" term's importance weight (pi_old / pi_T)^alpha (math.inf: none)."""
     weight: float = 1.0
