@@ -83,6 +83,9 @@ class GenerationConfig:
     """tqdm bar over the decode steps, on global rank 0 only."""
     top_p_candidates: int = TOP_P_CANDIDATES
     """Ids per TP rank gathered for top-p before falling back to all (speed only)."""
+    micro_batch_size: int = 0
+    """Rows generated together (their KV cache and logits); 0 = all rows at once. The noise is
+    keyed by row id (sampling.py), so the samples do not depend on it."""
 
     def validate(self, prefix: str = "rollout") -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -97,6 +100,9 @@ class GenerationConfig:
         if self.samples_per_prompt < 1:
             raise ValueError(f"{prefix}.samples_per_prompt must be >= 1, got "
                              f"{self.samples_per_prompt}")
+        if self.micro_batch_size < 0:
+            raise ValueError(f"{prefix}.micro_batch_size must be >= 0 (0: all rows at once), "
+                             f"got {self.micro_batch_size}")
         if self.top_p_candidates < 1:
             raise ValueError(f"{prefix}.top_p_candidates must be >= 1, got "
                              f"{self.top_p_candidates}")
@@ -154,9 +160,15 @@ def generate_detailed(model: BuiltModel, prompts: PromptsIn, cfg: GenerationConf
     try:
         for chunk in runner.chunks:
             chunk.eval()
-        seq, lp, flp, resp_len, steps = _decode(
-            runner, model, inputs, cfg, seed=cfg.seed if seed is None else seed,
-            row_ids=torch.arange(b) + offset)
+        # generation micro-batches: the KV cache and logits hold micro_batch_size rows at most
+        size = cfg.micro_batch_size or b
+        parts = [_decode(runner, model, LeftPadded(inputs.tokens[lo:lo + size],
+                                                   inputs.lengths[lo:lo + size]),
+                         cfg, seed=cfg.seed if seed is None else seed,
+                         row_ids=torch.arange(lo, min(lo + size, b)) + offset)
+                 for lo in range(0, b, size)]
+        seq, lp, flp, resp_len = (torch.cat([part[i] for part in parts]) for i in range(4))
+        steps = max(part[4] for part in parts)
     finally:
         for chunk, mode in zip(runner.chunks, modes):
             chunk.train(mode)

@@ -107,7 +107,8 @@ class RolloutConfig:
     top_k: int = 0
     max_new_tokens: int = 64
     micro_batch_size: int = 0
-    """Generation batch per forward; 0 = all of this rank's sequences at once."""
+    """Rows generated together (bounds the KV cache and logits; rlad plan sizes the KV cache by
+    it); 0 = all of this rank's sequences at once. The samples do not depend on it."""
     teacher_samples: int = 0
     """Teacher trajectories per prompt (the description's reading of RLAD, `imitation.*`): the
     teacher samples them with the rollout's sampler and temperature, the reward scores them, and

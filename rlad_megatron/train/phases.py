@@ -58,7 +58,7 @@ def generation_config(run, *, samples: int, temperature: float, top_p: float, to
                             greedy=temperature == 0, top_k=top_k, top_p=top_p,
                             eos_token_id=run.tokenizer.eos_id,
                             pad_token_id=run.tokenizer.pad_id or 0, samples_per_prompt=samples,
-                            progress=False)
+                            micro_batch_size=run.cfg.rollout.micro_batch_size, progress=False)
 
 
 def rollout(run, items: list[PromptItem], step: int, model=None) -> RolloutBatch:

@@ -229,3 +229,28 @@ def test_eos_stops_each_row_and_the_mask_excludes_what_follows(parallel):
                      f"{what}: steps {early.steps}, lengths {early.batch.response_lengths.tolist()}")
     _check_against_reference(early.batch, reference(eos=tuple(eos_all)), range(len(PROMPTS)),
                              f"{what} (all rows)")
+
+
+@pytest.mark.parametrize("parallel", [(2, 1), (1, 2)], indirect=True, ids=["tp2", "pp2"])
+@pytest.mark.parametrize("micro", [1, 3])
+def test_generation_micro_batches_equal_one_batch(parallel, micro):
+    """rollout.micro_batch_size bounds the rows generated together (KV cache, logits); the noise
+    is keyed by row id, so the samples, their log-probs and the stopping are the one-batch ones
+    (3 prompts x 2 samples: micro 3 splits them 3 + 3, micro 1 row by row), with an EOS that
+    stops some rows early. Tokens are equal; log-probs equal to fp32 rounding."""
+    model = _load(build_teacher(_spec(), parallel))
+    eos = reference()[0][0][2]
+    cfg = GenerationConfig(max_new_tokens=NEW, temperature=1.0, top_k=40, eos_token_id=eos,
+                           samples_per_prompt=2, progress=False)
+    whole = generate_detailed(model, PROMPTS, cfg, seed=7)
+    parts = generate_detailed(model, PROMPTS, dataclasses.replace(cfg, micro_batch_size=micro),
+                              seed=7)
+    what = f"{parallel.describe()} micro_batch_size={micro}"
+    a, b = whole.batch, parts.batch
+    assert_all_ranks(torch.equal(a.tokens, b.tokens) and torch.equal(a.response_lengths,
+                                                                      b.response_lengths)
+                     and torch.equal(a.loss_mask, b.loss_mask) and whole.steps == parts.steps,
+                     f"{what}: {a.tokens.tolist()} vs {b.tokens.tolist()}")
+    # fp32 kernels at another batch size round differently: the cache vs no-cache tolerance
+    assert_close_all_ranks(a.sampler_logprobs, b.sampler_logprobs, rtol=0, atol=LOGPROB_ATOL,
+                           what=f"{what}: log-probs")
