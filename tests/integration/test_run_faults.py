@@ -138,3 +138,36 @@ def test_over_long_prompts_are_found_when_the_data_loads(tmp_path):
     assert skipped.returncode == 0, skipped.stderr[-2000:]
     dropped = int(skipped.stdout.split(" over-long prompt(s)")[0].rsplit(" ", 1)[1])
     assert 0 < dropped < 72 and _steps(run) == [1, 2]
+
+
+_PLANT = """
+import os, sys, torch
+class Planted:
+    def __reduce__(self):
+        return (os.system, ("touch " + sys.argv[2],))
+torch.save({"torch": torch.zeros(3), "evil": Planted()}, sys.argv[1])
+"""
+
+
+def test_a_planted_pickle_in_a_checkpoint_is_not_executed_on_resume(tmp_path):
+    """Item 2 through `rlad train`: a rank_state_00000.pt whose object runs a shell command when
+    unpickled, planted in the latest checkpoint with its manifest updated to match (as an
+    attacker would), is read as data on resume: the command never runs, the run resumes with a
+    warning (RNG re-seeded) and finishes."""
+    from rlad_megatron.models import checkpoint as mckpt
+
+    run = tmp_path / "run"
+    first = _run(tmp_path, run, "train.steps=2")
+    assert first.returncode == 0, first.stderr[-2000:]
+    latest = run / "checkpoints" / "iter_0000002"
+    payload = latest / "rank_state_00000.pt"
+    assert payload.exists()
+    marker = tmp_path / "pwned"
+    subprocess.run([sys.executable, "-c", _PLANT, str(payload), str(marker)], check=True)
+    mckpt.write_manifest(latest)                       # sizes match: verification passes
+    resumed = _run(tmp_path, run, "train.steps=3")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert not marker.exists(), "the planted pickle was executed"
+    assert "resumed from" in resumed.stdout + resumed.stderr
+    assert "is not a plain RNG state" in resumed.stdout + resumed.stderr
+    assert _steps(run)[-1] == 3
