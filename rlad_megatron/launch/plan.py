@@ -302,7 +302,7 @@ def plan(req: PlanRequest) -> Plan:
     if not recommendable(req, best):
         return Plan(req, layouts, best, False,
                     f"no layout leaves the minimum headroom of {req.min_headroom_gib:g} GiB: "
-                    f"{best.name} fits with {_gib(best.headroom)} GiB to spare (lower "
+                    f"{best.name} fits with {gib(best.headroom)} GiB to spare (lower "
                     "--min-headroom to accept it)")
     return Plan(req, layouts, best, True)
 
@@ -310,20 +310,20 @@ def plan(req: PlanRequest) -> Plan:
 def _over(req: PlanRequest, lp: LayoutPlan) -> str:
     if lp.headroom >= 0:  # the GPU holds it: the host does not
         per_rank = lp.host_per_node // req.gpus_per_node
-        return (f"{lp.name}: the streamed teacher's layers need {_gib(lp.host_per_node)} GiB of "
-                f"host memory per node ({req.gpus_per_node} ranks x {_gib(per_rank)} GiB), "
-                f"{_gib(lp.host_per_node - lp.host_limit)} GiB more than --host-memory "
+        return (f"{lp.name}: the streamed teacher's layers need {gib(lp.host_per_node)} GiB of "
+                f"host memory per node ({req.gpus_per_node} ranks x {gib(per_rank)} GiB), "
+                f"{gib(lp.host_per_node - lp.host_limit)} GiB more than --host-memory "
                 f"{req.host_memory_gib:g} GiB")
     parts = sorted(((v, LABELS[k]) for k, v in lp.memory.parts().items()
                     if k != ("activations" if req.workload.recompute else "activations_recompute")),
                    reverse=True)
-    text = (f"{lp.name} needs {_gib(lp.total)} GiB per GPU, {_gib(-lp.headroom)} GiB more than "
+    text = (f"{lp.name} needs {gib(lp.total)} GiB per GPU, {gib(-lp.headroom)} GiB more than "
             f"the {req.gpu_memory_gib:g} GiB of a GPU (" +
-            ", ".join(f"{label} {_gib(v)}" for v, label in parts[:4]) + ")")
+            ", ".join(f"{label} {gib(v)}" for v, label in parts[:4]) + ")")
     if not req.workload.recompute:
         with_rc = lp.memory.total(recompute=True)
         if with_rc <= req.gpu_memory_gib * GIB:
-            text += (f"; with full activation recompute it would need {_gib(with_rc)} GiB, "
+            text += (f"; with full activation recompute it would need {gib(with_rc)} GiB, "
                      "which the trainer does not offer yet")
     return text
 
@@ -333,7 +333,7 @@ def _alternative(layouts: list[LayoutPlan]) -> str:
     if not fitting:
         return ""
     return "; layouts that fit: " + ", ".join(
-        f"{lp.name} ({_gib(lp.headroom)} GiB free)" for lp in fitting[:3])
+        f"{lp.name} ({gib(lp.headroom)} GiB free)" for lp in fitting[:3])
 
 
 def _no_layout(req: PlanRequest) -> str:
@@ -348,5 +348,6 @@ def _no_layout(req: PlanRequest) -> str:
             f"{req.world} GPUs and rollout.prompts_per_step {req.workload.prompts_per_step}")
 
 
-def _gib(n: float) -> str:
+def gib(n: float) -> str:
+    """Bytes as GiB with one decimal, for messages and tables."""
     return f"{n / GIB:.1f}"

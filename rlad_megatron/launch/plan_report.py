@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from rlad_megatron.launch.memory import GIB
-from rlad_megatron.launch.plan import Plan, LayoutPlan, _gib
+from rlad_megatron.launch.plan import LayoutPlan, Plan, gib
 
 
 COLUMNS = ("teacher_weights", "student_weights", "student_grads", "optimizer_state",
@@ -42,9 +42,9 @@ def format_plan(p: Plan) -> str:
     for lp in shown:
         mark = "*" if p.chosen is not None and (lp.tp, lp.pp) == (p.chosen.tp, p.chosen.pp) else " "
         parts = lp.memory.parts()
-        lines.append(f" {mark} {lp.name:<15} | " + " ".join(f"{_gib(parts[c]):>8}" for c in COLUMNS)
-                     + f" | {_gib(lp.total):>8} {_gib(lp.headroom):>9}"
-                     + (f" {_gib(lp.host_per_node):>10}" if stream else "")
+        lines.append(f" {mark} {lp.name:<15} | " + " ".join(f"{gib(parts[c]):>8}" for c in COLUMNS)
+                     + f" | {gib(lp.total):>8} {gib(lp.headroom):>9}"
+                     + (f" {gib(lp.host_per_node):>10}" if stream else "")
                      + f" | {lp.time.total:>10.2f}")
     if not shown:
         lines.append("   (no valid layout)")
@@ -54,7 +54,7 @@ def format_plan(p: Plan) -> str:
                      "set with --hw KEY=VALUE): " + ", ".join(
                          f"{k.replace('_', ' ')} {v:.2f}" for k, v in p.chosen.time.parts().items()))
     if p.ok:
-        lines.append(f"ok: {p.chosen.name} fits with {_gib(p.chosen.headroom)} GiB to spare, "
+        lines.append(f"ok: {p.chosen.name} fits with {gib(p.chosen.headroom)} GiB to spare, "
                      f"the fastest layout that leaves {r.min_headroom_gib:g} GiB")
     else:
         lines.append(f"refused: {p.reason}")
