@@ -39,6 +39,7 @@ Contract:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -124,6 +125,7 @@ class Generation:
     batch: RolloutBatch
     filtered_logprobs: Tensor  # [b, s] fp32: under the top-k/top-p distribution, 0 off the mask
     steps: int  # forwards run (<= max_new_tokens; fewer when every row hit EOS)
+    kv_cache_bytes: int = 0  # the largest KV cache held at once (one generation micro-batch's)
 
 
 def generate(model: BuiltModel, prompts: PromptsIn, cfg: GenerationConfig, *,
@@ -162,18 +164,22 @@ def generate_detailed(model: BuiltModel, prompts: PromptsIn, cfg: GenerationConf
             chunk.eval()
         # generation micro-batches: the KV cache and logits hold micro_batch_size rows at most
         size = cfg.micro_batch_size or b
-        parts = [_decode(runner, model, LeftPadded(inputs.tokens[lo:lo + size],
-                                                   inputs.lengths[lo:lo + size]),
-                         cfg, seed=cfg.seed if seed is None else seed,
-                         row_ids=torch.arange(lo, min(lo + size, b)) + offset)
-                 for lo in range(0, b, size)]
+        parts, kv_bytes = [], 0
+        for lo in range(0, b, size):
+            parts.append(_decode(runner, model, LeftPadded(inputs.tokens[lo:lo + size],
+                                                           inputs.lengths[lo:lo + size]),
+                                 cfg, seed=cfg.seed if seed is None else seed,
+                                 row_ids=torch.arange(lo, min(lo + size, b)) + offset))
+            kv_bytes = max(kv_bytes, runner.kv_cache_bytes())
+            runner.release()
         seq, lp, flp, resp_len = (torch.cat([part[i] for part in parts]) for i in range(4))
         steps = max(part[4] for part in parts)
     finally:
         for chunk, mode in zip(runner.chunks, modes):
             chunk.train(mode)
-    return _assemble(inputs, seq, lp, flp, resp_len, steps, cfg,
-                     group_ids=(torch.arange(b) + offset) // cfg.samples_per_prompt)
+    out = _assemble(inputs, seq, lp, flp, resp_len, steps, cfg,
+                    group_ids=(torch.arange(b) + offset) // cfg.samples_per_prompt)
+    return dataclasses.replace(out, kv_cache_bytes=kv_bytes)
 
 
 def _decode(runner: StageRunner, model: BuiltModel, inputs: LeftPadded, cfg: GenerationConfig,

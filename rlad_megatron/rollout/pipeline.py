@@ -63,6 +63,16 @@ class StageRunner:
         self.contexts = ([StaticInferenceContext(batch_size, max_length) for _ in self.chunks]
                          if use_cache else None)
 
+    def release(self) -> None:
+        """Drop the KV caches (before the next generation micro-batch allocates its own)."""
+        self.contexts = None
+
+    def kv_cache_bytes(self) -> int:
+        """Bytes of the KV caches this rank holds now (megatron allocates them at the first
+        forward of a batch: [max_length, batch, kv heads / tp, head_dim] per layer, K and V)."""
+        return sum(t.numel() * t.element_size() for ctx in self.contexts or ()
+                   for kv in ctx.key_value_memory_dict.values() for t in kv)
+
     def _chunk_forward(self, chunk, ctx, tokens: Tensor, pos: Tensor, mask: Tensor) -> Tensor:
         kwargs = dict(inference_context=ctx, runtime_gather_output=True)
         if not chunk.post_process:

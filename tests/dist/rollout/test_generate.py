@@ -254,3 +254,25 @@ def test_generation_micro_batches_equal_one_batch(parallel, micro):
     # fp32 kernels at another batch size round differently: the cache vs no-cache tolerance
     assert_close_all_ranks(a.sampler_logprobs, b.sampler_logprobs, rtol=0, atol=LOGPROB_ATOL,
                            what=f"{what}: log-probs")
+
+
+@pytest.mark.parametrize("parallel", [(2, 1), (1, 2)], indirect=True, ids=["tp2", "pp2"])
+def test_kv_cache_held_matches_the_planner(parallel):
+    """The KV cache a rank holds during generation is what `rlad plan` counts for it
+    (launch/memory.py: 2 * L/pp * groups/tp * head_dim * (prompt + response) * rollout batch *
+    bytes), with and without generation micro-batches."""
+    from rlad_megatron.launch.memory import Workload, estimate
+
+    spec = _spec()
+    model = _load(build_teacher(spec, parallel))
+    width = max(len(p) for p in PROMPTS)
+    for micro in (0, 2):
+        cfg = GenerationConfig(max_new_tokens=NEW, temperature=1.0, samples_per_prompt=2,
+                               micro_batch_size=micro, progress=False)
+        out = generate_detailed(model, PROMPTS, cfg, seed=3)
+        rows = len(PROMPTS) * 2
+        w = Workload(prompt_len=width, response_len=NEW, rollout_micro_batch=micro,
+                     prompts_per_step=len(PROMPTS), group_size=2, student_dtype="fp32")
+        planned = estimate(spec, spec, parallel.tp, parallel.pp, 1, w).kv_cache
+        assert_all_ranks(out.kv_cache_bytes == planned,
+                         f"micro {micro or rows}: held {out.kv_cache_bytes} bytes, planned {planned}")
