@@ -34,7 +34,7 @@ from pathlib import Path
 
 from rlad_megatron.reproduce.results import collect, write_results
 from rlad_megatron.reproduce.spec import Job, build_jobs, parse_spec
-from rlad_megatron.train.config import RunConfig, load_config
+from rlad_megatron.train.config import RunConfig, same_config
 from rlad_megatron.train.recipe import (PREP_STAGES, load_recipe, owned_or_absent, rl_config,
                                         stage_configs)
 
@@ -81,13 +81,9 @@ def claim(run_dir: Path) -> None:
 
 def job_state(job: Job) -> str:
     """'done' (reusable), 'resume' (same config, unfinished) or 'new'. The saved config is read
-    back through the schema (train/config.py load_config), so a field added to RunConfig since,
+    back through the schema (train/config.py same_config), so a field added to RunConfig since,
     at its default, does not make a finished run "new"."""
-    cfg_file = job.run_dir.with_suffix(".yaml")
-    try:
-        same = cfg_file.exists() and load_config(str(cfg_file)) == job.cfg
-    except ValueError:  # a key the schema no longer has
-        same = False
+    same = same_config(job.run_dir.with_suffix(".yaml"), job.cfg)
     if same and (job.run_dir / "summary.json").exists():
         return "done"
     return "resume" if same else "new"

@@ -396,6 +396,16 @@ def load_config(path: Optional[str], overrides: List[str] = ()) -> RunConfig:
         raise ValueError(f"{where}: {'key ' + key + ': ' if key else ''}{e.msg}") from None
 
 
+def same_config(path: Path, cfg: RunConfig) -> bool:
+    """Whether the config saved at PATH equals CFG, read back through the schema: a field added
+    to RunConfig since, at its default, does not make them differ; a key the schema no longer
+    has does."""
+    try:
+        return path.is_file() and load_config(str(path)) == cfg
+    except ValueError:
+        return False
+
+
 def load_mapping(path: str):
     """The YAML file as an omegaconf mapping; malformed YAML or a top level that is not a mapping
     is a ValueError naming the file."""

@@ -31,7 +31,7 @@ from rlad_megatron.data.formats import get_format
 from rlad_megatron.data.tokenizer_train import train_sentencepiece
 from rlad_megatron.models import checkpoint as mckpt
 from rlad_megatron.runtime import destroy_parallel, init_distributed, print0
-from rlad_megatron.train.config import RunConfig, load_config, load_mapping, to_yaml
+from rlad_megatron.train.config import RunConfig, load_mapping, same_config, to_yaml
 from rlad_megatron.train.loop import train
 from rlad_megatron.train.setup import load_splits
 
@@ -129,14 +129,8 @@ def _finished(folder: Path, cfg: RunConfig) -> bool:
     """A finished stage made from the same config. The marker is read back through the schema
     (load_config), so a field added to RunConfig since, at its default, keeps the stage."""
     root = folder / "checkpoints"
-    marker = folder / MARKER
-    if not (marker.is_file() and root.exists()):
-        return False
-    try:
-        same = load_config(str(marker)) == cfg
-    except ValueError:  # a key the schema no longer has
-        same = False
-    return same and mckpt.latest_iteration(root) == cfg.train.steps
+    return (root.exists() and same_config(folder / MARKER, cfg)
+            and mckpt.latest_iteration(root) == cfg.train.steps)
 
 
 def owned_or_absent(folder: Path) -> None:

@@ -249,8 +249,9 @@ def _teacher_offload(cfg: RunConfig) -> None:
                          "the teacher, which a streamed teacher does not do; use offload=none")
     if cfg.rollout.teacher_samples:
         raise ValueError(f"teacher.offload=stream: rollout.teacher_samples="
-                         f"{cfg.rollout.teacher_samples} generates with the teacher, which a streamed teacher does not "
-                         "do; set rollout.teacher_samples=0 or teacher.offload=none")
+                         f"{cfg.rollout.teacher_samples} generates with the teacher, which a "
+                         "streamed teacher does not do; set rollout.teacher_samples=0 or "
+                         "teacher.offload=none")
     if cfg.eval.teacher and cfg.eval.at_start:
         raise ValueError("teacher.offload=stream: eval.teacher=true evaluates the teacher by "
                          "generation, which a streamed teacher does not do; set eval.teacher=false")
