@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.distributed as dist
@@ -128,9 +128,17 @@ class Generation:
     kv_cache_bytes: int = 0  # the largest KV cache held at once (one generation micro-batch's)
 
 
+OnMicroBatch = Callable[[slice, RolloutBatch], None]
+"""on_micro_batch(rows, part): called once a generation micro-batch is complete, with the rows
+it holds in the final batch and those rows as a RolloutBatch of their own width (tokens equal to
+the final batch's tokens[rows, :part.seq_len]). The train loop scores them with the teacher
+while the next micro-batch is generated (train/phases.py TeacherDuringRollout)."""
+
+
 def generate(model: BuiltModel, prompts: PromptsIn, cfg: GenerationConfig, *,
              prompt_lengths: Optional[Tensor] = None, padding_side: str = "right",
-             seed: Optional[int] = None, row_offset: Optional[int] = None) -> RolloutBatch:
+             seed: Optional[int] = None, row_offset: Optional[int] = None,
+             on_micro_batch: Optional[OnMicroBatch] = None) -> RolloutBatch:
     """Sample responses to `prompts`; see the module docstring for the contract.
 
     prompts: list of token-id lists, or a padded [n, P] int64 tensor with prompt_lengths [n]
@@ -138,13 +146,15 @@ def generate(model: BuiltModel, prompts: PromptsIn, cfg: GenerationConfig, *,
     Returns a RolloutBatch of b = n * samples_per_prompt rows, identical on the model-parallel
     group's ranks."""
     return generate_detailed(model, prompts, cfg, prompt_lengths=prompt_lengths,
-                             padding_side=padding_side, seed=seed, row_offset=row_offset).batch
+                             padding_side=padding_side, seed=seed, row_offset=row_offset,
+                             on_micro_batch=on_micro_batch).batch
 
 
 @torch.no_grad()
 def generate_detailed(model: BuiltModel, prompts: PromptsIn, cfg: GenerationConfig, *,
                       prompt_lengths: Optional[Tensor] = None, padding_side: str = "right",
-                      seed: Optional[int] = None, row_offset: Optional[int] = None) -> Generation:
+                      seed: Optional[int] = None, row_offset: Optional[int] = None,
+                      on_micro_batch: Optional[OnMicroBatch] = None) -> Generation:
     """generate(), also returning the filtered log-probs and the number of steps run."""
     cfg.validate()
     inputs = left_padded(prompts, prompt_lengths=prompt_lengths, padding_side=padding_side,
@@ -157,6 +167,7 @@ def generate_detailed(model: BuiltModel, prompts: PromptsIn, cfg: GenerationConf
                          f"{max_len} exceeds {model.spec.name or 'model'}.max_position_embeddings "
                          f"{limit}")
     offset = model.par.dp_rank * b if row_offset is None else row_offset
+    group_ids = (torch.arange(b) + offset) // cfg.samples_per_prompt
     runner = StageRunner(model)
     modes = [chunk.training for chunk in runner.chunks]
     try:
@@ -166,19 +177,22 @@ def generate_detailed(model: BuiltModel, prompts: PromptsIn, cfg: GenerationConf
         size = cfg.micro_batch_size or b
         parts, kv_bytes = [], 0
         for lo in range(0, b, size):
-            parts.append(_decode(runner, model, LeftPadded(inputs.tokens[lo:lo + size],
-                                                           inputs.lengths[lo:lo + size]),
-                                 cfg, seed=cfg.seed if seed is None else seed,
-                                 row_ids=torch.arange(lo, min(lo + size, b)) + offset))
+            rows = slice(lo, min(lo + size, b))
+            part_inputs = LeftPadded(inputs.tokens[rows], inputs.lengths[rows])
+            parts.append(_decode(runner, model, part_inputs, cfg,
+                                 seed=cfg.seed if seed is None else seed,
+                                 row_ids=torch.arange(rows.start, rows.stop) + offset))
             kv_bytes = max(kv_bytes, runner.kv_cache_bytes())
             runner.release()
+            if on_micro_batch is not None:
+                on_micro_batch(rows, _assemble(part_inputs, *parts[-1], cfg,
+                                               group_ids=group_ids[rows]).batch)
         seq, lp, flp, resp_len = (torch.cat([part[i] for part in parts]) for i in range(4))
         steps = max(part[4] for part in parts)
     finally:
         for chunk, mode in zip(runner.chunks, modes):
             chunk.train(mode)
-    out = _assemble(inputs, seq, lp, flp, resp_len, steps, cfg,
-                    group_ids=(torch.arange(b) + offset) // cfg.samples_per_prompt)
+    out = _assemble(inputs, seq, lp, flp, resp_len, steps, cfg, group_ids=group_ids)
     return dataclasses.replace(out, kv_cache_bytes=kv_bytes)
 
 
