@@ -61,6 +61,16 @@ class RolloutBatch:
         return dataclasses.replace(self, **{
             f.name: _take(getattr(self, f.name), index) for f in dataclasses.fields(self)})
 
+    def with_width(self: B, width: int) -> B:
+        """The same rows with every [b, s] field cut to `width` columns, or right-padded with 0
+        (masks off) when wider; width must hold every row's tokens when it cuts."""
+        def fit(name: str, value):
+            if not isinstance(value, Tensor) or name in PER_ROW_FIELDS:
+                return value
+            return value[:, :width] if value.shape[1] >= width else _pad_columns(value, width, 0)
+        return dataclasses.replace(self, **{f.name: fit(f.name, getattr(self, f.name))
+                                            for f in dataclasses.fields(self)})
+
     def split(self: B, micro_batch_size: int) -> list[B]:
         """Consecutive micro-batches of micro_batch_size rows (the last one may be smaller)."""
         if micro_batch_size < 1:

@@ -15,12 +15,14 @@ stages get None. With `fused=True` (the teacher's path) the last stage never mat
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
 from rlad_megatron import ops
+from rlad_megatron.data.micro_batches import MicroBatchPlan, fixed_plan
 from rlad_megatron.models.build import BuiltModel
 from rlad_megatron.runtime import mcore_compat
 from rlad_megatron.runtime.cpu_shims import cuda_to_cpu
@@ -74,6 +76,57 @@ def split_micro_batches(tokens: torch.Tensor, micro_batch_size: int) -> list[Mic
             for i in range(0, b, micro_batch_size)]
 
 
+def resolve_plan(tokens: torch.Tensor, micro_batch_size: Optional[int],
+                 plan: Optional[MicroBatchPlan]) -> MicroBatchPlan:
+    """`plan`, or consecutive micro_batch_size-row micro-batches at full width (which must divide
+    the batch: fixed pipeline shapes)."""
+    if plan is not None:
+        return plan
+    b, s = tokens.shape
+    if micro_batch_size is None or micro_batch_size < 1 or b % micro_batch_size:
+        raise ValueError(f"micro_batch_size: {micro_batch_size} does not divide the batch size {b}")
+    return fixed_plan(b, s, micro_batch_size)
+
+
+def with_width(t: torch.Tensor, width: int, fill=0) -> torch.Tensor:
+    """[b, s] -> [b, width]: the first `width` columns, right-padded with `fill` when wider."""
+    if t.shape[1] >= width:
+        return t[:, :width]
+    pad = torch.full((t.shape[0], width - t.shape[1]), fill, dtype=t.dtype, device=t.device)
+    return torch.cat([t, pad], dim=1)
+
+
+def planned_micro_batches(tokens: torch.Tensor, plan: MicroBatchPlan) -> list[MicroBatch]:
+    """The plan's micro-batches of `tokens` [b, s]: rows plan.rows[i], trimmed to plan.widths[i]."""
+    return [MicroBatch.from_tokens(with_width(tokens[rows], width), i)
+            for i, (rows, width) in enumerate(zip(plan.rows, plan.widths))]
+
+
+def scatter_rows(parts: list[torch.Tensor], plan: MicroBatchPlan, shape) -> torch.Tensor:
+    """Per-micro-batch [mb_i, width_i] results back into one [b, s] tensor in row order (0 past a
+    micro-batch's width)."""
+    b, s = shape
+    out = torch.zeros(b, s, dtype=parts[0].dtype, device=parts[0].device)
+    for rows, part in zip(plan.rows, parts):
+        width = min(part.shape[1], s)
+        out[rows, :width] = part[:, :width]
+    return out
+
+
+@contextlib.contextmanager
+def _shapes_for(model: BuiltModel, micro_batches: list[MicroBatch]):
+    """Micro-batches of different shapes need megatron's variable_seq_lengths under PP (the
+    pipeline exchanges each tensor's shape before it); equal shapes keep the fixed-shape path."""
+    config = model.config  # the one TransformerConfig every chunk (and its DDP wrapper) holds
+    varied = len({tuple(m.tokens.shape) for m in micro_batches}) > 1
+    before = config.variable_seq_lengths
+    config.variable_seq_lengths = before or (varied and model.par.pp > 1)
+    try:
+        yield
+    finally:
+        config.variable_seq_lengths = before
+
+
 def run_schedule(model: BuiltModel, micro_batches: list[MicroBatch],
                  forward_step: Callable, *, forward_only: bool, collect_non_loss_data: bool):
     """Call megatron's forward-backward function for `model` over `micro_batches`.
@@ -93,7 +146,7 @@ def run_schedule(model: BuiltModel, micro_batches: list[MicroBatch],
         return forward_step(chunk, next(data_iterator))
 
     iterators = [iter(micro_batches) for _ in chunks]
-    with cuda_to_cpu():
+    with cuda_to_cpu(), _shapes_for(model, micro_batches):
         return get_forward_backward_func()(
             forward_step_func=step,
             data_iterator=iterators if len(chunks) > 1 else iterators[0],
@@ -102,15 +155,22 @@ def run_schedule(model: BuiltModel, micro_batches: list[MicroBatch],
             forward_only=forward_only, collect_non_loss_data=collect_non_loss_data)
 
 
-def forward_logprobs(model: BuiltModel, tokens: torch.Tensor, *, micro_batch_size: int,
-                     temperature: float = 1.0, fused: bool = False,
-                     chunk_size: Optional[int] = None) -> Optional[torch.Tensor]:
+def forward_logprobs(model: BuiltModel, tokens: torch.Tensor, *,
+                     micro_batch_size: Optional[int] = None,
+                     plan: Optional[MicroBatchPlan] = None, temperature: float = 1.0,
+                     fused: bool = False, chunk_size: Optional[int] = None,
+                     on_device: bool = False) -> Optional[torch.Tensor]:
     """[b, s] fp32 log p(tokens[t] | tokens[:t]) on the last pipeline stage (CPU), None elsewhere.
 
-    tokens: [b, s] int64 global ids, identical on every rank of the model-parallel group."""
+    tokens: [b, s] int64 global ids, identical on every rank of the model-parallel group.
+    Micro-batches: `plan` (data/micro_batches.py: any rows, each trimmed to its width; positions
+    past a row's width are 0 in the result), or micro_batch_size consecutive rows at full width.
+    on_device: leave the result on the compute device (no host synchronisation: the caller may
+    be running this on a side CUDA stream)."""
     par = model.par
     vocab = model.spec.vocab_size
-    micro_batches = split_micro_batches(tokens, micro_batch_size)
+    plan = resolve_plan(tokens, micro_batch_size, plan)
+    micro_batches = planned_micro_batches(tokens, plan)
 
     def forward_step(chunk, mbatch: MicroBatch):
         inner = getattr(chunk, "module", chunk)
@@ -134,7 +194,8 @@ def forward_logprobs(model: BuiltModel, tokens: torch.Tensor, *, micro_batch_siz
                 lp = ops.token_logprobs(output, mbatch.labels, par.tp_group,
                                         temperature=temperature, chunk_size=chunk_size,
                                         vocab_size=vocab)
-            return align_to_tokens(lp.detach()).cpu()
+            lp = align_to_tokens(lp.detach())
+            return lp if on_device else lp.cpu()
 
         return out, to_logprobs
 
@@ -143,4 +204,4 @@ def forward_logprobs(model: BuiltModel, tokens: torch.Tensor, *, micro_batch_siz
                                collect_non_loss_data=True)
     if not par.is_last_stage:
         return None
-    return torch.cat(list(outputs), dim=0)
+    return scatter_rows(list(outputs), plan, tuple(tokens.shape))

@@ -51,7 +51,9 @@ import torch.distributed as dist
 
 from rlad_megatron import ops
 from rlad_megatron.models.build import Teacher
-from rlad_megatron.models.forward import align_to_tokens, split_micro_batches
+from rlad_megatron.data.micro_batches import MicroBatchPlan
+from rlad_megatron.models.forward import (align_to_tokens, planned_micro_batches, resolve_plan,
+                                         scatter_rows)
 from rlad_megatron.runtime import mcore_compat
 from rlad_megatron.runtime.devices import compute_device
 
@@ -211,7 +213,7 @@ def _hidden_shape(teacher: StreamedTeacher, seq: int, mb: int) -> tuple[int, int
 
 
 def _stage_io(teacher: StreamedTeacher, hidden: Optional[list], stage: int, last: int,
-              n: int, shape: tuple) -> Optional[list]:
+              shapes: list[tuple]) -> Optional[list]:
     """Send this stage's output to the next stage's owner / receive the previous one's."""
     par = teacher.par
     owner = stage % par.pp
@@ -225,7 +227,7 @@ def _stage_io(teacher: StreamedTeacher, hidden: Optional[list], stage: int, last
     if (stage + 1) % par.pp == par.pp_rank and stage < last:
         src = dist.get_global_rank(par.pp_group, owner)
         out = []
-        for _ in range(n):
+        for shape in shapes:  # every rank knows each micro-batch's shape: the same plan
             buf = torch.empty(shape, dtype=teacher.config.params_dtype, device=compute_device())
             dist.recv(buf, src=src, group=par.pp_group)
             out.append(buf)
@@ -234,18 +236,21 @@ def _stage_io(teacher: StreamedTeacher, hidden: Optional[list], stage: int, last
 
 
 @torch.no_grad()
-def streamed_logprobs(teacher: StreamedTeacher, tokens: torch.Tensor, *, micro_batch_size: int,
-                      temperature: float = 1.0,
+def streamed_logprobs(teacher: StreamedTeacher, tokens: torch.Tensor, *,
+                      micro_batch_size: Optional[int] = None,
+                      plan: Optional[MicroBatchPlan] = None, temperature: float = 1.0,
                       chunk_size: Optional[int] = None) -> Optional[torch.Tensor]:
     """[b, s] fp32 log p(tokens[t] | tokens[:t]) on the last pipeline stage (CPU), None elsewhere;
-    the same contract and the same numbers as forward_logprobs(teacher, ..., fused=True).
+    the same contract and the same numbers as forward_logprobs(teacher, ..., fused=True),
+    micro-batches included (`plan` or micro_batch_size).
 
     tokens: [b, s] int64 global ids, identical on every rank of the model-parallel group."""
     par = teacher.par
-    micro_batches = split_micro_batches(tokens, micro_batch_size)
-    n, (mb, seq) = len(micro_batches), micro_batches[0].tokens.shape
+    plan = resolve_plan(tokens, micro_batch_size, plan)
+    micro_batches = planned_micro_batches(tokens, plan)
+    seq = max(plan.widths)
     device = compute_device()
-    shape = _hidden_shape(teacher, seq, mb)
+    shapes = [_hidden_shape(teacher, w, len(r)) for r, w in zip(plan.rows, plan.widths)]
     chunks = teacher.modules
     stages = len(chunks) * par.pp
     layer_base = [sum(teacher.layer_counts()[:v]) for v in range(len(chunks))]
@@ -258,13 +263,14 @@ def streamed_logprobs(teacher: StreamedTeacher, tokens: torch.Tensor, *, micro_b
             if inner.pre_process:
                 hidden = [_park(inner.embedding(input_ids=m.tokens, position_ids=m.position_ids),
                                 teacher.activations) for m in micro_batches]
-            rope = inner.rotary_pos_emb(seq)
+            rope = inner.rotary_pos_emb(seq)  # [seq, 1, 1, d]: a micro-batch takes its first rows
             for k, layer in enumerate(inner.decoder.layers):
                 index = layer_base[v] + k
                 teacher.window.acquire(index)
                 for i, m in enumerate(micro_batches):
                     out = layer(hidden_states=_unpark(hidden[i], device),
-                                attention_mask=m.attention_mask, rotary_pos_emb=rope)
+                                attention_mask=m.attention_mask,
+                                rotary_pos_emb=rope[:m.tokens.shape[1]])
                     hidden[i] = _park(out[0] if isinstance(out, tuple) else out,
                                       teacher.activations)
                 teacher.window.release(index)
@@ -280,8 +286,8 @@ def streamed_logprobs(teacher: StreamedTeacher, tokens: torch.Tensor, *, micro_b
                         temperature=temperature, vocab_size=teacher.spec.vocab_size,
                         **({"chunk_size": chunk_size} if chunk_size else {}))
                     result.append(align_to_tokens(lp).cpu())
-        hidden = _stage_io(teacher, hidden, stage, stages - 1, n, shape)
-    return torch.cat(result, dim=0) if par.is_last_stage else None
+        hidden = _stage_io(teacher, hidden, stage, stages - 1, shapes)
+    return scatter_rows(result, plan, tuple(tokens.shape)) if par.is_last_stage else None
 
 
 def stream_metrics(teacher: StreamedTeacher) -> dict[str, float]:

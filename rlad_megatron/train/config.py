@@ -57,6 +57,12 @@ class TeacherConfig(ModelConfig):
     stream_activations: str = "device"
     """offload=stream: where the [s, b, h] hidden states wait between layers: device | host
     (pinned; for batches whose activations do not fit next to the window)."""
+    score_during_rollout: bool = False
+    """Score each generation micro-batch (rollout.micro_batch_size) with the teacher as soon as it
+    is generated, instead of all rows after the rollout: on a GPU the teacher's forward runs on a
+    second CUDA stream beside the next micro-batch's decoding; on CPU the two interleave. The
+    log-probs are the same. Needs rollout.micro_batch_size > 0; not with offload=stream (scored
+    layer-major over the whole batch) or rollout.teacher_samples (teacher rows come later)."""
 
 
 @dataclass
@@ -250,6 +256,12 @@ class TrainConfig:
     """RL steps (or SFT steps for algorithm sft / sft_distill)."""
     micro_batch_size: int = 4
     """Sequences per micro-batch in the log-prob passes and the update."""
+    max_tokens_per_micro_batch: int = 0
+    """Token budget of a micro-batch in the log-prob passes and the update (data/micro_batches.py):
+    rows sorted by length and cut into micro-batches of at most this many padded tokens, each
+    trimmed to its own longest row, the same count on every DP rank; micro_batch_size is then not
+    used there. Loss and gradients are unchanged. 0 = off: micro_batch_size rows per micro-batch,
+    padded to the step's longest sequence."""
     mini_batches: int = 1
     """Optimizer steps per RL step (the step's sequences are split into this many mini-batches).
     RL only: the SFT paths (sft, sft_distill) take one optimizer step per batch."""

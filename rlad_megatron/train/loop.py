@@ -53,24 +53,35 @@ log = logging.getLogger("rlad_megatron.train")
 
 def rl_step(run: Run, step: int) -> dict[str, float]:
     cfg, timer = run.cfg, run.timer
-    teacher_rows, ref, teacher, streamed = None, None, None, {}
+    teacher_rows, ref, teacher, streamed, fracs = None, None, None, {}, {}
+    during = phases.TeacherDuringRollout(run) if cfg.teacher.score_during_rollout else None
     with timer.phase("rollout"):
         items = phases.dp_shard(run, run.sampler.next(cfg.rollout.prompts_per_step))
-        rollout = phases.rollout(run, items, step)
+        rollout = phases.rollout(run, items, step, on_micro_batch=during)
     if cfg.uses_trajectories:
         with timer.phase("teacher_rollout"):
             rollout, teacher_rows = phases.with_teacher_trajectories(run, items, step, rollout)
     with timer.phase("reward"):
         rewards, texts = phases.score(run, rollout, items)
         advantages, loss_mask = phases.advantages(run, rewards, rollout, teacher_rows)
+    plan = phases.micro_batches(run, rollout)  # the log-prob passes' micro-batches
+    fracs["throughput/useful_token_frac_logprobs"] = phases.useful_token_frac(run,
+                                                                             [(plan, rollout)])
     with timer.phase("old_logprobs"):
-        old = phases.logprobs(run, run.student, rollout.tokens, fused=False)
+        old = phases.logprobs(run, run.student, rollout.tokens, fused=False, plan=plan)
     if run.reference is not None:
         with timer.phase("ref_logprobs"):
-            ref = phases.reference_logprobs(run, rollout.tokens)
-    if run.teacher is not None:
+            ref = phases.reference_logprobs(run, rollout.tokens, plan)
+    if during is not None:  # scored micro-batch by micro-batch inside the rollout
+        teacher = during.result(tuple(rollout.tokens.shape))
+        fracs["throughput/useful_token_frac_teacher"] = phases.useful_token_frac(run, during.pairs)
+        fracs["time/teacher_during_rollout_s"] = during.seconds
+    elif run.teacher is not None:
         with timer.phase("teacher_logprobs"):
-            teacher = phases.logprobs(run, run.teacher, rollout.tokens, fused=True)
+            teacher = phases.logprobs(run, run.teacher, rollout.tokens, fused=True, plan=plan)
+        fracs["throughput/useful_token_frac_teacher"] = fracs[
+            "throughput/useful_token_frac_logprobs"]
+    if teacher is not None:
         phases.teacher_guard(run, teacher, rollout.loss_mask)
         if isinstance(run.teacher, StreamedTeacher):  # this rank's bytes and copy time
             streamed = stream_metrics(run.teacher)
@@ -95,6 +106,7 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
     if cfg.uses_trajectories:
         metrics["joint/distill_share"] = distill_share(metrics)
     metrics.update(streamed)
+    metrics.update(fracs)
     metrics["_sample"] = texts[0] if texts else ""
     return metrics
 

@@ -10,9 +10,11 @@ pipeline group so that every stage holds the complete TrainBatch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
+import time
 from typing import Optional
 
 import torch
@@ -21,6 +23,7 @@ import torch.distributed as dist
 from rlad_megatron.data.advantages import with_teacher_rows
 from rlad_megatron.data.batch import RolloutBatch, TrainBatch, interleave_groups
 from rlad_megatron.data.formats import encode_prompt
+from rlad_megatron.data.micro_batches import MicroBatchPlan, row_lengths
 from rlad_megatron.data.selection import gate_trajectories, select_teacher_tokens
 from rlad_megatron.data.tasks import PromptItem
 from rlad_megatron.losses import check_teacher_logprobs, kdrl_beta
@@ -28,7 +31,9 @@ from rlad_megatron.models.forward import forward_logprobs
 from rlad_megatron.models.teacher_stream import StreamedTeacher, streamed_logprobs
 from rlad_megatron.rollout import GenerationConfig, generate
 from rlad_megatron.runtime import devices
-from rlad_megatron.train.step import LossSpec, forward_backward, grads_finite, optimizer_step
+from rlad_megatron.runtime.devices import compute_device
+from rlad_megatron.train.step import (LossSpec, forward_backward, grads_finite, micro_batch_plan,
+                                      optimizer_step)
 
 log = logging.getLogger("rlad_megatron.train")
 
@@ -61,13 +66,80 @@ def generation_config(run, *, samples: int, temperature: float, top_p: float, to
                             micro_batch_size=run.cfg.rollout.micro_batch_size, progress=False)
 
 
-def rollout(run, items: list[PromptItem], step: int, model=None) -> RolloutBatch:
-    """G samples per prompt of this DP rank from the student (or `model`)."""
+def rollout(run, items: list[PromptItem], step: int, model=None,
+            on_micro_batch=None) -> RolloutBatch:
+    """G samples per prompt of this DP rank from the student (or `model`); on_micro_batch is
+    rollout.generate's hook (TeacherDuringRollout)."""
     r = run.cfg.rollout
     gen = generation_config(run, samples=r.group_size, temperature=r.temperature, top_p=r.top_p,
                             top_k=r.top_k, max_new_tokens=r.max_new_tokens)
     return generate(model or run.student, prompt_ids(run, items), gen,
-                    seed=run.cfg.seed * 1_000_003 + step)
+                    seed=run.cfg.seed * 1_000_003 + step, on_micro_batch=on_micro_batch)
+
+
+def micro_batches(run, batch: RolloutBatch) -> MicroBatchPlan:
+    """This rank's micro-batches of `batch` for a log-prob pass or an update: fixed, or token
+    budgets agreed over DP (train.max_tokens_per_micro_batch; train/step.py micro_batch_plan)."""
+    t = run.cfg.train
+    return micro_batch_plan(run.par, row_lengths(batch.prompt_lengths, batch.response_lengths),
+                            batch.seq_len, micro_batch_size=t.micro_batch_size,
+                            max_tokens=t.max_tokens_per_micro_batch)
+
+
+def useful_token_frac(run, pairs: list[tuple[MicroBatchPlan, RolloutBatch]]) -> float:
+    """Real tokens / processed tokens of a pass over all DP ranks (pairs: each plan and the batch
+    it cut)."""
+    t = torch.tensor([[float(row_lengths(b.prompt_lengths, b.response_lengths).sum()),
+                       float(p.processed_tokens())] for p, b in pairs],
+                     dtype=torch.float64).sum(0)
+    devices.all_reduce(t, group=run.par.dp_group)
+    return float(t[0] / t[1].clamp(min=1))
+
+
+class TeacherDuringRollout:
+    """rollout.generate's on_micro_batch hook (teacher.score_during_rollout): the teacher's
+    log-probs of each generation micro-batch as soon as it is complete, so that they are ready
+    when the rollout ends instead of starting then.
+
+    What overlaps: on a GPU, the teacher's forward is queued on a second CUDA stream and its
+    result stays on the device (no host synchronisation), so it runs while the host already
+    launches the next micro-batch's decode steps on the default stream; `result` joins the
+    streams. On CPU the order is interleaved (micro-batch k scored before k+1 is generated) and
+    the time is the same. The numbers equal a pass over the whole batch: each row's log-probs
+    depend only on its own tokens. The pipeline broadcast of the result happens once, at the end.
+    """
+
+    def __init__(self, run):
+        self.run = run
+        self.parts: list[tuple[slice, Optional[torch.Tensor]]] = []
+        self.pairs: list[tuple[MicroBatchPlan, RolloutBatch]] = []
+        self.seconds = 0.0
+        device = compute_device()
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def __call__(self, rows: slice, part: RolloutBatch) -> None:
+        t0 = time.perf_counter()
+        plan = micro_batches(self.run, part)
+        if self.stream is not None:
+            self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream) if self.stream else contextlib.nullcontext():
+            lp = forward_logprobs(self.run.teacher, part.tokens, plan=plan,
+                                  temperature=self.run.cfg.rollout.temperature, fused=True,
+                                  on_device=True)
+        self.parts.append((rows, lp))
+        self.pairs.append((plan, part))
+        self.seconds += time.perf_counter() - t0
+
+    def result(self, shape) -> torch.Tensor:
+        """[b, s] teacher log-probs of the whole rollout, on every pipeline stage."""
+        if self.stream is not None:
+            torch.cuda.current_stream().wait_stream(self.stream)
+        out = None
+        if self.run.par.is_last_stage:
+            out = torch.zeros(shape, dtype=torch.float32)
+            for rows, lp in self.parts:
+                out[rows, :lp.shape[1]] = lp.cpu()
+        return _pp_broadcast(self.run, out, tuple(shape))
 
 
 TEACHER_SEED_OFFSET = 500_000_009
@@ -134,15 +206,16 @@ def _pp_broadcast(run, value: Optional[torch.Tensor], shape) -> torch.Tensor:
     return out
 
 
-def logprobs(run, model, tokens: torch.Tensor, *, fused: bool) -> torch.Tensor:
-    """[b, s] log-probs of `tokens` under `model` at the rollout temperature, on every stage.
-    A teacher streamed from host memory (teacher.offload=stream) is scored layer-major."""
-    mbs, temperature = run.cfg.train.micro_batch_size, run.cfg.rollout.temperature
+def logprobs(run, model, tokens: torch.Tensor, *, fused: bool,
+             plan: MicroBatchPlan) -> torch.Tensor:
+    """[b, s] log-probs of `tokens` under `model` at the rollout temperature, on every stage,
+    over the micro-batches of `plan` (micro_batches). A teacher streamed from host memory
+    (teacher.offload=stream) is scored layer-major."""
+    temperature = run.cfg.rollout.temperature
     if isinstance(model, StreamedTeacher):
-        lp = streamed_logprobs(model, tokens, micro_batch_size=mbs, temperature=temperature)
+        lp = streamed_logprobs(model, tokens, plan=plan, temperature=temperature)
     else:
-        lp = forward_logprobs(model, tokens, micro_batch_size=mbs, temperature=temperature,
-                              fused=fused)
+        lp = forward_logprobs(model, tokens, plan=plan, temperature=temperature, fused=fused)
     return _pp_broadcast(run, lp, tuple(tokens.shape))
 
 
@@ -155,13 +228,14 @@ def teacher_guard(run, teacher_lp: torch.Tensor, loss_mask: torch.Tensor) -> Non
     agree_or_raise(error)
 
 
-def reference_logprobs(run, tokens: torch.Tensor) -> Optional[torch.Tensor]:
+def reference_logprobs(run, tokens: torch.Tensor,
+                       plan: MicroBatchPlan) -> Optional[torch.Tensor]:
     """[b, s] log-probs under pi_ref (the student's starting weights, swapped in from host
     memory; models/reference.py), or None when the loss has no reference KL."""
     if run.reference is None:
         return None
     with run.reference.swapped_into(run.student):
-        return logprobs(run, run.student, tokens, fused=False)
+        return logprobs(run, run.student, tokens, fused=False, plan=plan)
 
 
 def select(run, batch: TrainBatch, response_mask: torch.Tensor) -> TrainBatch:
@@ -223,9 +297,11 @@ def update(run, batch: TrainBatch, step: int, mini_batches: int) -> dict[str, fl
     loss = loss_spec(run, step)
     size = batch.batch_size // mini_batches
     merged: dict[str, list[float]] = {}
+    pairs = []
     for mini in batch.split(size):
-        metrics = forward_backward(run.student, mini, loss,
-                                   micro_batch_size=run.cfg.train.micro_batch_size,
+        plan = micro_batches(run, mini)
+        pairs.append((plan, mini))
+        metrics = forward_backward(run.student, mini, loss, plan=plan,
                                    temperature=run.cfg.rollout.temperature)
         finite = math.isfinite(metrics.get(f"loss/{loss.name}", 0.0)) and grads_finite(run.student)
         if finite:
@@ -244,6 +320,7 @@ def update(run, batch: TrainBatch, step: int, mini_batches: int) -> dict[str, fl
         for key, value in metrics.items():
             merged.setdefault(key, []).append(value)
     out = {k: sum(v) / len(v) for k, v in merged.items()}
+    out["throughput/useful_token_frac_update"] = useful_token_frac(run, pairs)
     out["optim/lr"] = float(run.student.optimizer.param_groups[0]["lr"])
     return out
 

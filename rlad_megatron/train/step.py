@@ -29,16 +29,19 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
 
 from rlad_megatron import ops
 from rlad_megatron.data.batch import TrainBatch
+from rlad_megatron.data.micro_batches import (MicroBatchPlan, fixed_plan, token_budget_count,
+                                              token_budget_plan)
 from rlad_megatron.losses import finalize, get_loss, global_normalizers, merge, reduce_op
 from rlad_megatron.models.build import Student
-from rlad_megatron.models.forward import MicroBatch, align_to_tokens, run_schedule
+from rlad_megatron.runtime import Parallel
+from rlad_megatron.models.forward import align_to_tokens, planned_micro_batches, run_schedule
 from rlad_megatron.runtime import devices
 from rlad_megatron.runtime.cpu_shims import cuda_to_cpu
 
@@ -87,6 +90,29 @@ def _local_counts(fn: Callable, batch: TrainBatch) -> dict[str, torch.Tensor]:
     return out
 
 
+def micro_batch_plan(par: Parallel, lengths: torch.Tensor, width: int, *, micro_batch_size: int,
+                     max_tokens: int = 0) -> MicroBatchPlan:
+    """This rank's micro-batches of rows with `lengths` [b] real tokens in a [b, width] batch:
+    fixed (micro_batch_size consecutive rows at full width) when max_tokens is 0, else token
+    budgets (data/micro_batches.py) with as many micro-batches on every DP rank (the largest count
+    of any rank; one all-reduce), widths a multiple of TP under sequence parallelism.
+
+    Not with an interleaved pipeline: megatron's interleaved schedule exchanges a forward and a
+    backward tensor with the same peer when parallel.pipeline = 2, and its shape exchange for
+    variable_seq_lengths (p2p_communication._communicate_shapes, megatron-core 0.16.1) posts both
+    in one order on both ranks, so the shapes cross and the run aborts (measured here)."""
+    if not max_tokens:
+        return fixed_plan(len(lengths), width, micro_batch_size)
+    if par.vpp:
+        raise ValueError("train.max_tokens_per_micro_batch is not supported with "
+                         "parallel.virtual_pipeline (megatron's shape exchange for micro-batches "
+                         "of different shapes, see train/step.py micro_batch_plan)")
+    count = torch.tensor([token_budget_count(lengths, max_tokens)], dtype=torch.int64)
+    devices.all_reduce(count, op=dist.ReduceOp.MAX, group=par.dp_group)
+    return token_budget_plan(lengths, max_tokens, min_micro_batches=int(count.item()),
+                             width_multiple=par.tp if par.sequence_parallel else 1)
+
+
 def reduce_metrics(stats: dict, dp_group) -> dict:
     """Sufficient statistics of this rank -> reduced over DP with each key's op."""
     out = {}
@@ -98,21 +124,27 @@ def reduce_metrics(stats: dict, dp_group) -> dict:
 
 
 def forward_backward(student: Student, batch: TrainBatch, loss: LossSpec, *,
-                     micro_batch_size: int, temperature: float = 1.0) -> dict[str, float]:
+                     micro_batch_size: Optional[int] = None, plan: Optional[MicroBatchPlan] = None,
+                     temperature: float = 1.0) -> dict[str, float]:
     """Gradients of the loss over `batch` (this DP rank's rows) into the student's grad buffers.
-    Returns the finalised metrics of the whole (all DP ranks) batch, on every rank."""
+    Micro-batches: `plan` (data/micro_batches.py; e.g. token budgets), or micro_batch_size
+    consecutive rows at full width. Returns the finalised metrics of the whole (all DP ranks)
+    batch, on every rank."""
     par = student.par
-    if batch.batch_size % micro_batch_size:
-        raise ValueError(f"micro_batch_size: {micro_batch_size} does not divide the per-rank "
-                         f"batch of {batch.batch_size} sequences (pipeline shapes are fixed)")
+    if plan is None:
+        if not micro_batch_size or batch.batch_size % micro_batch_size:
+            raise ValueError(f"micro_batch_size: {micro_batch_size} does not divide the per-rank "
+                             f"batch of {batch.batch_size} sequences (pipeline shapes are fixed)")
+        plan = fixed_plan(batch.batch_size, batch.seq_len, micro_batch_size)
     fn = loss.function()
     local = _local_counts(fn, batch)
     totals = devices.all_reduce(torch.stack(list(local.values())), group=par.dp_group)
     counts = dict(zip(local, totals))
     rows = counts.pop("rows")
     vocab = student.spec.vocab_size
-    parts = batch.split(micro_batch_size)
-    micro_batches = [MicroBatch.from_tokens(p.tokens, i) for i, p in enumerate(parts)]
+    parts = [batch.select_rows(rows).with_width(width)
+             for rows, width in zip(plan.rows, plan.widths)]
+    micro_batches = planned_micro_batches(batch.tokens, plan)
     collected: list[dict] = []
 
     def forward_step(chunk, mb: MicroBatch):

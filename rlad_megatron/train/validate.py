@@ -82,6 +82,7 @@ def validate_run_config(cfg: RunConfig, world_size: int = 1, check_files: bool =
     _model(cfg, "student", check_files)
     _imitation(cfg)
     _teacher_offload(cfg)
+    _teacher_during_rollout(cfg)
     if cfg.needs_teacher:
         _model(cfg, "teacher", check_files)
     _positive(cfg, "train.steps", "train.micro_batch_size", "train.mini_batches",
@@ -92,7 +93,8 @@ def validate_run_config(cfg: RunConfig, world_size: int = 1, check_files: bool =
               "rollout.micro_batch_size", "checkpoint.save_every", "eval.every",
               "optimizer.warmup_steps", "optimizer.weight_decay", "optimizer.clip_grad",
               "data.heldout_size", "data.validation_size", "eval.max_new_tokens",
-              "eval.num_prompts", "eval.seed", allow_zero=True)
+              "eval.num_prompts", "eval.seed", "train.max_tokens_per_micro_batch",
+              allow_zero=True)
     if not 0 < cfg.rollout.top_p <= 1:
         raise ValueError(f"rollout.top_p must be in (0, 1], got {cfg.rollout.top_p}")
     if cfg.algorithm in ("rlad", "grpo", "kdrl") and cfg.rollout.group_size < 2:
@@ -119,6 +121,9 @@ def validate_run_config(cfg: RunConfig, world_size: int = 1, check_files: bool =
     m, mini = cfg.train.micro_batch_size, cfg.train.mini_batches
     step, names = ((m, f"train.micro_batch_size = {m}") if is_sft else
                    (m * mini, f"train.micro_batch_size * train.mini_batches = {m} * {mini}"))
+    if cfg.train.max_tokens_per_micro_batch:  # micro-batches come from the token budget
+        _token_budget(cfg)
+        step, names = (1, "1") if is_sft else (mini, f"train.mini_batches = {mini}")
     if per_rank % step:
         raise ValueError(f"{what} per data-parallel rank = {per_rank} is not divisible by "
                          f"{names}")
@@ -233,6 +238,34 @@ def _imitation(cfg: RunConfig) -> None:
                          f"{im.importance_cap}")
     if not 0 < im.tau_success <= 1:
         raise ValueError(f"imitation.tau_success must be in (0, 1], got {im.tau_success}")
+
+
+def _token_budget(cfg: RunConfig) -> None:
+    """train.max_tokens_per_micro_batch: micro-batches of different shapes; megatron's
+    interleaved schedule cannot exchange them (train/step.py micro_batch_plan)."""
+    if cfg.parallel.virtual_pipeline:
+        raise ValueError("train.max_tokens_per_micro_batch is not supported with "
+                         "parallel.virtual_pipeline: megatron's interleaved schedule exchanges "
+                         "micro-batches of different shapes out of order (train/step.py); use "
+                         "a plain pipeline or train.max_tokens_per_micro_batch=0")
+
+
+def _teacher_during_rollout(cfg: RunConfig) -> None:
+    t = cfg.teacher
+    if not t.score_during_rollout:
+        return
+    if not cfg.needs_teacher or cfg.algorithm == "sft_distill":
+        raise ValueError(f"teacher.score_during_rollout: algorithm {cfg.algorithm} has no "
+                         "teacher scoring pass")
+    if not cfg.rollout.micro_batch_size:
+        raise ValueError("teacher.score_during_rollout needs rollout.micro_batch_size > 0 "
+                         "(the teacher scores each generation micro-batch)")
+    if t.offload == "stream":
+        raise ValueError("teacher.score_during_rollout: a streamed teacher (teacher.offload="
+                         "stream) scores the whole batch layer-major; use one or the other")
+    if cfg.rollout.teacher_samples:
+        raise ValueError("teacher.score_during_rollout with rollout.teacher_samples > 0 is not "
+                         "supported (the teacher rows are generated after the student's)")
 
 
 def _teacher_offload(cfg: RunConfig) -> None:

@@ -105,3 +105,88 @@ def test_micro_batch_must_divide_the_rank_batch(parallel):
     batch = _batch(spec, random_hf_weights(spec), b=3)
     with pytest.raises(ValueError, match="micro_batch_size: 2 does not divide the per-rank batch of 3"):
         forward_backward(student, batch, LossSpec("grpo"), micro_batch_size=2)
+
+
+def _varied_batch(spec, weights, seed=3):
+    """8 rows of 4..16 real tokens in a [8, 16] batch, lengths skewed by DP rank: under DP=2,
+    rank 0 holds the four long rows and rank 1 the four short ones, so a token budget cuts them
+    into different numbers of micro-batches unless the ranks agree."""
+    g = torch.Generator().manual_seed(seed)
+    b, s = 8, 16
+    lengths = torch.tensor([16, 15, 13, 12, 6, 5, 5, 4])
+    prompt = torch.full((b,), 2)
+    batch = _batch(spec, weights, b=b, s=s, seed=seed)
+    pos = torch.arange(s)[None]
+    mask = (pos >= prompt[:, None]) & (pos < lengths[:, None])
+    tokens = torch.where(pos < lengths[:, None], batch.tokens, 0)  # padding after each row
+    import dataclasses
+    return dataclasses.replace(
+        batch, tokens=tokens, prompt_lengths=prompt, response_lengths=lengths - prompt,
+        loss_mask=mask, distill_mask=mask & (torch.arange(b) % 3 == 0)[:, None],
+        advantages=torch.randn(b, generator=g))
+
+
+@pytest.mark.parametrize("parallel", LAYOUTS[:3], indirect=True, ids=LAYOUT_IDS[:3])
+@pytest.mark.parametrize("loss", [LOSSES[1], LOSSES[6]], ids=["trrd-token-mean", "joint-trrd"])
+def test_token_budget_micro_batches_give_the_float64_loss_and_gradients(parallel, loss):
+    """train.max_tokens_per_micro_batch: rows sorted by length, cut under a 24-token budget and
+    trimmed to their longest row give the loss and gradients of one float64 call on the whole
+    padded batch; every rank (DP ranks with different lengths included) runs the same number of
+    micro-batches, and fewer tokens are processed than with fixed micro-batches."""
+    import torch.distributed as dist
+
+    from rlad_megatron.data.micro_batches import row_lengths
+    from rlad_megatron.train.step import micro_batch_plan
+
+    spec = _spec("tiny-llama", vocab_size=250)
+    weights = random_hf_weights(spec, seed=9)
+    student = build_student(spec, parallel, OptimizerSettings(lr=1e-3))
+    _load(student, weights)
+    batch = _varied_batch(spec, weights)
+    ref_value, ref_grads = _reference(spec, weights, batch, loss)
+    local = batch.select_rows(_dp_slice(parallel, torch.arange(batch.batch_size)))
+    lengths = row_lengths(local.prompt_lengths, local.response_lengths)
+    plan = micro_batch_plan(parallel, lengths, local.seq_len, micro_batch_size=1, max_tokens=24)
+    counts = [None] * dist.get_world_size()
+    dist.all_gather_object(counts, len(plan))
+    assert_all_ranks(len(set(counts)) == 1, f"micro-batch counts differ between ranks: {counts}")
+    assert_all_ranks(plan.processed_tokens() < local.batch_size * local.seq_len and
+                     all(w <= local.seq_len for w in plan.widths),
+                     f"token budget processed {plan.processed_tokens()} tokens, widths {plan.widths}")
+    metrics = forward_backward(student, local, loss, plan=plan)
+    got = metrics[f"loss/{loss.name}"]
+    assert_all_ranks(abs(got - ref_value) <= LOSS_ATOL + LOSS_RTOL * abs(ref_value),
+                     f"{loss.name} loss {got} vs float64 {ref_value} at {parallel.describe()}")
+    assert_student_grads_match(student, ref_grads, parallel, f"{loss.name} gradients")
+
+
+@pytest.mark.parametrize("parallel", [(2, 1), (1, 2)], indirect=True, ids=["tp2", "pp2"])
+def test_token_budget_log_prob_passes_equal_float64(parallel):
+    """The old-policy pass (student) and the fused teacher pass over token-budget micro-batches
+    of different shapes (PP: megatron's variable_seq_lengths) give the float64 log-probs on every
+    real token and 0 past each row's end, and the next fixed-shape pass still works."""
+    from rlad_megatron.data.micro_batches import row_lengths
+    from rlad_megatron.models.build import build_teacher
+    from rlad_megatron.models.forward import forward_logprobs
+    from rlad_megatron.train.step import micro_batch_plan
+
+    spec = _spec("tiny-llama", vocab_size=250)
+    weights = random_hf_weights(spec, seed=9)
+    batch = _varied_batch(spec, weights)
+    ref_lp, _ = token_logprobs_and_entropy(spec, weights, batch.tokens)
+    lengths = row_lengths(batch.prompt_lengths, batch.response_lengths)
+    real = torch.arange(batch.seq_len)[None] < lengths[:, None]
+    plan = micro_batch_plan(parallel, lengths, batch.seq_len, micro_batch_size=1, max_tokens=30)
+    student = build_student(spec, parallel, OptimizerSettings())
+    teacher = build_teacher(spec, parallel)
+    for model in (student, teacher):
+        _load(model, weights)
+    for model, fused in ((student, False), (teacher, True)):
+        lp = forward_logprobs(model, batch.tokens, plan=plan, fused=fused)
+        fixed = forward_logprobs(model, batch.tokens, micro_batch_size=4, fused=fused)
+        if parallel.is_last_stage:
+            err = float((lp.double() - ref_lp).abs()[real].max())
+            assert_all_ranks(err < 1e-5 and torch.allclose(fixed[real], lp[real], atol=1e-5),
+                             f"fused={fused}: max error {err} on real tokens")
+        else:
+            assert_all_ranks(lp is None and fixed is None, "non-last stages return None")

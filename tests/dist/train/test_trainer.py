@@ -151,6 +151,7 @@ def test_reference_kl_is_zero_before_the_first_update_and_positive_after(shared_
     """pi_ref is the student's starting weights, swapped in from host memory: the reference pass
     equals the old-policy pass before any update, differs after one, and swapping it in and out
     leaves the student's weights bit-identical."""
+    from rlad_megatron.data.micro_batches import fixed_plan
     from rlad_megatron.train import phases
 
     cfg = _config(shared_tmp_path, "refkl", "grpo", "parallel.tensor=2", "loss.grpo.kl_beta=0.1",
@@ -159,13 +160,14 @@ def test_reference_kl_is_zero_before_the_first_update_and_positive_after(shared_
     tokens = torch.randint(0, 19, (4, 12), generator=torch.Generator().manual_seed(1))
     params = lambda: [p.detach().clone() for m in run.student.modules for p in m.parameters()]  # noqa: E731
     before = params()
-    old = phases.logprobs(run, run.student, tokens, fused=False)
-    ref = phases.reference_logprobs(run, tokens)
+    plan = fixed_plan(4, 12, micro_batch_size=2)
+    old = phases.logprobs(run, run.student, tokens, fused=False, plan=plan)
+    ref = phases.reference_logprobs(run, tokens, plan)
     same = all(torch.equal(a, b) for a, b in zip(before, params()))
     assert_all_ranks(torch.equal(ref, old) and same, "reference pass before any update")
     train(cfg, run)
-    after = phases.logprobs(run, run.student, tokens, fused=False)
-    ref_after = phases.reference_logprobs(run, tokens)
+    after = phases.logprobs(run, run.student, tokens, fused=False, plan=plan)
+    ref_after = phases.reference_logprobs(run, tokens, plan)
     destroy_parallel()
     assert_all_ranks(torch.equal(ref_after, ref) and not torch.allclose(after, ref, atol=1e-4),
                      "the reference stays the starting model while the student moves")
@@ -206,4 +208,50 @@ def test_streamed_teacher_trains_exactly_like_the_resident_one(shared_tmp_path, 
             m["teacher/resident_mib"] > 0 and m["teacher/host_mib"] > 0 and
             "time/teacher_transfer_s" in m for m in runs["stream"])
         detail = f"differing (step, key): {diffs[:5]}; keys {keys[:8]}"
+    assert_all_ranks(ok, detail)
+
+
+@pytest.mark.parametrize("layout", [[], ["parallel.tensor=2"], ["parallel.pipeline=2"]],
+                         ids=["dp2", "tp2", "pp2"])
+def test_token_budgets_and_teacher_scoring_during_rollout_train_like_the_plain_run(
+        shared_tmp_path, layout):
+    """train.max_tokens_per_micro_batch (length-sorted micro-batches trimmed to their longest
+    row) with teacher.score_during_rollout (the teacher scores each generation micro-batch as it
+    finishes) runs the same RLAD training as fixed micro-batches scored after the rollout: the
+    same rollouts, teacher statistics and losses up to fp32 summation order, and it logs how
+    much of each pass was real tokens."""
+    name = layout[0].split("=")[0].split(".")[1] if layout else "dp"
+    variants = {"plain": [], "budget": ["train.max_tokens_per_micro_batch=40",
+                                        "rollout.micro_batch_size=4",
+                                        "teacher.score_during_rollout=true"]}
+    students = {}
+    for variant, extra in variants.items():
+        cfg = _config(shared_tmp_path, f"budget_{variant}_{name}", "rlad", *layout, *extra,
+                      "eval.teacher=false")
+        run = setup(cfg)
+        train(cfg, run)
+        students[variant] = [p.detach().clone() for m in run.student.modules
+                             for p in m.parameters()]
+        destroy_parallel()
+    close = all(torch.allclose(a, b, atol=1e-5) for a, b in zip(students["plain"],
+                                                                 students["budget"]))
+    assert_all_ranks(close, "final student weights differ between fixed and token-budget runs")
+    ok, detail = True, ""
+    if torch.distributed.get_rank() == 0:
+        runs = {v: [m for m in _metrics(shared_tmp_path / f"budget_{v}_{name}")
+                    if "loss/trrd" in m] for v in variants}
+        keys = [k for k in runs["plain"][0] if k.split("/")[0] in ("loss", "trrd", "teacher")
+                or k in ("rollout/reward_mean", "rollout/response_len")]
+        diffs = [(m["step"], k, m[k], n[k]) for m, n in zip(runs["budget"], runs["plain"])
+                 for k in keys if abs(m[k] - n[k]) > 1e-4 * max(1.0, abs(n[k]))]
+        fracs = [(m["throughput/useful_token_frac_logprobs"],
+                  n["throughput/useful_token_frac_logprobs"],
+                  m["throughput/useful_token_frac_update"],
+                  m["throughput/useful_token_frac_teacher"]) for m, n in
+                 zip(runs["budget"], runs["plain"])]
+        ok = not diffs and len(runs["budget"]) == 2 and all(
+            0 < plain <= budget <= 1 and 0 < update <= 1 and 0 < teacher <= 1
+            for budget, plain, update, teacher in fracs) and all(
+            m["time/teacher_during_rollout_s"] > 0 for m in runs["budget"])
+        detail = f"differing (step, key, budget, plain): {diffs[:5]}; fractions {fracs}"
     assert_all_ranks(ok, detail)

@@ -118,6 +118,21 @@ def test_missing_config_file_is_named(tmp_path):
      r"teacher.offload=stream: eval.teacher=true evaluates the teacher by generation"),
     ({"teacher.offload": "stream", "algorithm": "sft_distill"}, 1,
      r"teacher.offload=stream: algorithm sft_distill generates its traces"),
+    ({"train.max_tokens_per_micro_batch": -1}, 1,
+     r"train.max_tokens_per_micro_batch must be >= 0"),
+    ({"train.max_tokens_per_micro_batch": 256, "parallel.pipeline": 2,
+      "parallel.virtual_pipeline": 2}, 2,
+     r"train.max_tokens_per_micro_batch is not supported with parallel.virtual_pipeline"),
+    ({"teacher.score_during_rollout": True}, 1,
+     r"teacher.score_during_rollout needs rollout.micro_batch_size > 0"),
+    ({"teacher.score_during_rollout": True, "rollout.micro_batch_size": 4,
+      "teacher.offload": "stream", "eval.teacher": False}, 1,
+     r"teacher.score_during_rollout: a streamed teacher"),
+    ({"teacher.score_during_rollout": True, "rollout.micro_batch_size": 4,
+      "rollout.teacher_samples": 4}, 1,
+     r"teacher.score_during_rollout with rollout.teacher_samples > 0 is not supported"),
+    ({"teacher.score_during_rollout": True, "rollout.micro_batch_size": 4,
+      "algorithm": "grpo"}, 1, r"teacher.score_during_rollout: algorithm grpo has no teacher"),
 ])
 def test_validate_names_the_key_and_values(tmp_path, over, world, message):
     cfg = _valid(tmp_path, **over)
@@ -153,6 +168,16 @@ def test_unwritable_run_dir_or_checkpoint_dir_is_named_before_any_model(tmp_path
     assert a_file.read_text() == "user data"
     check_writable(tmp_path / "new" / "ckpt", "checkpoint.dir")
     assert (tmp_path / "new" / "ckpt").is_dir() and not list((tmp_path / "new" / "ckpt").iterdir())
+
+
+def test_token_budget_replaces_the_micro_batch_divisibility_check(tmp_path):
+    """With train.max_tokens_per_micro_batch the micro-batches come from the budget:
+    micro_batch_size need not divide the rank's rows, the mini-batches still must."""
+    _valid(tmp_path, **{"train.micro_batch_size": 3,
+                        "train.max_tokens_per_micro_batch": 128}).validate(1)
+    with pytest.raises(ValueError, match=r"= 16 is not divisible by train.mini_batches = 3"):
+        _valid(tmp_path, **{"train.mini_batches": 3,
+                            "train.max_tokens_per_micro_batch": 128}).validate(1)
 
 
 def test_sft_paths_ignore_mini_batches_in_the_divisibility_check(tmp_path):
