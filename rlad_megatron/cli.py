@@ -120,6 +120,7 @@ def _plan(args) -> int:
             config=args.config, overrides=args.overrides, teacher=args.teacher,
             student=args.student, tp=args.tp, pp=args.pp, prompt_len=args.prompt_len,
             response_len=args.response_len, micro_batch_size=args.micro_batch_size,
+            max_tokens_per_micro_batch=args.max_tokens_per_micro_batch,
             prompts_per_step=args.prompts_per_step, group_size=args.group_size,
             rollout_micro_batch=args.rollout_batch, student_dtype=args.dtype,
             teacher_dtype=args.dtype, distributed_optimizer=args.distributed_optimizer,
@@ -151,6 +152,8 @@ def _add_plan_parser(sub) -> None:
     p.add_argument("--response-len", type=int, help="response tokens (default: "
                    "rollout.max_new_tokens, else 1024)")
     p.add_argument("--micro-batch-size", type=int, help="training micro-batch (sequences)")
+    p.add_argument("--max-tokens-per-micro-batch", type=int,
+                   help="training micro-batch token budget (train.max_tokens_per_micro_batch)")
     p.add_argument("--prompts-per-step", type=int)
     p.add_argument("--group-size", type=int)
     p.add_argument("--rollout-batch", type=int, help="sequences generated together per GPU "

@@ -76,6 +76,9 @@ class Workload:
     """train.micro_batch_size: sequences per micro-batch of the log-prob passes and the update."""
     mini_batches: int = 1
     """train.mini_batches: optimizer steps per RL step."""
+    max_tokens_per_micro_batch: int = 0
+    """train.max_tokens_per_micro_batch: a micro-batch holds at most this many padded tokens
+    (and at least one row); estimated at the worst case, rows of seq_len tokens."""
     prompts_per_step: int = 16
     """rollout.prompts_per_step, over all data-parallel ranks."""
     group_size: int = 8
@@ -107,9 +110,17 @@ class Workload:
     def rollout_batch(self, dp: int) -> int:
         return self.rollout_micro_batch or self.sequences_per_rank(dp)
 
+    @property
+    def micro_rows(self) -> float:
+        """Rows of seq_len tokens one micro-batch holds: micro_batch_size, or with a token budget
+        budget / seq_len (at least 1: a longer row is a micro-batch of its own)."""
+        if self.max_tokens_per_micro_batch:
+            return max(1.0, self.max_tokens_per_micro_batch / self.seq_len)
+        return float(self.micro_batch_size)
+
     def micro_batches(self, dp: int) -> int:
         """Micro-batches per mini-batch on one rank (at least 1)."""
-        return max(1, self.sequences_per_rank(dp) // self.mini_batches // self.micro_batch_size)
+        return max(1, int(self.sequences_per_rank(dp) // self.mini_batches // self.micro_rows))
 
 
 @dataclass(frozen=True)
@@ -180,7 +191,7 @@ def teacher_host_bytes(spec: ModelSpec, tp: int, pp: int, w: "Workload") -> int:
 
 def layer_activation_bytes(spec: ModelSpec, w: Workload, tp: int) -> int:
     """A_layer: activations one layer keeps for the backward of one micro-batch."""
-    s, b, h, a = w.seq_len, w.micro_batch_size, spec.hidden_size, spec.num_attention_heads
+    s, b, h, a = w.seq_len, w.micro_rows, spec.hidden_size, spec.num_attention_heads
     scores = 0.0 if w.flash_attention else 5 * a * s / h
     if w.sequence_parallel:
         per_token = (34 + scores) / tp
@@ -198,12 +209,12 @@ def estimate(teacher: ModelSpec, student: ModelSpec, tp: int, pp: int, dp: int,
 
     layers, in_flight = student.num_layers // pp, min(pp, w.micro_batches(dp))
     a_layer = layer_activation_bytes(student, w, tp)
-    kept_input = w.seq_len * w.micro_batch_size * student.hidden_size * b_s
+    kept_input = int(w.seq_len * w.micro_rows * student.hidden_size * b_s)
     kept_input //= tp if w.sequence_parallel else 1
 
     vocab_shard = max(padded_vocab_size(m.vocab_size, m.make_vocab_size_divisible_by, tp)
                       for m in (teacher, student)) // tp
-    tokens = w.micro_batch_size * w.seq_len
+    tokens = int(w.micro_rows * w.seq_len)
     chunk = w.logprob_chunk_tokens or max(1, LOGPROB_CHUNK_BYTES // (4 * vocab_shard))
     kv_heads = student.num_query_groups // tp
     return MemoryEstimate(

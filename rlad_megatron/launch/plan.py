@@ -161,7 +161,9 @@ def _tokenizer_vocab(m, role: str) -> int:
 
 WORKLOAD_FROM_CONFIG = {
     "response_len": "rollout.max_new_tokens", "micro_batch_size": "train.micro_batch_size",
-    "mini_batches": "train.mini_batches", "prompts_per_step": "rollout.prompts_per_step",
+    "mini_batches": "train.mini_batches",
+    "max_tokens_per_micro_batch": "train.max_tokens_per_micro_batch",
+    "prompts_per_step": "rollout.prompts_per_step",
     "group_size": "rollout.group_size", "rollout_micro_batch": "rollout.micro_batch_size",
     "student_dtype": "student.dtype", "teacher_dtype": "teacher.dtype",
     "distributed_optimizer": "optimizer.distributed",

@@ -25,7 +25,9 @@ def format_plan(p: Plan) -> str:
         f"params, {w.teacher_dtype}), student {r.student.name or r.student.arch} "
         f"({r.student.num_parameters() / 1e9:.2f}B, {w.student_dtype})",
         f"{r.nodes} node(s) x {r.gpus_per_node} GPUs of {r.gpu_memory_gib:g} GiB; sequences "
-        f"{w.prompt_len} + {w.response_len} tokens, train micro-batch {w.micro_batch_size}, "
+        f"{w.prompt_len} + {w.response_len} tokens, train micro-batch "
+        + (f"<= {w.max_tokens_per_micro_batch} tokens, " if w.max_tokens_per_micro_batch else
+           f"{w.micro_batch_size}, ") +
         f"{w.prompts_per_step} prompts x {w.group_size} samples per step, "
         f"{'distributed' if w.distributed_optimizer else 'replicated'} optimizer, activation "
         f"recompute {'on' if w.recompute else 'off'}, teacher "

@@ -128,10 +128,10 @@ def estimate_step(teacher: ModelSpec, student: ModelSpec, tp: int, pp: int, dp: 
         teacher_forward = teacher_compute
         pipelined = student_compute + teacher_compute
 
-    mb_tokens = w.micro_batch_size * w.seq_len
+    mb_tokens = w.micro_rows * w.seq_len
     tp_comm = 0.0
     if tp > 1:
-        n_micro = rows // w.micro_batch_size
+        n_micro = rows / w.micro_rows
         for spec, b, count in ((student, b_s, 6), (teacher, b_t, 2)):
             one_ar = _allreduce_s(mb_tokens * spec.hidden_size * b, tp, hw.intra_node_gbps, hw)
             tp_comm += spec.num_layers / pp * count * n_micro * one_ar

@@ -113,6 +113,22 @@ def test_sequence_parallel_and_stored_attention_scores_follow_korthikanti():
     assert scores.activations == 36 * int(s * b * 4096 * (10 + 24 / t + 5 * 32 * s / (4096 * t)))
 
 
+def test_token_budget_bounds_micro_batch_memory_by_its_tokens():
+    """train.max_tokens_per_micro_batch: a budget of b x s tokens costs what b rows of s did;
+    half that budget, half the activations and logits; a budget below one row still holds a
+    row (a longer row is a micro-batch of its own)."""
+    spec = get_preset("qwen3-8b")
+    base = dict(prompt_len=1024, response_len=1024, prompts_per_step=8)
+    rows = estimate(spec, spec, 2, 1, 1, Workload(**base, micro_batch_size=4))
+    same = estimate(spec, spec, 2, 1, 1, Workload(**base, max_tokens_per_micro_batch=4 * 2048))
+    half = estimate(spec, spec, 2, 1, 1, Workload(**base, max_tokens_per_micro_batch=2 * 2048))
+    one = estimate(spec, spec, 2, 1, 1, Workload(**base, micro_batch_size=1))
+    tiny = estimate(spec, spec, 2, 1, 1, Workload(**base, max_tokens_per_micro_batch=100))
+    assert same.activations == rows.activations and same.logits == rows.logits
+    assert half.activations == 36 * int(2048 * 2 * 4096 * (10 + 24 / 2) / 1)
+    assert tiny.activations == one.activations and tiny.logits == one.logits
+
+
 def test_planner_matches_the_bytes_of_models_built_by_megatron():
     """One process, TP=1: the planner's weight and gradient bytes equal what build.py allocates."""
     from rlad_megatron.models.build import OptimizerSettings, build_student, build_teacher
