@@ -8,7 +8,10 @@ What CI cannot check on CPU, on one CUDA device, single process:
   2. the streamed teacher (teacher.offload=stream) against the resident one in bf16: identical
      log-probs?, scoring time with window 1 (no overlap) and window 2 (next layer copied on a side
      stream), the copy time, the peak CUDA memory of each;
-  3. rollout speed: tokens per second of `generate` at batch 8 and 32.
+  3. rollout speed: tokens per second of `generate` at batch 8 and 32;
+  4. teacher scoring during the rollout (teacher.score_during_rollout): 32 rows generated in
+     micro-batches of 8, the teacher scoring each on a side CUDA stream as it finishes, against
+     generating all and scoring after: seconds of each and whether the log-probs are identical.
 Writes DIR/gpu_check.json and prints `RESULT gpu_check ...` last. Without CUDA it exits 2
 saying so (CI never runs it).
 """
@@ -128,6 +131,39 @@ def main() -> int:
         _, secs = _timed(lambda: generate(student, prompts, gen, seed=0), reps=2)
         report[f"rollout_b{batch}_tokens_per_s"] = batch * 256 / secs
 
+    # 4. teacher scoring during the rollout (train/phases.py TeacherDuringRollout's streams)
+    teacher = _build(spec, par, weights, "bf16")
+    prompts = [list(range(1, 65))] * 32
+    gen = GenerationConfig(max_new_tokens=256, samples_per_prompt=1, progress=False,
+                           micro_batch_size=8)
+    side = torch.cuda.Stream()
+
+    def score_after():
+        batch = generate(student, prompts, gen, seed=0)
+        lp = forward_logprobs(teacher, batch.tokens, micro_batch_size=8, fused=True)
+        torch.cuda.synchronize()
+        return [lp[i:i + 8] for i in range(0, 32, 8)], batch
+
+    def score_during():
+        parts = []
+
+        def hook(rows, part):
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                parts.append(forward_logprobs(teacher, part.tokens, micro_batch_size=8,
+                                              fused=True, on_device=True))
+        batch = generate(student, prompts, gen, seed=0, on_micro_batch=hook)
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        return [p.cpu() for p in parts], batch
+
+    (after_parts, _), after_s = _timed(score_after, reps=2)
+    (during_parts, _), during_s = _timed(score_during, reps=2)
+    report["teacher_after_rollout_s"] = after_s
+    report["teacher_during_rollout_s"] = during_s
+    report["teacher_during_identical"] = all(
+        torch.equal(a[:, :d.shape[1]], d) for a, d in zip(after_parts, during_parts))
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2))
@@ -135,7 +171,9 @@ def main() -> int:
     print(f"RESULT gpu_check stream_identical={report['stream_w2_identical']} "
           f"stream_time_ratio={report['stream_time_ratio']:.3f} "
           f"bf16_vs_fp32_max_abs={report['bf16_vs_fp32_max_abs']:.3g} "
-          f"rollout_b32_tokens_per_s={report['rollout_b32_tokens_per_s']:.0f}")
+          f"rollout_b32_tokens_per_s={report['rollout_b32_tokens_per_s']:.0f} "
+          f"teacher_during_over_after="
+          f"{report['teacher_during_rollout_s'] / report['teacher_after_rollout_s']:.3f}")
     return 0
 
 
