@@ -46,6 +46,14 @@ def _train(args, algorithm=None) -> int:
     from rlad_megatron.train.config import load_config
     from rlad_megatron.train.loop import train
 
+    if args.help_config:
+        from rlad_megatron.train.schema import format_schema
+
+        print(format_schema(), end="")
+        return 0
+    if args.config is None:
+        print("rlad: a run config YAML is needed (or --help-config)", file=sys.stderr)
+        return 2
     overrides = list(args.overrides) + ([f"algorithm={algorithm}"] if algorithm else [])
     try:
         cfg = load_config(args.config, overrides)
@@ -192,8 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, algorithm, text in (("train", None, "train with the configured algorithm"),
                                   ("sft", "sft", "supervised training on gold solutions")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("config", help="YAML run config (train/config.py RunConfig)")
+        p.add_argument("config", nargs="?", help="YAML run config (train/config.py RunConfig)")
         p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+        p.add_argument("--help-config", action="store_true",
+                       help="print every config field: type, default, allowed values, doc")
         p.set_defaults(func=lambda a, alg=algorithm: _train(a, alg))
     _add_plan_parser(sub)
     p = sub.add_parser("prepare", help="a recipe's cached stages: tokenizer, teacher SFT, "

@@ -110,6 +110,8 @@ def select_teacher_tokens(advantages: Tensor, old_logprobs: Tensor, teacher_logp
 # A gate switched off passes every row; a row is imitated when every gate passes.
 
 GATES = ("aligned", "raises_reward", "not_exploring")
+ALIGN_METRICS = ("gap", "loglik")
+"""How the aligned gate measures a teacher trajectory (see above)."""
 
 
 @dataclass(frozen=True)
@@ -151,8 +153,9 @@ def gate_trajectories(*, teacher_rows: Tensor, group_ids: Tensor, rewards: Tenso
                       use_advantage: bool = True, use_explore: bool = True) -> TrajectoryGates:
     """The three gates (module comment above) for teacher_rows [b] bool, group_ids, rewards and
     advantages [b], old_logprobs lp_S and teacher_logprobs lp_T [b, s], response_mask [b, s]."""
-    if align_metric not in ("gap", "loglik"):
-        raise ValueError(f"unknown align_metric {align_metric!r}; known: gap, loglik")
+    if align_metric not in ALIGN_METRICS:
+        raise ValueError(f"unknown align_metric {align_metric!r}; known: "
+                         f"{', '.join(ALIGN_METRICS)}")
     teacher_rows = teacher_rows.bool()
     mask = response_mask.bool()
     denom = mask.sum(-1).clamp(min=1).to(torch.float32)

@@ -47,6 +47,10 @@ from rlad_megatron.data.difficulty import (check_level_sizes, level_config, ques
 from rlad_megatron.data.math_answers import last_boxed
 
 SPLITS = ("train", "validation", "heldout")
+EVAL_SPLITS = ("heldout", "validation")
+"""Splits an evaluation may read (heldout: the reported one; validation: for choosing settings)."""
+ON_BAD_ROW = ("error", "skip")
+"""What a malformed row or an over-long prompt does: stop naming it, or skip and count it."""
 _SPLIT_OFFSET = {"train": 0, "validation": 2**30, "heldout": 2**31}
 _SEED_STRIDE = 2**32
 _LEVEL_STRIDE = 2**24

@@ -74,13 +74,12 @@ def resolve_run_config(cfg: Optional[RunConfig] = None, config_file: Optional[st
     """Type-checked RunConfig: `cfg` (e.g. built by fiddle) or `config_file`, then `overrides`."""
     from omegaconf import OmegaConf
 
-    from rlad_megatron.train.config import load_config, to_yaml
+    from rlad_megatron.train.config import load_config, merge_config, to_yaml
 
     if cfg is None:
         return load_config(config_file, list(overrides))
-    merged = OmegaConf.merge(OmegaConf.structured(RunConfig), OmegaConf.create(to_yaml(cfg)),
-                             OmegaConf.from_dotlist(list(overrides)))
-    return OmegaConf.to_object(merged)
+    return merge_config(OmegaConf.create(to_yaml(cfg)), list(overrides),
+                        where="nemo-run task config with overrides")
 
 
 # ----------------------------------------------------------------------------- recipes

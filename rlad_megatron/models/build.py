@@ -32,12 +32,19 @@ class OptimizerSettings:
     """Megatron optimizer settings for the student (megatron.core.optimizer.OptimizerConfig)."""
 
     lr: float = 1e-6
+    """Peak learning rate (Adam)."""
     min_lr: float = 0.0
+    """Learning rate at the end of the decay."""
     weight_decay: float = 0.0
+    """Decoupled weight decay (AdamW)."""
     adam_beta1: float = 0.9
+    """Adam's first-moment decay."""
     adam_beta2: float = 0.999
+    """Adam's second-moment decay."""
     adam_eps: float = 1e-8
+    """Adam's epsilon."""
     clip_grad: float = 1.0
+    """Clip the global gradient norm at this (0: off)."""
     distributed: bool = False
     """megatron's DistributedOptimizer (ZeRO-1). Its state does not checkpoint on CPU without
     transformer-engine/apex in megatron-core 0.16.1, so it is refused there by train/config.py."""

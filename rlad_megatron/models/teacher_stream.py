@@ -57,7 +57,10 @@ from rlad_megatron.models.forward import (align_to_tokens, planned_micro_batches
 from rlad_megatron.runtime import mcore_compat
 from rlad_megatron.runtime.devices import compute_device
 
-ACTIVATIONS = ("device", "host")
+OFFLOAD_MODES = ("none", "stream")
+"""teacher.offload: resident like the student, or decoder layers streamed from host memory."""
+ACTIVATION_PLACES = ("device", "host")
+"""teacher.stream_activations: where hidden states wait between streamed layers."""
 
 
 def _unique_storage_bytes(tensors) -> int:
@@ -170,8 +173,8 @@ def stream_teacher(teacher: Teacher, *, window: int = 2,
     """Move `teacher`'s decoder layers to host memory and everything else to the device."""
     if window < 1:
         raise ValueError(f"teacher.stream_window must be >= 1, got {window}")
-    if activations not in ACTIVATIONS:
-        raise ValueError(f"teacher.stream_activations must be one of {ACTIVATIONS}, got "
+    if activations not in ACTIVATION_PLACES:
+        raise ValueError(f"teacher.stream_activations must be one of {ACTIVATION_PLACES}, got "
                          f"{activations!r}")
     device = compute_device()
     stores = []

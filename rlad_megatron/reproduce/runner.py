@@ -35,6 +35,7 @@ from pathlib import Path
 from rlad_megatron.reproduce.results import collect, write_results
 from rlad_megatron.reproduce.spec import Job, build_jobs, parse_spec
 from rlad_megatron.train.config import RunConfig, same_config
+from rlad_megatron.train.validate import validate_run_config
 from rlad_megatron.train.recipe import (PREP_STAGES, load_recipe, owned_or_absent, rl_config,
                                         stage_configs)
 
@@ -51,12 +52,12 @@ def check_before_work(stages: dict[str, RunConfig], jobs: list[Job], spec, run_d
     """Every config valid, the run directory and cache folders ours (module docstring)."""
     for name, cfg in stages.items():
         try:
-            cfg.validate(spec.prepare_procs, check_files=False)
+            validate_run_config(cfg, spec.prepare_procs, check_files=False)
         except ValueError as e:
             raise ValueError(f"stage {name}: {e}") from None
     for job in jobs:
         try:
-            job.cfg.validate(spec.procs, check_files=False)
+            validate_run_config(job.cfg, spec.procs, check_files=False)
         except ValueError as e:
             raise ValueError(f"arm {job.arm} (seed {job.seed}): {e}") from None
     if run_dir.exists() and not run_dir.is_dir():

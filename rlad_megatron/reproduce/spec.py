@@ -24,13 +24,12 @@ Arm names are folder names: letters, digits, '.', '_' and '-'.
 
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlad_megatron.train.config import ALGORITHMS, RunConfig, to_yaml
+from rlad_megatron.train.config import ALGORITHMS, RunConfig, merge_config, to_yaml
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _KEYS = {"seeds", "baseline", "jobs", "procs", "prepare_procs", "arms", "alphas", "validation",
@@ -155,20 +154,11 @@ def arm_overrides(spec: ReproduceSpec, arm: str) -> dict:
 def build_jobs(spec: ReproduceSpec, rl: RunConfig, run_dir: Path,
                where: str = "reproduce") -> list[Job]:
     """One Job per (arm, seed): the rl stage + the arm's overrides + seed, eval split and run_dir."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
     jobs = []
     for arm in spec.arm_names:
         for seed in spec.seeds:
-            try:
-                merged = OmegaConf.merge(OmegaConf.structured(copy.deepcopy(rl)),
-                                         OmegaConf.from_dotlist(spec.rl_overrides),
-                                         arm_overrides(spec, arm))
-                cfg: RunConfig = OmegaConf.to_object(merged)
-            except OmegaConfBaseException as e:
-                raise ValueError(f"{where}.arms.{arm}: key {getattr(e, 'full_key', '?')}: "
-                                 f"{e.msg}") from None
+            cfg = merge_config(list(spec.rl_overrides), arm_overrides(spec, arm), base=rl,
+                               where=f"{where}.arms.{arm}")
             if cfg.algorithm not in ALGORITHMS:
                 raise ValueError(f"{where}.arms.{arm}.algorithm: {cfg.algorithm!r} is not one "
                                  f"of {', '.join(ALGORITHMS)}")

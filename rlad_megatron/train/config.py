@@ -1,29 +1,55 @@
 """The run configuration: dataclasses per section, a YAML file plus dotted key=value overrides
-(omegaconf), validated in one place (`RunConfig.validate`) with errors that name the key.
+(omegaconf, merged by `merge_config`, the one merge train, recipes, reproduce and nemo-run use),
+validated in one place (train/validate.py `validate_run_config`) with errors that name the key.
 
     rlad train examples/configs/demo.yaml train.steps=20 parallel.tensor=2 loss.trrd.alpha=0.3
+    rlad train --help-config        # every field, its type, default, allowed values and doc
 
-Unknown keys and wrong types are refused by omegaconf with the full dotted key; semantic checks
-(sizes that must divide, files that must exist, options that contradict each other) live in
-`validate()` and run before any model is built. The resolved config is saved with the run
-(`to_yaml`).
+Every field has a docstring (tests/unit/train/test_schema.py holds that); a field whose values
+come from a registry declares it with `choice(default, REGISTRY)`, so the allowed values are the
+registry's keys (train/schema.py checks them). Unknown keys and wrong types are refused by
+omegaconf with the full dotted key; semantic checks (sizes that must divide, files that must
+exist, options that contradict each other) run before any model is built. The resolved config is
+saved with the run (`to_yaml`). ParallelConfig (runtime/parallel.py) and OptimizerSettings
+(models/build.py) are declared by the components that own them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
+from rlad_megatron.data.advantages import ADVANTAGES, TEACHER_ADVANTAGES
+from rlad_megatron.data.formats import FORMATS
+from rlad_megatron.data.selection import ALIGN_METRICS, SELECTION_POLICIES
+from rlad_megatron.data.tasks import ANSWER_FORMATS, EVAL_SPLITS, ON_BAD_ROW
+from rlad_megatron.losses import AGGREGATIONS, KL_ESTIMATORS
+from rlad_megatron.losses.joint import DISTILL_LOSSES
+from rlad_megatron.losses.trrd import CLAMP_GRAD
 from rlad_megatron.models.build import OptimizerSettings
+from rlad_megatron.models.config import DTYPES
+from rlad_megatron.models.teacher_stream import ACTIVATION_PLACES, OFFLOAD_MODES
 from rlad_megatron.runtime.parallel import ParallelConfig
 
 ALGORITHMS = {"rlad": "trrd", "grpo": "grpo", "kdrl": "kdrl", "sft_distill": "sft", "sft": "sft"}
 """algorithm -> registered loss (losses/__init__.py)."""
-NEEDS_TEACHER = {"rlad", "kdrl", "sft_distill"}
+RL_ALGORITHMS = ("rlad", "grpo", "kdrl")
+"""Algorithms that roll out, reward and update with an RL loss (the rest are supervised)."""
+NEEDS_TEACHER = ("rlad", "kdrl", "sft_distill")
 """Algorithms that always load a teacher (any RL algorithm also does with rollout.teacher_samples)."""
 TRAJECTORY_ALGORITHMS = ("rlad", "grpo")
 """Algorithms whose RL loss can be joined with imitation of teacher trajectories."""
+REFERENCE_KL_ALGORITHMS = ("rlad", "grpo")
+"""Algorithms whose loss takes the reference KL (loss.<name>.kl_beta)."""
+LR_DECAY_STYLES = ("constant", "linear", "cosine")
+"""megatron's OptimizerParamScheduler lr_decay_style values this trainer passes through."""
+
+
+def choice(default: str, allowed: Iterable[str]):
+    """A string field whose allowed values are `allowed` (a registry's keys): checked by
+    train/schema.py before any model is built, listed by `rlad train --help-config`."""
+    return field(default=default, metadata={"choices": tuple(allowed)})
 
 
 @dataclass
@@ -38,8 +64,8 @@ class ModelConfig:
     """Megatron checkpoint (root or iter_XXXXXXX) to load weights, and the spec when no preset."""
     tokenizer: Optional[str] = None
     """Tokenizer path (sentencepiece .model, tokenizer.json or a HF dir); default: the checkpoint's."""
-    dtype: str = "fp32"
-    """Parameter dtype: fp32 | bf16 | fp16 (bf16/fp16 need a GPU)."""
+    dtype: str = choice("fp32", DTYPES)
+    """Parameter dtype (bf16/fp16 need a GPU)."""
     random_init: bool = False
     """Allow random weights when no checkpoint is given (tests, smoke runs)."""
 
@@ -48,13 +74,13 @@ class ModelConfig:
 class TeacherConfig(ModelConfig):
     """The frozen teacher: a ModelConfig plus where its weights live (models/teacher_stream.py)."""
 
-    offload: str = "none"
+    offload: str = choice("none", OFFLOAD_MODES)
     """none: resident on the device, like the student | stream: decoder layers in host memory,
     visiting the device `stream_window` at a time, scored layer-major. With stream the teacher
     only scores (no teacher trajectories, evaluation or sft_distill traces: validated)."""
     stream_window: int = 2
     """offload=stream: decoder layers resident at once (the one computing + those prefetched)."""
-    stream_activations: str = "device"
+    stream_activations: str = choice("device", ACTIVATION_PLACES)
     """offload=stream: where the [s, b, h] hidden states wait between layers: device | host
     (pinned; for batches whose activations do not fit next to the window)."""
     score_during_rollout: bool = False
@@ -79,13 +105,14 @@ class DataConfig:
     """Difficulty levels mixed in every split (data/difficulty.py): chain_sum's number of terms,
     knights_knaves' number of people, e.g. [3, 4, 5]; each split's size is divided evenly over
     them and evaluation reports each level. Empty: the task_config alone."""
-    format: str = "chat"
+    format: str = choice("chat", FORMATS)
     """Prompt rendering: "chat" (tokenizer template / plain template) or "compact"
     (data/formats.py: short prompts and procedural solutions for tiny models)."""
     check_steps: bool = True
     """compact format: a completion reaches the reward only if every step of its chain is right
     (no reward for lucky answers); false = outcome reward on the answer alone."""
     system_prompt: Optional[str] = None
+    """A system message put before every prompt (chat format); None: the template's default."""
     train_size: int = 2000
     """reasoning-gym prompts in the train split (over all levels)."""
     heldout_size: int = 128
@@ -93,25 +120,38 @@ class DataConfig:
     validation_size: int = 0
     """reasoning-gym prompts in the validation split: where settings are chosen (eval.split)."""
     seed: int = 0
+    """Seed of the data: reasoning-gym generation and the file's split (not the run's seed)."""
     question_field: str = "question"
+    """File source: the field holding the prompt."""
     answer_field: str = "answer"
-    answer_format: str = "auto"
+    """File source: the field holding the reference answer."""
+    answer_format: str = choice("auto", ANSWER_FORMATS)
+    """File source: how the reference answer is written (data/tasks.py; auto detects it)."""
     heldout_fraction: float = 0.05
-    on_bad_row: str = "error"
+    """File source: the share of rows held out for evaluation (by a hash of the question)."""
+    on_bad_row: str = choice("error", ON_BAD_ROW)
+    """A malformed file row or a prompt too long for the model: stop naming it (error), or skip
+    and count it (skip)."""
     reward: str = "reasoning_gym"
     """Reward spec (data/rewards.py), e.g. "math+0.1*format"."""
 
 
 @dataclass
 class RolloutConfig:
+    """Sampling of the rollouts (rollout/generate.py)."""
+
     prompts_per_step: int = 16
     """Prompts per RL step, over all data-parallel ranks."""
     group_size: int = 8
     """G: samples per prompt (GRPO group)."""
     temperature: float = 1.0
+    """Sampling temperature of the rollout (the log-prob passes score at it too)."""
     top_p: float = 1.0
+    """Nucleus sampling mass (1: off)."""
     top_k: int = 0
+    """Sample among the k most likely tokens (0: off)."""
     max_new_tokens: int = 64
+    """Response tokens per sample at most (EOS included)."""
     micro_batch_size: int = 0
     """Rows generated together (bounds the KV cache and logits; rlad plan sizes the KV cache by
     it); 0 = all of this rank's sequences at once. The samples do not depend on it."""
@@ -124,55 +164,96 @@ class RolloutConfig:
 
 @dataclass
 class AdvantageConfig:
-    estimator: str = "grpo"
+    """Group-normalised advantages (data/advantages.py)."""
+
+    estimator: str = choice("grpo", ADVANTAGES)
+    """grpo: (r - mean) / (std + eps) within the group; dr_grpo: r - mean (no std scaling)."""
     eps: float = 1e-6
+    """Added to the group's reward std."""
     drop_zero_variance: bool = False
     """Drop groups whose rewards are all equal (they carry no policy gradient)."""
 
 
 @dataclass
 class TRRDLossConfig:
+    """Trust Region Ratio Distillation (losses/trrd.py): ratio pi_S / (pi_old^alpha * pi_T^(1 -
+    alpha)) inside the clipped surrogate."""
+
     alpha: float = 0.5
+    """Weight of the old policy in the ratio's anchor; 1 - alpha is the teacher's (1: GRPO)."""
     eps_low: float = 0.2
+    """Lower clip: the ratio is clipped at 1 - eps_low."""
     eps_high: float = 0.28
+    """Upper clip: the ratio is clipped at 1 + eps_high (DAPO's clip-higher)."""
     teacher_logratio_clamp: float = 1.0
-    clamp_grad: str = "detach"
-    agg: str = "seq_mean_token_mean"
+    """|log pi_T - log pi_old| is clamped at this many nats per token in the anchor."""
+    clamp_grad: str = choice("detach", CLAMP_GRAD)
+    """How the clamp passes gradients (detach: none through clamped tokens; straight_through)."""
+    agg: str = choice("seq_mean_token_mean", AGGREGATIONS)
+    """How token losses become the batch loss (losses/aggregate.py)."""
     dual_clip: Optional[float] = None
+    """Dual-clip constant c > 1 for negative advantages (None: off)."""
     kl_beta: float = 0.0
     """beta of the paper's Eq. 4: beta * KL(pi_S || pi_ref), pi_ref the student's weights at the
     start of the run (kept in host memory, swapped in for a forward-only pass; models/reference.py).
     0: no reference pass."""
-    kl_estimator: str = "k3"
-    """k1 | k2 | k3 (losses/kl.py) for the reference KL."""
+    kl_estimator: str = choice("k3", KL_ESTIMATORS)
+    """Estimator of the reference KL (losses/kl.py)."""
 
 
 @dataclass
 class GRPOLossConfig:
+    """GRPO's clipped surrogate with ratio pi_S / pi_old (losses/grpo.py)."""
+
     eps_low: float = 0.2
+    """Lower clip: 1 - eps_low."""
     eps_high: float = 0.28
-    agg: str = "seq_mean_token_mean"
+    """Upper clip: 1 + eps_high."""
+    agg: str = choice("seq_mean_token_mean", AGGREGATIONS)
+    """How token losses become the batch loss (losses/aggregate.py)."""
     dual_clip: Optional[float] = None
+    """Dual-clip constant c > 1 for negative advantages (None: off)."""
     kl_beta: float = 0.0
     """beta * KL(pi_S || pi_ref), as loss.trrd.kl_beta."""
-    kl_estimator: str = "k3"
+    kl_estimator: str = choice("k3", KL_ESTIMATORS)
+    """Estimator of the reference KL (losses/kl.py)."""
 
 
 @dataclass
 class KDRLLossConfig:
+    """KDRL (losses/kdrl.py): GRPO's surrogate plus beta * KL(pi_S || pi_T) on the rollouts."""
+
     beta_init: float = 5e-3
+    """Weight of the teacher KL at the start."""
     beta_min: float = 1e-3
+    """Weight of the teacher KL at the end of the anneal."""
     anneal_steps: int = 0
     """Linear anneal of beta from beta_init to beta_min over this many steps (0: constant)."""
-    kl_estimator: str = "k2"
+    kl_estimator: str = choice("k2", KL_ESTIMATORS)
+    """Estimator of the teacher KL (losses/kl.py)."""
     eps_low: float = 0.2
+    """Lower clip of the surrogate: 1 - eps_low."""
     eps_high: float = 0.28
-    agg: str = "seq_mean_token_mean"
+    """Upper clip of the surrogate: 1 + eps_high."""
+    agg: str = choice("seq_mean_token_mean", AGGREGATIONS)
+    """How token losses become the batch loss (losses/aggregate.py)."""
+
+    def loss_kwargs(self, step: int) -> dict:
+        """The kdrl loss's keyword arguments at `step` (beta annealed)."""
+        from rlad_megatron.losses import kdrl_beta
+
+        beta = self.beta_init if self.anneal_steps == 0 else kdrl_beta(
+            step, self.beta_init, self.beta_min, self.anneal_steps)
+        return {"beta": beta, "kl_estimator": self.kl_estimator, "eps_low": self.eps_low,
+                "eps_high": self.eps_high, "agg": self.agg}
 
 
 @dataclass
 class SFTLossConfig:
-    agg: str = "token_mean"
+    """Token negative log-likelihood (losses/sft.py)."""
+
+    agg: str = choice("token_mean", AGGREGATIONS)
+    """How token losses become the batch loss (losses/aggregate.py)."""
 
 
 @dataclass
@@ -180,17 +261,25 @@ class LossConfig:
     """Per-loss options; the algorithm picks which section is used."""
 
     trrd: TRRDLossConfig = field(default_factory=TRRDLossConfig)
+    """algorithm rlad."""
     grpo: GRPOLossConfig = field(default_factory=GRPOLossConfig)
+    """algorithm grpo."""
     kdrl: KDRLLossConfig = field(default_factory=KDRLLossConfig)
+    """algorithm kdrl."""
     sft: SFTLossConfig = field(default_factory=SFTLossConfig)
+    """algorithms sft and sft_distill."""
 
 
 @dataclass
 class SelectionConfig:
-    policy: str = "paper"
-    """paper | advantage | alignment | both (data/selection.py)."""
+    """Where the teacher anchors the ratio (data/selection.py), token by token."""
+
+    policy: str = choice("paper", SELECTION_POLICIES)
+    """paper: every loss token; advantage / alignment / both: the tokens passing those tests."""
     tau_adv: float = 0.0
+    """advantage policy: tokens of rows with advantage >= tau_adv."""
     tau_align: float = 0.0
+    """alignment policy: tokens where lp_T - lp_old >= tau_align."""
 
 
 @dataclass
@@ -207,26 +296,29 @@ class ImitationConfig:
     total = RL loss on the student's rows + weight * distillation loss on the selected rows.
     """
 
-    advantage: str = "group"
+    advantage: str = choice("group", TEACHER_ADVANTAGES)
     """How teacher rows get an advantage: "group" (the group's mean and std include them) or
     "baseline" (against the student group's mean and std, which exclude them). Two validation
     sweeps (docs/reproduction.md) did not separate them (group 34.2 / 35.1 vs baseline 33.2 /
     34.9 mean@4); "group" is GRPO's own convention."""
     gate_aligned: bool = True
-    align_metric: str = "gap"
+    """Switch the aligned gate on."""
+    align_metric: str = choice("gap", ALIGN_METRICS)
     """"gap": mean over the trajectory's tokens of lp_T - lp_S, passes when <= tau_align;
     "loglik": the student's mean per-token log-likelihood lp_S, passes when >= tau_align."""
     tau_align: float = 1.0
     """nats per token ("gap") or per-token log-likelihood ("loglik")."""
     gate_advantage: bool = True
+    """Switch the raises-reward gate on."""
     tau_adv: float = 0.1
     """A teacher trajectory raises reward when its advantage is at least this."""
     gate_explore: bool = True
+    """Switch the explore gate on."""
     tau_success: float = 0.5
     """Prompts the student solves at this rate or more are left to RL (no imitation)."""
     success_reward: float = 1.0
     """A sample succeeds when its reward is at least this."""
-    distill_loss: str = "nll"
+    distill_loss: str = choice("nll", DISTILL_LOSSES)
     """"ratio": the RL loss's clipped ratio (TRRD's, or GRPO's under algorithm=grpo) on the
     teacher's tokens, importance-weighted from the teacher to the ratio's anchor and truncated at
     importance_cap; "nll": token negative log-likelihood (behaviour cloning). Two validation
@@ -239,6 +331,7 @@ class ImitationConfig:
     weight_end: Optional[float] = None
     """Anneal lambda linearly from `weight` to this over weight_steps steps (None: constant)."""
     weight_steps: int = 0
+    """Steps of the lambda anneal (weight_end)."""
 
 
 @dataclass
@@ -246,12 +339,15 @@ class OptimConfig(OptimizerSettings):
     """The student's optimizer (models/build.py OptimizerSettings) and its LR schedule."""
 
     warmup_steps: int = 0
-    decay_style: str = "constant"
-    """constant | linear | cosine (megatron's OptimizerParamScheduler)."""
+    """Linear LR warmup over this many optimizer steps."""
+    decay_style: str = choice("constant", LR_DECAY_STYLES)
+    """LR decay after warmup, to min_lr at the last step (megatron's OptimizerParamScheduler)."""
 
 
 @dataclass
 class TrainConfig:
+    """Steps and how a step's sequences are cut for the log-prob passes and the update."""
+
     steps: int = 100
     """RL steps (or SFT steps for algorithm sft / sft_distill)."""
     micro_batch_size: int = 4
@@ -273,11 +369,14 @@ class TrainConfig:
 
 @dataclass
 class CheckpointConfig:
+    """Megatron torch_dist checkpoints in iter_XXXXXXX/ (train/checkpoint.py)."""
+
     dir: Optional[str] = None
     """Checkpoint root (Megatron layout); default RUN_DIR/checkpoints."""
     save_every: int = 0
     """Save every N steps (0: only at the end and on preemption)."""
     keep_last: int = 2
+    """Keep this many newest checkpoints (older ones this run wrote are removed)."""
     resume: bool = True
     """Resume from the latest checkpoint in `dir` when there is one."""
     fallback: bool = True
@@ -291,11 +390,18 @@ class CheckpointConfig:
 
 @dataclass
 class LoggingConfig:
+    """Where metrics go: RUN_DIR/metrics.jsonl always (train/metrics.py)."""
+
     tensorboard: bool = True
+    """Also write TensorBoard events to RUN_DIR/tensorboard."""
     wandb_project: Optional[str] = None
+    """Also log to this Weights & Biases project (needs wandb installed)."""
     wandb_entity: Optional[str] = None
+    """The W&B entity (team) of wandb_project."""
     log_every: int = 1
+    """Log every N steps (and the last)."""
     progress: bool = True
+    """A tqdm progress bar on rank 0."""
 
 
 @dataclass
@@ -305,7 +411,7 @@ class EvalConfig:
 
     every: int = 0
     """Evaluate every N steps (0: only before and after training)."""
-    split: str = "heldout"
+    split: str = choice("heldout", EVAL_SPLITS)
     """heldout (the reported split) | validation (for choosing settings; data.validation_size)."""
     num_prompts: int = 64
     """The first N prompts of the split (levels interleaved); 0 = the whole split."""
@@ -314,6 +420,7 @@ class EvalConfig:
     temperature: float = 0.6
     """0 = greedy (then k must be 1)."""
     top_p: float = 0.95
+    """Nucleus sampling mass of the evaluation."""
     max_new_tokens: int = 0
     """0 = rollout.max_new_tokens."""
     seed: int = 0
@@ -329,24 +436,42 @@ class EvalConfig:
 
 @dataclass
 class RunConfig:
-    algorithm: str = "rlad"
-    """rlad | grpo | kdrl | sft_distill | sft."""
+    """One `rlad train` run."""
+
+    algorithm: str = choice("rlad", ALGORITHMS)
+    """rlad (TRRD), grpo, kdrl, sft_distill (SFT on rejection-sampled teacher traces), sft."""
     run_dir: str = "runs/default"
+    """Where the run writes config.yaml, metrics, TensorBoard, evaluations and checkpoints."""
     seed: int = 1234
+    """Seed of the run: prompt order, rollout sampling, random initialisation."""
     student: ModelConfig = field(default_factory=ModelConfig)
+    """The student being trained."""
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    """The frozen teacher (algorithms rlad, kdrl, sft_distill, or teacher trajectories)."""
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    """Model-parallel layout; DP takes the remaining ranks."""
     data: DataConfig = field(default_factory=DataConfig)
+    """Prompts, splits and rewards."""
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Sampling of the student's (and the teacher's) responses."""
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    """Group-normalised advantages."""
     loss: LossConfig = field(default_factory=LossConfig)
+    """Per-loss options; the algorithm picks the section."""
     selection: SelectionConfig = field(default_factory=SelectionConfig)
+    """Where the teacher anchors TRRD's ratio."""
     imitation: ImitationConfig = field(default_factory=ImitationConfig)
+    """Imitation of teacher trajectories (rollout.teacher_samples > 0)."""
     optimizer: OptimConfig = field(default_factory=OptimConfig)
+    """The student's optimizer and LR schedule."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """Steps, micro-batches and mini-batches."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Saving and resuming."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Metrics sinks."""
     eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation protocol."""
 
     @property
     def loss_name(self) -> str:
@@ -364,6 +489,11 @@ class RunConfig:
         return self.rollout.teacher_samples > 0
 
     @property
+    def is_rl(self) -> bool:
+        """Rollouts, rewards and an RL loss (else a supervised path: sft, sft_distill)."""
+        return self.algorithm in RL_ALGORITHMS
+
+    @property
     def needs_teacher(self) -> bool:
         return self.algorithm in NEEDS_TEACHER or self.uses_trajectories
 
@@ -376,36 +506,43 @@ class RunConfig:
     def checkpoint_dir(self) -> str:
         return self.checkpoint.dir or str(Path(self.run_dir) / "checkpoints")
 
-    def validate(self, world_size: int = 1, check_files: bool = True) -> None:
-        from rlad_megatron.train.validate import validate_run_config
+    def section_of(self, loss: str):
+        """The loss.<name> section of a registered loss name."""
+        return getattr(self.loss, loss)
 
-        validate_run_config(self, world_size, check_files)
+
+def merge_config(*layers, where: str, base: Optional[RunConfig] = None) -> RunConfig:
+    """The one merge of run configuration layers: each a mapping (dict or omegaconf node: a YAML
+    file's contents, a recipe section) or a list of dotted key=value overrides, merged in order
+    over `base` (default: the schema's defaults). Unknown keys, wrong types and malformed
+    overrides are a ValueError naming `where` and the dotted key."""
+    import copy
+
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        nodes = [OmegaConf.structured(RunConfig if base is None else copy.deepcopy(base))]
+        for layer in layers:
+            if isinstance(layer, (list, tuple)):
+                bad = [o for o in layer if "=" not in str(o)]
+                if bad:
+                    raise ValueError(f"{where}: override {bad[0]!r} is not of the form key=value")
+                layer = OmegaConf.from_dotlist([str(o) for o in layer])
+            nodes.append(layer if layer is not None else {})
+        return OmegaConf.to_object(OmegaConf.merge(*nodes))
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        raise ValueError(f"{where}: {'key ' + key + ': ' if key else ''}{e.msg}") from None
 
 
 def load_config(path: Optional[str], overrides: List[str] = ()) -> RunConfig:
     """YAML file (optional) + dotted overrides -> RunConfig; errors name the file and key."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    base = OmegaConf.structured(RunConfig)
-    where = "defaults"
-    try:
-        layers = [base]
-        if path is not None:
-            where = path
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"config file {path} does not exist")
-            layers.append(load_mapping(path))
-        where = "command-line overrides"
-        bad = [o for o in overrides if "=" not in o]
-        if bad:
-            raise ValueError(f"override {bad[0]!r} is not of the form key=value")
-        layers.append(OmegaConf.from_dotlist(list(overrides)))
-        where = f"{path} with command-line overrides" if path else "command-line overrides"
-        return OmegaConf.to_object(OmegaConf.merge(*layers))
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None)
-        raise ValueError(f"{where}: {'key ' + key + ': ' if key else ''}{e.msg}") from None
+    if path is not None and not Path(path).is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    where = f"{path} with command-line overrides" if path else "command-line overrides"
+    return merge_config(load_mapping(path) if path is not None else {}, list(overrides),
+                        where=where)
 
 
 def same_config(path: Path, cfg: RunConfig) -> bool:

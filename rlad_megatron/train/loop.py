@@ -193,8 +193,7 @@ def train(cfg: RunConfig, run: Optional[Run] = None) -> dict:
 
 
 def _train(cfg: RunConfig, run: Run) -> dict:
-    is_rl = cfg.algorithm in ("rlad", "grpo", "kdrl")
-    step_fn = rl_step if is_rl else sft_step
+    step_fn = rl_step if cfg.is_rl else sft_step
     summary: dict = {"start_step": run.state.step}
     if run.state.step == 0 and cfg.eval.at_start:
         summary["before"] = run_eval(run, 0, teacher=cfg.eval.teacher)

@@ -276,12 +276,12 @@ def imitation_metrics(run, batch: TrainBatch) -> dict[str, float]:
 
 
 def loss_spec(run, step: int) -> LossSpec:
+    """The update's loss at `step`: the algorithm's registered loss with its section's options
+    (a section with a schedule, loss.kdrl, turns itself into the loss's arguments), or "joint"."""
     cfg, name = run.cfg, run.cfg.rl_loss_name
-    section = getattr(cfg.loss, name)
-    kwargs = {k: getattr(section, k) for k in section.__dataclass_fields__}
-    if name == "kdrl":
-        init, low, steps = kwargs.pop("beta_init"), kwargs.pop("beta_min"), kwargs.pop("anneal_steps")
-        kwargs["beta"] = init if steps == 0 else kdrl_beta(step, init, low, steps)
+    section = cfg.section_of(name)
+    kwargs = (section.loss_kwargs(step) if hasattr(section, "loss_kwargs") else
+              {k: getattr(section, k) for k in section.__dataclass_fields__})
     if not cfg.uses_trajectories:
         return LossSpec(name, kwargs)
     im = cfg.imitation

@@ -31,9 +31,10 @@ from rlad_megatron.data.formats import get_format
 from rlad_megatron.data.tokenizer_train import train_sentencepiece
 from rlad_megatron.models import checkpoint as mckpt
 from rlad_megatron.runtime import destroy_parallel, init_distributed, print0
-from rlad_megatron.train.config import RunConfig, load_mapping, same_config, to_yaml
+from rlad_megatron.train.config import RunConfig, load_mapping, merge_config, same_config, to_yaml
 from rlad_megatron.train.loop import train
 from rlad_megatron.train.setup import load_splits
+from rlad_megatron.train.validate import validate_run_config
 
 STAGES = ("teacher_sft", "student_sft", "rl")
 PREP_STAGES = (("teacher_sft", "teacher"), ("student_sft", "student"))
@@ -64,7 +65,6 @@ def load_recipe(path: str, overrides: list[str]) -> tuple[dict, dict[str, RunCon
     """-> (settings {cache_dir, run_dir}, {stage: RunConfig}, the `reproduce` section as an
     omegaconf node with its overrides merged, or None); errors name the file and key."""
     from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
 
     raw = _load_with_parent(Path(path))
     unknown = set(raw) - {"cache_dir", "run_dir", "base", "reproduce", *STAGES}
@@ -74,16 +74,9 @@ def load_recipe(path: str, overrides: list[str]) -> tuple[dict, dict[str, RunCon
     settings = {"cache_dir": str(raw.get("cache_dir", ".cache/rlad_demo")),
                 "run_dir": str(raw.get("run_dir", "runs/demo"))}
     by = split_overrides(overrides, settings, ("base", *STAGES, "reproduce"))
-    configs = {}
-    for stage in STAGES:
-        try:
-            merged = OmegaConf.merge(OmegaConf.structured(RunConfig), raw.get("base", {}),
-                                     OmegaConf.from_dotlist(by["base"]),
-                                     raw.get(stage, {}), OmegaConf.from_dotlist(by[stage]))
-            configs[stage] = OmegaConf.to_object(merged)
-        except OmegaConfBaseException as e:
-            raise ValueError(f"{path}: stage {stage}: key {getattr(e, 'full_key', '?')}: "
-                             f"{e.msg}") from None
+    configs = {stage: merge_config(raw.get("base", {}), by["base"], raw.get(stage, {}),
+                                   by[stage], where=f"{path}: stage {stage}")
+               for stage in STAGES}
     repro = raw.get("reproduce")
     if repro is not None or by["reproduce"]:
         repro = OmegaConf.merge(repro or {}, OmegaConf.from_dotlist(by["reproduce"]))
@@ -184,7 +177,7 @@ def prepare(path: str, overrides: list[str]) -> dict:
     env = init_distributed()
     for name, cfg in stages.items():  # every stage checked before the first one trains
         try:
-            cfg.validate(env.world_size, check_files=False)
+            validate_run_config(cfg, env.world_size, check_files=False)
         except ValueError as e:
             raise ValueError(f"stage {name}: {e}") from None
     build_tokenizer(stages["teacher_sft"], cache)

@@ -39,6 +39,7 @@ from rlad_megatron.train.metrics import open_metrics
 from rlad_megatron.train.phases import agree_or_raise
 from rlad_megatron.train.run_lock import RunDirLock
 from rlad_megatron.train.timers import PhaseTimer
+from rlad_megatron.train.validate import validate_run_config
 
 log = logging.getLogger("rlad_megatron.setup")
 
@@ -161,7 +162,7 @@ def build_scheduler(cfg: RunConfig, student: Student):
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
     o = cfg.optimizer
-    per_step = 1 if cfg.algorithm in ("sft", "sft_distill") else cfg.train.mini_batches
+    per_step = cfg.train.mini_batches if cfg.is_rl else 1
     total = max(cfg.train.steps * per_step, 1)
     warmup = o.warmup_steps * per_step
     return OptimizerParamScheduler(
@@ -243,7 +244,7 @@ def check_splits(cfg: RunConfig, splits: PromptSplits) -> None:
 
 def setup(cfg: RunConfig) -> Run:
     env = init_distributed()
-    cfg.validate(env.world_size)
+    validate_run_config(cfg, env.world_size)
     error, resume_at, lock = None, None, None
     if env.rank == 0:
         try:

@@ -1,4 +1,4 @@
-"""RunConfig.validate(): every semantic check of a run configuration, before any work starts.
+"""validate_run_config(): every semantic check of a run configuration, before any work starts.
 
 Each error names the dotted key (and both values where two disagree). Checks that need the
 models' architecture (TP divides heads, PP divides layers, vocabularies agree) run in
@@ -13,36 +13,13 @@ from rlad_megatron.data.difficulty import check_level_sizes, level_config
 from rlad_megatron.data.formats import COMPACT_TASKS
 from rlad_megatron.data.tasks import check_task_config
 from rlad_megatron.models.spec import PRESETS, ModelSpec
-from rlad_megatron.train.config import ALGORITHMS, TRAJECTORY_ALGORITHMS, RunConfig
-
-_CHOICES = {
-    "data.format": ("chat", "compact"),
-    "data.on_bad_row": ("error", "skip"),
-    "eval.split": ("heldout", "validation"),
-    "optimizer.decay_style": ("constant", "linear", "cosine"),
-    "selection.policy": ("paper", "advantage", "alignment", "both"),
-    "advantage.estimator": ("grpo", "dr_grpo"),
-    "loss.trrd.clamp_grad": ("detach", "straight_through"),
-    "imitation.advantage": ("group", "baseline"),
-    "imitation.align_metric": ("gap", "loglik"),
-    "imitation.distill_loss": ("ratio", "nll"),
-    "student.dtype": ("fp32", "bf16", "fp16"),
-    "teacher.dtype": ("fp32", "bf16", "fp16"),
-    "teacher.offload": ("none", "stream"),
-    "teacher.stream_activations": ("device", "host"),
-}
-
-
-def _get(cfg, dotted: str):
-    value = cfg
-    for part in dotted.split("."):
-        value = getattr(value, part)
-    return value
-
+from rlad_megatron.train.config import (REFERENCE_KL_ALGORITHMS, TRAJECTORY_ALGORITHMS,
+                                        RunConfig)
+from rlad_megatron.train.schema import check_choices, get
 
 def _positive(cfg, *keys: str, allow_zero: bool = False) -> None:
     for key in keys:
-        value = _get(cfg, key)
+        value = get(cfg, key)
         if value < 0 or (value == 0 and not allow_zero):
             raise ValueError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
@@ -72,11 +49,7 @@ def _model(cfg: RunConfig, role: str, check_files: bool = True) -> None:
 def validate_run_config(cfg: RunConfig, world_size: int = 1, check_files: bool = True) -> None:
     """Raise ValueError naming the key of the first problem. check_files=False skips the checks
     that model checkpoints and tokenizers exist (for runs whose files an earlier stage makes)."""
-    if cfg.algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm: {cfg.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
-    for key, choices in _CHOICES.items():
-        if _get(cfg, key) not in choices:
-            raise ValueError(f"{key}: {_get(cfg, key)!r} is not one of {', '.join(choices)}")
+    check_choices(cfg)  # every registry-backed field (train/schema.py)
     cfg.parallel.validate(world_size)
     dp = world_size // (cfg.parallel.tensor * cfg.parallel.pipeline)
     _model(cfg, "student", check_files)
@@ -97,13 +70,13 @@ def validate_run_config(cfg: RunConfig, world_size: int = 1, check_files: bool =
               allow_zero=True)
     if not 0 < cfg.rollout.top_p <= 1:
         raise ValueError(f"rollout.top_p must be in (0, 1], got {cfg.rollout.top_p}")
-    if cfg.algorithm in ("rlad", "grpo", "kdrl") and cfg.rollout.group_size < 2:
+    if cfg.is_rl and cfg.rollout.group_size < 2:
         raise ValueError(f"rollout.group_size: {cfg.rollout.group_size} must be >= 2 for "
                          f"{cfg.algorithm} (GRPO advantages compare samples of one prompt)")
-    if cfg.rollout.temperature == 0 and cfg.algorithm in ("rlad", "grpo", "kdrl"):
+    if cfg.rollout.temperature == 0 and cfg.is_rl:
         raise ValueError("rollout.temperature must be > 0 for RL (greedy samples of a group "
                          "are identical)")
-    is_sft = cfg.algorithm in ("sft", "sft_distill")
+    is_sft = not cfg.is_rl
     if is_sft:
         if cfg.train.sft_batch_size % dp:
             raise ValueError(f"train.sft_batch_size = {cfg.train.sft_batch_size} is not "
@@ -169,9 +142,8 @@ def validate_run_config(cfg: RunConfig, world_size: int = 1, check_files: bool =
 
 
 def _losses(cfg: RunConfig) -> None:
-    """Every loss option, whichever algorithm is chosen (a bad value is a typo either way)."""
-    from rlad_megatron.losses import AGGREGATIONS, KL_ESTIMATORS
-
+    """Every loss option, whichever algorithm is chosen (a bad value is a typo either way; the
+    named choices, agg and kl_estimator among them, are checked by check_choices)."""
     t = cfg.loss.trrd
     if not 0 <= t.alpha <= 1:
         raise ValueError(f"loss.trrd.alpha: {t.alpha} is outside [0, 1]")
@@ -184,13 +156,6 @@ def _losses(cfg: RunConfig) -> None:
             raise ValueError(f"loss.{name}.eps_high: {sec.eps_high} must be >= 0")
         if getattr(sec, "dual_clip", None) is not None and sec.dual_clip <= 1:
             raise ValueError(f"loss.{name}.dual_clip: {sec.dual_clip} must be > 1 (or null)")
-    for name in ("trrd", "grpo", "kdrl", "sft"):
-        agg = getattr(cfg.loss, name).agg
-        if agg not in AGGREGATIONS:
-            raise ValueError(f"loss.{name}.agg: {agg!r} is not one of {', '.join(AGGREGATIONS)}")
-    if cfg.loss.kdrl.kl_estimator not in KL_ESTIMATORS:
-        raise ValueError(f"loss.kdrl.kl_estimator: {cfg.loss.kdrl.kl_estimator!r} is not one of "
-                         f"{', '.join(KL_ESTIMATORS)}")
     if t.teacher_logratio_clamp <= 0:
         raise ValueError(f"loss.trrd.teacher_logratio_clamp: {t.teacher_logratio_clamp} must "
                          f"be > 0")
@@ -198,12 +163,9 @@ def _losses(cfg: RunConfig) -> None:
         sec = getattr(cfg.loss, name)
         if sec.kl_beta < 0:
             raise ValueError(f"loss.{name}.kl_beta: {sec.kl_beta} must be >= 0")
-        if sec.kl_estimator not in KL_ESTIMATORS:
-            raise ValueError(f"loss.{name}.kl_estimator: {sec.kl_estimator!r} is not one of "
-                             f"{', '.join(KL_ESTIMATORS)}")
-    if cfg.kl_beta and cfg.algorithm not in ("rlad", "grpo"):
+    if cfg.kl_beta and cfg.algorithm not in REFERENCE_KL_ALGORITHMS:
         raise ValueError(f"loss.{cfg.rl_loss_name}.kl_beta: the reference KL applies to "
-                         f"algorithm rlad or grpo, not {cfg.algorithm}")
+                         f"algorithm {' or '.join(REFERENCE_KL_ALGORITHMS)}, not {cfg.algorithm}")
     k = cfg.loss.kdrl
     if not 0 <= k.beta_min <= k.beta_init:
         raise ValueError(f"loss.kdrl.beta_min: {k.beta_min} must be in [0, loss.kdrl.beta_init "

@@ -20,6 +20,7 @@ from rlad_megatron.launch.plan import build_request, load_model_spec, plan
 from rlad_megatron.launch.plan_report import format_plan, plan_to_dict
 from rlad_megatron.launch.step_time import Hardware, estimate_step
 from rlad_megatron.models.spec import get_preset
+from rlad_megatron.train.validate import validate_run_config
 
 REPO = Path(__file__).resolve().parents[3]
 RECIPES = {"qwen3_8b_to_1.7b": (1, (2, 1, 4)), "qwen3_32b_to_8b": (4, (4, 1, 8)),
@@ -245,7 +246,7 @@ def test_recipe_configs_plan_their_own_layout_and_validate(recipe, tmp_path):
                                f"student.checkpoint={tmp_path / 'student'}",
                                "optimizer.distributed=false"])
     assert cfg.student.dtype == cfg.teacher.dtype == "bf16"
-    cfg.validate(world_size=nodes * 8)
+    validate_run_config(cfg, world_size=nodes * 8)
 
 
 def test_cli_json_and_exit_status(capsys):

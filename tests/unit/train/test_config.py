@@ -10,6 +10,7 @@ import re
 import pytest
 
 from rlad_megatron.train.config import RunConfig, load_config, to_yaml
+from rlad_megatron.train.validate import validate_run_config
 
 
 def _write(tmp_path, text):
@@ -137,14 +138,14 @@ def test_missing_config_file_is_named(tmp_path):
 def test_validate_names_the_key_and_values(tmp_path, over, world, message):
     cfg = _valid(tmp_path, **over)
     with pytest.raises(ValueError, match=message):
-        cfg.validate(world)
+        validate_run_config(cfg, world)
 
 
 def test_a_valid_config_passes(tmp_path):
-    _valid(tmp_path).validate(1)
-    _valid(tmp_path, **{"algorithm": "grpo", "rollout.teacher_samples": 2,
-                        "loss.grpo.kl_beta": 0.05}).validate(1)
-    _valid(tmp_path, **{"algorithm": "grpo", "teacher.random_init": False}).validate(2)
+    validate_run_config(_valid(tmp_path), 1)
+    validate_run_config(_valid(tmp_path, **{"algorithm": "grpo", "rollout.teacher_samples": 2,
+                        "loss.grpo.kl_beta": 0.05}), 1)
+    validate_run_config(_valid(tmp_path, **{"algorithm": "grpo", "teacher.random_init": False}), 2)
 
 
 def test_cli_reports_config_errors_before_any_work(tmp_path):
@@ -173,24 +174,24 @@ def test_unwritable_run_dir_or_checkpoint_dir_is_named_before_any_model(tmp_path
 def test_token_budget_replaces_the_micro_batch_divisibility_check(tmp_path):
     """With train.max_tokens_per_micro_batch the micro-batches come from the budget:
     micro_batch_size need not divide the rank's rows, the mini-batches still must."""
-    _valid(tmp_path, **{"train.micro_batch_size": 3,
-                        "train.max_tokens_per_micro_batch": 128}).validate(1)
+    validate_run_config(_valid(tmp_path, **{"train.micro_batch_size": 3,
+                        "train.max_tokens_per_micro_batch": 128}), 1)
     with pytest.raises(ValueError, match=r"= 16 is not divisible by train.mini_batches = 3"):
-        _valid(tmp_path, **{"train.mini_batches": 3,
-                            "train.max_tokens_per_micro_batch": 128}).validate(1)
+        validate_run_config(_valid(tmp_path, **{"train.mini_batches": 3,
+                            "train.max_tokens_per_micro_batch": 128}), 1)
 
 
 def test_sft_paths_ignore_mini_batches_in_the_divisibility_check(tmp_path):
     """Issue 13 item 12: sft_distill with train.mini_batches=2 was refused although the SFT path
     takes one optimizer step per batch; RL keeps the check."""
-    _valid(tmp_path, **{"algorithm": "sft_distill", "train.mini_batches": 2,
-                        "train.sft_batch_size": 8, "train.micro_batch_size": 8}).validate(1)
+    validate_run_config(_valid(tmp_path, **{"algorithm": "sft_distill", "train.mini_batches": 2,
+                        "train.sft_batch_size": 8, "train.micro_batch_size": 8}), 1)
     with pytest.raises(ValueError, match=r"train.sft_batch_size per data-parallel rank = 8 is "
                                          r"not divisible by train.micro_batch_size = 3"):
-        _valid(tmp_path, **{"algorithm": "sft", "train.sft_batch_size": 8,
-                            "train.micro_batch_size": 3}).validate(1)
+        validate_run_config(_valid(tmp_path, **{"algorithm": "sft", "train.sft_batch_size": 8,
+                            "train.micro_batch_size": 3}), 1)
     with pytest.raises(ValueError, match=r"train.micro_batch_size \* train.mini_batches = 2 \* 3"):
-        _valid(tmp_path, **{"algorithm": "grpo", "train.mini_batches": 3}).validate(1)
+        validate_run_config(_valid(tmp_path, **{"algorithm": "grpo", "train.mini_batches": 3}), 1)
 
 
 @pytest.mark.parametrize("text, message", [

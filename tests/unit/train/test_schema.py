@@ -1,0 +1,73 @@
+"""The run configuration documents and checks itself (train/schema.py): every field has a
+docstring, registry-backed fields allow exactly their registry's keys, and `rlad train
+--help-config` prints the whole schema."""
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from rlad_megatron.data.advantages import ADVANTAGES, TEACHER_ADVANTAGES
+from rlad_megatron.data.formats import FORMATS
+from rlad_megatron.data.selection import SELECTION_POLICIES
+from rlad_megatron.losses import AGGREGATIONS, KL_ESTIMATORS, LOSSES
+from rlad_megatron.losses.joint import DISTILL_LOSSES
+from rlad_megatron.losses.trrd import CLAMP_GRAD
+from rlad_megatron.models.config import DTYPES
+from rlad_megatron.train.config import ALGORITHMS, RunConfig, load_config
+from rlad_megatron.train.schema import check_choices, field_docs, format_schema, walk
+
+
+def test_every_field_of_the_run_config_has_a_docstring():
+    undocumented = [info.key for info in walk() if not info.doc]
+    assert not undocumented, f"fields without a docstring: {undocumented}"
+
+
+def test_docstrings_are_read_from_the_source_including_base_classes():
+    from rlad_megatron.train.config import OptimConfig, TeacherConfig
+
+    assert field_docs(OptimConfig)["lr"] == "Peak learning rate (Adam)."  # from OptimizerSettings
+    assert "resident" in field_docs(TeacherConfig)["offload"]
+    assert "Tokenizer path" in field_docs(TeacherConfig)["tokenizer"]  # from ModelConfig
+
+
+@pytest.mark.parametrize("key,registry", [
+    ("algorithm", ALGORITHMS), ("advantage.estimator", ADVANTAGES),
+    ("selection.policy", SELECTION_POLICIES), ("loss.trrd.clamp_grad", CLAMP_GRAD),
+    ("loss.trrd.agg", AGGREGATIONS), ("loss.sft.agg", AGGREGATIONS),
+    ("loss.kdrl.kl_estimator", KL_ESTIMATORS), ("loss.grpo.kl_estimator", KL_ESTIMATORS),
+    ("imitation.advantage", TEACHER_ADVANTAGES), ("imitation.distill_loss", DISTILL_LOSSES),
+    ("data.format", FORMATS), ("student.dtype", DTYPES), ("teacher.dtype", DTYPES),
+])
+def test_allowed_values_are_the_registries_keys(key, registry):
+    info = next(i for i in walk() if i.key == key)
+    assert info.choices == tuple(registry)
+
+
+def test_every_algorithm_names_a_registered_loss():
+    assert set(ALGORITHMS.values()) <= set(LOSSES)
+
+
+def test_a_value_outside_its_registry_is_refused_naming_key_and_choices():
+    cfg = load_config(None, ["data.answer_format=latex"])
+    with pytest.raises(ValueError, match=r"data.answer_format: 'latex' is not one of auto, "
+                                         r"gsm8k, boxed, plain"):
+        check_choices(cfg)
+    check_choices(RunConfig())  # the defaults are allowed values
+
+
+def test_help_config_prints_every_key_with_its_doc():
+    out = subprocess.run([sys.executable, "-m", "rlad_megatron.cli", "train", "--help-config"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out == format_schema()
+    for info in walk():
+        assert info.key in out
+    assert "one of: none, stream" in out and "Token budget of a micro-batch" in out
+
+
+def test_schema_sections_are_the_config_dataclasses():
+    top = [f.name for f in dataclasses.fields(RunConfig)
+           if dataclasses.is_dataclass(getattr(RunConfig(), f.name))]
+    sections = [i.key for i in walk() if i.section and "." not in i.key]
+    assert sections == top and "loss.trrd" in [i.key for i in walk() if i.section]
