@@ -1,7 +1,8 @@
 """Pure per-token losses (TRRD and baselines): tensors in, (loss, metrics) out.
 
-LOSSES maps a name to its function; every loss takes [b, s] fp32 log-probs and keyword-only
-scalar hyperparameters, and follows the aggregation contract of losses/aggregate.py and the
+LOSSES maps a name to its function; every loss takes [b, s] fp32 log-probs, its inputs from a
+LossInputs record (losses/inputs.py: checked here, at import, that every tensor parameter is a
+LossInputs field), keyword-only scalar hyperparameters, and follows the aggregation contract of losses/aggregate.py and the
 metrics contract of losses/metrics.py.
 """
 
@@ -10,6 +11,7 @@ from typing import Callable
 from rlad_megatron.losses.aggregate import AGGREGATIONS, aggregate, global_normalizers
 from rlad_megatron.losses.diagnostics import check_teacher_logprobs
 from rlad_megatron.losses.grpo import grpo_loss
+from rlad_megatron.losses.inputs import NORMALISERS, LossInputs, check_loss_signature
 from rlad_megatron.losses.joint import distill_share, joint_loss
 from rlad_megatron.losses.kdrl import kdrl_beta, kdrl_loss
 from rlad_megatron.losses.kl import KL_ESTIMATORS, kl_estimate
@@ -24,6 +26,8 @@ LOSSES: dict[str, Callable] = {
     "sft": sft_loss,
     "joint": joint_loss,
 }
+for _fn in LOSSES.values():
+    check_loss_signature(_fn)
 
 
 def get_loss(name: str) -> Callable:
@@ -33,7 +37,7 @@ def get_loss(name: str) -> Callable:
     return LOSSES[name]
 
 
-__all__ = ["LOSSES", "get_loss", "trrd_loss", "grpo_loss", "kdrl_loss", "kdrl_beta", "sft_loss",
+__all__ = ["LOSSES", "get_loss", "LossInputs", "NORMALISERS", "trrd_loss", "grpo_loss", "kdrl_loss", "kdrl_beta", "sft_loss",
            "joint_loss", "distill_share",
            "trrd_log_ratio", "aggregate", "AGGREGATIONS", "global_normalizers", "kl_estimate",
            "KL_ESTIMATORS", "check_teacher_logprobs", "METRICS", "REDUCE_OPS", "reduce_op",

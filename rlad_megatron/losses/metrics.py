@@ -25,6 +25,8 @@ Keys (<area> is "trrd" or "grpo"; kdrl_loss reports the "grpo" keys of its polic
     teacher/logratio_mean         sum  of lp - lp_T over loss tokens (trrd, kdrl)
     kl/ref_mean, kl/teacher_mean  sum  of the KL estimator (to reference; to teacher for kdrl)
     sft/nll_mean                  sum  of -lp over loss tokens
+    policy/entropy_mean           sum  of the student's entropy H(pi_S(. | prefix)) over loss
+                                       tokens (added by the trainer from the logits, train/step.py)
     loss/joint                    sum  RL term + lambda * distillation term (losses/joint.py)
     joint/rl_term, joint/distill_term  sum  the two terms of loss/joint (the latter times lambda)
     distill/tokens, distill/seqs  sum  selected teacher-row tokens and rows (distill_mask)
@@ -70,6 +72,7 @@ METRICS: dict[str, tuple[str, str | None]] = {
     "loss/kdrl": ("sum", None),
     "loss/sft": ("sum", None),
     "sft/nll_mean": ("sum", TOKENS),
+    "policy/entropy_mean": ("sum", TOKENS),
     "loss/joint": ("sum", None),
     "joint/rl_term": ("sum", None),
     "joint/distill_term": ("sum", None),

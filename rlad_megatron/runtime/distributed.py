@@ -17,6 +17,7 @@ import os
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -77,3 +78,13 @@ def print0(*args, **kwargs) -> None:
     """print on global rank 0 only (or always when torch.distributed is not started)."""
     if not dist.is_initialized() or dist.get_rank() == 0:
         print(*args, flush=True, **kwargs)
+
+
+def agree_or_raise(error: Optional[str]) -> None:
+    """Raise the same ValueError on every rank when any rank found one (no rank left hanging in
+    a later collective): each rank passes its own error or None."""
+    errors = [None] * dist.get_world_size()
+    dist.all_gather_object(errors, error)
+    first = next((e for e in errors if e), None)
+    if first:
+        raise ValueError(first)

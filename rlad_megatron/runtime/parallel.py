@@ -93,10 +93,6 @@ class Parallel:
         """Global rank of the last pipeline stage in this rank's pipeline group."""
         return dist.get_global_rank(self.pp_group, self.pp - 1)
 
-    @property
-    def first_stage_global_rank(self) -> int:
-        return dist.get_global_rank(self.pp_group, 0)
-
     def describe(self) -> str:
         vpp = f" vpp={self.vpp}" if self.vpp else ""
         return (f"tp={self.tp} pp={self.pp}{vpp} dp={self.dp} "

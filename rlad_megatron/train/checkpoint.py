@@ -11,8 +11,8 @@ Named parts of the state dict:
                        tracker as tensors and plain data, read with weights_only=True (nothing
                        in it can run code); restored only when the layout (TP, PP, DP) is the
                        same, otherwise re-seeded from (seed, step) with a warning.
-The teacher is never part of it. Loading a Megatron checkpoint that holds only a model (from
-`rlad convert import` or `rlad sft`) is `load_student_weights`.
+The teacher is never part of it. A Megatron checkpoint that holds only a model (from
+`rlad convert import` or `rlad sft`) is read by models/checkpoint.py `load_model`.
 """
 
 from __future__ import annotations
@@ -217,7 +217,3 @@ def read_rank_state(path: Path) -> Optional[dict]:
                     path, type(e).__name__, str(e).splitlines()[0][:200])
         return None
 
-
-def load_student_weights(path: str | Path, student: Student) -> Path:
-    """Model weights only (a converted or SFT checkpoint, or a train checkpoint's model part)."""
-    return mckpt.load_model(path, student.chunks)

@@ -51,7 +51,15 @@ from rlad_megatron.train.timers import memory_stats, progress, throughput
 log = logging.getLogger("rlad_megatron.train")
 
 
-def rl_step(run: Run, step: int) -> dict[str, float]:
+@dataclasses.dataclass
+class StepResult:
+    """What one step reports: scalar metrics and, for RL, one decoded rollout to log as text."""
+
+    metrics: dict[str, float]
+    sample: Optional[str] = None
+
+
+def rl_step(run: Run, step: int) -> StepResult:
     cfg, timer = run.cfg, run.timer
     teacher_rows, ref, teacher, streamed, fracs = None, None, None, {}, {}
     during = phases.TeacherDuringRollout(run) if cfg.teacher.score_during_rollout else None
@@ -107,11 +115,10 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
         metrics["joint/distill_share"] = distill_share(metrics)
     metrics.update(streamed)
     metrics.update(fracs)
-    metrics["_sample"] = texts[0] if texts else ""
-    return metrics
+    return StepResult(metrics, texts[0] if texts else "")
 
 
-def sft_step(run: Run, step: int) -> dict[str, float]:
+def sft_step(run: Run, step: int) -> StepResult:
     cfg, timer = run.cfg, run.timer
     tok = run.tokenizer
     items = phases.dp_shard(run, run.sampler.next(cfg.train.sft_batch_size))
@@ -137,7 +144,7 @@ def sft_step(run: Run, step: int) -> dict[str, float]:
     metrics.update(phases.dp_mean(run, {"throughput/tokens": float(batch.tokens.numel()),
                                         "sft/kept_frac": 1.0 if keep is None else
                                         sum(keep) / len(keep)}))
-    return metrics
+    return StepResult(metrics)
 
 
 def run_eval(run: Run, step: int, *, teacher: bool = False) -> dict[str, float]:
@@ -206,9 +213,9 @@ def _train(cfg: RunConfig, run: Run) -> dict:
     with preempt:
         for step in bar:
             t0 = time.perf_counter()
-            metrics = step_fn(run, step)
+            result = step_fn(run, step)
             run.state.step = step
-            sample = metrics.pop("_sample", None)
+            metrics, sample = result.metrics, result.sample
             seconds = time.perf_counter() - t0
             metrics.update(run.timer.pop())
             metrics["throughput/tokens_per_s"] = throughput(metrics.pop("throughput/tokens") *

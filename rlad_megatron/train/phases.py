@@ -18,7 +18,6 @@ import time
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 
 from rlad_megatron.data.advantages import with_teacher_rows
 from rlad_megatron.data.batch import RolloutBatch, TrainBatch, interleave_groups
@@ -30,34 +29,26 @@ from rlad_megatron.losses import check_teacher_logprobs, kdrl_beta
 from rlad_megatron.models.forward import forward_logprobs
 from rlad_megatron.models.teacher_stream import StreamedTeacher, streamed_logprobs
 from rlad_megatron.rollout import GenerationConfig, generate
-from rlad_megatron.runtime import devices
+from rlad_megatron.runtime import agree_or_raise, devices
 from rlad_megatron.runtime.devices import compute_device
+from rlad_megatron.train.setup import Run
 from rlad_megatron.train.step import (LossSpec, forward_backward, grads_finite, micro_batch_plan,
                                       optimizer_step)
 
 log = logging.getLogger("rlad_megatron.train")
 
 
-def agree_or_raise(error: Optional[str]) -> None:
-    """Raise the same ValueError on every rank when any rank found one (no rank left hanging)."""
-    errors = [None] * dist.get_world_size()
-    dist.all_gather_object(errors, error)
-    first = next((e for e in errors if e), None)
-    if first:
-        raise ValueError(first)
-
-
-def dp_shard(run, items: list) -> list:
+def dp_shard(run: Run, items: list) -> list:
     n = len(items) // run.par.dp
     return items[run.par.dp_rank * n:(run.par.dp_rank + 1) * n]
 
 
-def prompt_ids(run, items: list[PromptItem]) -> list[list[int]]:
+def prompt_ids(run: Run, items: list[PromptItem]) -> list[list[int]]:
     return [encode_prompt(run.fmt, run.tokenizer, item, run.cfg.data.system_prompt)
             for item in items]
 
 
-def generation_config(run, *, samples: int, temperature: float, top_p: float, top_k: int,
+def generation_config(run: Run, *, samples: int, temperature: float, top_p: float, top_k: int,
                       max_new_tokens: int) -> GenerationConfig:
     return GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature,
                             greedy=temperature == 0, top_k=top_k, top_p=top_p,
@@ -66,7 +57,7 @@ def generation_config(run, *, samples: int, temperature: float, top_p: float, to
                             micro_batch_size=run.cfg.rollout.micro_batch_size, progress=False)
 
 
-def rollout(run, items: list[PromptItem], step: int, model=None,
+def rollout(run: Run, items: list[PromptItem], step: int, model=None,
             on_micro_batch=None) -> RolloutBatch:
     """G samples per prompt of this DP rank from the student (or `model`); on_micro_batch is
     rollout.generate's hook (TeacherDuringRollout)."""
@@ -77,7 +68,7 @@ def rollout(run, items: list[PromptItem], step: int, model=None,
                     seed=run.cfg.seed * 1_000_003 + step, on_micro_batch=on_micro_batch)
 
 
-def micro_batches(run, batch: RolloutBatch) -> MicroBatchPlan:
+def micro_batches(run: Run, batch: RolloutBatch) -> MicroBatchPlan:
     """This rank's micro-batches of `batch` for a log-prob pass or an update: fixed, or token
     budgets agreed over DP (train.max_tokens_per_micro_batch; train/step.py micro_batch_plan)."""
     t = run.cfg.train
@@ -86,7 +77,7 @@ def micro_batches(run, batch: RolloutBatch) -> MicroBatchPlan:
                             max_tokens=t.max_tokens_per_micro_batch)
 
 
-def useful_token_frac(run, pairs: list[tuple[MicroBatchPlan, RolloutBatch]]) -> float:
+def useful_token_frac(run: Run, pairs: list[tuple[MicroBatchPlan, RolloutBatch]]) -> float:
     """Real tokens / processed tokens of a pass over all DP ranks (pairs: each plan and the batch
     it cut)."""
     t = torch.tensor([[float(row_lengths(b.prompt_lengths, b.response_lengths).sum()),
@@ -109,7 +100,7 @@ class TeacherDuringRollout:
     depend only on its own tokens. The pipeline broadcast of the result happens once, at the end.
     """
 
-    def __init__(self, run):
+    def __init__(self, run: Run):
         self.run = run
         self.parts: list[tuple[slice, Optional[torch.Tensor]]] = []
         self.pairs: list[tuple[MicroBatchPlan, RolloutBatch]] = []
@@ -146,7 +137,7 @@ TEACHER_SEED_OFFSET = 500_000_009
 """Teacher trajectories draw their own noise stream (seed offset), never the student's."""
 
 
-def with_teacher_trajectories(run, items: list[PromptItem], step: int,
+def with_teacher_trajectories(run: Run, items: list[PromptItem], step: int,
                               student: RolloutBatch) -> tuple[RolloutBatch, torch.Tensor]:
     """rollout.teacher_samples trajectories per prompt from the teacher (same sampler, KV cache,
     temperature and lengths as the student's rollout), interleaved after each prompt's G student
@@ -161,7 +152,7 @@ def with_teacher_trajectories(run, items: list[PromptItem], step: int,
                              pad_token_id=run.tokenizer.pad_id or 0)
 
 
-def completions(run, batch: RolloutBatch) -> list[str]:
+def completions(run: Run, batch: RolloutBatch) -> list[str]:
     """Decoded responses (EOS dropped; ids the tokenizer does not know, from model vocabulary
     rows beyond it, are dropped too)."""
     eos, known = run.tokenizer.eos_id, run.tokenizer.vocab_size
@@ -173,7 +164,8 @@ def completions(run, batch: RolloutBatch) -> list[str]:
     return out
 
 
-def score(run, batch: RolloutBatch, items: list[PromptItem]) -> tuple[torch.Tensor, list[str]]:
+def score(run: Run, batch: RolloutBatch,
+          items: list[PromptItem]) -> tuple[torch.Tensor, list[str]]:
     """[b] rewards of this rank's rows (row i answers items[i // G])."""
     group = batch.batch_size // len(items)
     texts = completions(run, batch)
@@ -183,7 +175,7 @@ def score(run, batch: RolloutBatch, items: list[PromptItem]) -> tuple[torch.Tens
     return torch.tensor(rewards, dtype=torch.float32), texts
 
 
-def advantages(run, rewards: torch.Tensor, batch: RolloutBatch,
+def advantages(run: Run, rewards: torch.Tensor, batch: RolloutBatch,
                teacher_rows: Optional[torch.Tensor] = None):
     """[b] group-normalised advantages and the RL loss mask (zero-variance groups masked out when
     advantage.drop_zero_variance: the rows stay, so every rank keeps its shape). Teacher rows get
@@ -196,7 +188,7 @@ def advantages(run, rewards: torch.Tensor, batch: RolloutBatch,
     return adv, batch.loss_mask & (keep & ~rows)[:, None]
 
 
-def _pp_broadcast(run, value: Optional[torch.Tensor], shape) -> torch.Tensor:
+def _pp_broadcast(run: Run, value: Optional[torch.Tensor], shape) -> torch.Tensor:
     par = run.par
     if par.pp == 1:
         return value
@@ -206,7 +198,7 @@ def _pp_broadcast(run, value: Optional[torch.Tensor], shape) -> torch.Tensor:
     return out
 
 
-def logprobs(run, model, tokens: torch.Tensor, *, fused: bool,
+def logprobs(run: Run, model, tokens: torch.Tensor, *, fused: bool,
              plan: MicroBatchPlan) -> torch.Tensor:
     """[b, s] log-probs of `tokens` under `model` at the rollout temperature, on every stage,
     over the micro-batches of `plan` (micro_batches). A teacher streamed from host memory
@@ -219,7 +211,7 @@ def logprobs(run, model, tokens: torch.Tensor, *, fused: bool,
     return _pp_broadcast(run, lp, tuple(tokens.shape))
 
 
-def teacher_guard(run, teacher_lp: torch.Tensor, loss_mask: torch.Tensor) -> None:
+def teacher_guard(run: Run, teacher_lp: torch.Tensor, loss_mask: torch.Tensor) -> None:
     error = None
     try:
         check_teacher_logprobs(teacher_lp, loss_mask, run.teacher.spec.vocab_size)
@@ -228,7 +220,7 @@ def teacher_guard(run, teacher_lp: torch.Tensor, loss_mask: torch.Tensor) -> Non
     agree_or_raise(error)
 
 
-def reference_logprobs(run, tokens: torch.Tensor,
+def reference_logprobs(run: Run, tokens: torch.Tensor,
                        plan: MicroBatchPlan) -> Optional[torch.Tensor]:
     """[b, s] log-probs under pi_ref (the student's starting weights, swapped in from host
     memory; models/reference.py), or None when the loss has no reference KL."""
@@ -238,7 +230,7 @@ def reference_logprobs(run, tokens: torch.Tensor,
         return logprobs(run, run.student, tokens, fused=False, plan=plan)
 
 
-def select(run, batch: TrainBatch, response_mask: torch.Tensor) -> TrainBatch:
+def select(run: Run, batch: TrainBatch, response_mask: torch.Tensor) -> TrainBatch:
     """The paper's teacher mask on the student's rows and, with teacher trajectories, the three
     gates on the teacher's rows (response_mask [b, s]: every row's response tokens)."""
     s = run.cfg.selection
@@ -263,7 +255,7 @@ def select(run, batch: TrainBatch, response_mask: torch.Tensor) -> TrainBatch:
                                distill_mask=response_mask.bool() & gates.selected[:, None])
 
 
-def imitation_metrics(run, batch: TrainBatch) -> dict[str, float]:
+def imitation_metrics(run: Run, batch: TrainBatch) -> dict[str, float]:
     """Teacher-row reward, each gate's pass rate and the aligned gate's mean metric (this rank's
     rows; dp_mean them: every rank holds the same number of teacher rows)."""
     g = batch.gates
@@ -275,7 +267,7 @@ def imitation_metrics(run, batch: TrainBatch) -> dict[str, float]:
     return out
 
 
-def loss_spec(run, step: int) -> LossSpec:
+def loss_spec(run: Run, step: int) -> LossSpec:
     """The update's loss at `step`: the algorithm's registered loss with its section's options
     (a section with a schedule, loss.kdrl, turns itself into the loss's arguments), or "joint"."""
     cfg, name = run.cfg, run.cfg.rl_loss_name
@@ -291,7 +283,7 @@ def loss_spec(run, step: int) -> LossSpec:
                               "weight": weight, "importance_cap": im.importance_cap})
 
 
-def update(run, batch: TrainBatch, step: int, mini_batches: int) -> dict[str, float]:
+def update(run: Run, batch: TrainBatch, step: int, mini_batches: int) -> dict[str, float]:
     """One optimizer step per mini-batch; a NaN/Inf loss or gradient skips the step (logged),
     and max_consecutive_bad_steps of them in a row abort the run."""
     loss = loss_spec(run, step)
@@ -325,7 +317,7 @@ def update(run, batch: TrainBatch, step: int, mini_batches: int) -> dict[str, fl
     return out
 
 
-def dp_mean(run, values: dict[str, float]) -> dict[str, float]:
+def dp_mean(run: Run, values: dict[str, float]) -> dict[str, float]:
     """Mean of per-rank scalars over the data-parallel group (equal-sized ranks)."""
     keys = sorted(values)
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64)

@@ -13,7 +13,7 @@ import dataclasses
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -31,12 +31,12 @@ from rlad_megatron.models.build import (BuiltModel, Student, Teacher, build_stud
                                         build_teacher, memory_report)
 from rlad_megatron.models.spec import ModelSpec, get_preset
 from rlad_megatron.models.teacher_stream import stream_teacher
-from rlad_megatron.runtime import DistEnv, Parallel, init_distributed, init_parallel, print0
+from rlad_megatron.runtime import (DistEnv, Parallel, agree_or_raise, init_distributed,
+                                   init_parallel, print0)
 from rlad_megatron.train import checkpoint as tckpt
 from rlad_megatron.models.reference import ReferenceWeights
 from rlad_megatron.train.config import ModelConfig, RunConfig, to_yaml
 from rlad_megatron.train.metrics import open_metrics
-from rlad_megatron.train.phases import agree_or_raise
 from rlad_megatron.train.run_lock import RunDirLock
 from rlad_megatron.train.timers import PhaseTimer
 from rlad_megatron.train.validate import validate_run_config
@@ -68,7 +68,6 @@ class Run:
     """RUN_DIR/.rlad_lock (rank 0): released when the run ends (train/loop.py)."""
     reference: Optional[ReferenceWeights] = None
     """pi_ref of the reference KL (loss.*.kl_beta > 0): the student's starting weights."""
-    extras: dict = field(default_factory=dict)
 
     @property
     def is_logging_rank(self) -> bool:

@@ -18,9 +18,9 @@ rows; the schedule does not divide, DDP sums over DP, and finalize_model_grads d
 gradients by sum(r_local) = R. The gradient is therefore exactly that of the whole-batch loss,
 whatever normalisers the loss uses inside (R is never 0, unlike a loss-token count).
 
-A loss reads batch fields by parameter name: `logprobs` is computed here; every other tensor
-parameter of the loss (old_logprobs, teacher_logprobs, advantages, loss_mask, teacher_mask,
-ref_logprobs, distill_mask) is taken from the TrainBatch field of the same name. Metrics are the losses'
+A loss reads `logprobs`, computed here, and a typed LossInputs record (losses/inputs.py) filled
+field by field from the micro-batch's TrainBatch; a loss's tensor parameters are LossInputs
+fields (checked when losses/ is imported), so a renamed field fails loudly. Metrics are the losses'
 sufficient statistics (losses/metrics.py), merged over micro-batches, all-reduced over DP with
 each key's op, finalised, and shared with every pipeline stage.
 """
@@ -38,18 +38,17 @@ from rlad_megatron import ops
 from rlad_megatron.data.batch import TrainBatch
 from rlad_megatron.data.micro_batches import (MicroBatchPlan, fixed_plan, token_budget_count,
                                               token_budget_plan)
-from rlad_megatron.losses import finalize, get_loss, global_normalizers, merge, reduce_op
+from rlad_megatron.losses import (NORMALISERS, LossInputs, finalize, get_loss, global_normalizers,
+                                  merge, reduce_op)
 from rlad_megatron.models.build import Student
 from rlad_megatron.runtime import Parallel
-from rlad_megatron.models.forward import align_to_tokens, planned_micro_batches, run_schedule
+from rlad_megatron.models.forward import (MicroBatch, align_to_tokens, planned_micro_batches,
+                                         run_schedule)
 from rlad_megatron.runtime import devices
 from rlad_megatron.runtime.cpu_shims import cuda_to_cpu
 
 _DIST_OPS = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
-_BATCH_INPUTS = ("old_logprobs", "teacher_logprobs", "advantages", "loss_mask", "teacher_mask",
-                 "ref_logprobs", "distill_mask")
-_NORMALISERS = {"num_seqs": "loss_mask", "num_tokens": "loss_mask",
-                "distill_num_seqs": "distill_mask", "distill_num_tokens": "distill_mask"}
+_NORMALISERS = dict(zip(NORMALISERS, ("loss_mask", "loss_mask", "distill_mask", "distill_mask")))
 """Loss parameter -> the batch mask it counts (global_normalizers' key without the prefix)."""
 
 
@@ -62,18 +61,6 @@ class LossSpec:
 
     def function(self) -> Callable:
         return get_loss(self.name)
-
-
-def _loss_inputs(fn: Callable, batch: TrainBatch) -> dict:
-    params = inspect.signature(fn).parameters
-    inputs = {}
-    for name in _BATCH_INPUTS:
-        if name in params:
-            value = getattr(batch, name)
-            if value is None and params[name].default is inspect.Parameter.empty:
-                raise ValueError(f"loss {fn.__name__} needs batch.{name}, which is not set")
-            inputs[name] = value
-    return inputs
 
 
 def _local_counts(fn: Callable, batch: TrainBatch) -> dict[str, torch.Tensor]:
@@ -111,6 +98,17 @@ def micro_batch_plan(par: Parallel, lengths: torch.Tensor, width: int, *, micro_
     devices.all_reduce(count, op=dist.ReduceOp.MAX, group=par.dp_group)
     return token_budget_plan(lengths, max_tokens, min_micro_batches=int(count.item()),
                              width_multiple=par.tp if par.sequence_parallel else 1)
+
+
+def _entropy_sum(logits: torch.Tensor, loss_mask: torch.Tensor, tp_group, *, temperature: float,
+                 vocab_size: int) -> torch.Tensor:
+    """Sum over loss tokens of the student's entropy H(pi_S(. | prefix)) at the update's
+    temperature, without gradient (ops.token_entropy on the vocab shards): the policy-entropy
+    diagnostic, finalised as policy/entropy_mean."""
+    with torch.no_grad():
+        h = align_to_tokens(ops.token_entropy(logits.detach(), tp_group, temperature=temperature,
+                                              vocab_size=vocab_size))
+    return (h.double() * loss_mask.to(h.device)).sum().cpu()
 
 
 def reduce_metrics(stats: dict, dp_group) -> dict:
@@ -153,11 +151,13 @@ def forward_backward(student: Student, batch: TrainBatch, loss: LossSpec, *,
         part = parts[mb.index]
 
         def loss_func(logits):
-            inputs = {k: v.to(logits.device) if torch.is_tensor(v) else v
-                      for k, v in _loss_inputs(fn, part).items()}
+            inputs = {k: v.to(logits.device) if v is not None else v
+                      for k, v in LossInputs.from_record(part).arguments_for(fn).items()}
             lp = align_to_tokens(ops.token_logprobs(logits, mb.labels, par.tp_group,
                                                     temperature=temperature, vocab_size=vocab))
             value, stats = fn(lp, **inputs, **loss.kwargs, **counts)
+            stats = {**stats, "policy/entropy_mean": _entropy_sum(
+                logits, part.loss_mask, par.tp_group, temperature=temperature, vocab_size=vocab)}
             collected.append({k: v.cpu() for k, v in stats.items()})
             n_local = torch.tensor(part.batch_size, dtype=torch.int, device=logits.device)
             return value * rows.to(value.dtype).to(value.device), n_local, {}

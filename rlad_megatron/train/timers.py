@@ -107,50 +107,15 @@ def memory_stats(*, reset_cuda_peak: bool = False) -> dict[str, float]:
     return stats
 
 
-class NullProgress:
-    """A silent stand-in for a tqdm bar: iterates like it, ignores updates."""
-
-    def __init__(self, iterable: Optional[Iterable] = None):
-        self._iterable = iterable
-
-    def __iter__(self) -> Iterator:
-        if self._iterable is None:
-            raise TypeError("progress(total) gives a bar to update(), not to iterate")
-        return iter(self._iterable)
-
-    def update(self, n: float = 1) -> None:
-        pass
-
-    def set_postfix(self, ordered_dict: Any = None, refresh: bool = True, **kwargs: Any) -> None:
-        pass
-
-    def set_description(self, desc: Optional[str] = None, refresh: bool = True) -> None:
-        pass
-
-    def write(self, text: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> "NullProgress":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        pass
-
-
 def progress(iterable_or_total: Union[Iterable, int], *, desc: str = "", enabled: bool = True,
              **tqdm_kwargs: Any):
     """A tqdm bar on stderr over an iterable, or over `total` steps advanced with `update()`.
 
     `enabled` is false on every rank but rank 0 and when logging.progress is false; the bar is
-    then a `NullProgress` (same methods, no output). Extra keyword arguments go to tqdm
+    then tqdm's own disabled bar (same methods, no output). Extra keyword arguments go to tqdm
     (`initial=` for a resumed run, `unit=`, `leave=`).
     """
     iterable, total = ((None, iterable_or_total) if isinstance(iterable_or_total, int)
                        else (iterable_or_total, tqdm_kwargs.pop("total", None)))
-    if not enabled:
-        return NullProgress(iterable)
     return tqdm(iterable, total=total, desc=desc, file=sys.stderr, dynamic_ncols=True,
-                **tqdm_kwargs)
+                disable=not enabled, **tqdm_kwargs)

@@ -77,6 +77,12 @@ def _reference(spec, weights, batch, loss):
     return value.item(), {k: v.grad for k, v in w.items()}
 
 
+def _reference_entropy(spec, weights, batch):
+    """Float64 mean over loss tokens of H(pi(. | tokens[:t])), the distribution that drew token t."""
+    _, h = token_logprobs_and_entropy(spec, weights, batch.tokens)
+    return float(h[batch.loss_mask].mean())
+
+
 @pytest.mark.parametrize("parallel", LAYOUTS, indirect=True, ids=LAYOUT_IDS)
 @pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
 def test_loss_and_gradients_in_megatron_path_match_one_float64_call(parallel, loss):
@@ -94,6 +100,9 @@ def test_loss_and_gradients_in_megatron_path_match_one_float64_call(parallel, lo
     assert_student_grads_match(student, ref_grads, parallel, f"{loss.name} gradients")
     assert_all_ranks(metrics["count/seqs"] == batch.batch_size,
                      f"metrics count {metrics['count/seqs']} sequences, batch has {batch.batch_size}")
+    entropy = _reference_entropy(spec, weights, batch)
+    assert_all_ranks(abs(metrics["policy/entropy_mean"] - entropy) < 1e-5,
+                     f"policy/entropy_mean {metrics['policy/entropy_mean']} vs float64 {entropy}")
     step = optimizer_step(student)
     assert_all_ranks(step["optim/step_ok"] == 1.0 and step["optim/grad_norm"] > 0, f"{step}")
 
