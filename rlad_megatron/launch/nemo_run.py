@@ -9,7 +9,7 @@
     ... --dryrun                                                              # print, submit nothing
 
 A recipe factory returns `run.Partial(rlad_train, cfg=<the RunConfig as a run.Config tree>)`,
-built from its YAML in examples/configs/, so every field of the run config is a dotted
+built from its YAML in examples/configs/ (`recipe_path`: or a folder the user passes), so every field of the run config is a dotted
 override (`cfg.rollout.group_size=16`), as in NeMo's `trainer.max_steps=...`. `rlad_train`
 runs in every rank: it resolves the config exactly as `rlad train` does and trains.
 
@@ -21,8 +21,8 @@ Executors:
           clean exit is not requeued by nemo-run: resubmit to resume; slurm/rlad_train.sbatch
           requeues by itself).
   local   LocalExecutor with torchrun, for one machine.
-Before anything is submitted, the PlanCheck plugin (launch/plan_check.py; used by `launch()`
-and the command line) runs `rlad plan` on the task's config and the executor's nodes and GPUs,
+Before anything is submitted, the PlanCheck plugin (launch/plan_check.py, which this module
+imports and which does not import it back; used by `launch()` and the command line) runs `rlad plan` on the task's config and the executor's nodes and GPUs,
 and refuses a layout that does not divide the models or does not fit.
 
 nemo-run (the `launch` extra: nemo-run, leptonai<0.47) is imported inside the functions, so
@@ -39,13 +39,29 @@ import typing
 from pathlib import Path
 from typing import Optional, Sequence
 
-from rlad_megatron.train.config import RunConfig
+from rlad_megatron.train.config import RunConfig, resolve_run_config
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "examples" / "configs"
 RECIPES = {"qwen3_8b_to_1_7b": "qwen3_8b_to_1.7b.yaml", "qwen3_32b_to_8b": "qwen3_32b_to_8b.yaml",
            "llama31_405b_to_8b": "llama31_405b_to_8b.yaml",
            "llama31_405b_to_8b_1node": "llama31_405b_to_8b_1node.yaml"}
-"""factory name -> YAML in examples/configs/ (slurm/README.md gives their node counts)."""
+"""factory name -> its YAML in the recipe folder (slurm/README.md gives their node counts)."""
+
+
+def recipe_path(factory: str, config_dir: Optional[str] = None) -> Path:
+    """The YAML of a recipe factory, in `config_dir`, else $RLAD_CONFIG_DIR, else the
+    examples/configs/ of the source checkout this package runs from (an editable install). A
+    wheel install has no checkout: pass config_dir= (or set RLAD_CONFIG_DIR) to a copy of
+    examples/configs/."""
+    checkout = Path(__file__).resolve().parents[2] / "examples" / "configs"
+    folder = config_dir or os.environ.get("RLAD_CONFIG_DIR") or (checkout if checkout.is_dir()
+                                                                else None)
+    if folder is None:
+        raise FileNotFoundError(f"recipe {factory}: no recipe folder; pass config_dir= or set "
+                                "RLAD_CONFIG_DIR to a copy of the repository's examples/configs")
+    path = Path(folder) / RECIPES[factory]
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe {factory}: {path} does not exist")
+    return path
 ENV_VARS = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "CUDA_DEVICE_MAX_CONNECTIONS": "1",
             "TORCH_NCCL_AVOID_RECORD_STREAMS": "1", "NCCL_NVLS_ENABLE": "0",
             "NCCL_IB_TIMEOUT": "19", "NCCL_DEBUG": "WARN"}
@@ -69,19 +85,6 @@ def rlad_train(cfg: Optional[RunConfig] = None, config_file: Optional[str] = Non
     return summary
 
 
-def resolve_run_config(cfg: Optional[RunConfig] = None, config_file: Optional[str] = None,
-                       overrides: Sequence[str] = ()) -> RunConfig:
-    """Type-checked RunConfig: `cfg` (e.g. built by fiddle) or `config_file`, then `overrides`."""
-    from omegaconf import OmegaConf
-
-    from rlad_megatron.train.config import load_config, merge_config, to_yaml
-
-    if cfg is None:
-        return load_config(config_file, list(overrides))
-    return merge_config(OmegaConf.create(to_yaml(cfg)), list(overrides),
-                        where="nemo-run task config with overrides")
-
-
 # ----------------------------------------------------------------------------- recipes
 def as_config_tree(obj):
     """A dataclass instance -> nested run.Config of its class (dicts and scalars as they are)."""
@@ -102,25 +105,25 @@ def from_yaml(path: str, overrides: Sequence[str] = ()):
     return run.Partial(rlad_train, cfg=as_config_tree(load_config(str(path), list(overrides))))
 
 
-def qwen3_8b_to_1_7b():
+def qwen3_8b_to_1_7b(config_dir: Optional[str] = None):
     """Qwen3-8B teacher -> Qwen3-1.7B student, 1 node x 8 GPUs (TP=2, DP=4)."""
-    return from_yaml(CONFIG_DIR / RECIPES["qwen3_8b_to_1_7b"])
+    return from_yaml(recipe_path("qwen3_8b_to_1_7b", config_dir))
 
 
-def qwen3_32b_to_8b():
+def qwen3_32b_to_8b(config_dir: Optional[str] = None):
     """Qwen3-32B teacher -> Qwen3-8B student, 4 nodes x 8 GPUs (TP=4, DP=8)."""
-    return from_yaml(CONFIG_DIR / RECIPES["qwen3_32b_to_8b"])
+    return from_yaml(recipe_path("qwen3_32b_to_8b", config_dir))
 
 
-def llama31_405b_to_8b():
+def llama31_405b_to_8b(config_dir: Optional[str] = None):
     """Llama-3.1-405B teacher -> Llama-3.1-8B student, 8 nodes x 8 GPUs (TP=8, PP=2, DP=4)."""
-    return from_yaml(CONFIG_DIR / RECIPES["llama31_405b_to_8b"])
+    return from_yaml(recipe_path("llama31_405b_to_8b", config_dir))
 
 
-def llama31_405b_to_8b_1node():
+def llama31_405b_to_8b_1node(config_dir: Optional[str] = None):
     """Llama-3.1-405B teacher streamed from host memory -> Llama-3.1-8B student, 1 node x 8 GPUs
     (TP=4, DP=2; 1.5 TiB of host memory for the teacher's layers)."""
-    return from_yaml(CONFIG_DIR / RECIPES["llama31_405b_to_8b_1node"])
+    return from_yaml(recipe_path("llama31_405b_to_8b_1node", config_dir))
 
 
 # ----------------------------------------------------------------------------- executors
@@ -182,32 +185,6 @@ def local_executor(gpus: int = 8, env_vars: Optional[dict] = None):
 
     return run.LocalExecutor(ntasks_per_node=gpus, launcher="torchrun",
                              env_vars={**ENV_VARS, **(env_vars or {})})
-
-
-# ----------------------------------------------------------------------------- plan check
-def ranks_of(executor) -> tuple[int, int]:
-    """(nodes, ranks per node) that `executor` will start."""
-    nodes = getattr(executor, "nodes", 1)
-    per_node = getattr(executor, "torchrun_nproc_per_node", None) or executor.ntasks_per_node
-    return nodes, per_node
-
-
-def check_layout(task, executor, gpu_memory_gib: float = 80.0, prompt_len: int = 1024) -> None:
-    """Refuse (ValueError with `rlad plan`'s reason) a task whose layout does not divide the
-    models or does not fit `gpu_memory_gib` on the executor's nodes and GPUs."""
-    import fiddle as fdl
-
-    from rlad_megatron.launch.plan import build_request, plan
-
-    cfg = getattr(task, "cfg", None)
-    cfg = fdl.build(cfg) if isinstance(cfg, fdl.Buildable) else cfg
-    cfg = resolve_run_config(cfg, getattr(task, "config_file", None),
-                             getattr(task, "overrides", None) or ())
-    nodes, per_node = ranks_of(executor)
-    result = plan(build_request(nodes=nodes, gpus_per_node=per_node, config=cfg,
-                                gpu_memory_gib=gpu_memory_gib, prompt_len=prompt_len))
-    if not result.ok:
-        raise ValueError(f"rlad plan refused the layout: {result.reason}")
 
 
 # ----------------------------------------------------------------------------- running

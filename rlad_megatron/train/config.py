@@ -545,6 +545,18 @@ def load_config(path: Optional[str], overrides: List[str] = ()) -> RunConfig:
                         where=where)
 
 
+def resolve_run_config(cfg: Optional[RunConfig] = None, config_file: Optional[str] = None,
+                       overrides: List[str] = ()) -> RunConfig:
+    """Type-checked RunConfig: `cfg` (e.g. built by fiddle from a nemo-run task) or
+    `config_file`, then `overrides`."""
+    if cfg is None:
+        return load_config(config_file, list(overrides))
+    from omegaconf import OmegaConf
+
+    return merge_config(OmegaConf.create(to_yaml(cfg)), list(overrides),
+                        where="task config with overrides")
+
+
 def same_config(path: Path, cfg: RunConfig) -> bool:
     """Whether the config saved at PATH equals CFG, read back through the schema: a field added
     to RunConfig since, at its default, does not make them differ; a key the schema no longer
