@@ -1,20 +1,22 @@
-"""Benchmark: the training-side cost of one RLAD step against one GRPO step on identical
-rollouts, side by side, with the phase breakdown.
+"""Benchmark: the cost of one RLAD step against one GRPO step, side by side, through the
+trainer's own step (train/loop.py rl_step, set up by train/setup.py as `rlad train` does).
 
     python -m bench.step [--quick]
 
-Both variants start from the same rollout batch (generated once by the student) and the same
-student weights (restored before every repetition), single process, fp32, 1 thread:
-
-    grpo  old log-probs (student forward-only)                     + update (grpo loss)
-    rlad  old log-probs + teacher log-probs (fused forward-only)   + selection + update (trrd)
+One Run is set up for RLAD (random-weight tiny-llama student and a larger teacher, the chain_sum
+prompts of the compact format, a character tokenizer trained for the run); the GRPO variant is
+the same Run with algorithm grpo and no teacher. Before every repetition the student's weights,
+optimizer state and prompt sampler are restored, so both variants roll out the same prompts with
+the same weights and draw the same samples (random weights never emit EOS early: every response
+is rollout.max_new_tokens long, and their rewards are all 0, so the advantages are 0: the work
+of every phase is that of any step). Single process, fp32, 1 thread. The phase breakdown is the
+trainer's own timer (time/rollout_s, time/old_logprobs_s, time/teacher_logprobs_s, time/update_s).
 
 The paper measured +15.5% for RLAD over GRPO per step (Table 4, rollout included). Target here:
-the overhead rlad/grpo - 1 is at most the teacher forward's share of the work plus 5%, where
-teacher_share = teacher log-prob time / grpo step time (the extra work the teacher forward adds,
-relative to the GRPO step); everything else RLAD adds (selection, the TRRD ratio, its metrics)
-must stay within the 5%. The rollout time is measured once and reported, so the full-step
-overhead (rollout included, as in the paper) is also printed.
+the training-side overhead (step time without rollout and reward, rlad/grpo - 1) is at most the
+teacher forward's share plus 5%, where teacher_share = teacher log-prob time / GRPO training-side
+time; everything else RLAD adds (selection, the TRRD ratio, its metrics) must stay within the 5%.
+The full-step overhead (rollout included, as in the paper) is reported too.
 
 Varied lengths (issue 15): the same RLAD step (old + teacher log-probs + TRRD update) on a
 batch whose responses are 16 to `max_new` tokens long (a generated batch cut at seeded random
@@ -22,9 +24,10 @@ lengths, as EOS would cut it), with fixed micro-batches (8 rows padded to the st
 and with token budgets (train.max_tokens_per_micro_batch, data/micro_batches.py) of 8 x the
 longest row (budget_8x: the fixed plan's micro-batch size, so the same largest micro-batch) and
 4 x the longest row (budget_4x: smaller micro-batches, less padding each). Reported:
-useful_token_frac (real / processed tokens) and step time of each, and the time ratios. Target: useful_token_frac >= 0.9 with budgets,
-and the step time falling about in proportion to the processed tokens (attention grows faster
-than linearly in the width, so a little more than that is possible).
+useful_token_frac (real / processed tokens) and step time of each, and the time ratios. Target:
+useful_token_frac >= 0.9 with budgets, and the step time falling about in proportion to the
+processed tokens (attention grows faster than linearly in the width, so a little more than that
+is possible).
 
 Output: bench/results/step.json (under "full" or "quick"), and as the last line
     RESULT step rlad_over_grpo=<overhead fraction> teacher_share=<fraction> ...
@@ -36,9 +39,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import os
 import platform
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -54,6 +60,25 @@ def _sizes(quick: bool) -> dict:
     return dict(student=dict(num_layers=4, hidden_size=256, ffn_hidden_size=768),
                 teacher=dict(num_layers=8, hidden_size=512, ffn_hidden_size=1536),
                 prompts=16, group=8, new_tokens=64, reps=5, varied_max=256)
+
+
+def run_overrides(cfg: dict, tokenizer: Path, work: Path) -> list[str]:
+    """The `rlad train` overrides of the benchmarked run (random weights, no evaluation, no
+    checkpoints written during the step)."""
+    def model(role: str) -> list[str]:
+        sizes = {**cfg[role], "vocab_size": 4096, "num_attention_heads": 8,
+                 "num_query_groups": 4, "max_position_embeddings": 512, "init_method_std": 0.05}
+        return [f"{role}.preset=tiny-llama", f"{role}.random_init=true",
+                f"{role}.tokenizer={tokenizer}",
+                *(f"{role}.spec.{k}={v}" for k, v in sizes.items())]
+    return [f"run_dir={work / 'run'}", "seed=1", *model("student"), *model("teacher"),
+            "data.task=chain_sum", "data.format=compact", "data.reward=format",
+            "data.check_steps=false", "data.train_size=256", "data.heldout_size=8",
+            f"rollout.prompts_per_step={cfg['prompts']}", f"rollout.group_size={cfg['group']}",
+            f"rollout.max_new_tokens={cfg['new_tokens']}", "train.micro_batch_size=8",
+            "train.mini_batches=1", "optimizer.lr=1e-5", "eval.at_start=false",
+            "eval.teacher=false", "logging.progress=false", "logging.tensorboard=false",
+            "checkpoint.resume=false"]
 
 
 def cut_responses(rollout, lengths, pad_id=0):
@@ -138,73 +163,44 @@ def main() -> None:
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-    from rlad_megatron.convert.init_weights import random_hf_weights
-    from rlad_megatron.convert.layout import load_hf_tensors
-    from rlad_megatron.data.batch import TrainBatch
-    from rlad_megatron.data.selection import select_teacher_tokens
-    from rlad_megatron.models.build import OptimizerSettings, build_student, build_teacher
-    from rlad_megatron.models.forward import forward_logprobs
-    from rlad_megatron.models.spec import get_preset
+    from rlad_megatron.data.formats import chain_sum_solution
+    from rlad_megatron.data.tokenizer_train import train_sentencepiece
     from rlad_megatron.rollout import GenerationConfig, generate
-    from rlad_megatron.runtime import ParallelConfig, init_distributed, init_parallel
-    from rlad_megatron.train.step import LossSpec, forward_backward, optimizer_step
+    from rlad_megatron.train.config import load_config
+    from rlad_megatron.train.loop import rl_step
+    from rlad_megatron.train.setup import setup
 
     cfg = _sizes(args.quick)
-    init_distributed(timeout_s=600)
-    par = init_parallel(ParallelConfig(seed=0))
-    common = dict(vocab_size=4096, num_attention_heads=8, num_query_groups=4,
-                  max_position_embeddings=512, init_method_std=0.05)
-    s_spec = get_preset("tiny-llama", **common, **cfg["student"], name="bench-student")
-    t_spec = get_preset("tiny-llama", **common, **cfg["teacher"], name="bench-teacher")
-    student = build_student(s_spec, par, OptimizerSettings(lr=1e-5))
-    teacher = build_teacher(t_spec, par, student_spec=s_spec)
-    for model, seed in ((student, 1), (teacher, 2)):
-        w = random_hf_weights(model.spec, seed=seed)
-        load_hf_tensors(model.chunks, w.__getitem__, spec=model.spec, tp=1, tp_rank=0,
-                        padded_vocab=model.padded_vocab_size)
-
-    g = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(0, 4096, (int(n),), generator=g).tolist()
-               for n in torch.randint(16, 33, (cfg["prompts"],), generator=g)]
-    t0 = time.perf_counter()
-    rollout = generate(student, prompts, GenerationConfig(
-        max_new_tokens=cfg["new_tokens"], samples_per_prompt=cfg["group"], progress=False), seed=1)
-    rollout_s = time.perf_counter() - t0
-    b = rollout.batch_size
-    adv = torch.randn(b, generator=g)
-    mbs = 8
+    work = Path(tempfile.mkdtemp(prefix="rlad_bench_step_"))
+    tok = train_sentencepiece([f"{a}+{b}-{c}=" + chain_sum_solution(f"{a}+{b}-{c}")
+                               for a in range(10) for b in range(10) for c in range(10)],
+                              work / "chain_sum_char")
+    overrides = run_overrides(cfg, tok, work)
+    run = setup(load_config(None, overrides + ["algorithm=rlad"]))
+    grpo = dataclasses.replace(run, cfg=load_config(None, overrides + ["algorithm=grpo"]),
+                               teacher=None)
+    student, teacher = run.student, run.teacher
     weights0 = [p.detach().clone() for m in student.modules for p in m.parameters()]
     opt_state0 = copy.deepcopy(student.optimizer.state_dict())
+    sampler0 = copy.deepcopy(run.sampler.state_dict())
 
     def restore():
         with torch.no_grad():
             for p, w in zip((p for m in student.modules for p in m.parameters()), weights0):
                 p.copy_(w)
         student.optimizer.load_state_dict(copy.deepcopy(opt_state0))
+        run.sampler.load_state_dict(copy.deepcopy(sampler0))
 
     def one(variant: str) -> dict:
-        times = {}
+        r = run if variant == "rlad" else grpo
+        r.timer.pop()
         t = time.perf_counter()
-        old = forward_logprobs(student, rollout.tokens, micro_batch_size=mbs)
-        times["old_logprobs_s"] = time.perf_counter() - t
-        teacher_lp = None
-        if variant == "rlad":
-            t = time.perf_counter()
-            teacher_lp = forward_logprobs(teacher, rollout.tokens, micro_batch_size=mbs, fused=True)
-            times["teacher_logprobs_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        batch = TrainBatch.from_rollout(rollout, rewards=adv, advantages=adv, old_logprobs=old,
-                                        teacher_logprobs=teacher_lp)
-        if teacher_lp is not None:
-            batch = batch.with_selection(select_teacher_tokens(adv, old, teacher_lp,
-                                                               batch.loss_mask))
-        times["selection_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        loss = LossSpec("trrd" if variant == "rlad" else "grpo", {})
-        forward_backward(student, batch, loss, micro_batch_size=mbs)
-        optimizer_step(student)
-        times["update_s"] = time.perf_counter() - t
-        times["step_s"] = sum(times.values())
+        result = rl_step(r, step=1)
+        total = time.perf_counter() - t
+        times = {k.removeprefix("time/"): v for k, v in r.timer.pop().items()}
+        times["step_s"] = total
+        times["train_s"] = total - times.get("rollout_s", 0.0) - times.get("reward_s", 0.0)
+        times["loss"] = result.metrics[f"loss/{'trrd' if variant == 'rlad' else 'grpo'}"]
         return times
 
     runs = {"grpo": [], "rlad": []}
@@ -213,18 +209,26 @@ def main() -> None:
             restore()
             runs[variant].append(one(variant))
     best = {v: min(r[1:], key=lambda x: x["step_s"]) for v, r in runs.items()}
+    restore()
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, 4096, (int(n),), generator=g).tolist()
+               for n in torch.randint(16, 33, (cfg["prompts"],), generator=g)]
     varied = varied_lengths(student, teacher, prompts, cfg, restore, generate, GenerationConfig)
-    grpo_s, rlad_s = best["grpo"]["step_s"], best["rlad"]["step_s"]
+    grpo_s, rlad_s = best["grpo"]["train_s"], best["rlad"]["train_s"]
     overhead = rlad_s / grpo_s - 1
     teacher_share = best["rlad"]["teacher_logprobs_s"] / grpo_s
-    full_overhead = (rlad_s + rollout_s) / (grpo_s + rollout_s) - 1
+    full_overhead = best["rlad"]["step_s"] / best["grpo"]["step_s"] - 1
+    b = run.cfg.rollout.prompts_per_step * run.cfg.rollout.group_size
     result = {
         "mode": "quick" if args.quick else "full", "config": cfg, "batch": b,
-        "seq_len": rollout.seq_len, "student_params": student.parameter_count(),
-        "teacher_params": teacher.parameter_count(), "rollout_s": rollout_s,
+        "measured": "train/loop.py rl_step (rollout, reward, advantages, old and teacher "
+                    "log-probs, selection, update)",
+        "student_params": student.parameter_count(),
+        "teacher_params": teacher.parameter_count(),
         "best": best, "all": runs, "rlad_over_grpo": overhead, "teacher_share": teacher_share,
         "rlad_over_grpo_with_rollout": full_overhead,
-        "teacher_share_definition": "teacher log-prob time / grpo step time",
+        "teacher_share_definition": "teacher log-prob time / grpo training-side time "
+                                    "(step without rollout and reward)",
         "target_met": overhead <= teacher_share + 0.05,
         "varied_lengths": varied,
         "env": {"torch": torch.__version__, "cpu_count": os.cpu_count(),
@@ -233,7 +237,6 @@ def main() -> None:
     write_result("step", result["mode"], result)
     for v in ("grpo", "rlad"):
         print(f"{v}: " + ", ".join(f"{k}={x:.3f}" for k, x in best[v].items()))
-    print(f"rollout (once): {rollout_s:.3f}s for {b} sequences")
     for name in ("fixed", "budget_8x", "budget_4x"):
         v = varied[name]
         print(f"varied lengths, {name}: {v['micro_batches']} micro-batches, useful_token_frac "
