@@ -3,8 +3,9 @@ processes and parallel state, tokenizer(s), student and teacher, LR schedule, pr
 logging, and the resume point. Each part is one function; the loop (train/loop.py) only uses the
 resulting `Run`.
 
-Every user error is raised here, before any work: bad config values (train/validate.py validate_run_config), missing
-files, tokenizers that disagree, layouts that cannot hold the models (models/config.py).
+Every user error is raised here, before any work: bad config values (train/validate.py
+validate_run_config), missing files, tokenizers that disagree, layouts that cannot hold the models
+(models/config.py).
 """
 
 from __future__ import annotations
