@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export PYTHONWARNINGS ?= ignore
 
-.PHONY: demo reproduce forward-demo test test-unit test-dist test-dist4 test-integration test-slurm bench clean
+.PHONY: demo reproduce forward-demo test lint test-unit test-dist test-dist4 test-integration test-slurm bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,11 @@ demo: $(STAMP)
 reproduce: $(STAMP)
 	$(PY) -m rlad_megatron.cli reproduce examples/configs/reproduce.yaml $(ARGS)
 
-test: test-unit test-dist test-dist4 test-integration test-slurm
+test: lint test-unit test-dist test-dist4 test-integration test-slurm
+
+# ruff, configured in pyproject.toml ([tool.ruff]): pyflakes and pycodestyle, 100 columns
+lint: $(STAMP)
+	$(PY) -m ruff check rlad_megatron tests bench tools examples
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit

@@ -170,7 +170,7 @@ def bench_case(group, rank, vocab, batch, seq, dtype, repeats):
              for name, (layout, _) in runs.items()}
     for name, (_, fn) in runs.items():
         logits = fresh[name]()
-        peak = measure_peak(lambda: results.__setitem__(name, fn(logits)))
+        peak = measure_peak(lambda x=logits: results.__setitem__(name, fn(x)))
         row[name] = {"peak_extra_bytes": int(worst(peak, group)),
                      "mem_ratio": worst(peak / local_bytes, group)}
         del logits
@@ -179,7 +179,7 @@ def bench_case(group, rank, vocab, batch, seq, dtype, repeats):
     for _ in range(repeats):
         for name, (_, fn) in runs.items():
             logits = fresh[name]()
-            times.setdefault(name, []).append(timed(lambda: fn(logits), group))
+            times.setdefault(name, []).append(timed(lambda x=logits: fn(x), group))
             del logits
     for name in runs:
         walls, cpus = zip(*times[name])
@@ -305,7 +305,7 @@ def main() -> None:
               "rows": rows, "fused": fused, "environment": environment(),
               "wall_s": time.perf_counter() - start}
     path = write_result("logprob", report["mode"], report)
-    print(f"fused teacher path: " + "  ".join(
+    print("fused teacher path: " + "  ".join(
         f"s={r['seq']} peak {r['peak_extra_bytes'] / 2**20:.1f} MiB" for r in fused["rows"]))
     print(f"wrote {path} ({report['wall_s']:.0f} s)")
     print(f"RESULT logprob mem_ratio={summary['mem_ratio']:.3f} "

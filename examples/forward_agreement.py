@@ -16,7 +16,8 @@ import torch  # noqa: E402
 
 from rlad_megatron.convert.init_weights import random_hf_weights  # noqa: E402
 from rlad_megatron.convert.layout import load_hf_tensors  # noqa: E402
-from rlad_megatron.models.build import OptimizerSettings, build_student, build_teacher, memory_report  # noqa: E402
+from rlad_megatron.models.build import (OptimizerSettings, build_student,  # noqa: E402
+                                        build_teacher, memory_report)
 from rlad_megatron.models.forward import forward_logprobs  # noqa: E402
 from rlad_megatron.models.spec import get_preset  # noqa: E402
 from rlad_megatron.runtime import ParallelConfig, init_distributed, init_parallel, print0  # noqa: E402
@@ -24,8 +25,8 @@ from rlad_megatron.runtime import ParallelConfig, init_distributed, init_paralle
 STUDENT = get_preset("tiny-llama", num_layers=2, vocab_size=1000, init_method_std=0.1,
                      name="demo-student")
 TEACHER = get_preset("tiny-llama", num_layers=4, hidden_size=128, ffn_hidden_size=384,
-                     num_attention_heads=8, num_query_groups=4, vocab_size=1000, init_method_std=0.1,
-                     name="demo-teacher")
+                     num_attention_heads=8, num_query_groups=4, vocab_size=1000,
+                     init_method_std=0.1, name="demo-teacher")
 
 
 def logprobs_at(tp: int, tokens: torch.Tensor):
@@ -45,20 +46,23 @@ def main():
     env = init_distributed()
     if env.world_size != 2:
         raise SystemExit("run with: torchrun --nproc-per-node 2 examples/forward_agreement.py")
-    tokens = torch.randint(0, STUDENT.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    tokens = torch.randint(0, STUDENT.vocab_size, (2, 12),
+                           generator=torch.Generator().manual_seed(0))
     tp2, par2, mem, padded = logprobs_at(2, tokens)
     tp1, _, _, _ = logprobs_at(1, tokens)
     print0(f"layout: {par2.describe()}; vocabulary {STUDENT.vocab_size} padded to {padded}: "
            f"{padded // par2.tp} ids per rank, never gathered")
-    print0("parameter memory per rank (MiB; Adam state is allocated at the first step): " + ", ".join(f"{k.split('/')[1]}={v:.3f}" for k, v in mem.items()))
+    print0("parameter memory per rank (MiB; Adam state is allocated at the first step): "
+           + ", ".join(f"{k.split('/')[1]}={v:.3f}" for k, v in mem.items()))
     for name in ("student", "teacher"):
         a, b = tp2[name], tp1[name]
         print0(f"\n{name}: per-token log p(token | prefix), sequence 0 (TP=2 | TP=1)")
         for t in range(1, tokens.shape[1]):
-            print0(f"  t={t:2d} token={tokens[0, t].item():4d}  {a[0, t].item():+.6f} | {b[0, t].item():+.6f}")
+            print0(f"  t={t:2d} token={tokens[0, t].item():4d}  {a[0, t].item():+.6f} | "
+                   f"{b[0, t].item():+.6f}")
         diff = (a - b).abs()[:, 1:].max().item()
-        print0(f"{name}: max |TP=2 - TP=1| over {tokens.numel() - tokens.shape[0]} tokens = {diff:.2e}"
-               f"  ({'agree' if diff < 1e-5 else 'DISAGREE'})")
+        print0(f"{name}: max |TP=2 - TP=1| over {tokens.numel() - tokens.shape[0]} tokens = "
+               f"{diff:.2e}  ({'agree' if diff < 1e-5 else 'DISAGREE'})")
 
 
 if __name__ == "__main__":

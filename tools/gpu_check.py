@@ -82,7 +82,8 @@ def main() -> int:
                       ffn_hidden_size=4096, num_attention_heads=16, num_query_groups=4,
                       max_position_embeddings=2048, name="gpu-check")
     weights = random_hf_weights(spec, seed=0)
-    tokens = torch.randint(0, spec.vocab_size, (32, 1024), generator=torch.Generator().manual_seed(1))
+    tokens = torch.randint(0, spec.vocab_size, (32, 1024),
+                           generator=torch.Generator().manual_seed(1))
     report: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                     "machine": platform.machine(), "transformer_engine": use_transformer_engine()}
 
@@ -96,8 +97,8 @@ def main() -> int:
         report["te_vs_local_fp32_max_abs"] = float((lp_te - lp_local).abs().max())
         del te32
     bf16 = _build(spec, par, weights, "bf16")
-    lp_bf16, resident_s = _timed(lambda: forward_logprobs(bf16, tokens, micro_batch_size=8,
-                                                          fused=True))
+    lp_bf16, resident_s = _timed(lambda m=bf16: forward_logprobs(m, tokens, micro_batch_size=8,
+                                                                 fused=True))
     report["bf16_vs_fp32_max_abs"] = float((lp_bf16 - lp_local).abs().max())
     report["bf16_vs_fp32_mean_abs"] = float((lp_bf16 - lp_local).abs().mean())
     report["resident_s"] = resident_s

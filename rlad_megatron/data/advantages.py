@@ -40,8 +40,10 @@ def _group_stats(rewards: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor, Te
     mean = torch.zeros(k, dtype=rewards.dtype).index_add_(0, inverse, rewards) / count
     centred = rewards - mean[inverse]
     var = torch.zeros(k, dtype=rewards.dtype).index_add_(0, inverse, centred.square()) / count
-    hi = torch.full((k,), -torch.inf, dtype=rewards.dtype).scatter_reduce(0, inverse, rewards, "amax")
-    lo = torch.full((k,), torch.inf, dtype=rewards.dtype).scatter_reduce(0, inverse, rewards, "amin")
+    hi = torch.full((k,), -torch.inf, dtype=rewards.dtype).scatter_reduce(0, inverse, rewards,
+                                                                          "amax")
+    lo = torch.full((k,), torch.inf, dtype=rewards.dtype).scatter_reduce(0, inverse, rewards,
+                                                                         "amin")
     return mean[inverse], var.sqrt()[inverse], (hi == lo)[inverse]
 
 

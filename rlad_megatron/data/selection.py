@@ -42,7 +42,8 @@ class Selection:
     selected_frac: float   # teacher_mask mean over loss tokens (NaN without loss tokens)
 
 
-def paper_policy(advantage: Tensor, alignment: Tensor, *, tau_adv: float, tau_align: float) -> Tensor:
+def paper_policy(advantage: Tensor, alignment: Tensor, *, tau_adv: float,
+                 tau_align: float) -> Tensor:
     """[b] all True."""
     return torch.ones_like(advantage, dtype=torch.bool)
 
@@ -59,7 +60,8 @@ def alignment_policy(advantage: Tensor, alignment: Tensor, *, tau_adv: float,
     return alignment >= tau_align
 
 
-def both_policy(advantage: Tensor, alignment: Tensor, *, tau_adv: float, tau_align: float) -> Tensor:
+def both_policy(advantage: Tensor, alignment: Tensor, *, tau_adv: float,
+                tau_align: float) -> Tensor:
     """[b] |A_i| >= tau_adv and alignment_i >= tau_align."""
     return (advantage.abs() >= tau_adv) & (alignment >= tau_align)
 
@@ -78,7 +80,8 @@ def select_teacher_tokens(advantages: Tensor, old_logprobs: Tensor, teacher_logp
     """advantages [b] or [b, s], old_logprobs lp_old and teacher_logprobs lp_T [b, s] fp32,
     loss_mask [b, s] -> Selection (see the module docstring for the policies)."""
     if policy not in SELECTION_POLICIES:
-        raise ValueError(f"unknown selection policy {policy!r}; known: {sorted(SELECTION_POLICIES)}")
+        raise ValueError(f"unknown selection policy {policy!r}; known: "
+                         f"{sorted(SELECTION_POLICIES)}")
     mask = loss_mask.bool()
     tokens = mask.sum(dim=-1)
     denom = tokens.clamp(min=1).to(old_logprobs.dtype)

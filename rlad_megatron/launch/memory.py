@@ -11,8 +11,8 @@ Student and teacher share one Megatron layout (TP x PP x DP, runtime/parallel.py
   optimizer        P_S * 12 / d  (bf16, fp16)  Adam: fp32 master copy + 2 fp32 moments
                    P_S * 8 / d   (fp32)        2 fp32 moments (the fp32 params are the master)
                    d = dp with optimizer.distributed (ZeRO-1), else 1
-  activations      (L_S/pp) * m * A_layer      1F1B: the first stage holds m = min(pp, micro-batches)
-                                               micro-batches of its L_S/pp layers
+  activations      (L_S/pp) * m * A_layer      1F1B: the first stage holds m = min(pp,
+                                               micro-batches) micro-batches of its L_S/pp layers
   with recompute   (L_S/pp) * m * 2sbh(/tp) + A_layer      (full recompute keeps each layer's
                                                input, and one layer's activations while recomputing)
   logits           b*s * V/tp * 2 * b_S        the student's logits of one micro-batch + their grad
@@ -84,7 +84,8 @@ class Workload:
     group_size: int = 8
     """rollout.group_size: samples per prompt."""
     rollout_micro_batch: int = 0
-    """rollout.micro_batch_size: sequences generated together (the KV cache); 0 = all of a rank's."""
+    """rollout.micro_batch_size: sequences generated together (the KV cache); 0 = all of a
+    rank's."""
     student_dtype: str = "bf16"
     teacher_dtype: str = "bf16"
     distributed_optimizer: bool = True

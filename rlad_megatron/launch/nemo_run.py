@@ -6,11 +6,12 @@
         run.executor.nodes=4 run.executor.container_image=nvcr.io/nvidia/nemo:25.09 --yes
     python -m rlad_megatron.launch --factory "from_yaml(path='/abs/my.yaml')" \\
         cfg.train.steps=20 run.executor=local run.executor.gpus=2 --yes       # one machine
-    ... --dryrun                                                              # print, submit nothing
+    ... --dryrun                                                           # print, submit nothing
 
 A recipe factory returns `run.Partial(rlad_train, cfg=<the RunConfig as a run.Config tree>)`,
-built from its YAML in examples/configs/ (`recipe_path`: or a folder the user passes), so every field of the run config is a dotted
-override (`cfg.rollout.group_size=16`), as in NeMo's `trainer.max_steps=...`. `rlad_train`
+built from its YAML in examples/configs/ (`recipe_path`: or a folder the user passes), so every
+field of the run config is a dotted override (`cfg.rollout.group_size=16`), as in NeMo's
+`trainer.max_steps=...`. `rlad_train`
 runs in every rank: it resolves the config exactly as `rlad train` does and trains.
 
 Executors:
@@ -22,8 +23,9 @@ Executors:
           requeues by itself).
   local   LocalExecutor with torchrun, for one machine.
 Before anything is submitted, the PlanCheck plugin (launch/plan_check.py, which this module
-imports and which does not import it back; used by `launch()` and the command line) runs `rlad plan` on the task's config and the executor's nodes and GPUs,
-and refuses a layout that does not divide the models or does not fit.
+imports and which does not import it back; used by `launch()` and the command line) runs
+`rlad plan` on the task's config and the executor's nodes and GPUs, and refuses a layout that
+does not divide the models or does not fit.
 
 nemo-run (the `launch` extra: nemo-run, leptonai<0.47) is imported inside the functions, so
 the rest of rlad_megatron, and `rlad_train` itself, work without it. Paths in the config should

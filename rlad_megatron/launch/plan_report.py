@@ -54,7 +54,8 @@ def format_plan(p: Plan) -> str:
     if p.chosen is not None:
         lines.append(f"estimated step of {p.chosen.name} (s; assumptions in launch/step_time.py, "
                      "set with --hw KEY=VALUE): " + ", ".join(
-                         f"{k.replace('_', ' ')} {v:.2f}" for k, v in p.chosen.time.parts().items()))
+                         f"{k.replace('_', ' ')} {v:.2f}"
+                         for k, v in p.chosen.time.parts().items()))
     if p.ok:
         lines.append(f"ok: {p.chosen.name} fits with {gib(p.chosen.headroom)} GiB to spare, "
                      f"the fastest layout that leaves {r.min_headroom_gib:g} GiB")

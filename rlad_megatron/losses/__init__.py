@@ -2,8 +2,8 @@
 
 LOSSES maps a name to its function; every loss takes [b, s] fp32 log-probs, its inputs from a
 LossInputs record (losses/inputs.py: checked here, at import, that every tensor parameter is a
-LossInputs field), keyword-only scalar hyperparameters, and follows the aggregation contract of losses/aggregate.py and the
-metrics contract of losses/metrics.py.
+LossInputs field), keyword-only scalar hyperparameters, and follows the aggregation contract of
+losses/aggregate.py and the metrics contract of losses/metrics.py.
 """
 
 from typing import Callable
@@ -37,8 +37,8 @@ def get_loss(name: str) -> Callable:
     return LOSSES[name]
 
 
-__all__ = ["LOSSES", "get_loss", "LossInputs", "NORMALISERS", "trrd_loss", "grpo_loss", "kdrl_loss", "kdrl_beta", "sft_loss",
-           "joint_loss", "distill_share",
+__all__ = ["LOSSES", "get_loss", "LossInputs", "NORMALISERS", "trrd_loss", "grpo_loss",
+           "kdrl_loss", "kdrl_beta", "sft_loss", "joint_loss", "distill_share",
            "trrd_log_ratio", "aggregate", "AGGREGATIONS", "global_normalizers", "kl_estimate",
            "KL_ESTIMATORS", "check_teacher_logprobs", "METRICS", "REDUCE_OPS", "reduce_op",
            "merge", "finalize"]

@@ -71,7 +71,7 @@ def check_agg(agg: str) -> None:
 
 def aggregate(values: Tensor, loss_mask: Tensor, agg: str = "seq_mean_token_mean", *,
               num_seqs: Count = None, num_tokens: Count = None) -> Tensor:
-    """values [b, s], loss_mask [b, s] -> scalar, by the named aggregation (see module docstring)."""
+    """values [b, s], loss_mask [b, s] -> scalar, by the named aggregation (module docstring)."""
     check_agg(agg)
     return AGGREGATIONS[agg](values, loss_mask, num_seqs=num_seqs, num_tokens=num_tokens)
 

@@ -114,8 +114,8 @@ def joint_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, loss_
         if teacher_logprobs is None:
             raise ValueError("distill 'ratio' needs teacher_logprobs (the importance weight)")
         per_token, ratio, w = distill_ratio_terms(
-            logprobs, old_logprobs, teacher_logprobs, advantages, mask, alpha=alpha, eps_low=opts.get("eps_low", 0.2),
-            eps_high=opts.get("eps_high", 0.28),
+            logprobs, old_logprobs, teacher_logprobs, advantages, mask, alpha=alpha,
+            eps_low=opts.get("eps_low", 0.2), eps_high=opts.get("eps_high", 0.28),
             teacher_logratio_clamp=opts.get("teacher_logratio_clamp", 1.0),
             clamp_grad=opts.get("clamp_grad", "detach"), importance_cap=importance_cap)
         metrics["distill/ratio_mean"] = stat(_masked(ratio, mask).sum())
@@ -131,6 +131,7 @@ def joint_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, loss_
 
 
 def distill_share(metrics: dict[str, float]) -> float:
-    """|distillation term| / (|RL term| + |distillation term|) of finalised metrics (NaN: both 0)."""
+    """|distillation term| / (|RL term| + |distillation term|) of finalised metrics (NaN: both
+    0)."""
     rl, d = abs(metrics.get("joint/rl_term", 0.0)), abs(metrics.get("joint/distill_term", 0.0))
     return d / (rl + d) if rl + d > 0 else math.nan

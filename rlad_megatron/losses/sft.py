@@ -1,4 +1,5 @@
-"""SFT on teacher-generated traces (the offline-distillation baseline): token negative log-likelihood."""
+"""SFT on teacher-generated traces (the offline-distillation baseline): token negative
+log-likelihood."""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
     log r = alpha * (lp - lp_old) + (1 - alpha) * clamp(lp - lp_T, -c, c)        (Eq. 5 + App. B)
           = lp - log pi_mix,   log pi_mix = alpha * lp_old + (1 - alpha) * lp_T  (inside the clamp)
-    loss  = -agg( min(r * A, clip(r, 1 - eps_low, 1 + eps_high) * A) ) [+ beta * agg(KL(pi_S||pi_ref))]
+    loss  = -agg( min(r * A, clip(r, 1 - eps_low, 1 + eps_high) * A) )
+            [+ beta * agg(KL(pi_S||pi_ref))]
 
 alpha weights the OLD STUDENT: alpha = 1 is GRPO exactly, alpha -> 0 anchors to the teacher
 (Eq. 3 and Appendix C; the sentence in section 4.1 has the endpoints reversed). The teacher only
@@ -107,7 +108,8 @@ def check_shapes(loss_mask: Tensor, advantages: Tensor, **tensors: Tensor | None
     advantages that are neither [b] nor [b, s]."""
     for name, t in tensors.items():
         if t is not None and t.shape != loss_mask.shape:
-            raise ValueError(f"{name}: shape {tuple(t.shape)} != loss_mask {tuple(loss_mask.shape)}")
+            raise ValueError(f"{name}: shape {tuple(t.shape)} != loss_mask "
+                             f"{tuple(loss_mask.shape)}")
     if advantages.shape not in (loss_mask.shape[:1], loss_mask.shape):
         raise ValueError(f"advantages: shape {tuple(advantages.shape)} is neither [b] nor [b, s] "
                          f"of loss_mask {tuple(loss_mask.shape)}")

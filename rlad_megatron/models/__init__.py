@@ -1,1 +1,2 @@
-"""megatron-core GPT models: presets, TransformerConfig, student and teacher builders, log-prob passes."""
+"""megatron-core GPT models: presets, TransformerConfig, student and teacher builders, log-prob
+passes."""

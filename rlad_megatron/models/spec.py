@@ -30,7 +30,8 @@ class RopeScaling:
 
 @dataclass
 class ModelSpec:
-    """Architecture of a decoder-only transformer; field names follow megatron's TransformerConfig."""
+    """Architecture of a decoder-only transformer; field names follow megatron's
+    TransformerConfig."""
 
     arch: str
     """One of ARCHITECTURES: llama, qwen2, qwen3."""
@@ -83,7 +84,8 @@ class ModelSpec:
                 f"{prefix}.num_attention_heads: {self.num_attention_heads} does not divide "
                 f"{prefix}.hidden_size: {self.hidden_size} (set {prefix}.kv_channels)")
         if self.qk_layernorm and self.arch != "qwen3":
-            raise ValueError(f"{prefix}.qk_layernorm is a qwen3 feature, {prefix}.arch is {self.arch!r}")
+            raise ValueError(f"{prefix}.qk_layernorm is a qwen3 feature, {prefix}.arch is "
+                             f"{self.arch!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

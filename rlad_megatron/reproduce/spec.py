@@ -153,7 +153,8 @@ def arm_overrides(spec: ReproduceSpec, arm: str) -> dict:
 
 def build_jobs(spec: ReproduceSpec, rl: RunConfig, run_dir: Path,
                where: str = "reproduce") -> list[Job]:
-    """One Job per (arm, seed): the rl stage + the arm's overrides + seed, eval split and run_dir."""
+    """One Job per (arm, seed): the rl stage + the arm's overrides + seed, eval split and
+    run_dir."""
     jobs = []
     for arm in spec.arm_names:
         for seed in spec.seeds:

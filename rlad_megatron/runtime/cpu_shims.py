@@ -79,7 +79,8 @@ def _cpu_tracker_class():
     from megatron.core.tensor_parallel import random as mrandom
 
     class CPURNGStatesTracker(mrandom.CudaRNGStatesTracker):
-        """megatron's tracker semantics (named, separately seeded streams) on CPU generator states."""
+        """megatron's tracker semantics (named, separately seeded streams) on CPU generator
+        states."""
 
         def add(self, name, seed):
             self._is_initialized = True

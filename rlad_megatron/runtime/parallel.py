@@ -64,7 +64,8 @@ class ParallelConfig:
 
 @dataclass
 class Parallel:
-    """This rank's place in the layout and the groups to pass down. Shared by student and teacher."""
+    """This rank's place in the layout and the groups to pass down. Shared by student and
+    teacher."""
 
     tp: int
     pp: int

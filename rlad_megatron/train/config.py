@@ -37,7 +37,8 @@ ALGORITHMS = {"rlad": "trrd", "grpo": "grpo", "kdrl": "kdrl", "sft_distill": "sf
 RL_ALGORITHMS = ("rlad", "grpo", "kdrl")
 """Algorithms that roll out, reward and update with an RL loss (the rest are supervised)."""
 NEEDS_TEACHER = ("rlad", "kdrl", "sft_distill")
-"""Algorithms that always load a teacher (any RL algorithm also does with rollout.teacher_samples)."""
+"""Algorithms that always load a teacher (any RL algorithm also does with
+rollout.teacher_samples)."""
 TRAJECTORY_ALGORITHMS = ("rlad", "grpo")
 """Algorithms whose RL loss can be joined with imitation of teacher trajectories."""
 REFERENCE_KL_ALGORITHMS = ("rlad", "grpo")
@@ -63,7 +64,8 @@ class ModelConfig:
     checkpoint: Optional[str] = None
     """Megatron checkpoint (root or iter_XXXXXXX) to load weights, and the spec when no preset."""
     tokenizer: Optional[str] = None
-    """Tokenizer path (sentencepiece .model, tokenizer.json or a HF dir); default: the checkpoint's."""
+    """Tokenizer path (sentencepiece .model, tokenizer.json or a HF dir); default: the
+    checkpoint's."""
     dtype: str = choice("fp32", DTYPES)
     """Parameter dtype (bf16/fp16 need a GPU)."""
     random_init: bool = False

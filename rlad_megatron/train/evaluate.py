@@ -1,11 +1,11 @@
 """Evaluation at the paper's protocol: k samples per prompt at temperature 0.6 and top-p 0.95
 (eval.* in train/config.py; greedy stays an option with temperature 0 and k 1).
 
-    mean@k        mean over prompts and k samples of the reward (1.0 = correct)     eval/accuracy
-    pass@k        fraction of prompts with at least one correct sample among k     eval/pass_at_k
-    steps         mean@k of the step-checked reward: the whole chain is right       eval/accuracy_steps
-                  (compact format only; the configured reward may be outcome-only)
-    per level     the same for each difficulty level (metadata["level"])           eval/L3/accuracy
+    mean@k      mean over prompts and k samples of the reward (1.0 = correct)   eval/accuracy
+    pass@k      fraction of prompts with at least one correct sample among k   eval/pass_at_k
+    steps       mean@k of the step-checked reward: the whole chain is right     eval/accuracy_steps
+                (compact format only; the configured reward may be outcome-only)
+    per level   the same for each difficulty level (metadata["level"])         eval/L3/accuracy
     se            standard error of mean@k over prompts: sd(per-prompt mean) / sqrt(n)
     length        mean response length in tokens
 

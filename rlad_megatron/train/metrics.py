@@ -1,6 +1,7 @@
 """Metric sinks of one run: a JSONL file and TensorBoard always, Weights & Biases when configured.
 
-    metrics = open_metrics(cfg.run_dir, enabled=is_logging_rank, tensorboard=cfg.logging.tensorboard,
+    metrics = open_metrics(cfg.run_dir, enabled=is_logging_rank,
+                           tensorboard=cfg.logging.tensorboard,
                            wandb_project=cfg.logging.wandb_project, config=resolved, resume=resumed)
     metrics.truncate_from(start_step)        # on resume: drop what the lost steps had logged
     metrics.log(step, {"rollout/reward_mean": 0.4, "time/step_s": 12.3})

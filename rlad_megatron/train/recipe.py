@@ -9,8 +9,8 @@ Recipe file keys: `cache_dir`, `run_dir`, a `base` RunConfig shared by every sta
 section per stage (`teacher_sft`, `student_sft`, `rl`) merged on top of it, `reproduce` (the
 arms, seeds and alphas; reproduce/spec.py), and `extends: OTHER.yaml` to start from another
 recipe file (merged key by key, except `reproduce` and the dotted keys listed under `replace:`,
-e.g. `[base.data.task_config]`, which replace the other's whole). Overrides are `STAGE.key=value` (or
-`base.key=value`, `reproduce.key=value`, `cache_dir=...`, `run_dir=...`).
+e.g. `[base.data.task_config]`, which replace the other's whole). Overrides are
+`STAGE.key=value` (or `base.key=value`, `reproduce.key=value`, `cache_dir=...`, `run_dir=...`).
 
 The tokenizer is a sentencepiece character model trained on the prompts and gold solutions of
 every split. A stage is reused when CACHE/STAGE holds a finished checkpoint made from the same

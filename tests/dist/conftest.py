@@ -28,7 +28,8 @@ def parallel(request):
     from rlad_megatron.runtime import ParallelConfig, destroy_parallel, init_parallel
 
     tp, pp, *rest = request.param
-    par = init_parallel(ParallelConfig(tensor=tp, pipeline=pp, virtual_pipeline=rest[0] if rest else None))
+    par = init_parallel(ParallelConfig(tensor=tp, pipeline=pp,
+                                       virtual_pipeline=rest[0] if rest else None))
     yield par
     destroy_parallel()
 

@@ -3,8 +3,8 @@
 Run A trains 6 steps uninterrupted. Run B is killed with SIGKILL while it writes its step-4
 checkpoint (its .tmp_iter_0000004 folder exists); the step-2 checkpoint must then still be the
 latest and loadable. Run C resumes B's folder and trains to step 6; its final weights and Adam
-state must equal A's bit for bit. A failure here means a checkpoint is not atomic or some state (optimizer,
-scheduler, data position, RNG, rollout seed) is not restored exactly."""
+state must equal A's bit for bit. A failure here means a checkpoint is not atomic or some state
+(optimizer, scheduler, data position, RNG, rollout seed) is not restored exactly."""
 
 import os
 import signal
@@ -58,7 +58,8 @@ def test_sigkill_during_checkpoint_then_resume_equals_uninterrupted(tmp_path):
     root = tmp_path / "B" / "checkpoints"
     deadline = time.time() + 600
     while not (root / ".tmp_iter_0000004").exists():
-        assert b.poll() is None, f"run B ended before its step-4 checkpoint: {b.stderr.read()[-2000:]}"
+        assert b.poll() is None, (f"run B ended before its step-4 checkpoint: "
+                                  f"{b.stderr.read()[-2000:]}")
         assert time.time() < deadline, "run B never started its step-4 checkpoint"
         time.sleep(0.01)
     os.killpg(b.pid, signal.SIGKILL)
@@ -77,7 +78,8 @@ def test_sigkill_during_checkpoint_then_resume_equals_uninterrupted(tmp_path):
     assert "embedding.word_embeddings.weight" in wa and sorted(wa) == sorted(wc)
     assert any(k.startswith("optimizer.state.exp_avg.") for k in wa)
     different = [k for k in wa if not torch.equal(wa[k], wc[k])]
-    assert not different, f"resumed weights/optimizer state differ from the uninterrupted run: {different[:5]}"
+    assert not different, ("resumed weights/optimizer state differ from the uninterrupted run: "
+                           f"{different[:5]}")
     # and they did move during training
     w2 = _weights(root / "iter_0000002", tmp_path)
     assert any(not torch.equal(w2[k], wc[k]) for k in wc)

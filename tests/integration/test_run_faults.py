@@ -41,8 +41,8 @@ def _run(tmp_path, run_dir, *extra):
 
 
 def _steps(run_dir: Path) -> list[int]:
-    return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-            if "loss/grpo" in line]
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["step"] for line in lines if "loss/grpo" in line]
 
 
 def _wait_for(predicate, what: str, timeout: float = 300):

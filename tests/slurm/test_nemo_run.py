@@ -19,7 +19,8 @@ from conftest import REPO
 try:
     import nemo_run  # noqa: F401
 except ImportError as e:      # not a skip: CI must install the launch extra
-    raise ImportError("tests/slurm needs nemo-run: pip install nemo-run==0.11.1 'leptonai<0.47'") from e
+    raise ImportError("tests/slurm needs nemo-run: "
+                      "pip install nemo-run==0.11.1 'leptonai<0.47'") from e
 
 from rlad_megatron.launch import nemo_run as nr
 

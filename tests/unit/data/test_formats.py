@@ -41,7 +41,8 @@ def test_compact_reward_scores_gold_1_and_a_lucky_answer_0():
 
 def test_compact_format_refuses_other_tasks():
     item = PromptItem(id="x", question="q", answer="1", task="countdown")
-    with pytest.raises(ValueError, match="data.format=compact supports chain_sum, knights_knaves, not 'countdown'"):
+    with pytest.raises(ValueError, match="data.format=compact supports chain_sum, "
+                                         "knights_knaves, not 'countdown'"):
         get_format("compact").prompt(item)
 
 

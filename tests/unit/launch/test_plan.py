@@ -17,7 +17,7 @@ from rlad_megatron.cli import main as rlad_main
 from rlad_megatron.launch.memory import (GIB, Workload, estimate, layer_parameters,
                                          stage_parameters)
 from rlad_megatron.launch.plan import build_request, load_model_spec, plan
-from rlad_megatron.launch.plan_report import format_plan, plan_to_dict
+from rlad_megatron.launch.plan_report import format_plan
 from rlad_megatron.launch.step_time import Hardware, estimate_step
 from rlad_megatron.models.spec import get_preset
 from rlad_megatron.train.validate import validate_run_config
@@ -88,7 +88,8 @@ def test_qwen3_8b_to_1_7b_at_tp2_by_hand():
     assert m.kv_cache == 2 * 28 * (8 // 2) * 128 * s * 64 * 2
     # Qwen3-8B teacher: h=4096, ffn=12288, 32 heads, 8 groups, 36 layers, untied
     h, f, q, kv = 4096, 12288, 32 * 128, 8 * 128
-    p_t = 36 * ((h * (q + 2 * kv) + q * h + 3 * h * f) // 2 + 2 * h + 2 * d) + 2 * 152064 * h // 2 + h
+    p_t = (36 * ((h * (q + 2 * kv) + q * h + 3 * h * f) // 2 + 2 * h + 2 * d)
+           + 2 * 152064 * h // 2 + h)
     assert m.teacher_weights == p_t * 2
     assert m.total() == sum(v for k, v in m.parts().items() if k != "activations_recompute")
 
@@ -98,10 +99,12 @@ def test_replicated_optimizer_and_fp32_bytes_per_parameter():
     p = stage_parameters(spec, 1, 1)
     assert p == spec.num_parameters()          # 128256 is already a multiple of 128
     bf16 = estimate(spec, spec, 1, 1, 8, Workload(distributed_optimizer=False))
-    assert (bf16.student_weights, bf16.student_grads, bf16.optimizer_state) == (2 * p, 4 * p, 12 * p)
+    assert (bf16.student_weights, bf16.student_grads, bf16.optimizer_state) == \
+        (2 * p, 4 * p, 12 * p)
     fp32 = estimate(spec, spec, 1, 1, 8, Workload(student_dtype="fp32", teacher_dtype="fp32",
                                                   distributed_optimizer=False))
-    assert (fp32.student_weights, fp32.optimizer_state, fp32.teacher_weights) == (4 * p, 8 * p, 4 * p)
+    assert (fp32.student_weights, fp32.optimizer_state, fp32.teacher_weights) == \
+        (4 * p, 8 * p, 4 * p)
 
 
 def test_sequence_parallel_and_stored_attention_scores_follow_korthikanti():
@@ -176,7 +179,8 @@ def test_no_fitting_layout_is_refused_with_the_amount():
     assert not p.ok and p.chosen is best and not best.fits
     over = f"{(best.total - 40 * GIB) / GIB:.1f}"
     assert p.reason.startswith(f"no layout fits; the best, {best.name} needs "
-                               f"{best.total / GIB:.1f} GiB per GPU, {over} GiB more than the 40 GiB")
+                               f"{best.total / GIB:.1f} GiB per GPU, {over} GiB more than the "
+                               "40 GiB")
     assert "refused: no layout fits" in format_plan(p)
 
 

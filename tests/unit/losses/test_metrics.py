@@ -65,8 +65,10 @@ def test_merge_uses_each_keys_op():
 
 
 def test_finalize_divides_by_tokens_and_maps_empty_identities_to_nan():
-    final = finalize({"count/tokens": torch.tensor(4.0), "trrd/clip_frac_high_pos": torch.tensor(1.0),
-                      "loss/trrd": torch.tensor(0.25), "trrd/ratio_min": torch.tensor(0.9, dtype=torch.float64)})
+    final = finalize({"count/tokens": torch.tensor(4.0),
+                      "trrd/clip_frac_high_pos": torch.tensor(1.0),
+                      "loss/trrd": torch.tensor(0.25),
+                      "trrd/ratio_min": torch.tensor(0.9, dtype=torch.float64)})
     assert final == {"count/tokens": 4.0, "trrd/clip_frac_high_pos": 0.25, "loss/trrd": 0.25,
                      "trrd/ratio_min": 0.9}
     empty = finalize({"count/tokens": torch.tensor(0.0), "trrd/ratio_mean": torch.tensor(0.0),

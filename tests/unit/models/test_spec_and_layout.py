@@ -28,14 +28,16 @@ def test_presets_are_valid_and_parameter_counts_match_published_sizes():
 
 
 def test_spec_errors_name_the_key():
-    with pytest.raises(ValueError, match=r"teacher.num_query_groups: 3 does not divide teacher.num_attention_heads: 8"):
+    with pytest.raises(ValueError, match=r"teacher.num_query_groups: 3 does not divide "
+                                         r"teacher.num_attention_heads: 8"):
         get_preset("tiny-llama", num_attention_heads=8, num_query_groups=3).validate("teacher")
     with pytest.raises(ValueError, match=r"model.arch: 'gpt2' is not supported"):
         get_preset("tiny-llama", arch="gpt2").validate()
     with pytest.raises(ValueError, match=r"unknown model preset 'llama9'"):
         get_preset("llama9")
     with pytest.raises(ValueError, match=r"student: unknown field\(s\) num_heads"):
-        ModelSpec.from_dict({**get_preset("tiny-llama").to_dict(), "num_heads": 4}, prefix="student")
+        ModelSpec.from_dict({**get_preset("tiny-llama").to_dict(), "num_heads": 4},
+                            prefix="student")
 
 
 def test_qkv_merge_groups_heads_and_split_inverts_it():

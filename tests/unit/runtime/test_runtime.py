@@ -16,7 +16,8 @@ from rlad_megatron.runtime.parallel import ParallelConfig
 
 
 def test_launcher_detected_from_torchrun_srun_or_none():
-    assert detect_launcher({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}) == ("torchrun", 3, 8, 1)
+    assert detect_launcher({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}) == \
+        ("torchrun", 3, 8, 1)
     assert detect_launcher({"SLURM_PROCID": "5", "SLURM_NTASKS": "16", "SLURM_LOCALID": "2"}) == \
         ("srun", 5, 16, 2)
     # torchrun inside an sbatch allocation: torchrun's variables win
@@ -27,7 +28,8 @@ def test_launcher_detected_from_torchrun_srun_or_none():
 
 def test_single_process_start_then_parallel_state():
     code = ("from rlad_megatron.runtime import *; e = init_distributed(timeout_s=30); "
-            "p = init_parallel(ParallelConfig()); print(e.launcher, e.world_size, e.backend, p.tp, p.dp)")
+            "p = init_parallel(ParallelConfig()); "
+            "print(e.launcher, e.world_size, e.backend, p.tp, p.dp)")
     env = {k: v for k, v in __import__("os").environ.items() if k not in ("RANK", "WORLD_SIZE")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          timeout=120)
@@ -36,10 +38,13 @@ def test_single_process_start_then_parallel_state():
 
 
 @pytest.mark.parametrize("cfg,world,message", [
-    (ParallelConfig(tensor=3), 4, r"parallel.tensor \* parallel.pipeline = 3 \* 1 = 3 does not divide the world size 4"),
+    (ParallelConfig(tensor=3), 4,
+     r"parallel.tensor \* parallel.pipeline = 3 \* 1 = 3 does not divide the world size 4"),
     (ParallelConfig(tensor=0), 2, r"parallel.tensor must be a positive integer, got 0"),
-    (ParallelConfig(pipeline=1, virtual_pipeline=2), 2, r"parallel.virtual_pipeline=2 needs parallel.pipeline >= 2"),
-    (ParallelConfig(sequence_parallel=True), 2, r"parallel.sequence_parallel needs parallel.tensor > 1"),
+    (ParallelConfig(pipeline=1, virtual_pipeline=2), 2,
+     r"parallel.virtual_pipeline=2 needs parallel.pipeline >= 2"),
+    (ParallelConfig(sequence_parallel=True), 2,
+     r"parallel.sequence_parallel needs parallel.tensor > 1"),
 ])
 def test_bad_layouts_are_refused_naming_the_key(cfg, world, message):
     with pytest.raises(ValueError, match=message):
@@ -68,4 +73,5 @@ def test_shims_report_call_sites_at_debug_level(caplog):
     torch.cuda.current_device()
     with caplog.at_level(logging.DEBUG, logger="rlad_megatron.cpu_shims"):
         cpu_shims._log_sites()
-    assert any("current_device" in r.message and "test_runtime.py" in r.message for r in caplog.records)
+    assert any("current_device" in r.message and "test_runtime.py" in r.message
+               for r in caplog.records)

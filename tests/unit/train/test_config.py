@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from rlad_megatron.train.config import RunConfig, load_config, to_yaml
+from rlad_megatron.train.config import load_config, to_yaml
 from rlad_megatron.train.validate import validate_run_config
 
 
@@ -22,7 +22,7 @@ def _write(tmp_path, text):
 def _valid(tmp_path, **over):
     tok = tmp_path / "tok.model"
     tok.write_bytes(b"x")
-    cfg = load_config(None, [f"student.preset=tiny-llama", "student.random_init=true",
+    cfg = load_config(None, ["student.preset=tiny-llama", "student.random_init=true",
                              f"student.tokenizer={tok}", "teacher.preset=tiny-llama",
                              "teacher.random_init=true", f"teacher.tokenizer={tok}",
                              "rollout.prompts_per_step=4", "rollout.group_size=4",
@@ -31,8 +31,10 @@ def _valid(tmp_path, **over):
 
 
 def test_yaml_and_overrides_merge_with_typed_defaults(tmp_path):
-    path = _write(tmp_path, "algorithm: grpo\nrollout:\n  group_size: 4\nloss:\n  trrd:\n    alpha: 0.3\n")
-    cfg = load_config(path, ["rollout.group_size=6", "parallel.tensor=2", "loss.trrd.clamp_grad=straight_through"])
+    path = _write(tmp_path, "algorithm: grpo\nrollout:\n  group_size: 4\n"
+                            "loss:\n  trrd:\n    alpha: 0.3\n")
+    cfg = load_config(path, ["rollout.group_size=6", "parallel.tensor=2",
+                             "loss.trrd.clamp_grad=straight_through"])
     assert cfg.algorithm == "grpo" and cfg.rollout.group_size == 6 and cfg.parallel.tensor == 2
     assert cfg.loss.trrd.alpha == 0.3 and cfg.loss.trrd.clamp_grad == "straight_through"
     assert cfg.rollout.temperature == 1.0  # default kept
@@ -58,15 +60,20 @@ def test_missing_config_file_is_named(tmp_path):
 @pytest.mark.parametrize("over,world,message", [
     ({"algorithm": "ppo"}, 1, r"algorithm: 'ppo' is not one of rlad, grpo, kdrl, sft_distill, sft"),
     ({"rollout.group_size": 1}, 1, r"rollout.group_size: 1 must be >= 2 for rlad"),
-    ({"parallel.tensor": 3}, 2, r"parallel.tensor \* parallel.pipeline = 3 \* 1 = 3 does not divide the world size 2"),
-    ({"train.micro_batch_size": 3}, 1, r"per data-parallel rank = 16 is not divisible by train.micro_batch_size \* train.mini_batches = 3 \* 1"),
-    ({"rollout.prompts_per_step": 3}, 2, r"rollout.prompts_per_step = 3 is not divisible by the data-parallel size 2"),
+    ({"parallel.tensor": 3}, 2,
+     r"parallel.tensor \* parallel.pipeline = 3 \* 1 = 3 does not divide the world size 2"),
+    ({"train.micro_batch_size": 3}, 1, r"per data-parallel rank = 16 is not divisible by "
+                                       r"train.micro_batch_size \* train.mini_batches = 3 \* 1"),
+    ({"rollout.prompts_per_step": 3}, 2,
+     r"rollout.prompts_per_step = 3 is not divisible by the data-parallel size 2"),
     ({"selection.policy": "sometimes"}, 1, r"selection.policy: 'sometimes' is not one of paper"),
     ({"loss.trrd.alpha": 1.5}, 1, r"loss.trrd.alpha: 1.5 is outside \[0, 1\]"),
     ({"rollout.top_p": 0}, 1, r"rollout.top_p must be in \(0, 1\]"),
-    ({"optimizer.distributed": True}, 1, r"optimizer.distributed: megatron-core's distributed optimizer"),
+    ({"optimizer.distributed": True}, 1,
+     r"optimizer.distributed: megatron-core's distributed optimizer"),
     ({"teacher.random_init": False}, 1, r"teacher.checkpoint is not set"),
-    ({"student.tokenizer": "/nonexistent/tok.model"}, 1, r"student.tokenizer: /nonexistent/tok.model does not exist"),
+    ({"student.tokenizer": "/nonexistent/tok.model"}, 1,
+     r"student.tokenizer: /nonexistent/tok.model does not exist"),
     ({"eval.k": 4, "eval.temperature": 0.0}, 1,
      r"eval.k: 4 samples per prompt need eval.temperature > 0"),
     ({"eval.split": "validation"}, 1, r"eval.split: validation needs data.validation_size"),

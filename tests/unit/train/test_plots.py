@@ -1,4 +1,5 @@
-"""The end-of-run figure from a synthetic metrics.jsonl: a readable PNG, with or without eval keys."""
+"""The end-of-run figure from a synthetic metrics.jsonl: a readable PNG, with or without eval
+keys."""
 
 import math
 
