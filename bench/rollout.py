@@ -26,11 +26,19 @@ estimate next to the measurement (`nocache_estimate_check`), so the estimator is
 
 Output: bench/results/rollout.json, under "full" or "quick" (bench/report.py: a quick run does
 not overwrite the kept full result), and as the last line
-    RESULT rollout kv_speedup_256=<min over batch sizes of kv tok/s / nocache tok/s> vs_hf=<ours / transformers>
-Target: kv_speedup_256 >= 10. vs_hf: our KV-cached tok/s over Hugging Face transformers'
+    RESULT rollout kv_speedup_256=<min over batch sizes of kv tok/s / nocache tok/s>
+        vs_hf_8=<ours / transformers at batch 8> vs_hf_32=<at batch 32> forward_frac=<> ...
+Target: kv_speedup_256 >= 10. vs_hf_B: our KV-cached tok/s over Hugging Face transformers'
 generate (KV cache, T=1 sampling, no EOS) on the same weights (a random LlamaForCausalLM loaded
-into the megatron model through convert/layout.py) and prompts, batch 8, 256 new tokens; target
->= 1. "na" when transformers is not installed.
+into the megatron model through convert/layout.py) and prompts, 256 new tokens at batch 8 and
+(quick: 64, full: 256) at batch 32; targets (issue 15) vs_hf_8 >= 1 and vs_hf_32 >= 2. "na" when
+transformers is not installed.
+
+Where the time goes (`profile`, batch 32): one generate() call with the model forward
+(StageRunner.forward: megatron's GPTModel with the static KV cache) and the sampler
+(sampling.sample_next: float64 Gumbel noise over the whole vocabulary per row, the
+vocab-parallel argmax and log-sum-exp) timed separately; the rest is the decode loop's own
+bookkeeping (masks, positions, the per-step token broadcast).
 """
 
 from __future__ import annotations
@@ -152,6 +160,45 @@ def estimate_nocache(model, batch: int, new_tokens: int, points: int = 5) -> dic
             "step_s": dict(zip(ts, step_s))}
 
 
+def vs_hf(model, hf, batch: int, new_tokens: int) -> dict:
+    """Our KV-cached tok/s and transformers' on the same prompts, weights and lengths."""
+    ours = measure(model, batch, new_tokens, True, 1)["tok_s"]
+    theirs = hf_generate_tok_s(hf, batch, new_tokens, model.spec.vocab_size)
+    return {"batch": batch, "new_tokens": new_tokens, "ours_tok_s": ours, "hf_tok_s": theirs,
+            "ratio": ours / theirs}
+
+
+def profile(model, batch: int, new_tokens: int) -> dict:
+    """Seconds of one generate() call in the model forward, in the sampler, and elsewhere."""
+    import importlib
+
+    generate_module = importlib.import_module("rlad_megatron.rollout.generate")
+    pipeline = importlib.import_module("rlad_megatron.rollout.pipeline")
+
+    spent = {"forward_s": 0.0, "sampler_s": 0.0}
+    forward, sample = pipeline.StageRunner.forward, generate_module.sample_next
+
+    def timed(key, fn):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[key] += time.perf_counter() - start
+        return wrapper
+
+    pipeline.StageRunner.forward = timed("forward_s", forward)
+    generate_module.sample_next = timed("sampler_s", sample)
+    try:
+        wall, _ = timed_generate(model, prompts(batch, model.spec.vocab_size), new_tokens, True)
+    finally:
+        pipeline.StageRunner.forward, generate_module.sample_next = forward, sample
+    spent["other_s"] = wall - spent["forward_s"] - spent["sampler_s"]
+    return {"batch": batch, "new_tokens": new_tokens, "wall_s": wall,
+            "ms_per_step": 1000 * wall / new_tokens, **spent,
+            **{k.replace("_s", "_frac"): v / wall for k, v in spent.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="batch 8 only, < 60 s")
@@ -187,21 +234,26 @@ def main() -> None:
                   f"{nocache['tok_s']:7.1f} tok/s ({nocache['measured']})  speedup "
                   f"{row['speedup']:5.1f}x  tokens_equal={same}", flush=True)
     kv_speedup_256 = min(speedups[256])
-    vs_hf, hf_row = "na", None
+    hf_rows = []
     if hf is not None:
-        hf_tok_s = hf_generate_tok_s(hf, 8, 256, model.spec.vocab_size)
-        ours = next(r for r in rows if r["batch"] == 8 and r["new_tokens"] == 256)["kv"]["tok_s"]
-        vs_hf = ours / hf_tok_s
-        hf_row = {"batch": 8, "new_tokens": 256, "hf_tok_s": hf_tok_s, "ours_tok_s": ours,
-                  "ratio": vs_hf}
-        print(f"batch   8 new  256: ours {ours:8.1f} tok/s  transformers generate "
-              f"{hf_tok_s:8.1f} tok/s  ratio {vs_hf:.2f}x", flush=True)
+        for batch, new in ((8, 256), (32, 64 if args.quick else 256)):
+            hf_rows.append(vs_hf(model, hf, batch, new))
+            r = hf_rows[-1]
+            print(f"batch {batch:3d} new {new:4d}: ours {r['ours_tok_s']:8.1f} tok/s  "
+                  f"transformers generate {r['hf_tok_s']:8.1f} tok/s  ratio {r['ratio']:.2f}x",
+                  flush=True)
+    ratios = {f"vs_hf_{r['batch']}": r["ratio"] for r in hf_rows}
+    where = profile(model, 32, 64)
+    print(f"profile batch 32: {where['ms_per_step']:.1f} ms/step; forward "
+          f"{where['forward_frac']:.0%}, sampler {where['sampler_frac']:.0%}, other "
+          f"{where['other_frac']:.0%}", flush=True)
     report = {
         "mode": "quick" if args.quick else "full",
         "summary": {"kv_speedup_256": kv_speedup_256, "kv_speedup_64": min(speedups[64]),
-                    "vs_hf": vs_hf},
-        "hf": hf_row,
-        "target": {"kv_speedup_256": f">= {TARGET}"},
+                    **ratios},
+        "hf": hf_rows,
+        "profile": where,
+        "target": {"kv_speedup_256": f">= {TARGET}", "vs_hf_8": ">= 1", "vs_hf_32": ">= 2"},
         "model": model.spec.to_dict(),
         "sampling": "temperature 1.0, seeded Gumbel-max, no EOS",
         "rows": rows,
@@ -218,8 +270,9 @@ def main() -> None:
     from bench.report import write_result
     path = write_result("rollout", "quick" if args.quick else "full", report)
     print(f"wrote {path} ({report['wall_s']:.0f} s)")
-    vs = f"{vs_hf:.2f}" if hf is not None else "na"
-    print(f"RESULT rollout kv_speedup_256={kv_speedup_256:.1f} vs_hf={vs}")
+    hf_text = " ".join(f"{k}={v:.2f}" for k, v in ratios.items()) or "vs_hf_8=na vs_hf_32=na"
+    print(f"RESULT rollout kv_speedup_256={kv_speedup_256:.1f} {hf_text} "
+          f"forward_frac={where['forward_frac']:.2f} sampler_frac={where['sampler_frac']:.2f}")
 
 
 if __name__ == "__main__":
