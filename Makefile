@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export PYTHONWARNINGS ?= ignore
 
-.PHONY: demo reproduce forward-demo test lint test-unit test-dist test-dist4 test-integration test-slurm bench clean
+.PHONY: demo reproduce forward-demo test lint test-unit test-dist test-dist4 test-integration test-slurm bench bench-vs-trl clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ forward-demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.logprob --quick
+
+# this project's GRPO step against TRL's GRPOTrainer (TRL in its own venv: tools/trl_env.sh)
+bench-vs-trl: $(STAMP)
+	bash tools/trl_env.sh
+	$(PY) -m bench.vs_trl $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
