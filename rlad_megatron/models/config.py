@@ -1,6 +1,7 @@
 """ModelSpec + Parallel -> megatron TransformerConfig and layer spec; layout checks at build time.
 
-Every check names both values, e.g. "parallel.tensor: 3 does not divide teacher.num_query_groups: 8".
+Every check names both values, e.g. "parallel.tensor: 3 does not divide
+teacher.num_query_groups: 8".
 The vocabulary is padded to a multiple of make_vocab_size_divisible_by * TP (Megatron-LM's rule);
 padded rows exist in the logits and are excluded by ops/ through the true vocab size.
 
@@ -67,8 +68,8 @@ def transformer_config(spec: ModelSpec, par: Parallel, *, dtype: str = "fp32",
     if cpu_only() and dtype != "fp32":
         raise ValueError(f"dtype: {dtype} needs a GPU; on CPU use fp32")
     if par.sequence_parallel and not use_transformer_engine():
-        raise ValueError("parallel.sequence_parallel needs the transformer-engine layer spec (GPU); "
-                         "megatron's local torch norms refuse it")
+        raise ValueError("parallel.sequence_parallel needs the transformer-engine layer spec "
+                         "(GPU); megatron's local torch norms refuse it")
     params_dtype = DTYPES[dtype]
     return TransformerConfig(
         num_layers=spec.num_layers,

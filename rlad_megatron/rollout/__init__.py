@@ -7,11 +7,12 @@
     sample_next        one token per row from vocab-parallel logits, TP-invariant for a seed
 
 Modules: generate.py (the loop and the contract), pipeline.py (one step's forward through this
-rank's PP stage), sampling.py (Gumbel-max on vocab shards), layout.py (padding in and out).
+rank's PP stage), layout.py (padding in and out); the sampler (Gumbel-max on vocab shards) is
+ops/sampling.py.
 """
 
 from rlad_megatron.rollout.generate import Generation, GenerationConfig, generate, generate_detailed
-from rlad_megatron.rollout.sampling import Sampled, gumbel_noise, sample_next
+from rlad_megatron.ops.sampling import Sampled, gumbel_noise, sample_next
 
 __all__ = ["generate", "generate_detailed", "Generation", "GenerationConfig", "sample_next",
            "Sampled", "gumbel_noise"]

@@ -5,8 +5,8 @@
 
 A thin loop over GPTModel.forward with megatron's StaticInferenceContext as the KV cache: one
 prefill over the left-padded prompts, then one forward of [b, 1] per new token (pipeline.py);
-the next token is drawn from the vocab-parallel logits (sampling.py); generation stops per row at
-EOS and for the batch when every row has stopped or max_new_tokens is reached.
+the next token is drawn from the vocab-parallel logits (ops/sampling.py); generation stops per row
+at EOS and for the batch when every row has stopped or max_new_tokens is reached.
 
 Why not megatron's inference engines (megatron-core 0.16.1, docs/megatron_inference_cpu.md):
 the dynamic engine (DynamicInferenceContext) needs flash-attn kernels (attention.py asserts
@@ -20,7 +20,7 @@ needs only the shims init_parallel applies (current_device, the CPU RNG tracker)
 Contract:
   * Every rank of a model-parallel group (TP x PP) calls generate with the same prompts and
     config; each DP rank generates its own prompts. Results are identical on every rank of the
-    group, and do not depend on the TP/PP layout for a given seed (sampling.py).
+    group, and do not depend on the TP/PP layout for a given seed (ops/sampling.py).
   * Row r of the batch (after repeating each prompt G = samples_per_prompt times) draws its
     noise as row id row_offset + r; row_offset defaults to dp_rank * b, the global row index
     when every DP rank has b rows. Vary `seed` between calls (e.g. base seed + iteration):
@@ -28,7 +28,7 @@ Contract:
   * Output (data.batch.RolloutBatch): row i is prompt_i, response_i, then pad_token_id, from
     column 0; s = max_i (prompt_len_i + response_len_i). loss_mask is True on the response
     tokens, the EOS token included; sampler_logprobs[:, t] is the log-prob of tokens[:, t] under
-    softmax(logits / T) (T = 1 when greedy), 0 off the mask. The log-prob under the
+    softmax(logits / T) (T = 1 when greedy, temperature 0), 0 off the mask. The log-prob under the
     top-k/top-p-filtered distribution is in Generation.filtered_logprobs (generate_detailed).
   * The model is put in eval mode for the call and restored afterwards; DDP-wrapped chunks are
     run through their inner module (no grad sync, no hooks), under torch.no_grad.
@@ -53,7 +53,7 @@ from rlad_megatron.models.build import BuiltModel
 from rlad_megatron.rollout.layout import (LeftPadded, PromptsIn, decode_mask, left_padded,
                                           positions, prefill_mask, right_padded)
 from rlad_megatron.rollout.pipeline import StageRunner
-from rlad_megatron.rollout.sampling import TOP_P_CANDIDATES, sample_next
+from rlad_megatron.ops.sampling import TOP_P_CANDIDATES, sample_next
 
 
 @dataclass
@@ -64,8 +64,6 @@ class GenerationConfig:
     """New tokens per row at most (EOS included)."""
     temperature: float = 1.0
     """Softmax temperature; 0 means greedy (argmax, filters ignored)."""
-    greedy: bool = False
-    """Argmax decoding whatever the temperature (same as temperature 0)."""
     top_k: int = 0
     """Keep the k most likely tokens; 0 is off."""
     top_p: float = 1.0
@@ -77,7 +75,7 @@ class GenerationConfig:
     samples_per_prompt: int = 1
     """G: each prompt is repeated G times in a row (its rows share a group id)."""
     seed: int = 0
-    """Base of the sampling noise (sampling.py); generate(seed=...) overrides it per call."""
+    """Base of the sampling noise (ops/sampling.py); generate(seed=...) overrides it per call."""
     use_cache: bool = True
     """False recomputes the whole prefix every step (reference and benchmark baseline)."""
     progress: bool = True
@@ -86,7 +84,7 @@ class GenerationConfig:
     """Ids per TP rank gathered for top-p before falling back to all (speed only)."""
     micro_batch_size: int = 0
     """Rows generated together (their KV cache and logits); 0 = all rows at once. The noise is
-    keyed by row id (sampling.py), so the samples do not depend on it."""
+    keyed by row id (ops/sampling.py), so the samples do not depend on it."""
 
     def validate(self, prefix: str = "rollout") -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -107,10 +105,6 @@ class GenerationConfig:
         if self.top_p_candidates < 1:
             raise ValueError(f"{prefix}.top_p_candidates must be >= 1, got "
                              f"{self.top_p_candidates}")
-
-    @property
-    def effective_temperature(self) -> float:
-        return 0.0 if self.greedy else float(self.temperature)
 
     def eos_ids(self) -> Tensor:
         ids = self.eos_token_id
@@ -212,7 +206,7 @@ def _decode(runner: StageRunner, model: BuiltModel, inputs: LeftPadded, cfg: Gen
     done = torch.zeros(b, dtype=torch.bool)
     resp_len = torch.zeros(b, dtype=torch.long)
     eos = cfg.eos_ids()
-    temperature = cfg.effective_temperature
+    temperature = float(cfg.temperature)
     runner.start(b, p + n, cfg.use_cache)
     bar = tqdm(total=n, desc="generate", unit="tok", leave=False,
                disable=not cfg.progress or (dist.is_initialized() and dist.get_rank() != 0))

@@ -13,7 +13,7 @@ Prompts are the first eval.num_prompts of the eval.split (levels interleaved, so
 balanced), split over DP ranks in contiguous slices; records are gathered, so the numbers do not
 depend on the layout. Sampling uses eval.seed, not the run's seed: every run evaluated with the same
 eval.seed draws the same random numbers for the same prompt (a paired comparison between arms;
-the row noise is layout-invariant, rollout/sampling.py). `evaluate` also returns each prompt's
+the row noise is layout-invariant, ops/sampling.py). `evaluate` also returns each prompt's
 correct counts, which train/loop.py writes to RUN_DIR/eval/step_XXXXXXX.json for the paired
 statistics of the reproduction (reproduce/stats.py).
 """

@@ -51,7 +51,7 @@ def prompt_ids(run: Run, items: list[PromptItem]) -> list[list[int]]:
 def generation_config(run: Run, *, samples: int, temperature: float, top_p: float, top_k: int,
                       max_new_tokens: int) -> GenerationConfig:
     return GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature,
-                            greedy=temperature == 0, top_k=top_k, top_p=top_p,
+                            top_k=top_k, top_p=top_p,
                             eos_token_id=run.tokenizer.eos_id,
                             pad_token_id=run.tokenizer.pad_id or 0, samples_per_prompt=samples,
                             micro_batch_size=run.cfg.rollout.micro_batch_size, progress=False)

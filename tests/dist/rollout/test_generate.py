@@ -3,7 +3,7 @@ float64 reference sampler that recomputes the whole sequence every step (no cach
 a time (no padding), with the same deterministic Gumbel noise on the full vocabulary.
 
 Guards: the KV cache, masks and cache offsets (pipeline.py), left/right padded prompts of
-different lengths (layout.py), the vocab-parallel sampler and its TP invariance (sampling.py),
+different lengths (layout.py), the vocab-parallel sampler and its TP invariance (ops/sampling.py),
 the PP hand-off of hidden states and tokens, the log-probs and the RolloutBatch alignment, EOS.
 Where a failure points: greedy tokens wrong with use_cache=True only -> cache/mask/offset; only at
 tp2 -> vocab-parallel sampling; only at pp2 -> stage p2p or the token broadcast; tokens right but
@@ -196,7 +196,7 @@ def test_near_zero_temperature_equals_greedy(parallel):
     model = _load(build_teacher(_spec(), parallel))
     cold = generate(model, PROMPTS, GenerationConfig(max_new_tokens=NEW, temperature=1e-5,
                                                      seed=5, progress=False))
-    greedy = generate(model, PROMPTS, GenerationConfig(max_new_tokens=NEW, greedy=True,
+    greedy = generate(model, PROMPTS, GenerationConfig(max_new_tokens=NEW, temperature=0.0,
                                                        progress=False))
     assert_all_ranks(torch.equal(cold.tokens, greedy.tokens),
                      f"T=1e-5 {cold.tokens.tolist()} vs greedy {greedy.tokens.tolist()}")

@@ -79,7 +79,7 @@ def test_default_protocol_is_the_papers_and_is_passed_to_generation(setting, mon
     metrics, _, records = ev.evaluate(run, model, items)
     gen, seed, offset, n = calls[0]
     assert (gen.temperature, gen.top_p, gen.top_k, gen.samples_per_prompt) == (0.6, 0.95, 0, 4)
-    assert not gen.greedy and gen.max_new_tokens == run.cfg.rollout.max_new_tokens
+    assert gen.temperature > 0 and gen.max_new_tokens == run.cfg.rollout.max_new_tokens
     assert seed == 2**31 - 1 - run.cfg.eval.seed and offset == 0 and n == 6
     assert metrics["eval/accuracy"] == 1.0 and metrics["eval/pass_at_4"] == 1.0
     assert metrics["eval/accuracy_steps"] == 1.0 and len(records) == 6
@@ -87,7 +87,7 @@ def test_default_protocol_is_the_papers_and_is_passed_to_generation(setting, mon
     greedy = _run(setting, temperature=0.0, k=1, max_new_tokens=7)
     calls.clear()
     ev.evaluate(greedy, model, items)
-    assert calls[0][0].greedy and calls[0][0].samples_per_prompt == 1
+    assert calls[0][0].temperature == 0 and calls[0][0].samples_per_prompt == 1
     assert calls[0][0].max_new_tokens == 7
     assert ev.protocol_label(greedy.cfg.eval) == "greedy (mean@1)"
 

@@ -1,4 +1,4 @@
-"""rlad_megatron.rollout.sampling and layout, single process (TP=1).
+"""rlad_megatron.ops.sampling and rollout/layout.py, single process (TP=1).
 
 Guards the sampler's distributions (Gumbel-max draws from softmax(logits / T), cut by top-k and
 top-p as documented), the log-probs it returns, greedy tie-breaking, the padded vocabulary, the
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from rlad_megatron.rollout.layout import left_padded, right_padded
-from rlad_megatron.rollout.sampling import gumbel_noise, sample_next
+from rlad_megatron.ops.sampling import gumbel_noise, sample_next
 
 V = 8
 N = 10000
@@ -49,7 +49,8 @@ def _reference_keep(z, top_k, top_p):
     keep_sorted = torch.ones(V, dtype=torch.bool)
     if top_k:
         keep_sorted[top_k:] = False
-    p = torch.where(keep_sorted, torch.softmax(torch.where(keep_sorted, z[order], -math.inf), -1), 0)
+    p = torch.where(keep_sorted,
+                    torch.softmax(torch.where(keep_sorted, z[order], -math.inf), -1), 0)
     keep_sorted &= (p.cumsum(0) - p) < top_p
     keep = torch.zeros(V, dtype=torch.bool)
     keep[order] = keep_sorted

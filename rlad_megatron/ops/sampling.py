@@ -1,4 +1,5 @@
-"""Next-token sampling from vocab-parallel logits: greedy, temperature, top-k and top-p.
+"""Next-token sampling from vocab-parallel logits: greedy, temperature, top-k and top-p (the
+rollout's sampler, rollout/generate.py; here because it is a vocab-parallel kernel).
 
 Sampling is Gumbel-max: token = argmax_v (z_v + g_v) over the allowed ids, z = logits / T,
 g_v = -log(-log(u_v)), which draws from softmax(z) restricted to the allowed ids. The uniforms u
@@ -39,7 +40,6 @@ import torch.distributed as dist
 from torch import Tensor
 
 from rlad_megatron.ops.vocab_shard import VocabShard, vocab_shard
-from rlad_megatron.runtime import devices
 
 TOP_P_CANDIDATES = 256
 """Ids per TP rank gathered for top-p alone before falling back to all of them."""
@@ -71,7 +71,8 @@ def stream_seed(seed: int, step: int, row: int) -> int:
 
 
 def gumbel_noise(row_ids: Tensor, step: int, seed: int, vocab_size: int) -> Tensor:
-    """[b, vocab_size] float64 Gumbel(0, 1) noise; row i depends only on (seed, step, row_ids[i])."""
+    """[b, vocab_size] float64 Gumbel(0, 1) noise on the CPU; row i depends only on (seed, step,
+    row_ids[i])."""
     out = torch.empty(len(row_ids), vocab_size, dtype=torch.float64)
     gen = torch.Generator()
     for i, row in enumerate(row_ids.tolist()):
@@ -85,7 +86,7 @@ def _gather(local: Tensor, shard: VocabShard) -> Tensor:
     if shard.group is None:
         return local[None]
     parts = [torch.empty_like(local) for _ in range(shard.tp)]
-    devices.all_gather(parts, local.contiguous(), group=shard.group)
+    dist.all_gather(parts, local.contiguous(), group=shard.group)
     return torch.stack(parts)
 
 
@@ -186,7 +187,7 @@ def sample_next(logits: Tensor, *, temperature: float, seed: int, step: int, row
     if temperature == 0:
         return _sample_unfiltered(x, None, shard)
     z = x / temperature
-    noise = gumbel_noise(row_ids, step, seed, vocab_size)
+    noise = gumbel_noise(row_ids, step, seed, vocab_size).to(z.device)
     if top_k <= 0 and top_p >= 1.0:
         return _sample_unfiltered(z, noise[:, shard.start:shard.start + shard.n_valid], shard)
     k = min(top_k if top_k > 0 else top_p_candidates, shard.local_size)
