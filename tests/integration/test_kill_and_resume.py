@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_runs import char_tokenizer, tiny_overrides  # noqa: E402
+from tiny_runs import char_tokenizer, tiny_overrides
 
 from rlad_megatron.models import checkpoint as mckpt  # noqa: E402
 

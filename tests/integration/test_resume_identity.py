@@ -6,8 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_runs import char_tokenizer, tiny_overrides  # noqa: E402
+from tiny_runs import char_tokenizer, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tiny_runs import char_tokenizer, tiny_overrides  # noqa: E402
+from tiny_runs import char_tokenizer, tiny_overrides
 
 from rlad_megatron.models import checkpoint as mckpt  # noqa: E402
 

@@ -22,8 +22,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tools" / "slurm"))
-sys.path.insert(0, str(REPO / "tests"))
 SLURM_BINARIES = ("slurmctld", "slurmd", "sbatch", "srun", "scontrol", "sacct", "munged",
                   "slurmdbd", "mariadbd")
 
