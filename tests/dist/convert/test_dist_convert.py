@@ -116,7 +116,7 @@ def test_export_of_a_trainer_style_checkpoint_ignores_optimizer_state(parallel, 
 
 @pytest.mark.parametrize("parallel", [(1, 2)], indirect=True, ids=["pp2"])
 def test_smollm2_imported_at_pp2_matches_hf(parallel, shared_dir):
-    from rlad_megatron.convert.gguf import smollm2_gguf_path, smollm2_hf_dir
+    from smollm2_gguf import smollm2_gguf_path, smollm2_hf_dir
 
     try:
         smollm2_gguf_path()

