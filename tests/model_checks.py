@@ -1,13 +1,14 @@
 """Model-level checks shared by the 2-rank (tests/dist) and 4-rank (tests/dist4) launches:
 megatron student/teacher results at some layout against the float64 reference of
-tests/reference_llama.py, with identical weights loaded through rlad_megatron.convert.layout."""
+tests/reference_llama.py, with identical weights loaded through rlad_megatron.convert.layout
+(the HF <-> megatron map of convert/keymaps.py)."""
 
 import torch
 
 from distributed_helpers import assert_all_ranks, assert_close_all_ranks
 from reference_llama import random_hf_weights, token_logprobs_and_entropy
 from rlad_megatron import ops
-from rlad_megatron.convert.layout import load_hf_tensors, shard_for_param
+from rlad_megatron.convert.layout import full_reader, load_hf_tensors, param_shard
 from rlad_megatron.models.build import OptimizerSettings, build_student, build_teacher
 from rlad_megatron.models.forward import (MicroBatch, align_to_tokens, forward_logprobs,
                                           run_schedule, split_micro_batches)
@@ -112,9 +113,11 @@ def assert_student_grads_match(student, ref_grads, parallel, what):
     failures, compared = [], 0
     for chunk in student.chunks:
         for name, param in chunk.module.named_parameters():
-            expected = shard_for_param(name, chunk.module, lambda n: ref_grads[n],
-                                       spec=student.spec, tp=parallel.tp, tp_rank=parallel.tp_rank,
-                                       padded_vocab=student.padded_vocab_size).float()
+            expected, _ = param_shard(chunk.module, name, full_reader(ref_grads.__getitem__),
+                                      spec=student.spec, tp=parallel.tp,
+                                      tp_rank=parallel.tp_rank,
+                                      padded_vocab=student.padded_vocab_size)
+            expected = expected.float()
             scale = max(expected.abs().max().item(), 1e-12)
             worst = (param.main_grad - expected).abs().max().item()
             compared += 1

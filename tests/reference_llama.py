@@ -1,48 +1,29 @@
 """An independent float64 reference of the Llama / Qwen2 / Qwen3 decoder, written from the papers'
 equations in plain torch (no megatron), over Hugging Face-named full tensors.
 
-Tests build random full weights here, load them into megatron chunks at any TP/PP through
-rlad_megatron.convert.layout, and compare megatron's fp32 results with this float64 forward.
+Tests build random full weights here (named by the map of rlad_megatron.convert.keymaps), load
+them into megatron chunks at any TP/PP through rlad_megatron.convert.layout, and compare
+megatron's fp32 results with this float64 forward.
 """
 
 from __future__ import annotations
 
 import torch
 
+from rlad_megatron.convert.keymaps import entry_shapes, hf_entries, init_kind
+
 
 def random_hf_weights(spec, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random full (TP=1) weights in float64, Hugging Face names, for `spec`."""
+    """Random full (TP=1) weights in float64, Hugging Face names (the map of
+    rlad_megatron.convert.keymaps), for `spec`: global tensors first, then layer by layer."""
     g = torch.Generator().manual_seed(seed)
-
-    def randn(*shape, scale=0.08):
-        return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
-
-    def norm(n):
-        return 1.0 + 0.1 * torch.randn(n, generator=g, dtype=torch.float64)
-
-    h, f, d = spec.hidden_size, spec.ffn_hidden_size, spec.head_dim
-    nq, ng = spec.num_attention_heads, spec.num_query_groups
-    w = {"model.embed_tokens.weight": randn(spec.vocab_size, h, scale=0.25),
-         "model.norm.weight": norm(h)}
-    if not spec.tie_embeddings:
-        w["lm_head.weight"] = randn(spec.vocab_size, h, scale=0.25)
-    for layer in range(spec.num_layers):
-        p = f"model.layers.{layer}."
-        w[p + "input_layernorm.weight"] = norm(h)
-        w[p + "post_attention_layernorm.weight"] = norm(h)
-        w[p + "self_attn.q_proj.weight"] = randn(nq * d, h)
-        w[p + "self_attn.k_proj.weight"] = randn(ng * d, h)
-        w[p + "self_attn.v_proj.weight"] = randn(ng * d, h)
-        w[p + "self_attn.o_proj.weight"] = randn(h, nq * d)
-        if spec.qkv_bias:
-            for x, n in (("q", nq), ("k", ng), ("v", ng)):
-                w[p + f"self_attn.{x}_proj.bias"] = randn(n * d, scale=0.1)
-        if spec.qk_layernorm:
-            w[p + "self_attn.q_norm.weight"] = norm(d)
-            w[p + "self_attn.k_norm.weight"] = norm(d)
-        w[p + "mlp.gate_proj.weight"] = randn(f, h)
-        w[p + "mlp.up_proj.weight"] = randn(f, h)
-        w[p + "mlp.down_proj.weight"] = randn(h, f)
+    scale = {"norm": 0.1, "bias": 0.1, "embedding": 0.25, "out_proj": 0.08, "weight": 0.08}
+    w = {}
+    for prefix, entry in sorted(hf_entries(spec), key=lambda group: bool(group[0])):
+        for name, shape in zip(entry.hf, entry_shapes(entry, spec)):
+            kind = init_kind(entry, name)
+            value = torch.randn(*shape, generator=g, dtype=torch.float64) * scale[kind]
+            w[prefix + name] = 1.0 + value if kind == "norm" else value
     return w
 
 

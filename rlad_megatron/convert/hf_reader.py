@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 
 from rlad_megatron.convert.hf_config import read_hf_config, spec_from_hf_config
-from rlad_megatron.convert.keymaps import IGNORED_HF, hf_shapes
+from rlad_megatron.convert.keymaps import IGNORED_HF, OUTPUT, hf_shapes
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -90,7 +90,7 @@ class HFCheckpoint:
             if found != shape:
                 raise ValueError(f"{self.where(name)}: tensor {name} has shape {list(found)}, "
                                  f"but {self.config_path} implies {list(shape)}")
-        tied_copy = {"lm_head.weight"} if self.spec.tie_embeddings else set()
+        tied_copy = set(OUTPUT.hf) if self.spec.tie_embeddings else set()
         unknown = sorted(n for n in self.weight_map if n not in expected and n not in tied_copy
                          and not n.endswith(IGNORED_HF))
         if unknown:

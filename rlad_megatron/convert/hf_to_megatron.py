@@ -25,13 +25,11 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-import torch
 import torch.distributed as dist
 
 from rlad_megatron.convert.hf_config import HF_CLASSES, source_dtype
 from rlad_megatron.convert.hf_reader import HFCheckpoint
-from rlad_megatron.convert.keymaps import find_param_entry, rank_shard
-from rlad_megatron.convert.layout import global_layer
+from rlad_megatron.convert.layout import load_shards
 from rlad_megatron.models import checkpoint
 from rlad_megatron.models.config import DTYPES
 
@@ -51,22 +49,10 @@ def check_parallel(spec, tp: int, pp: int, source: str) -> None:
                          f"{spec.num_layers}")
 
 
-@torch.no_grad()
 def fill_chunks(chunks, hf: HFCheckpoint, *, tp: int, tp_rank: int, padded_vocab: int) -> None:
     """Copy this rank's shard of every parameter of `chunks` from the HF checkpoint."""
-    spec = hf.spec
-    for chunk in chunks:
-        module = getattr(chunk, "module", chunk)
-        for name, param in module.named_parameters():
-            entry, local = find_param_entry(spec, name)
-            prefix = "" if local is None else f"model.layers.{global_layer(module, local)}."
-            value = rank_shard(entry, prefix, hf.read, spec, tp=tp, tp_rank=tp_rank,
-                               padded_vocab=padded_vocab)
-            if value.shape != param.shape:
-                raise ValueError(f"{hf.dir}: {', '.join(prefix + n for n in entry.hf)} give "
-                                 f"{name} the shape {list(value.shape)} on TP rank {tp_rank}, "
-                                 f"the model expects {list(param.shape)}")
-            param.copy_(value)
+    load_shards(chunks, hf.read, spec=hf.spec, tp=tp, tp_rank=tp_rank, padded_vocab=padded_vocab,
+                source=str(hf.dir))
 
 
 def _init(tp: int, pp: int):

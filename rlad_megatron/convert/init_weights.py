@@ -1,13 +1,16 @@
 """Deterministic random weights in Hugging Face layout, for demos and smoke runs.
 
 Megatron's default initialisation depends on the layout it is built in only through its RNG; these
-full (TP=1) tensors are generated once from a seed and then sharded with convert/layout.py, so the
-same seed gives the same model at any TP/PP.
+full (TP=1) tensors are generated once from a seed, tensor by tensor from the map of
+convert/keymaps.py, and then sharded by convert/layout.py, so the same seed gives the same model at
+any TP/PP.
 """
 
 from __future__ import annotations
 
 import torch
+
+from rlad_megatron.convert.keymaps import entry_shapes, hf_entries, init_kind
 
 
 def random_hf_weights(spec, seed: int = 0, dtype=torch.float32) -> dict[str, torch.Tensor]:
@@ -16,31 +19,18 @@ def random_hf_weights(spec, seed: int = 0, dtype=torch.float32) -> dict[str, tor
     g = torch.Generator().manual_seed(seed)
     std = spec.init_method_std
     out_std = std / (2.0 * spec.num_layers) ** 0.5
-
-    def normal(*shape, s=std):
-        return (torch.randn(*shape, generator=g) * s).to(dtype)
-
-    h, f, d = spec.hidden_size, spec.ffn_hidden_size, spec.head_dim
-    nq, ng = spec.num_attention_heads, spec.num_query_groups
-    w = {"model.embed_tokens.weight": normal(spec.vocab_size, h),
-         "model.norm.weight": torch.ones(h, dtype=dtype)}
-    if not spec.tie_embeddings:
-        w["lm_head.weight"] = normal(spec.vocab_size, h)
-    for layer in range(spec.num_layers):
-        p = f"model.layers.{layer}."
-        w[p + "input_layernorm.weight"] = torch.ones(h, dtype=dtype)
-        w[p + "post_attention_layernorm.weight"] = torch.ones(h, dtype=dtype)
-        w[p + "self_attn.q_proj.weight"] = normal(nq * d, h)
-        w[p + "self_attn.k_proj.weight"] = normal(ng * d, h)
-        w[p + "self_attn.v_proj.weight"] = normal(ng * d, h)
-        w[p + "self_attn.o_proj.weight"] = normal(h, nq * d, s=out_std)
-        if spec.qkv_bias:
-            for x, n in (("q", nq), ("k", ng), ("v", ng)):
-                w[p + f"self_attn.{x}_proj.bias"] = torch.zeros(n * d, dtype=dtype)
-        if spec.qk_layernorm:
-            w[p + "self_attn.q_norm.weight"] = torch.ones(d, dtype=dtype)
-            w[p + "self_attn.k_norm.weight"] = torch.ones(d, dtype=dtype)
-        w[p + "mlp.gate_proj.weight"] = normal(f, h)
-        w[p + "mlp.up_proj.weight"] = normal(f, h)
-        w[p + "mlp.down_proj.weight"] = normal(h, f, s=out_std)
+    groups = hf_entries(spec)
+    w = {}
+    # the global tensors first: the draws (and so the weights of a seed) stay as they were
+    for prefix, entry in sorted(groups, key=lambda group: bool(group[0])):
+        for name, shape in zip(entry.hf, entry_shapes(entry, spec)):
+            kind = init_kind(entry, name)
+            if kind == "norm":
+                value = torch.ones(shape, dtype=dtype)
+            elif kind == "bias":
+                value = torch.zeros(shape, dtype=dtype)
+            else:
+                s = out_std if kind == "out_proj" else std
+                value = (torch.randn(*shape, generator=g) * s).to(dtype)
+            w[prefix + name] = value
     return w

@@ -1,9 +1,12 @@
-"""Key maps, one table per architecture: Hugging Face tensor <-> megatron tensor, and the sharding.
+"""The Hugging Face <-> megatron map: one table says, per tensor, everything a conversion needs.
 
-Three names per tensor: the HF name(s), megatron's local-spec parameter name (what a CPU-built
-GPTModel chunk has), and the dist-checkpoint key (transformer-engine names, layers stacked on a
-leading axis: megatron's local spec maps its norms onto the TE names when it saves). L is the
-global layer; megatron parameter names use the chunk-local layer index.
+Every entry names the HF tensor(s), megatron's local-spec parameter name (what a CPU-built
+GPTModel chunk has), the dist-checkpoint key (transformer-engine names, layers stacked on a
+leading axis: megatron's local spec maps its norms onto the TE names when it saves), the HF
+shapes, and the kind of split/merge. Import (hf_to_megatron.py: rank_shard), export
+(megatron_to_hf.py: split_global, hf_source, dist_shapes), in-memory loading (layout.py),
+random initialisation (init_weights.py), the HF directory checks (hf_reader.py) and the tests
+all read this table; adding a tensor or an architecture is one entry here.
 
 Per layer (HF under model.layers.L., megatron under decoder.layers.l., dist keys under
 decoder.layers. with a leading layer axis); "=" means the dist key is the local name:
@@ -12,8 +15,8 @@ decoder.layers. with a leading layer axis); "=" means the dist key is the local 
   input_layernorm.weight           input_layernorm.weight /                        replicated
                                      self_attention.linear_qkv.layer_norm_weight
   self_attn.{q,k,v}_proj.weight    self_attention.linear_qkv.weight =              qkv
-  self_attn.{q,k,v}_proj.bias      self_attention.linear_qkv.bias = (qwen2)        qkv
-  self_attn.{q,k}_norm.weight      self_attention.{q,k}_layernorm.weight = (qwen3)  replicated
+  self_attn.{q,k,v}_proj.bias      self_attention.linear_qkv.bias = (qkv_bias)     qkv
+  self_attn.{q,k}_norm.weight      self_attention.{q,k}_layernorm.weight = (qk_layernorm)
   self_attn.o_proj.weight          self_attention.linear_proj.weight =             row
   post_attention_layernorm.weight  pre_mlp_layernorm.weight /                      replicated
                                      mlp.linear_fc1.layer_norm_weight
@@ -24,11 +27,13 @@ Global:
   model.norm.weight                decoder.final_layernorm.weight =                replicated
   lm_head.weight (untied only)     output_layer.weight =                           vocab
 
+L is the global layer; megatron parameter names use the chunk-local layer index l.
+
 Kinds, and the TP rank r's shard of a full tensor (tp ranks):
   replicated  the whole tensor
   row         columns [r*n/tp, (r+1)*n/tp) (row-parallel linear: input dim split)
-  qkv         the query groups [r*G/tp, (r+1)*G/tp), each [its q heads; k; v] (convert.layout
-              merge_qkv); in the dist checkpoint the global tensor is the TP=1 merge
+  qkv         the query groups [r*G/tp, (r+1)*G/tp), each [its q heads; k; v] (merge_qkv);
+              in the dist checkpoint the global tensor is the TP=1 merge
   fc1         [gate rows of r; up rows of r]; the global dist tensor is [gate; up]
   vocab       rows [r*Vp/tp, (r+1)*Vp/tp) of the tensor padded with zero rows to Vp; the dist
               tensor has the writer's Vp rows, the first V of which are the vocabulary
@@ -41,7 +46,7 @@ from typing import Callable, Optional
 
 import torch
 
-from rlad_megatron.convert.layout import merge_qkv, split_qkv
+from rlad_megatron.models.spec import ARCHITECTURES
 
 REPLICATED, ROW, QKV, FC1, VOCAB = "replicated", "row", "qkv", "fc1", "vocab"
 
@@ -56,97 +61,129 @@ class Entry:
     """dist-checkpoint key (suffix after "decoder.layers." for layer entries); also the
     transformer-engine parameter name."""
     kind: str
+    shapes: tuple[tuple[str, ...], ...]
+    """Shape of each HF tensor, in the dimensions of `dims` (h, f, d, q, kv, V)."""
+    when: Optional[str] = None
+    """The ModelSpec flag that adds this entry (qkv_bias, qk_layernorm); None: always."""
 
 
-LLAMA_LAYER = (
-    Entry(("input_layernorm.weight",), "input_layernorm.weight",
-          "self_attention.linear_qkv.layer_norm_weight", REPLICATED),
-    Entry(("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
-          "self_attention.linear_qkv.weight", "self_attention.linear_qkv.weight", QKV),
-    Entry(("self_attn.o_proj.weight",), "self_attention.linear_proj.weight",
-          "self_attention.linear_proj.weight", ROW),
-    Entry(("post_attention_layernorm.weight",), "pre_mlp_layernorm.weight",
-          "mlp.linear_fc1.layer_norm_weight", REPLICATED),
-    Entry(("mlp.gate_proj.weight", "mlp.up_proj.weight"), "mlp.linear_fc1.weight",
-          "mlp.linear_fc1.weight", FC1),
-    Entry(("mlp.down_proj.weight",), "mlp.linear_fc2.weight", "mlp.linear_fc2.weight", ROW),
-)
-QKV_BIAS = (
-    Entry(("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"),
-          "self_attention.linear_qkv.bias", "self_attention.linear_qkv.bias", QKV),
-)
-QK_NORM = (
-    Entry(("self_attn.q_norm.weight",), "self_attention.q_layernorm.weight",
-          "self_attention.q_layernorm.weight", REPLICATED),
-    Entry(("self_attn.k_norm.weight",), "self_attention.k_layernorm.weight",
-          "self_attention.k_layernorm.weight", REPLICATED),
-)
-LAYER_MAPS = {"llama": LLAMA_LAYER, "qwen2": LLAMA_LAYER + QKV_BIAS, "qwen3": LLAMA_LAYER + QK_NORM}
+def _entry(hf, local, kind, shapes, dist=None, when=None) -> Entry:
+    hf = (hf,) if isinstance(hf, str) else tuple(hf)
+    return Entry(hf, local, dist or local, kind, shapes, when)
 
-EMBEDDING = Entry(("model.embed_tokens.weight",), "embedding.word_embeddings.weight",
-                  "embedding.word_embeddings.weight", VOCAB)
-FINAL_NORM = Entry(("model.norm.weight",), "decoder.final_layernorm.weight",
-                   "decoder.final_layernorm.weight", REPLICATED)
-OUTPUT = Entry(("lm_head.weight",), "output_layer.weight", "output_layer.weight", VOCAB)
-TIED_OUTPUT = Entry(("model.embed_tokens.weight",), "output_layer.weight",
-                    "embedding.word_embeddings.weight", VOCAB)
+
+def _qkv(kind: str) -> tuple[str, ...]:
+    return tuple(f"self_attn.{x}_proj.{kind}" for x in "qkv")
+
+
+LAYER = (  # in the order HF lists one layer's tensors
+    _entry("input_layernorm.weight", "input_layernorm.weight", REPLICATED, (("h",),),
+           dist="self_attention.linear_qkv.layer_norm_weight"),
+    _entry(_qkv("weight"), "self_attention.linear_qkv.weight", QKV,
+           (("q", "h"), ("kv", "h"), ("kv", "h"))),
+    _entry(_qkv("bias"), "self_attention.linear_qkv.bias", QKV, (("q",), ("kv",), ("kv",)),
+           when="qkv_bias"),
+    _entry("self_attn.q_norm.weight", "self_attention.q_layernorm.weight", REPLICATED,
+           (("d",),), when="qk_layernorm"),
+    _entry("self_attn.k_norm.weight", "self_attention.k_layernorm.weight", REPLICATED,
+           (("d",),), when="qk_layernorm"),
+    _entry("self_attn.o_proj.weight", "self_attention.linear_proj.weight", ROW, (("h", "q"),)),
+    _entry("post_attention_layernorm.weight", "pre_mlp_layernorm.weight", REPLICATED,
+           (("h",),), dist="mlp.linear_fc1.layer_norm_weight"),
+    _entry(("mlp.gate_proj.weight", "mlp.up_proj.weight"), "mlp.linear_fc1.weight", FC1,
+           (("f", "h"), ("f", "h"))),
+    _entry("mlp.down_proj.weight", "mlp.linear_fc2.weight", ROW, (("h", "f"),)),
+)
+EMBEDDING = _entry("model.embed_tokens.weight", "embedding.word_embeddings.weight", VOCAB,
+                   (("V", "h"),))
+FINAL_NORM = _entry("model.norm.weight", "decoder.final_layernorm.weight", REPLICATED,
+                    (("h",),))
+OUTPUT = _entry("lm_head.weight", "output_layer.weight", VOCAB, (("V", "h"),))
+TIED_OUTPUT = _entry("model.embed_tokens.weight", "output_layer.weight", VOCAB, (("V", "h"),),
+                     dist="embedding.word_embeddings.weight")
 """With tied embeddings a last pipeline stage holds a copy of the embedding as output_layer."""
 
 IGNORED_HF = ("rotary_emb.inv_freq",)
 """HF tensors that megatron recomputes (old checkpoints store them)."""
 
 
+def dims(spec) -> dict[str, int]:
+    """The sizes the entries' shapes are written in."""
+    d = spec.head_dim
+    return {"h": spec.hidden_size, "f": spec.ffn_hidden_size, "d": d, "V": spec.vocab_size,
+            "q": spec.num_attention_heads * d, "kv": spec.num_query_groups * d}
+
+
 def layer_map(spec) -> tuple[Entry, ...]:
-    if spec.arch not in LAYER_MAPS:
-        raise ValueError(f"no key map for arch {spec.arch!r}; known: {', '.join(LAYER_MAPS)}")
-    return LAYER_MAPS[spec.arch]
+    """The entries of one layer of `spec`, in HF order."""
+    if spec.arch not in ARCHITECTURES:
+        raise ValueError(f"no key map for arch {spec.arch!r}; known: {', '.join(ARCHITECTURES)}")
+    return tuple(e for e in LAYER if e.when is None or getattr(spec, e.when))
 
 
 def global_entries(spec) -> tuple[Entry, ...]:
     return (EMBEDDING, FINAL_NORM) + (() if spec.tie_embeddings else (OUTPUT,))
 
 
+def entry_shapes(entry: Entry, spec) -> list[tuple[int, ...]]:
+    """The shape of each HF tensor of `entry` for `spec`."""
+    size = dims(spec)
+    return [tuple(size[x] for x in shape) for shape in entry.shapes]
+
+
+def hf_entries(spec) -> list[tuple[str, Entry]]:
+    """(HF name prefix, entry) of every tensor group of `spec`, in HF's order."""
+    first, *rest = [("", e) for e in global_entries(spec)]
+    return [first] + [(f"model.layers.{layer}.", e) for layer in range(spec.num_layers)
+                      for e in layer_map(spec)] + rest
+
+
 def hf_shapes(spec) -> dict[str, tuple[int, ...]]:
     """The HF state dict of `spec`: name -> shape, in HF's order."""
-    per_layer = layer_shapes(spec)
-    wanted = [name for e in layer_map(spec) for name in e.hf]
-    out = {"model.embed_tokens.weight": (spec.vocab_size, spec.hidden_size)}
-    for layer in range(spec.num_layers):
-        for name in sorted(wanted, key=list(per_layer).index):
-            out[f"model.layers.{layer}.{name}"] = per_layer[name]
-    out["model.norm.weight"] = (spec.hidden_size,)
-    if not spec.tie_embeddings:
-        out["lm_head.weight"] = (spec.vocab_size, spec.hidden_size)
-    return out
+    return {prefix + n: shape for prefix, e in hf_entries(spec)
+            for n, shape in zip(e.hf, entry_shapes(e, spec))}
 
 
-def layer_shapes(spec) -> dict[str, tuple[int, ...]]:
-    """Shapes of the HF tensors of one layer (every architecture's), by suffix, in HF's order."""
-    h, f, d = spec.hidden_size, spec.ffn_hidden_size, spec.head_dim
-    nq, ng = spec.num_attention_heads, spec.num_query_groups
-    return {
-        "input_layernorm.weight": (h,), "self_attn.q_proj.weight": (nq * d, h),
-        "self_attn.k_proj.weight": (ng * d, h), "self_attn.v_proj.weight": (ng * d, h),
-        "self_attn.q_proj.bias": (nq * d,), "self_attn.k_proj.bias": (ng * d,),
-        "self_attn.v_proj.bias": (ng * d,), "self_attn.q_norm.weight": (d,),
-        "self_attn.k_norm.weight": (d,), "self_attn.o_proj.weight": (h, nq * d),
-        "post_attention_layernorm.weight": (h,), "mlp.gate_proj.weight": (f, h),
-        "mlp.up_proj.weight": (f, h), "mlp.down_proj.weight": (h, f)}
+def init_kind(entry: Entry, hf_name: str) -> str:
+    """What a freshly initialised tensor is: norm (ones), bias (zeros), embedding, out_proj
+    (a row-parallel output projection, scaled down with depth) or weight."""
+    if entry.kind == REPLICATED:
+        return "norm"
+    if hf_name.endswith(".bias"):
+        return "bias"
+    return {VOCAB: "embedding", ROW: "out_proj"}.get(entry.kind, "weight")
 
 
 def dist_shapes(spec, padded_vocab: int) -> dict[str, tuple[int, ...]]:
     """Global dist-checkpoint key -> shape (vocabulary rows: `padded_vocab`)."""
-    hf = hf_shapes(spec)
     out = {}
     for e in global_entries(spec):
-        rows = padded_vocab if e.kind == VOCAB else None
-        shape = hf[e.hf[0]]
-        out[e.dist] = (rows, *shape[1:]) if rows else shape
+        shape = entry_shapes(e, spec)[0]
+        out[e.dist] = (padded_vocab, *shape[1:]) if e.kind == VOCAB else shape
     for e in layer_map(spec):
-        parts = [hf[f"model.layers.0.{n}"] for n in e.hf]
+        parts = entry_shapes(e, spec)
         shape = (sum(p[0] for p in parts), *parts[0][1:])
         out[f"decoder.layers.{e.dist}"] = (spec.num_layers, *shape)
     return out
+
+
+# --- the fusions ------------------------------------------------------------------------------
+
+def merge_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              num_query_groups: int) -> torch.Tensor:
+    """[nq*d, ...], [ng*d, ...], [ng*d, ...] -> megatron's grouped [ng*(nq/ng + 2)*d, ...]: per
+    query group g, [q heads of g; k_g; v_g], so a TP shard is a contiguous run of whole groups."""
+    qs, ks, vs = q.chunk(num_query_groups), k.chunk(num_query_groups), v.chunk(num_query_groups)
+    return torch.cat([torch.cat(group) for group in zip(qs, ks, vs)])
+
+
+def split_qkv(qkv: torch.Tensor, num_query_groups: int, heads_per_group: int,
+              head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inverse of merge_qkv."""
+    groups = qkv.reshape(num_query_groups, (heads_per_group + 2) * head_dim, *qkv.shape[1:])
+    q, k, v = groups.split([heads_per_group * head_dim, head_dim, head_dim], dim=1)
+    return (q.reshape(-1, *qkv.shape[1:]), k.reshape(-1, *qkv.shape[1:]),
+            v.reshape(-1, *qkv.shape[1:]))
 
 
 # --- import: megatron parameter -> this TP rank's shard, read window by window ----------------
@@ -182,7 +219,7 @@ def rank_shard(entry: Entry, prefix: str, read: Reader, spec, *, tp: int, tp_ran
     if entry.kind == REPLICATED:
         return read(names[0], None, None)
     if entry.kind == ROW:
-        in_dim = layer_shapes(spec)[entry.hf[0]][1]
+        in_dim = entry_shapes(entry, spec)[0][1]
         return read(names[0], None, _span(in_dim, tp, tp_rank))
     if entry.kind == FC1:
         rows = _span(spec.ffn_hidden_size, tp, tp_rank)

@@ -13,9 +13,10 @@ import torch
 from hf_models import CASES, tiny_config
 from rlad_megatron.convert.commands import parse_size
 from rlad_megatron.convert.hf_config import hf_config_from_spec, spec_from_hf_config
-from rlad_megatron.convert.keymaps import (find_param_entry, global_entries, hf_shapes,
-                                           layer_map, rank_shard, split_global)
-from rlad_megatron.convert.layout import merge_qkv, shard_for_param
+from rlad_megatron.convert.keymaps import (FC1, QKV, ROW, VOCAB, find_param_entry,
+                                           global_entries, hf_shapes, layer_map, merge_qkv,
+                                           split_global)
+from rlad_megatron.convert.layout import param_shard
 from rlad_megatron.models.config import padded_vocab_size
 from rlad_megatron.models.spec import PRESETS, RopeScaling
 
@@ -83,9 +84,9 @@ def test_unsupported_configs_are_refused_naming_file_and_key(change, message):
         spec_from_hf_config(cfg, source="src/config.json")
 
 
-def _fake_chunk(num_layers):
+def _fake_chunk(num_layers, first=0):
     return SimpleNamespace(decoder=SimpleNamespace(
-        layers=[SimpleNamespace(layer_number=i + 1) for i in range(num_layers)]))
+        layers=[SimpleNamespace(layer_number=first + i + 1) for i in range(num_layers)]))
 
 
 def _random_hf(spec, seed=0):
@@ -93,11 +94,26 @@ def _random_hf(spec, seed=0):
     return {n: torch.randn(s, generator=g) for n, s in hf_shapes(spec).items()}
 
 
+def _sliced_shard(entry, full, spec, tp, rank, padded):
+    """The test oracle: this rank's shard cut from the full fused (TP=1) tensor by plain
+    slicing, as megatron's column/row-parallel split of a TP=1 model would."""
+    if entry.kind == QKV:
+        return merge_qkv(*full, spec.num_query_groups).chunk(tp)[rank]
+    if entry.kind == FC1:
+        return torch.cat([full[0].chunk(tp)[rank], full[1].chunk(tp)[rank]])
+    if entry.kind == ROW:
+        return full[0].chunk(tp, dim=1)[rank]
+    if entry.kind == VOCAB:
+        pad = full[0].new_zeros(padded - full[0].shape[0], *full[0].shape[1:])
+        return torch.cat([full[0], pad]).chunk(tp)[rank]
+    return full[0]
+
+
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("tp", [1, 2])
-def test_rank_windows_equal_the_layout_shards(case, tp):
-    """keymaps.rank_shard reads windows; convert.layout slices full tensors: same shards."""
-    spec = spec_from_hf_config(_case_config(case))
+def test_rank_windows_equal_the_sliced_shards(case, tp):
+    """keymaps.rank_shard reads windows; slicing the full fused tensors gives the same shards."""
+    spec = spec_from_hf_config(_case_config(case, layers=3))
     weights = _random_hf(spec)
 
     def read(name, rows, cols):
@@ -105,18 +121,19 @@ def test_rank_windows_equal_the_layout_shards(case, tp):
         return t[rows or slice(None)] if cols is None else t[rows or slice(None), cols]
 
     padded = padded_vocab_size(spec.vocab_size, spec.make_vocab_size_divisible_by, tp)
-    chunk = _fake_chunk(spec.num_layers)
+    chunk = _fake_chunk(spec.num_layers - 1, first=1)  # a second PP stage: global l + 1
     names = [e.local for e in global_entries(spec)] + (
         ["output_layer.weight"] if spec.tie_embeddings else [])
-    names += [f"decoder.layers.{i}.{e.local}" for i in range(spec.num_layers)
+    names += [f"decoder.layers.{i}.{e.local}" for i in range(spec.num_layers - 1)
               for e in layer_map(spec)]
     for rank in range(tp):
         for name in names:
+            got, hf_names = param_shard(chunk, name, read, spec=spec, tp=tp, tp_rank=rank,
+                                        padded_vocab=padded)
             entry, local = find_param_entry(spec, name)
-            prefix = "" if local is None else f"model.layers.{local}."
-            got = rank_shard(entry, prefix, read, spec, tp=tp, tp_rank=rank, padded_vocab=padded)
-            want = shard_for_param(name, chunk, weights.__getitem__, spec=spec, tp=tp,
-                                   tp_rank=rank, padded_vocab=padded)
+            layer = "" if local is None else f"model.layers.{local + 1}."
+            assert hf_names == [layer + n for n in entry.hf]
+            want = _sliced_shard(entry, [weights[n] for n in hf_names], spec, tp, rank, padded)
             assert torch.equal(got, want), f"{case} tp={tp} rank={rank} {name}"
 
 

@@ -5,7 +5,8 @@ A failure in the layout tests means checkpoints would load with scrambled heads 
 import pytest
 import torch
 
-from rlad_megatron.convert.layout import fc1_shard, merge_qkv, split_qkv
+from rlad_megatron.convert.keymaps import find_param_entry, merge_qkv, rank_shard, split_qkv
+from rlad_megatron.convert.layout import full_reader
 from rlad_megatron.models.config import padded_vocab_size
 from rlad_megatron.models.spec import PRESETS, ModelSpec, get_preset
 
@@ -56,5 +57,10 @@ def test_qkv_merge_groups_heads_and_split_inverts_it():
 
 
 def test_fc1_shard_holds_this_ranks_gate_then_up_rows():
-    gate, up = torch.arange(8.0)[:, None], 100 + torch.arange(8.0)[:, None]
-    assert fc1_shard(gate, up, 2, 1)[:, 0].tolist() == [4, 5, 6, 7, 104, 105, 106, 107]
+    spec = get_preset("tiny-llama", ffn_hidden_size=8)
+    w = {"mlp.gate_proj.weight": torch.arange(8.0)[:, None],
+         "mlp.up_proj.weight": 100 + torch.arange(8.0)[:, None]}
+    entry, _ = find_param_entry(spec, "decoder.layers.0.mlp.linear_fc1.weight")
+    shard = rank_shard(entry, "", full_reader(w.__getitem__), spec, tp=2, tp_rank=1,
+                       padded_vocab=256)
+    assert shard[:, 0].tolist() == [4, 5, 6, 7, 104, 105, 106, 107]
