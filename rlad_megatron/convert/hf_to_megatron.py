@@ -32,21 +32,16 @@ from rlad_megatron.convert.hf_reader import HFCheckpoint
 from rlad_megatron.convert.layout import load_shards
 from rlad_megatron.models import checkpoint
 from rlad_megatron.models.config import DTYPES
+from rlad_megatron.models.layout_check import CLI_NAMES, model_layout_problems
 
 TOKENIZER_DIR = "tokenizer"
 
 
 def check_parallel(spec, tp: int, pp: int, source: str) -> None:
     """ValueError naming the config file when TP/PP cannot split the model."""
-    heads, groups = spec.num_attention_heads, spec.num_query_groups
-    for key, value in (("num_attention_heads", heads), ("num_key_value_heads", groups)):
-        if value % tp:
-            ok = [t for t in range(1, groups + 1) if heads % t == 0 and groups % t == 0]
-            raise ValueError(f"{source}: --tp {tp} does not divide {key}={value} "
-                             f"(possible TP: {', '.join(map(str, ok))})")
-    if spec.num_layers % pp:
-        raise ValueError(f"{source}: --pp {pp} does not divide num_hidden_layers="
-                         f"{spec.num_layers}")
+    problems = model_layout_problems(spec, tp=tp, pp=pp, role="", names=CLI_NAMES)
+    if problems:
+        raise ValueError(f"{source}: {problems[0]}")
 
 
 def fill_chunks(chunks, hf: HFCheckpoint, *, tp: int, tp_rank: int, padded_vocab: int) -> None:

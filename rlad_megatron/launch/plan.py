@@ -7,7 +7,8 @@
 A model is a preset name (models/spec.py), a Hugging Face directory or its config.json, or a
 Megatron checkpoint written by `rlad convert import` / `rlad train` (its rlad_model.json).
 
-Valid layouts (student and teacher share one, runtime/parallel.py):
+Valid layouts (student and teacher share one, runtime/parallel.py; the model rules are
+models/layout_check.py's, which the trainer and the converter run too):
   TP divides the GPUs per node (a TP group stays inside a node) and both models' attention
      heads, query groups and ffn_hidden_size;
   PP (times the virtual pipeline size) divides both models' layer counts;
@@ -35,6 +36,8 @@ from typing import Optional
 from rlad_megatron.launch.memory import (GIB, MemoryEstimate, Workload, estimate,
                                          teacher_host_bytes)
 from rlad_megatron.launch.step_time import Hardware, StepTime, estimate_step
+from rlad_megatron.models.layout_check import (data_parallel_problem, model_layout_problems,
+                                               possible_tp)
 from rlad_megatron.models.spec import PRESETS, ModelSpec, get_preset
 
 LABELS = {"teacher_weights": "teacher weights", "student_weights": "student weights",
@@ -232,22 +235,15 @@ def layout_problems(req: PlanRequest, tp: int, pp: int) -> list[str]:
         problems.append(f"parallel.tensor: {tp} does not divide the GPUs per node "
                         f"{req.gpus_per_node} (a TP group must stay inside one node)")
     for role, spec in (("teacher", req.teacher), ("student", req.student)):
-        for key in ("num_attention_heads", "num_query_groups", "ffn_hidden_size"):
-            if getattr(spec, key) % tp:
-                problems.append(f"parallel.tensor: {tp} does not divide "
-                                f"{role}.{key}: {getattr(spec, key)}")
-        stages, what = pp * (req.vpp or 1), ("pipeline * virtual_pipeline" if req.vpp
-                                             else "pipeline")
-        if spec.num_layers % stages:
-            problems.append(f"parallel.{what}: {stages} does not divide "
-                            f"{role}.num_layers: {spec.num_layers}")
+        problems += model_layout_problems(spec, tp=tp, pp=pp, vpp=req.vpp, role=role)
     if req.world % (tp * pp):
         problems.append(f"parallel.tensor * parallel.pipeline = {tp * pp} does not divide the "
                         f"world size {req.nodes} nodes * {req.gpus_per_node} GPUs = {req.world}")
-    elif req.workload.prompts_per_step % (req.world // (tp * pp)):
-        problems.append(f"the data-parallel size {req.world // (tp * pp)} does not divide "
-                        f"rollout.prompts_per_step: {req.workload.prompts_per_step}")
-    return problems
+    else:
+        problems.append(data_parallel_problem(
+            "rollout.prompts_per_step", req.workload.prompts_per_step, req.world // (tp * pp),
+            " (a prompt's group of samples stays on one rank)"))
+    return [p for p in problems if p]
 
 
 def _divisors(n: int) -> list[int]:
@@ -340,8 +336,7 @@ def _alternative(layouts: list[LayoutPlan]) -> str:
 
 def _no_layout(req: PlanRequest) -> str:
     tps = [tp for tp in _divisors(req.gpus_per_node)
-           if not any(getattr(s, k) % tp for s in (req.teacher, req.student)
-                      for k in ("num_attention_heads", "num_query_groups", "ffn_hidden_size"))]
+           if all(tp in possible_tp(s) for s in (req.teacher, req.student))]
     pps = _divisors(math.gcd(req.teacher.num_layers, req.student.num_layers) // (req.vpp or 1))
     return (f"no valid layout on {req.nodes} x {req.gpus_per_node} GPUs: TP in {tps} (divides "
             f"{req.gpus_per_node} GPUs per node and both models' heads, query groups and ffn "

@@ -1,7 +1,6 @@
-"""ModelSpec + Parallel -> megatron TransformerConfig and layer spec; layout checks at build time.
+"""ModelSpec + Parallel -> megatron TransformerConfig and layer spec (the layout check that
+models/build.py runs first is models/layout_check.py).
 
-Every check names both values, e.g. "parallel.tensor: 3 does not divide
-teacher.num_query_groups: 8".
 The vocabulary is padded to a multiple of make_vocab_size_divisible_by * TP (Megatron-LM's rule);
 padded rows exist in the logits and are excluded by ops/ through the true vocab size.
 
@@ -29,20 +28,6 @@ def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
     """Smallest multiple of divisible_by * tp that holds vocab_size."""
     multiple = divisible_by * tp
     return -(-vocab_size // multiple) * multiple
-
-
-def check_layout(spec: ModelSpec, par: Parallel, role: str) -> None:
-    """Raise ValueError naming both values when the layout cannot hold the model."""
-    spec.validate(prefix=role)
-    checks = [
-        (spec.num_attention_heads, par.tp, "num_attention_heads", "tensor"),
-        (spec.num_query_groups, par.tp, "num_query_groups", "tensor"),
-        (spec.num_layers, par.pp * (par.vpp or 1), "num_layers",
-         "pipeline * virtual_pipeline" if par.vpp else "pipeline"),
-    ]
-    for value, size, key, pkey in checks:
-        if value % size:
-            raise ValueError(f"parallel.{pkey}: {size} does not divide {role}.{key}: {value}")
 
 
 def check_same_vocab(student: ModelSpec, teacher: ModelSpec) -> None:

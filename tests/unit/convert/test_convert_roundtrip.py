@@ -198,8 +198,9 @@ def test_tp_that_does_not_divide_the_heads_is_refused_before_any_work(tmp_path):
     cfg = json.loads((src / "config.json").read_text())
     cfg.update(num_attention_heads=3, num_key_value_heads=3, head_dim=16)  # like SmolLM2's 9/3
     (src / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match=r"config.json: --tp 2 does not divide "
-                                         r"num_attention_heads=3 \(possible TP: 1, 3\)"):
+    # TP=3 would split the heads but not intermediate_size=128: TP=1 is the only choice
+    with pytest.raises(ValueError, match=r"config.json: --tp: 2 does not divide "
+                                         r"num_attention_heads: 3 \(possible TP: 1\)"):
         import_hf(src, tmp_path / "mg", tp=2)
     assert not (tmp_path / "mg").exists()
 
