@@ -14,6 +14,7 @@ Teacher: requires_grad off, eval mode, no DDP wrapper, no grad buffers, no optim
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -22,7 +23,7 @@ import torch
 from rlad_megatron.models.config import (check_same_vocab, layer_spec, padded_vocab_size,
                                          transformer_config)
 from rlad_megatron.models.layout_check import check_model_layout
-from rlad_megatron.models.spec import ModelSpec
+from rlad_megatron.models.spec import ModelSpec, RopeScaling
 from rlad_megatron.runtime import mcore_compat
 from rlad_megatron.runtime.cpu_shims import cuda_to_cpu
 from rlad_megatron.runtime.parallel import Parallel
@@ -120,11 +121,11 @@ def build_chunks(spec: ModelSpec, par: Parallel, *, dtype: str = "fp32", role: s
     config = transformer_config(spec, par, dtype=dtype, on_host=on_host)
     vocab = padded_vocab_size(spec.vocab_size, spec.make_vocab_size_divisible_by, par.tp)
     rope = spec.rope_scaling
-    if rope is not None and (rope.low_freq_factor, rope.high_freq_factor,
-                             rope.original_max_position_embeddings) != (1.0, 4.0, 8192):
+    if rope is not None and rope != RopeScaling(factor=rope.factor):
+        fixed = ", ".join(f"{f.name}={f.default:g}" for f in dataclasses.fields(RopeScaling)
+                          if f.name != "factor")
         raise ValueError(f"{role}.rope_scaling: megatron-core implements llama3 scaling with "
-                         "low_freq_factor=1, high_freq_factor=4, original_max_position_embeddings="
-                         f"8192 only; got {rope}")
+                         f"{fixed} only; got {rope}")
     chunks = []
     for pre, post, vp_stage in _stage_flags(par):
         # Tied embeddings with PP > 1 copy the embedding with .cuda() at construction (shim D).
