@@ -38,9 +38,10 @@ from rlad_megatron.models.spec import ModelSpec, RopeScaling
 
 HF_CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 TORCH_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-LLAMA3_FIXED = {"low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                "original_max_position_embeddings": 8192}
-"""megatron-core's llama3 RoPE scaling hard-codes these (only `factor` is configurable)."""
+LLAMA3_FIXED = {key: getattr(RopeScaling, key) for key in
+                ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
+"""megatron-core's llama3 RoPE scaling hard-codes these (only `factor` is configurable): the
+RopeScaling defaults (models/spec.py)."""
 
 
 def read_hf_config(hf_dir: str | Path) -> tuple[dict, Path]:
@@ -106,11 +107,8 @@ def _rope_scaling(cfg: dict, source: str) -> Optional[RopeScaling]:
     if kind != "llama3":
         raise ValueError(f"{source}: rope_scaling.rope_type={kind!r} is not supported "
                          "(only llama3 scaling, as in Llama 3.1+)")
-    scaling = RopeScaling(factor=float(rs["factor"]),
-                          low_freq_factor=float(rs.get("low_freq_factor", 1.0)),
-                          high_freq_factor=float(rs.get("high_freq_factor", 4.0)),
-                          original_max_position_embeddings=int(
-                              rs.get("original_max_position_embeddings", 8192)))
+    scaling = RopeScaling(factor=float(rs["factor"]), **{
+        key: type(default)(rs.get(key, default)) for key, default in LLAMA3_FIXED.items()})
     for key, value in LLAMA3_FIXED.items():
         if getattr(scaling, key) != value:
             raise ValueError(f"{source}: rope_scaling.{key}={getattr(scaling, key)} is not "

@@ -20,7 +20,8 @@ ARCHITECTURES = ("llama", "qwen2", "qwen3")
 
 @dataclass
 class RopeScaling:
-    """llama3-style RoPE frequency scaling (Llama 3.1 and later)."""
+    """llama3-style RoPE frequency scaling (Llama 3.1 and later). megatron-core's llama3 scaling
+    fixes every field but `factor` to these defaults (convert/hf_config.py refuses others)."""
 
     factor: float = 8.0
     low_freq_factor: float = 1.0
