@@ -8,10 +8,12 @@ models/config.py when the models are resolved; tokenizers are compared in train/
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 from rlad_megatron.data.difficulty import check_level_sizes, level_config
 from rlad_megatron.data.formats import COMPACT_TASKS
 from rlad_megatron.data.tasks import check_task_config
+from rlad_megatron.models.layout_check import data_parallel_problem
 from rlad_megatron.models.spec import PRESETS, ModelSpec
 from rlad_megatron.train.config import (REFERENCE_KL_ALGORITHMS, TRAJECTORY_ALGORITHMS,
                                         RunConfig)
@@ -22,6 +24,11 @@ def _positive(cfg, *keys: str, allow_zero: bool = False) -> None:
         value = get(cfg, key)
         if value < 0 or (value == 0 and not allow_zero):
             raise ValueError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+def _raise(problem: Optional[str]) -> None:
+    if problem:
+        raise ValueError(problem)
 
 
 def _model(cfg: RunConfig, role: str, check_files: bool = True) -> None:
@@ -78,15 +85,11 @@ def validate_run_config(cfg: RunConfig, world_size: int = 1, check_files: bool =
                          "are identical)")
     is_sft = not cfg.is_rl
     if is_sft:
-        if cfg.train.sft_batch_size % dp:
-            raise ValueError(f"train.sft_batch_size = {cfg.train.sft_batch_size} is not "
-                             f"divisible by the data-parallel size {dp}")
+        _raise(data_parallel_problem("train.sft_batch_size", cfg.train.sft_batch_size, dp))
         per_rank, what = cfg.train.sft_batch_size // dp, "train.sft_batch_size"
     else:
-        if cfg.rollout.prompts_per_step % dp:
-            raise ValueError(f"rollout.prompts_per_step = {cfg.rollout.prompts_per_step} is not "
-                             f"divisible by the data-parallel size {dp} (a prompt's group of "
-                             "samples stays on one rank)")
+        _raise(data_parallel_problem("rollout.prompts_per_step", cfg.rollout.prompts_per_step, dp,
+                                     " (a prompt's group of samples stays on one rank)"))
         per_rank = cfg.rollout.prompts_per_step // dp * (cfg.rollout.group_size +
                                                           cfg.rollout.teacher_samples)
         what = "rollout.prompts_per_step * (rollout.group_size + rollout.teacher_samples)"
