@@ -22,36 +22,36 @@ LOGPROB_ATOL = 1e-6
 # largest reference entry of each tensor.
 GRAD_REL_TO_MAX = 2e-5
 
-def _spec(name="tiny-llama", **kw):
+def tiny_spec(name="tiny-llama", **kw):
     # 4 layers so that PP=2 x VPP=2 has one layer per chunk
     return get_preset(name, num_layers=4, **kw)
 
 
-def _tokens(spec, b=4, s=12, seed=1):
+def random_tokens(spec, b=4, s=12, seed=1):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, spec.vocab_size, (b, s), generator=g)
 
 
-def _load(model, weights):
+def load_weights(model, weights):
     par = model.par
     load_hf_tensors(model.chunks, lambda n: weights[n].float(), spec=model.spec, tp=par.tp,
                     tp_rank=par.tp_rank, padded_vocab=model.padded_vocab_size)
 
 
-def _dp_slice(par, tokens):
+def dp_slice(par, tokens):
     n = tokens.shape[0] // par.dp
     return tokens[par.dp_rank * n:(par.dp_rank + 1) * n]
 
 
-def check_forward_logprobs(parallel, arch, vocab, temperature):
-    spec = _spec(arch, vocab_size=vocab)
+def check_forward_logprobs(parallel, *, arch: str, vocab_size: int, temperature: float):
+    spec = tiny_spec(arch, vocab_size=vocab_size)
     weights = random_hf_weights(spec, seed=3)
     teacher = build_teacher(spec, parallel)
-    _load(teacher, weights)
-    tokens = _tokens(spec)
+    load_weights(teacher, weights)
+    tokens = random_tokens(spec)
     ref_lp, _ = token_logprobs_and_entropy(spec, weights, tokens, temperature)
-    local = _dp_slice(parallel, tokens)
-    ref_local = _dp_slice(parallel, ref_lp)
+    local = dp_slice(parallel, tokens)
+    ref_local = dp_slice(parallel, ref_lp)
     for fused in (False, True):
         lp = forward_logprobs(teacher, local, micro_batch_size=1, temperature=temperature,
                               fused=fused)
@@ -71,19 +71,19 @@ def _reference_grads(spec, weights, tokens, coef_lp, coef_ent, temperature):
     return {k: v.grad for k, v in w.items()}
 
 
-def check_gradients(parallel, arch, vocab):
-    spec = _spec(arch, vocab_size=vocab)
+def check_gradients(parallel, *, arch: str, vocab_size: int):
+    spec = tiny_spec(arch, vocab_size=vocab_size)
     weights = random_hf_weights(spec, seed=5)
     student = build_student(spec, parallel, OptimizerSettings(lr=1e-3))
-    _load(student, weights)
+    load_weights(student, weights)
     temperature, mbs = 0.9, 1
-    tokens = _tokens(spec, b=4, s=10, seed=7)
+    tokens = random_tokens(spec, b=4, s=10, seed=7)
     g = torch.Generator().manual_seed(11)
     coef_lp = torch.randn(tokens.shape, generator=g, dtype=torch.float64)
     coef_ent = torch.randn(tokens.shape, generator=g, dtype=torch.float64)
     ref = _reference_grads(spec, weights, tokens, coef_lp, coef_ent, temperature)
-    local = _dp_slice(parallel, tokens)
-    c_lp, c_ent = _dp_slice(parallel, coef_lp).float(), _dp_slice(parallel, coef_ent).float()
+    local = dp_slice(parallel, tokens)
+    c_lp, c_ent = dp_slice(parallel, coef_lp).float(), dp_slice(parallel, coef_ent).float()
 
     def forward_step(chunk, mb: MicroBatch):
         out = chunk(input_ids=mb.tokens, position_ids=mb.position_ids,
@@ -92,9 +92,9 @@ def check_gradients(parallel, arch, vocab):
         def loss_func(logits):
             rows = slice(mb.index * mbs, (mb.index + 1) * mbs)
             lp = align_to_tokens(ops.token_logprobs(logits, mb.labels, parallel.tp_group,
-                                                    temperature=temperature, vocab_size=vocab))
+                                                    temperature=temperature, vocab_size=vocab_size))
             ent = align_to_tokens(ops.token_entropy(logits, parallel.tp_group,
-                                                    temperature=temperature, vocab_size=vocab))
+                                                    temperature=temperature, vocab_size=vocab_size))
             loss = (lp * c_lp[rows]).sum() + (ent * c_ent[rows]).sum()
             return loss, torch.tensor(mb.tokens.shape[0], dtype=torch.int), {}
 

@@ -17,18 +17,17 @@ import pytest
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "unit" / "convert"))
 
-from distributed_helpers import assert_all_ranks, assert_close_all_ranks  # noqa: E402
-from hf_models import (CASES, CONFIG_FIELDS, LOGPROB_ATOL, TEXTS,  # noqa: E402
+from distributed_helpers import assert_all_ranks, assert_close_all_ranks
+from hf_models import (CASES, CONFIG_FIELDS, LOGPROB_ATOL, TEXTS,
                        assert_same_tensors,
                        hf_logits_and_logprobs, load_hf, make_case, random_tokens)
-from rlad_megatron.convert.hf_to_megatron import import_hf  # noqa: E402
-from rlad_megatron.convert.megatron_to_hf import export_hf  # noqa: E402
-from rlad_megatron.convert.score import checkpoint_logprobs  # noqa: E402
-from rlad_megatron.models import checkpoint  # noqa: E402
-from rlad_megatron.models.build import OptimizerSettings, build_student, build_teacher  # noqa: E402
-from rlad_megatron.models.forward import forward_logprobs  # noqa: E402
+from rlad_megatron.convert.hf_to_megatron import import_hf
+from rlad_megatron.convert.megatron_to_hf import export_hf
+from rlad_megatron.convert.score import checkpoint_logprobs
+from rlad_megatron.models import checkpoint
+from rlad_megatron.models.build import OptimizerSettings, build_student, build_teacher
+from rlad_megatron.models.forward import forward_logprobs
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from distributed_helpers import assert_all_ranks
-from model_checks import check_forward_logprobs, check_gradients, _tokens
+from model_checks import check_forward_logprobs, check_gradients, random_tokens
 from rlad_megatron import ops
 from rlad_megatron.models.build import OptimizerSettings, build_student, build_teacher
 from rlad_megatron.models.forward import run_schedule, split_micro_batches
@@ -26,14 +26,14 @@ LAYOUT_IDS = ["dp2", "tp2", "pp2", "pp2-vpp2"]
     ("tiny-llama", 256, 1.0), ("tiny-qwen2", 250, 0.7), ("tiny-qwen3", 256, 1.3)],
     ids=["llama", "qwen2-padded-vocab-temp0.7", "qwen3-tied-temp1.3"])
 def test_forward_logprobs_match_float64_reference(parallel, arch, vocab, temperature):
-    check_forward_logprobs(parallel, arch, vocab, temperature)
+    check_forward_logprobs(parallel, arch=arch, vocab_size=vocab, temperature=temperature)
 
 
 @pytest.mark.parametrize("parallel", LAYOUTS, indirect=True, ids=LAYOUT_IDS)
 @pytest.mark.parametrize("arch,vocab", [("tiny-llama", 250), ("tiny-qwen3", 256)],
                          ids=["llama-padded-vocab", "qwen3-tied"])
 def test_logprob_and_entropy_gradients_match_float64_reference(parallel, arch, vocab):
-    check_gradients(parallel, arch, vocab)
+    check_gradients(parallel, arch=arch, vocab_size=vocab)
 
 
 @pytest.mark.parametrize("parallel", [(2, 1), (1, 2)], indirect=True, ids=["tp2", "pp2"])
@@ -50,7 +50,7 @@ def test_teacher_of_another_size_is_frozen_and_bit_identical_after_student_step(
     assert_all_ranks(not any(hasattr(c, "zero_grad_buffer") for c in teacher.chunks),
                      "teacher must not be DDP-wrapped")
 
-    tokens = _tokens(student_spec, b=2, s=8)
+    tokens = random_tokens(student_spec, b=2, s=8)
     for chunk in student.chunks:
         chunk.zero_grad_buffer()
     student.optimizer.zero_grad()

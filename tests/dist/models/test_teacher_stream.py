@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from distributed_helpers import assert_all_ranks
-from model_checks import _load, _tokens
+from model_checks import load_weights, random_tokens
 from rlad_megatron.convert.init_weights import random_hf_weights
 from rlad_megatron.models.build import build_teacher
 from rlad_megatron.models.forward import forward_logprobs
@@ -24,8 +24,8 @@ def _teachers(parallel, arch):
     spec = get_preset(arch, num_layers=4)
     weights = random_hf_weights(spec, seed=5)
     resident, streamed = build_teacher(spec, parallel), build_teacher(spec, parallel)
-    _load(resident, weights)
-    _load(streamed, weights)
+    load_weights(resident, weights)
+    load_weights(streamed, weights)
     return spec, resident, streamed
 
 
@@ -34,7 +34,7 @@ def _teachers(parallel, arch):
                          ids=["llama", "qwen3-tied-temp0.7"])
 def test_streamed_teacher_is_bit_identical_to_resident(parallel, arch, temperature):
     spec, resident, streamed = _teachers(parallel, arch)
-    tokens = _tokens(spec, b=4, s=12)
+    tokens = random_tokens(spec, b=4, s=12)
     expected = forward_logprobs(resident, tokens, micro_batch_size=2, temperature=temperature,
                                 fused=True)
     teacher = stream_teacher(streamed, window=2)
@@ -62,7 +62,7 @@ def test_layer_major_order_and_resident_bytes(parallel, window):
     layer_bytes = [s.nbytes for s in teacher.window.stores]
     assert_all_ranks(always > 0 and min(layer_bytes) > 0, "nothing resident / empty layers")
     n_micro = 3
-    streamed_logprobs(teacher, _tokens(spec, b=6, s=10), micro_batch_size=2)
+    streamed_logprobs(teacher, random_tokens(spec, b=6, s=10), micro_batch_size=2)
     expected_order = [i for i in range(len(layers)) for _ in range(n_micro)]
     assert_all_ranks(calls == expected_order, f"not layer-major: {calls}")
     assert_all_ranks(teacher.residency.loads == [1] * len(layers),

