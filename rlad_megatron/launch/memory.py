@@ -87,19 +87,39 @@ class Workload:
     """rollout.micro_batch_size: sequences generated together (the KV cache); 0 = all of a
     rank's."""
     student_dtype: str = "bf16"
+    """student.dtype (the GPU default here, not the run config's CPU-safe fp32)."""
     teacher_dtype: str = "bf16"
+    """teacher.dtype."""
     distributed_optimizer: bool = True
+    """optimizer.distributed (ZeRO-1 over DP)."""
     sequence_parallel: bool = False
+    """parallel.sequence_parallel."""
     flash_attention: bool = True
+    """Attention without stored [s, s] scores (transformer-engine on GPU)."""
     recompute: bool = False
     """Full activation recompute (the trainer does not offer it yet; reported for comparison)."""
     logprob_chunk_tokens: Optional[int] = None
     """Tokens per log-prob chunk; None: as many as fit LOGPROB_CHUNK_BYTES (the GPU default)."""
     reserve_gib: float = 4.0
+    """GiB kept free per GPU (CUDA context, allocator fragmentation, NCCL buffers)."""
     teacher_offload: str = "none"
     """teacher.offload: none | stream (decoder layers in host memory)."""
     stream_window: int = 2
     """teacher.stream_window: teacher layers resident at once when streamed."""
+
+    @classmethod
+    def from_run_config(cls, cfg, **explicit) -> "Workload":
+        """The workload of a run config (train/config.py RunConfig; its prompt length is not in
+        it), with `explicit` fields winning: the one place the planner reads a run config."""
+        r, t = cfg.rollout, cfg.train
+        return cls(**{**dict(
+            response_len=r.max_new_tokens, micro_batch_size=t.micro_batch_size,
+            mini_batches=t.mini_batches, max_tokens_per_micro_batch=t.max_tokens_per_micro_batch,
+            prompts_per_step=r.prompts_per_step, group_size=r.group_size,
+            rollout_micro_batch=r.micro_batch_size, student_dtype=cfg.student.dtype,
+            teacher_dtype=cfg.teacher.dtype, distributed_optimizer=cfg.optimizer.distributed,
+            sequence_parallel=cfg.parallel.sequence_parallel, teacher_offload=cfg.teacher.offload,
+            stream_window=cfg.teacher.stream_window), **explicit})
 
     @property
     def seq_len(self) -> int:

@@ -162,20 +162,6 @@ def _tokenizer_vocab(m, role: str) -> int:
     return load_tokenizer(m.tokenizer).vocab_size
 
 
-WORKLOAD_FROM_CONFIG = {
-    "response_len": "rollout.max_new_tokens", "micro_batch_size": "train.micro_batch_size",
-    "mini_batches": "train.mini_batches",
-    "max_tokens_per_micro_batch": "train.max_tokens_per_micro_batch",
-    "prompts_per_step": "rollout.prompts_per_step",
-    "group_size": "rollout.group_size", "rollout_micro_batch": "rollout.micro_batch_size",
-    "student_dtype": "student.dtype", "teacher_dtype": "teacher.dtype",
-    "distributed_optimizer": "optimizer.distributed",
-    "sequence_parallel": "parallel.sequence_parallel",
-    "teacher_offload": "teacher.offload", "stream_window": "teacher.stream_window",
-}
-"""Workload field <- run config key, for `rlad plan --config` (the prompt length is not in it)."""
-
-
 def build_request(*, nodes: int, gpus_per_node: int, gpu_memory_gib: float = 80.0,
                   config=None, overrides=(), teacher: Optional[str] = None,
                   student: Optional[str] = None, tp: Optional[int] = None,
@@ -202,19 +188,14 @@ def build_request(*, nodes: int, gpus_per_node: int, gpu_memory_gib: float = 80.
 
         is_path = config is None or isinstance(config, (str, Path))
         cfg = load_config(config, list(overrides)) if is_path else config
-        values = {}
-        for key, dotted in WORKLOAD_FROM_CONFIG.items():
-            value = cfg
-            for part in dotted.split("."):
-                value = getattr(value, part)
-            values[key] = value
-        workload = {**values, **workload}
+        built = Workload.from_run_config(cfg, **workload)
         t_spec = spec_from_model_config(cfg.teacher, "teacher") if teacher is None else None
         s_spec = spec_from_model_config(cfg.student, "student") if student is None else None
         tp = cfg.parallel.tensor if tp is None else tp
         pp = cfg.parallel.pipeline if pp is None else pp
         vpp = cfg.parallel.virtual_pipeline
     else:
+        built = Workload(**workload)
         t_spec = s_spec = None
         if teacher is None or student is None:
             raise ValueError("give --teacher and --student (preset, HF directory or Megatron "
@@ -222,7 +203,7 @@ def build_request(*, nodes: int, gpus_per_node: int, gpu_memory_gib: float = 80.
     t_spec = t_spec or load_model_spec(teacher, "teacher")
     s_spec = s_spec or load_model_spec(student, "student")
     return PlanRequest(teacher=t_spec, student=s_spec, nodes=nodes, gpus_per_node=gpus_per_node,
-                       gpu_memory_gib=gpu_memory_gib, workload=Workload(**workload), tp=tp,
+                       gpu_memory_gib=gpu_memory_gib, workload=built, tp=tp,
                        pp=pp, vpp=vpp, host_memory_gib=host_memory_gib,
                        min_headroom_gib=min_headroom_gib, hardware=hardware or Hardware())
 
