@@ -67,7 +67,7 @@ def _reward_panel(ax, records, keys: Sequence[str], smoothing: float) -> None:
     ax.set_ylabel("reward")
 
 
-def _accuracy_panel(ax, records, keys: Sequence[str], teacher_key: Optional[str]) -> None:
+def accuracy_panel(ax, records, keys: Sequence[str], teacher_key: Optional[str]) -> None:
     drawn = False
     for i, key in enumerate(keys):
         steps, values = series(records, key)
@@ -112,7 +112,7 @@ def plot_run(run_dir_or_jsonl: str | os.PathLike, out_png: Optional[str | os.Pat
     FigureCanvasAgg(fig)
     reward_ax, acc_ax = fig.subplots(1, 2)
     _reward_panel(reward_ax, records, reward_keys, smoothing)
-    _accuracy_panel(acc_ax, records, accuracy_keys, teacher_key)
+    accuracy_panel(acc_ax, records, accuracy_keys, teacher_key)
     for ax in (reward_ax, acc_ax):
         ax.grid(alpha=0.3)
     fig.suptitle(title or f"{jsonl.parent.resolve().name}: reward and held-out accuracy")

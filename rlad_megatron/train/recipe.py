@@ -118,7 +118,7 @@ def build_tokenizer(cfg: RunConfig, cache: Path) -> Path:
     return path
 
 
-def _finished(folder: Path, cfg: RunConfig) -> bool:
+def stage_finished(folder: Path, cfg: RunConfig) -> bool:
     """A finished stage made from the same config. The marker is read back through the schema
     (load_config), so a field added to RunConfig since, at its default, keeps the stage."""
     root = folder / "checkpoints"
@@ -136,7 +136,7 @@ def owned_or_absent(folder: Path) -> None:
 
 def run_stage(name: str, cfg: RunConfig, folder: Path) -> Optional[dict]:
     """Train a cached stage unless an identical finished one exists; returns its summary."""
-    if _finished(folder, cfg):
+    if stage_finished(folder, cfg):
         print0(f"recipe: {name}: reusing {folder}")
         return None
     if dist.get_rank() == 0 and folder.exists():

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from rlad_megatron.train.metrics import open_metrics
-from rlad_megatron.train.plots import _accuracy_panel, ema, plot_run, series
+from rlad_megatron.train.plots import accuracy_panel, ema, plot_run, series
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -57,7 +57,7 @@ def test_accuracy_panel_says_no_data_when_keys_are_absent():
     from matplotlib.figure import Figure
 
     ax = Figure().subplots()
-    _accuracy_panel(ax, [{"step": 0, "rollout/reward_mean": 1.0}], ("eval/accuracy",),
+    accuracy_panel(ax, [{"step": 0, "rollout/reward_mean": 1.0}], ("eval/accuracy",),
                     "eval_teacher/accuracy")
     assert any("no data" in t.get_text() for t in ax.texts)
     assert not ax.lines
