@@ -1,4 +1,8 @@
-"""Shared by the multi-rank test folders (tests/dist, tests/dist4): agreeing assertions."""
+"""Shared by the test folders: agreeing assertions for the multi-rank suites (tests/dist,
+tests/dist4), and a single-process group for in-process tests that build megatron models."""
+
+import contextlib
+import os
 
 import torch
 import torch.distributed as dist
@@ -21,3 +25,26 @@ def assert_close_all_ranks(actual: torch.Tensor, expected: torch.Tensor, *, rtol
     worst = diff.max().item() if diff.numel() else 0.0
     assert_all_ranks(ok, f"{what}: max |diff| {worst:.3e} (rtol {rtol}, atol {atol}), "
                          f"shapes {tuple(actual.shape)} vs {tuple(expected.shape)}")
+
+
+@contextlib.contextmanager
+def single_process_group():
+    """A world-size-1 gloo group for in-process imports, removed afterwards together with the
+    MASTER_ADDR/MASTER_PORT it put in os.environ (a later subprocess would inherit a busy port).
+    An already running group is left alone."""
+    from rlad_megatron.runtime import init_distributed
+
+    if dist.is_initialized():
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT")}
+    init_distributed(timeout_s=120)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -4,8 +4,6 @@ tests/unit/convert and tests/dist/convert (tests/ is on pytest's pythonpath)."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 
 import torch
@@ -126,25 +124,3 @@ CONFIG_FIELDS = ("architectures", "model_type", "vocab_size", "hidden_size", "in
                  "hidden_act", "initializer_range")
 
 
-@contextlib.contextmanager
-def single_process_group():
-    """A world-size-1 gloo group for in-process imports, removed afterwards together with the
-    MASTER_ADDR/MASTER_PORT it put in os.environ (a later subprocess would inherit a busy port).
-    An already running group is left alone."""
-    import torch.distributed as dist
-    from rlad_megatron.runtime import init_distributed
-
-    if dist.is_initialized():
-        yield
-        return
-    saved = {k: os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT")}
-    init_distributed(timeout_s=120)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value

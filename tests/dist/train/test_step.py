@@ -78,28 +78,36 @@ def _reference(spec, weights, batch, loss):
 
 
 def _reference_entropy(spec, weights, batch):
-    """Float64 mean over loss tokens of H(pi(. | tokens[:t])), the distribution that drew token t."""
+    """Float64 mean over loss tokens of H(pi(. | tokens[:t])), the distribution that drew
+    token t."""
     _, h = token_logprobs_and_entropy(spec, weights, batch.tokens)
     return float(h[batch.loss_mask].mean())
+
+
+def _case(parallel, loss, make_batch):
+    """(student, spec, weights, batch, float64 loss, float64 grads, this DP rank's rows)."""
+    spec = tiny_spec("tiny-llama", vocab_size=250)
+    weights = random_hf_weights(spec, seed=9)
+    student = build_student(spec, parallel, OptimizerSettings(lr=1e-3))
+    load_weights(student, weights)
+    batch = make_batch(spec, weights)
+    ref_value, ref_grads = _reference(spec, weights, batch, loss)
+    local = batch.select_rows(dp_slice(parallel, torch.arange(batch.batch_size)))
+    return student, spec, weights, batch, ref_value, ref_grads, local
 
 
 @pytest.mark.parametrize("parallel", LAYOUTS, indirect=True, ids=LAYOUT_IDS)
 @pytest.mark.parametrize("loss", LOSSES, ids=LOSS_IDS)
 def test_loss_and_gradients_in_megatron_path_match_one_float64_call(parallel, loss):
-    spec = tiny_spec("tiny-llama", vocab_size=250)
-    weights = random_hf_weights(spec, seed=9)
-    student = build_student(spec, parallel, OptimizerSettings(lr=1e-3))
-    load_weights(student, weights)
-    batch = _batch(spec, weights)
-    ref_value, ref_grads = _reference(spec, weights, batch, loss)
-    local = batch.select_rows(dp_slice(parallel, torch.arange(batch.batch_size)))
+    student, spec, weights, batch, ref_value, ref_grads, local = _case(parallel, loss, _batch)
     metrics = forward_backward(student, local, loss, micro_batch_size=1)
     got = metrics[f"loss/{loss.name}"]
     assert_all_ranks(abs(got - ref_value) <= LOSS_ATOL + LOSS_RTOL * abs(ref_value),
                      f"{loss.name} loss {got} vs float64 {ref_value} at {parallel.describe()}")
     assert_student_grads_match(student, ref_grads, parallel, f"{loss.name} gradients")
     assert_all_ranks(metrics["count/seqs"] == batch.batch_size,
-                     f"metrics count {metrics['count/seqs']} sequences, batch has {batch.batch_size}")
+                     f"metrics count {metrics['count/seqs']} sequences, batch has "
+                     f"{batch.batch_size}")
     entropy = _reference_entropy(spec, weights, batch)
     assert_all_ranks(abs(metrics["policy/entropy_mean"] - entropy) < 1e-5,
                      f"policy/entropy_mean {metrics['policy/entropy_mean']} vs float64 {entropy}")
@@ -112,7 +120,8 @@ def test_micro_batch_must_divide_the_rank_batch(parallel):
     spec = tiny_spec("tiny-llama")
     student = build_student(spec, parallel, OptimizerSettings())
     batch = _batch(spec, random_hf_weights(spec), b=3)
-    with pytest.raises(ValueError, match="micro_batch_size: 2 does not divide the per-rank batch of 3"):
+    with pytest.raises(ValueError,
+                       match="micro_batch_size: 2 does not divide the per-rank batch of 3"):
         forward_backward(student, batch, LossSpec("grpo"), micro_batch_size=2)
 
 
@@ -147,13 +156,7 @@ def test_token_budget_micro_batches_give_the_float64_loss_and_gradients(parallel
     from rlad_megatron.data.micro_batches import row_lengths
     from rlad_megatron.train.step import micro_batch_plan
 
-    spec = tiny_spec("tiny-llama", vocab_size=250)
-    weights = random_hf_weights(spec, seed=9)
-    student = build_student(spec, parallel, OptimizerSettings(lr=1e-3))
-    load_weights(student, weights)
-    batch = _varied_batch(spec, weights)
-    ref_value, ref_grads = _reference(spec, weights, batch, loss)
-    local = batch.select_rows(dp_slice(parallel, torch.arange(batch.batch_size)))
+    student, _, _, _, ref_value, ref_grads, local = _case(parallel, loss, _varied_batch)
     lengths = row_lengths(local.prompt_lengths, local.response_lengths)
     plan = micro_batch_plan(parallel, lengths, local.seq_len, micro_batch_size=1, max_tokens=24)
     counts = [None] * dist.get_world_size()
@@ -161,7 +164,8 @@ def test_token_budget_micro_batches_give_the_float64_loss_and_gradients(parallel
     assert_all_ranks(len(set(counts)) == 1, f"micro-batch counts differ between ranks: {counts}")
     assert_all_ranks(plan.processed_tokens() < local.batch_size * local.seq_len and
                      all(w <= local.seq_len for w in plan.widths),
-                     f"token budget processed {plan.processed_tokens()} tokens, widths {plan.widths}")
+                     f"token budget processed {plan.processed_tokens()} tokens, widths "
+                     f"{plan.widths}")
     metrics = forward_backward(student, local, loss, plan=plan)
     got = metrics[f"loss/{loss.name}"]
     assert_all_ranks(abs(got - ref_value) <= LOSS_ATOL + LOSS_RTOL * abs(ref_value),

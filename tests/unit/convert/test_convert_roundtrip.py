@@ -16,9 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from distributed_helpers import single_process_group
 from hf_models import (CASES, CONFIG_FIELDS, LOGPROB_ATOL, assert_same_tensors,
-                       hf_logits_and_logprobs, load_hf, make_case, make_hf_model, random_tokens,
-                       single_process_group)
+                       hf_logits_and_logprobs, load_hf, make_case, make_hf_model, random_tokens)
 from rlad_megatron import cli
 from rlad_megatron.convert.hf_to_megatron import import_hf
 from rlad_megatron.convert.megatron_to_hf import export_hf

@@ -10,8 +10,9 @@ import json
 import pytest
 import torch
 
+from distributed_helpers import single_process_group
 from hf_models import (CONFIG_FIELDS, LOGPROB_ATOL, TEXTS, assert_same_tensors,
-                       hf_logits_and_logprobs, load_hf, single_process_group)
+                       hf_logits_and_logprobs, load_hf)
 from rlad_megatron.convert.hf_to_megatron import import_hf
 from rlad_megatron.convert.megatron_to_hf import export_hf
 from rlad_megatron.data.tokenizer import load_tokenizer

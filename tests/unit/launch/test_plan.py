@@ -8,11 +8,11 @@ submit a layout megatron cannot build.
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import pytest
 
+from distributed_helpers import single_process_group
 from rlad_megatron.cli import main as rlad_main
 from rlad_megatron.launch.memory import (GIB, Workload, estimate, layer_parameters,
                                          stage_parameters)
@@ -136,35 +136,23 @@ def test_token_budget_bounds_micro_batch_memory_by_its_tokens():
 def test_planner_matches_the_bytes_of_models_built_by_megatron():
     """One process, TP=1: the planner's weight and gradient bytes equal what build.py allocates."""
     from rlad_megatron.models.build import OptimizerSettings, build_student, build_teacher
-    from rlad_megatron.runtime import (ParallelConfig, destroy_parallel, init_distributed,
-                                       init_parallel)
-
-    import torch.distributed as dist
+    from rlad_megatron.runtime import ParallelConfig, destroy_parallel, init_parallel
 
     student = get_preset("tiny-qwen3", vocab_size=300)       # padded to 384, tied embeddings
     teacher = get_preset("tiny-llama", vocab_size=300, num_layers=4, hidden_size=96,
                          ffn_hidden_size=160)
-    own_group = not dist.is_initialized()
-    saved = {k: os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT")}
-    init_distributed()
-    par = init_parallel(ParallelConfig())
-    try:
-        s = build_student(student, par, OptimizerSettings())
-        t = build_teacher(teacher, par, student_spec=student)
-        m = estimate(teacher, student, 1, 1, 1, Workload(student_dtype="fp32",
-                                                         teacher_dtype="fp32"))
-        assert m.student_weights == s.parameter_bytes()
-        assert m.student_grads == s.grad_buffer_bytes()
-        assert m.teacher_weights == t.parameter_bytes()
-    finally:
-        destroy_parallel()
-        if own_group:      # a later subprocess must not inherit a port this process listens on
-            dist.destroy_process_group()
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+    with single_process_group():
+        par = init_parallel(ParallelConfig())
+        try:
+            s = build_student(student, par, OptimizerSettings())
+            t = build_teacher(teacher, par, student_spec=student)
+            m = estimate(teacher, student, 1, 1, 1, Workload(student_dtype="fp32",
+                                                             teacher_dtype="fp32"))
+            assert m.student_weights == s.parameter_bytes()
+            assert m.student_grads == s.grad_buffer_bytes()
+            assert m.teacher_weights == t.parameter_bytes()
+        finally:
+            destroy_parallel()
 
 
 def test_no_fitting_layout_is_refused_with_the_amount():
