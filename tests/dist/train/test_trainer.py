@@ -25,6 +25,15 @@ def _config(tmp, name, algorithm, *extra):
     return load_config(None, tiny_overrides(tok, tmp / name, algorithm) + list(extra))
 
 
+def _trained_weights(cfg) -> list:
+    """Train the run of `cfg` to its end; the student's final parameters on this rank."""
+    run = setup(cfg)
+    train(cfg, run)
+    weights = [p.detach().clone() for m in run.student.modules for p in m.parameters()]
+    destroy_parallel()
+    return weights
+
+
 def _metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -185,16 +194,10 @@ def test_streamed_teacher_trains_exactly_like_the_resident_one(shared_tmp_path, 
     """teacher.offload=stream (decoder layers in host memory, scored layer-major) gives the same
     run, bit for bit on CPU, as the resident teacher: every logged loss, teacher and TRRD
     statistic and the final student weights; and it logs its memory and copy time."""
-    students = {}
-    for offload in ("none", "stream"):
-        cfg = _config(shared_tmp_path, f"offload_{offload}_{layout[0]}", "rlad", *layout,
-                      f"teacher.offload={offload}", "teacher.stream_window=1",
-                      "eval.teacher=false")
-        run = setup(cfg)
-        train(cfg, run)
-        students[offload] = [p.detach().clone() for m in run.student.modules
-                             for p in m.parameters()]
-        destroy_parallel()
+    students = {offload: _trained_weights(_config(
+        shared_tmp_path, f"offload_{offload}_{layout[0]}", "rlad", *layout,
+        f"teacher.offload={offload}", "teacher.stream_window=1", "eval.teacher=false"))
+        for offload in ("none", "stream")}
     same = all(torch.equal(a, b) for a, b in zip(students["none"], students["stream"]))
     assert_all_ranks(same, "final student weights differ between resident and streamed teacher")
     ok, detail = True, ""
@@ -224,15 +227,9 @@ def test_token_budgets_and_teacher_scoring_during_rollout_train_like_the_plain_r
     variants = {"plain": [], "budget": ["train.max_tokens_per_micro_batch=40",
                                         "rollout.micro_batch_size=4",
                                         "teacher.score_during_rollout=true"]}
-    students = {}
-    for variant, extra in variants.items():
-        cfg = _config(shared_tmp_path, f"budget_{variant}_{name}", "rlad", *layout, *extra,
-                      "eval.teacher=false")
-        run = setup(cfg)
-        train(cfg, run)
-        students[variant] = [p.detach().clone() for m in run.student.modules
-                             for p in m.parameters()]
-        destroy_parallel()
+    students = {variant: _trained_weights(_config(
+        shared_tmp_path, f"budget_{variant}_{name}", "rlad", *layout, *extra,
+        "eval.teacher=false")) for variant, extra in variants.items()}
     close = all(torch.allclose(a, b, atol=1e-5) for a, b in zip(students["plain"],
                                                                  students["budget"]))
     assert_all_ranks(close, "final student weights differ between fixed and token-budget runs")
