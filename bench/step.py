@@ -56,7 +56,7 @@ def _sizes(quick: bool) -> dict:
     if quick:
         return dict(student=dict(num_layers=2, hidden_size=128, ffn_hidden_size=384),
                     teacher=dict(num_layers=4, hidden_size=256, ffn_hidden_size=768),
-                    prompts=8, group=4, new_tokens=32, reps=3, varied_max=128)
+                    prompts=8, group=4, new_tokens=32, reps=4, varied_max=128)
     return dict(student=dict(num_layers=4, hidden_size=256, ffn_hidden_size=768),
                 teacher=dict(num_layers=8, hidden_size=512, ffn_hidden_size=1536),
                 prompts=16, group=8, new_tokens=64, reps=5, varied_max=256)
