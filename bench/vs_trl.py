@@ -11,8 +11,9 @@ The shared setup (written by this process into a temporary folder):
   model      a random LlamaForCausalLM (4 layers, hidden 256, 8 heads, 4 KV heads, ffn 768,
              vocab 4096), saved with save_pretrained; this project loads the same tensors into
              its megatron student (convert/layout.py)
-  tokenizer  a word-level tokenizer whose word "tN" is id N, so the prompts (random ids, 16-32
-             tokens) are exactly the same ids on both sides
+  tokenizer  a word-level tokenizer whose word "tN" is id N (4 <= N < 4096; the special
+             tokens are "<pad>" "<s>" "</s>" "<unk>" at ids 0-3, not prefixes of any word), so
+             the prompts (random ids 4..4095, 16-32 tokens) are exactly the same ids on both sides
   step       P prompts x G samples, N new tokens each (EOS suppressed: every response is N long),
              temperature 1, reward = share of even ids in the response (the same function on
              both sides), group-normalised advantages, GRPO's clipped surrogate (eps 0.2 / 0.28,
@@ -20,16 +21,31 @@ The shared setup (written by this process into a temporary folder):
              grad-norm clip 1.0, one optimizer step over all P x G rows, fp32, 1 thread
   this side  rollout/generate (KV cache) -> reward -> advantages -> old log-probs
              (models/forward.py) -> train/step.py forward_backward + optimizer_step, i.e. the
-             phases rl_step runs, with micro-batches of 16 rows
+             phases rl_step runs, with micro-batches of 16 rows (8 and 64 were no faster)
   TRL side   GRPOTrainer (use_vllm False: transformers' generate inside the step), per-device
              batch P x G, num_generations G, steps_per_generation 1, num_iterations 1,
-             loss_type "grpo"; its step time from a TrainerCallback (on_step_begin..on_step_end)
+             loss_type "grpo"; its step time from a TrainerCallback (on_step_begin..on_step_end),
+             its generate and its _generate_and_score_completions timed inside the step
+Checked on every run: both sides' models give the same log-probs on prompt 0 (same weights);
+the prompts TRL hands to generate are the shared ids, G times each; every TRL completion is
+new_tokens long. (Before these checks, special tokens named "t0".."t3" split TRL's prompts,
+"t123" -> "t1" "<unk>", making them ~1.8x longer: the speedups 1.1-1.4 first reported for this
+benchmark were that artefact.)
 Differences a reader should know: with num_iterations 1, TRL does not run an old-policy pass
 (the ratio is 1 by construction); this project always does (its ratio, TRRD's anchor and the
-selection need it), so it does one forward pass more per step.
+selection need it), so it does one forward pass more per step; `speedup_without_old_logprobs`
+reports our step without that pass, for information. TRL's generate is transformers 5's, which
+on this model is about 1.5x faster than transformers 4.57's (the version the project's `hf`
+extra installs, and the one bench/rollout.py's vs_hf compares against); this project's KV-cached
+generate draws float64 Gumbel noise over the whole vocabulary (ops/sampling.py), TRL's
+torch.multinomial.
 
 tokens/s = P x G x N generated tokens / step seconds; the median of `reps` steps after one
-warm-up step on each side. Output: bench/results/vs_trl.json and, last,
+warm-up step on each side (the best step too: tok_s_best, speedup_best), pooled over `rounds`
+(default 2) that alternate the sides: TRL's reps steps (a fresh subprocess, with its own warm-up
+step), then reps of ours (one model, warmed up once), so that the load of a shared machine
+drifts over both. `make bench-vs-trl` creates .venv-trl first.
+Output: bench/results/vs_trl.json and, last,
     RESULT vs_trl speedup=<ours / trl tokens per second> ours_tok_s=<> trl_tok_s=<> target_met=<>
 Target (issue 15): speedup >= 2.
 """
@@ -58,8 +74,8 @@ LR, EPS_LOW, EPS_HIGH, CLIP = 1e-6, 0.2, 0.28, 1.0
 
 
 def sizes(quick: bool) -> dict:
-    return dict(prompts=4, group=8, new_tokens=32, reps=3) if quick else \
-        dict(prompts=8, group=8, new_tokens=64, reps=3)
+    return dict(prompts=4, group=8, new_tokens=32, reps=3, micro_batch=16) if quick else \
+        dict(prompts=8, group=8, new_tokens=64, reps=3, micro_batch=16)
 
 
 def prompt_ids(n: int) -> list[list[int]]:
@@ -85,18 +101,23 @@ def write_setup(folder: Path, cfg: dict) -> None:
                                       rms_norm_eps=1e-5, rope_theta=10000.0, bos_token_id=1,
                                       eos_token_id=2, pad_token_id=0, **MODEL))
     hf.save_pretrained(folder / "model")
-    vocab = {f"t{i}": i for i in range(VOCAB)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="t3"))
+    # the special tokens must not be prefixes of words: added tokens are matched inside words
+    # ("t1" would split "t123" into "t1" "23")
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    vocab = {**{w: i for i, w in enumerate(specials)}, **{f"t{i}": i for i in range(4, VOCAB)}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="t0", bos_token="t1",
-                                   eos_token="t2", unk_token="t3", padding_side="left")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
+                                   eos_token="</s>", unk_token="<unk>", padding_side="left")
     fast.save_pretrained(folder / "model")
     (folder / "setup.json").write_text(json.dumps({"prompt_ids": prompt_ids(cfg["prompts"]),
                                                    **cfg}))
 
 
 # ----------------------------------------------------------------------------- this project
-def run_ours(folder: Path, cfg: dict) -> dict:
+def build_ours(folder: Path, cfg: dict):
+    """This side's model from the shared setup; returns (step, info): step(i) runs one RL step
+    with sampling seed i and returns (seconds, phase seconds)."""
     from safetensors.torch import load_file
 
     from rlad_megatron.data.advantages import ADVANTAGES
@@ -126,9 +147,9 @@ def run_ours(folder: Path, cfg: dict) -> dict:
                            samples_per_prompt=cfg["group"], progress=False)
     loss = LossSpec("grpo", {"eps_low": EPS_LOW, "eps_high": EPS_HIGH})
 
-    phases: list[dict] = []
-
-    def step(i: int) -> float:
+    ids = torch.tensor([setup["prompt_ids"][0]])
+    check_lp = forward_logprobs(student, ids, micro_batch_size=1)[0, 1:]
+    def step(i: int) -> tuple[float, dict]:
         start = time.perf_counter()
         rollout = generate(student, setup["prompt_ids"], gen, seed=i)
         generated = time.perf_counter()
@@ -137,19 +158,17 @@ def run_ours(folder: Path, cfg: dict) -> dict:
                                               rollout.response_lengths.tolist()))])
         adv, _ = ADVANTAGES["grpo"](rewards, rollout.group_ids)
         scored = time.perf_counter()
-        old = forward_logprobs(student, rollout.tokens, micro_batch_size=16)
+        old = forward_logprobs(student, rollout.tokens, micro_batch_size=cfg["micro_batch"])
         old_done = time.perf_counter()
         batch = TrainBatch.from_rollout(rollout, rewards=rewards, advantages=adv,
                                         old_logprobs=old)
-        forward_backward(student, batch, loss, micro_batch_size=16)
+        forward_backward(student, batch, loss, micro_batch_size=cfg["micro_batch"])
         optimizer_step(student)
         end = time.perf_counter()
-        phases.append({"rollout_s": generated - start, "reward_s": scored - generated,
-                       "old_logprobs_s": old_done - scored, "update_s": end - old_done})
-        return end - start
+        return end - start, {"rollout_s": generated - start, "reward_s": scored - generated,
+                             "old_logprobs_s": old_done - scored, "update_s": end - old_done}
 
-    times = [step(i) for i in range(cfg["reps"] + 1)][1:]
-    return {"step_s": times, "phases": phases[1:]}
+    return step, {"prompt0_logprobs": check_lp.tolist(), "threads": torch.get_num_threads()}
 
 
 # ----------------------------------------------------------------------------- TRL
@@ -163,10 +182,17 @@ def run_trl(folder: Path, cfg: dict) -> dict:
     setup = json.loads((folder / "setup.json").read_text())
     tok = AutoTokenizer.from_pretrained(folder / "model")
     model = AutoModelForCausalLM.from_pretrained(folder / "model", dtype=torch.float32)
+    with torch.no_grad():  # weight check: the log-probs of prompt 0, before any update
+        ids = torch.tensor([setup["prompt_ids"][0]])
+        logits = model(input_ids=ids).logits.float()
+        check_lp = torch.log_softmax(logits[0, :-1], -1).gather(-1, ids[0, 1:, None])[:, 0]
     data = Dataset.from_list([{"prompt": " ".join(f"t{i}" for i in ids)}
                               for ids in setup["prompt_ids"]] * (cfg["reps"] + 2))
 
     def reward(completions, completion_ids=None, **kwargs):
+        lengths = {len(ids) for ids in completion_ids}
+        if lengths != {cfg["new_tokens"]}:  # EOS must not cut a response: equal lengths both sides
+            raise SystemExit(f"TRL side: completion lengths {sorted(lengths)}")
         return [reward_of(ids) for ids in completion_ids]
 
     rows = cfg["prompts"] * cfg["group"]
@@ -183,22 +209,61 @@ def run_trl(folder: Path, cfg: dict) -> dict:
         disable_tqdm=True, dataloader_num_workers=0)
     times, begun = [], {}
 
+    spent = {"generate_s": 0.0, "generate_and_score_s": 0.0}
+    phases: list[dict] = []
+
+    def timed(key, fn):
+        def wrapper(*a, **kw):
+            start = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                spent[key] += time.perf_counter() - start
+        return wrapper
+
     class Timer(TrainerCallback):
         def on_step_begin(self, a, state, control, **kw):
+            spent.update(generate_s=0.0, generate_and_score_s=0.0)
             begun["t"] = time.perf_counter()
 
         def on_step_end(self, a, state, control, **kw):
-            times.append(time.perf_counter() - begun["t"])
+            step_s = time.perf_counter() - begun["t"]
+            times.append(step_s)
+            phases.append({"generate_s": spent["generate_s"],
+                           "rest_of_generate_and_score_s": spent["generate_and_score_s"]
+                           - spent["generate_s"],
+                           "update_s": step_s - spent["generate_and_score_s"]})
 
+    # transformers' generate, and TRL's whole rollout phase (tokenise, generate, reward,
+    # advantages; no old log-prob pass at num_iterations 1), timed inside the step
+    seen: list[list[int]] = []
+
+    def generate(*a, input_ids=None, attention_mask=None, **kw):
+        if not seen:  # the prompts TRL feeds generate, padding stripped
+            seen.extend(ids[m.bool()].tolist() for ids, m in zip(input_ids, attention_mask))
+        return plain_generate(*a, input_ids=input_ids, attention_mask=attention_mask, **kw)
+
+    plain_generate = model.generate
+    model.generate = timed("generate_s", generate)
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data,
                           processing_class=tok, callbacks=[Timer()])
+    trainer._generate_and_score_completions = timed("generate_and_score_s",
+                                                    trainer._generate_and_score_completions)
     trainer.train()
     settings = {k: getattr(args, k) for k in (
         "per_device_train_batch_size", "gradient_accumulation_steps", "num_generations",
         "steps_per_generation", "num_iterations", "max_completion_length", "loss_type",
         "beta", "epsilon", "epsilon_high", "scale_rewards", "learning_rate", "max_grad_norm")}
-    return {"step_s": times[1:], "trl": trl.__version__, "transformers": transformers.__version__,
-            "settings": settings}
+    expected = [ids for ids in setup["prompt_ids"] for _ in range(cfg["group"])]
+    if seen != expected:
+        raise SystemExit(f"TRL side: generate got other prompts than the shared ones: {seen[:2]}")
+    if len(phases) != cfg["reps"] + 1 or any(p["generate_s"] <= 0 for p in phases):
+        raise SystemExit(f"TRL side: {len(phases)} timed steps, generate timed {phases}")
+    return {"step_s": times[1:], "phases": phases[1:], "trl": trl.__version__,
+            "transformers": transformers.__version__, "settings": settings,
+            "prompt0_logprobs": check_lp.tolist(), "threads": torch.get_num_threads(),
+            "checked": "generate's prompts are the shared ids (G times each, in order); every "
+                       "completion is new_tokens long"}
 
 
 # ----------------------------------------------------------------------------- main
@@ -207,6 +272,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer prompts and tokens")
     ap.add_argument("--side", choices=("both", "trl"), default="both")
     ap.add_argument("--workdir", help="the shared setup (--side trl)")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="rounds of (TRL's reps steps, then ours); the steps are pooled")
     args = ap.parse_args()
     torch.set_num_threads(1)
     cfg = sizes(args.quick)
@@ -215,46 +282,81 @@ def main() -> None:
         return
     if not TRL_PYTHON.exists():
         sys.exit(f"bench.vs_trl: {TRL_PYTHON} is missing; create it with tools/trl_env.sh")
-    began = time.perf_counter()
+    began, load_at_start = time.perf_counter(), os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="rlad_vs_trl_") as tmp:
         folder = Path(tmp)
         write_setup(folder, cfg)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO),
                "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
-        proc = subprocess.run([str(TRL_PYTHON), "-m", "bench.vs_trl", "--side", "trl",
-                               "--workdir", tmp] + (["--quick"] if args.quick else []),
-                              cwd=REPO, env=env, capture_output=True, text=True)
-        if proc.returncode:
-            sys.exit(f"bench.vs_trl: the TRL side failed:\n{proc.stderr[-4000:]}")
-        theirs = json.loads(proc.stdout.strip().splitlines()[-1])
-        ours = run_ours(folder, cfg)
+        step, ours = build_ours(folder, cfg)
+        ours.update(step_s=[], phases=[])
+        step(0)  # warm-up
+        theirs: dict = {}
+        for r in range(args.rounds):  # alternate the sides, so that load drift hits both
+            proc = subprocess.run([str(TRL_PYTHON), "-m", "bench.vs_trl", "--side", "trl",
+                                   "--workdir", tmp] + (["--quick"] if args.quick else []),
+                                  cwd=REPO, env=env, capture_output=True, text=True)
+            if proc.returncode:
+                sys.exit(f"bench.vs_trl: the TRL side failed:\n{proc.stderr[-4000:]}")
+            one = json.loads(proc.stdout.strip().splitlines()[-1])
+            for key in ("step_s", "phases"):
+                one[key] = theirs.get(key, []) + one[key]
+            theirs = one
+            for k in range(cfg["reps"]):
+                seconds, phases = step(1 + r * cfg["reps"] + k)
+                ours["step_s"].append(seconds)
+                ours["phases"].append(phases)
     tokens = cfg["prompts"] * cfg["group"] * cfg["new_tokens"]
     rows = {}
     for name, side in (("ours", ours), ("trl", theirs)):
         med = statistics.median(side["step_s"])
         rows[name] = {"step_s": side["step_s"], "median_s": med, "min_s": min(side["step_s"]),
-                      "tok_s": tokens / med}
-    rows["ours"]["phases"] = ours["phases"]
+                      "tok_s": tokens / med, "tok_s_best": tokens / min(side["step_s"]),
+                      "phases_median": {k: statistics.median(p[k] for p in side["phases"])
+                                        for k in side["phases"][0]},
+                      "phases": side["phases"]}
+    # informational: our step without the old log-prob pass TRL skips at num_iterations 1
+    no_old = statistics.median(s - p["old_logprobs_s"]
+                               for s, p in zip(ours["step_s"], ours["phases"]))
+    rows["ours"]["tok_s_without_old_logprobs"] = tokens / no_old
+    weights_diff = max(abs(a - b) for a, b in zip(ours["prompt0_logprobs"],
+                                                  theirs["prompt0_logprobs"]))
+    if weights_diff > 1e-3:
+        sys.exit(f"bench.vs_trl: the two sides' models disagree (log-prob diff {weights_diff})")
     speedup = rows["ours"]["tok_s"] / rows["trl"]["tok_s"]
-    result = {"mode": "quick" if args.quick else "full", "config": cfg, "model": MODEL,
-              "vocab": VOCAB, "tokens_per_step": tokens, "ours": rows["ours"],
+    result = {"mode": "quick" if args.quick else "full", "config": cfg, "rounds": args.rounds,
+              "model": MODEL,
+              "vocab": VOCAB, "tokens_per_step": tokens,
+              "tok_s_definition": "prompts x G x new_tokens generated tokens / step seconds "
+                                  "(median of the steps after one warm-up)",
+              "same_weights_check": {"prompt0_logprob_max_abs_diff": weights_diff},
+              "ours": rows["ours"],
               "trl": {**rows["trl"], "version": theirs["trl"],
-                      "transformers": theirs["transformers"], "settings": theirs["settings"]},
-              "speedup": speedup, "target_met": speedup >= 2.0,
-              "env": {"torch": torch.__version__, "threads": 1, "cpus": os.cpu_count(),
-                      "machine": platform.machine(), "loadavg_at_end": os.getloadavg()},
+                      "transformers": theirs["transformers"], "settings": theirs["settings"],
+                      "checked": theirs["checked"]},
+              "speedup": speedup, "speedup_best": rows["ours"]["tok_s_best"] /
+              rows["trl"]["tok_s_best"],
+              "speedup_without_old_logprobs": rows["ours"]["tok_s_without_old_logprobs"] /
+              rows["trl"]["tok_s"],
+              "target": ">= 2", "target_met": speedup >= 2.0,
+              "env": {"torch": torch.__version__, "cpus": os.cpu_count(),
+                      "threads": {"ours": ours["threads"], "trl": theirs["threads"]},
+                      "machine": platform.machine(), "loadavg_at_start": load_at_start,
+                      "loadavg_at_end": os.getloadavg()},
               "wall_s": time.perf_counter() - began}
     from bench.report import write_result
 
     write_result("vs_trl", result["mode"], result)
     for name in ("ours", "trl"):
         r = rows[name]
-        print(f"{name}: median step {r['median_s']:.2f} s, {r['tok_s']:.0f} generated tok/s")
-    last = ours["phases"][-1]
-    print("ours, last step: " + ", ".join(f"{k} {v:.2f}" for k, v in last.items()))
+        print(f"{name}: median step {r['median_s']:.2f} s (min {r['min_s']:.2f}), "
+              f"{r['tok_s']:.0f} generated tok/s; median phases: "
+              + ", ".join(f"{k} {v:.2f}" for k, v in r["phases_median"].items()))
+    print(f"same weights: prompt-0 log-probs agree to {weights_diff:.1e}; ours without the old "
+          f"log-prob pass: {rows['ours']['tok_s_without_old_logprobs']:.0f} tok/s "
+          f"(x{result['speedup_without_old_logprobs']:.2f})")
     print(f"RESULT vs_trl speedup={speedup:.2f} ours_tok_s={rows['ours']['tok_s']:.0f} "
           f"trl_tok_s={rows['trl']['tok_s']:.0f} target_met={result['target_met']}")
-
 
 if __name__ == "__main__":
     main()

@@ -10,6 +10,8 @@ VENV=.venv-trl
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import trl" 2>/dev/null; then
     "$PYTHON" -m venv "$VENV"
     "$VENV/bin/pip" install -q torch==2.13.0
-    "$VENV/bin/pip" install -q "trl>=1.0,<2" "transformers>=5,<6" accelerate datasets safetensors
+    # the versions bench/results/vs_trl.json was measured with
+    "$VENV/bin/pip" install -q trl==1.16.0 transformers==5.25.0 accelerate==1.16.0 \
+        datasets==5.2.0 safetensors==0.8.0
 fi
 "$VENV/bin/python" -c "import trl, transformers; print('trl', trl.__version__, 'transformers', transformers.__version__)"
