@@ -53,6 +53,7 @@ from rlad_megatron.models.build import BuiltModel
 from rlad_megatron.rollout.layout import (LeftPadded, PromptsIn, decode_mask, left_padded,
                                           positions, prefill_mask, right_padded)
 from rlad_megatron.rollout.pipeline import StageRunner
+from rlad_megatron.runtime import mcore_compat
 from rlad_megatron.ops.sampling import TOP_P_CANDIDATES, sample_next
 
 
@@ -211,33 +212,36 @@ def _decode(runner: StageRunner, model: BuiltModel, inputs: LeftPadded, cfg: Gen
     bar = tqdm(total=n, desc="generate", unit="tok", leave=False,
                disable=not cfg.progress or (dist.is_initialized() and dist.get_rank() != 0))
     steps = 0
-    for t in range(n):
-        end = p + t  # columns [0, end) are known
-        if t == 0 or not cfg.use_cache:
-            cur = valid[:, :end]
-            logits = runner.forward(seq[:, :end], positions(cur), prefill_mask(cur))
-        else:
-            logits = runner.forward(seq[:, end - 1:end], (inputs.lengths + t - 1)[:, None],
-                                    decode_mask(valid[:, :end]))
-        msg = None
-        if runner.is_last_stage:
-            out = sample_next(logits, temperature=temperature, seed=seed, step=t, row_ids=row_ids,
-                              vocab_size=model.spec.vocab_size, top_k=cfg.top_k, top_p=cfg.top_p,
-                              tp_group=model.par.tp_group,
-                              top_p_candidates=cfg.top_p_candidates)
-            msg = torch.stack([out.tokens.double(), out.logprobs, out.filtered_logprobs])
-        msg = runner.share(msg, (3, b))
-        live = ~done
-        tok = torch.where(live, msg[0].long(), cfg.pad_token_id)
-        seq[:, end] = tok
-        lp[:, end] = torch.where(live, msg[1], 0.0)
-        flp[:, end] = torch.where(live, msg[2], 0.0)
-        resp_len += live.long()
-        done |= live & torch.isin(tok, eos)
-        steps = t + 1
-        bar.update(1)
-        if bool(done.all()):
-            break
+    # inference_mode: no autograd bookkeeping in megatron's modules (the tensors returned are
+    # made above, outside it, and only written to here); decode_kv_cache: runtime/mcore_compat.py
+    with torch.inference_mode(), mcore_compat.decode_kv_cache(runner.chunks):
+        for t in range(n):
+            end = p + t  # columns [0, end) are known
+            if t == 0 or not cfg.use_cache:
+                cur = valid[:, :end]
+                logits = runner.forward(seq[:, :end], positions(cur), prefill_mask(cur))
+            else:
+                logits = runner.forward(seq[:, end - 1:end], (inputs.lengths + t - 1)[:, None],
+                                        decode_mask(valid[:, :end]))
+            msg = None
+            if runner.is_last_stage:
+                out = sample_next(logits, temperature=temperature, seed=seed, step=t,
+                                  row_ids=row_ids, vocab_size=model.spec.vocab_size,
+                                  top_k=cfg.top_k, top_p=cfg.top_p, tp_group=model.par.tp_group,
+                                  top_p_candidates=cfg.top_p_candidates)
+                msg = torch.stack([out.tokens.double(), out.logprobs, out.filtered_logprobs])
+            msg = runner.share(msg, (3, b))
+            live = ~done
+            tok = torch.where(live, msg[0].long(), cfg.pad_token_id)
+            seq[:, end] = tok
+            lp[:, end] = torch.where(live, msg[1], 0.0)
+            flp[:, end] = torch.where(live, msg[2], 0.0)
+            resp_len += live.long()
+            done |= live & torch.isin(tok, eos)
+            steps = t + 1
+            bar.update(1)
+            if bool(done.all()):
+                break
     bar.close()
     return seq, lp, flp, resp_len, steps
 

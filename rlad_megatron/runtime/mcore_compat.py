@@ -10,7 +10,10 @@ from __future__ import annotations
 import inspect
 from functools import lru_cache
 
+import torch
 from packaging.version import Version
+
+from rlad_megatron.runtime.devices import compute_device
 
 
 @lru_cache(maxsize=None)
@@ -93,3 +96,106 @@ def gather_sequence_parallel(hidden, model):
     from megatron.core.tensor_parallel.mappings import gather_from_sequence_parallel_region
 
     return gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=False)
+
+
+class decode_kv_cache:
+    """Context manager over model chunks: two changes to how megatron's static KV cache
+    (StaticInferenceContext) is kept while generating, each an O(L)-per-step saving with the
+    same numbers out (bitwise, on CPU: tests/unit/rollout/test_kv_cache.py). Everything is put
+    back on exit. Checked against megatron-core 0.16.1 .. 0.19 (same method signatures).
+
+    1. Keys are cached with RoPE applied. With static batching,
+       Attention._adjust_key_value_for_inference stores the UNrotated key and returns
+       k_pos_emb[:end], and Attention.forward then rotates all `end` cached keys of every layer at
+       every step (apply_rotary_pos_emb: cos, sin, two products, a cat, and [L, b, g, d]
+       temporaries). Here that method is wrapped on the instance: the new key [s, b, g, d] is
+       rotated with k_pos_emb[start:start + s] (the same freqs rows, mscale and function megatron
+       uses, element by element, so the cached keys are bitwise the keys megatron rotates) before
+       it is stored, and the returned k_pos_emb is None, which Attention.forward reads as "no key
+       rotation" (`if k_pos_emb is not None`); the query is rotated by megatron as before. Only
+       for static batching without flash_decode (which rotates before storing itself) and
+       without context parallelism; otherwise megatron's method runs unchanged. Callers pass no
+       packed sequences (generation does not).
+    2. The cache is laid out per head: Attention._allocate_memory returns the same logical
+       [L_max, b, g, d] tensor, as a view of [b, g, L_max, d] memory. megatron's
+       DotProductAttention (the local spec's core attention) views the keys as [b * g, d, L] for
+       its baddbmm and the values as [b * g, L, d] for its bmm; with megatron's layout each
+       (row, head) block is strided by b * g * d, and those batched products ran 4-5x slower at
+       L ~ 300 (bench/rollout.py profile). Only where the core attention is DotProductAttention
+       (transformer-engine's takes its own path)."""
+
+    def __init__(self, chunks):
+        self.chunks = list(chunks)
+        self.wrapped = []
+
+    def __enter__(self):
+        from megatron.core.transformer.attention import Attention
+        from megatron.core.transformer.dot_product_attention import DotProductAttention
+
+        for chunk in self.chunks:
+            for module in chunk.modules():
+                if (not isinstance(module, Attention) or module.attention_type != "self"
+                        or "_adjust_key_value_for_inference" in vars(module)):
+                    continue
+                module._adjust_key_value_for_inference = _rotate_before_store(module)
+                names = ["_adjust_key_value_for_inference"]
+                if type(module.core_attention) is DotProductAttention:
+                    module._allocate_memory = _per_head_memory(module)
+                    names.append("_allocate_memory")
+                self.wrapped.append((module, names))
+        return self
+
+    def __exit__(self, *exc):
+        for module, names in self.wrapped:
+            for name in names:
+                delattr(module, name)
+        self.wrapped = []
+        return False
+
+
+def _per_head_memory(attn):
+    def allocate(inference_max_sequence_length, batch_size, dim, dtype):
+        memory = torch.empty(batch_size, attn.num_query_groups_per_partition,
+                             inference_max_sequence_length, dim, dtype=dtype,
+                             device=compute_device())
+        return memory.permute(2, 0, 1, 3)  # [L_max, b, g, d], each (row, head) block contiguous
+
+    return allocate
+
+
+def _rope_mscale(attn) -> float:
+    """The mscale megatron's attention passes to apply_rotary_pos_emb (1 unless YaRN)."""
+    factor = getattr(attn, "_yarn_concentration_factor", None)  # 0.19 caches it here
+    if factor is None:
+        from megatron.core.transformer.attention import _yarn_get_concentration_factor_from_config
+
+        factor = _yarn_get_concentration_factor_from_config(attn.config)
+    return factor
+
+
+def _rotate_before_store(attn):
+    from megatron.core.models.common.embeddings.rope_utils import apply_rotary_pos_emb
+
+    original = type(attn)._adjust_key_value_for_inference.__get__(attn)
+    cp = getattr(getattr(attn, "pg_collection", None), "cp", None)
+    mscale = _rope_mscale(attn)
+
+    def adjust(inference_context, query, key, value, rotary_pos_emb, *args, **kwargs):
+        ctx = inference_context if inference_context is not None else kwargs.get(
+            "inference_params")
+        if (ctx is None or rotary_pos_emb is None or not ctx.is_static_batching()
+                or attn.config.flash_decode or (cp is not None and cp.size() > 1)):
+            return original(inference_context, query, key, value, rotary_pos_emb, *args,
+                            **kwargs)
+        k_emb = rotary_pos_emb[1] if isinstance(rotary_pos_emb, tuple) else rotary_pos_emb
+        if k_emb is not None:
+            start = ctx.sequence_len_offset
+            key = apply_rotary_pos_emb(key, k_emb[start:start + key.size(0)], config=attn.config,
+                                       mscale=mscale, cp_group=cp)
+        out = list(original(inference_context, query, key, value, rotary_pos_emb, *args,
+                            **kwargs))
+        if out[3] is not None:
+            out[3] = (out[3][0], None)
+        return tuple(out)
+
+    return adjust
