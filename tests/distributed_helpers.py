@@ -4,6 +4,7 @@ tests/dist4), and a single-process group for in-process tests that build megatro
 import contextlib
 import os
 
+import pytest
 import torch
 import torch.distributed as dist
 
@@ -48,3 +49,10 @@ def single_process_group():
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="module", autouse=True)
+def process_group():
+    """Imported by an in-process test module: a world-size-1 gloo group for all its tests."""
+    with single_process_group():
+        yield

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from distributed_helpers import single_process_group
+from distributed_helpers import process_group  # noqa: F401 (module fixture)
 from hf_models import (CASES, CONFIG_FIELDS, LOGPROB_ATOL, assert_same_tensors,
                        hf_logits_and_logprobs, load_hf, make_case, make_hf_model, random_tokens)
 from rlad_megatron import cli
@@ -27,12 +27,6 @@ from rlad_megatron.models.build import build_teacher
 from rlad_megatron.models.forward import MicroBatch, forward_logprobs
 
 ROOT = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def process_group():
-    with single_process_group():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 
-from distributed_helpers import single_process_group
+from distributed_helpers import process_group  # noqa: F401 (module fixture)
 from hf_models import (CONFIG_FIELDS, LOGPROB_ATOL, TEXTS, assert_same_tensors,
                        hf_logits_and_logprobs, load_hf)
 from rlad_megatron.convert.hf_to_megatron import import_hf
@@ -21,14 +21,8 @@ from rlad_megatron.models.build import build_teacher
 from rlad_megatron.models.forward import MicroBatch, forward_logprobs
 
 
-@pytest.fixture(scope="module", autouse=True)
-def process_group():
-    with single_process_group():
-        yield
-
-
 @pytest.fixture(scope="module")
-def smollm2(tmp_path_factory, process_group):
+def smollm2(tmp_path_factory):
     from smollm2_gguf import smollm2_gguf_path, smollm2_hf_dir
 
     try:

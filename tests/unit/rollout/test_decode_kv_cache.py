@@ -10,7 +10,7 @@ import contextlib
 import pytest
 import torch
 
-from distributed_helpers import single_process_group
+from distributed_helpers import process_group  # noqa: F401 (module fixture)
 from rlad_megatron.models.build import build_teacher
 from rlad_megatron.models.spec import get_preset
 from rlad_megatron.rollout import GenerationConfig, generate_detailed
@@ -19,12 +19,6 @@ from rlad_megatron.rollout.pipeline import StageRunner
 from rlad_megatron.runtime import mcore_compat
 
 PROMPTS = [[5, 17, 99, 3, 42], [7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17], [200], [31, 41, 59]]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def process_group():
-    with single_process_group():
-        yield
 
 
 @pytest.fixture(scope="module")
