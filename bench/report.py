@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Callable
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -18,3 +20,14 @@ def write_result(name: str, mode: str, payload: dict) -> Path:
     data[mode] = payload
     path.write_text(json.dumps(data, indent=2, default=str))
     return path
+
+
+def timed_into(spent: dict, key: str, fn: Callable) -> Callable:
+    """`fn`, adding the wall seconds of every call to spent[key] (profiles of a phase)."""
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spent[key] += time.perf_counter() - start
+    return wrapper

@@ -69,6 +69,8 @@ from pathlib import Path
 
 import torch
 
+from bench.report import timed_into
+
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET = 10.0
 SEED = 0
@@ -208,17 +210,8 @@ def profile(model, batch: int, new_tokens: int) -> dict:
     spent = dict.fromkeys(sites, 0.0)
     saved = {key: getattr(owner, name) for key, (owner, name) in sites.items()}
 
-    def timed(key, fn):
-        def wrapper(*args, **kwargs):
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                spent[key] += time.perf_counter() - start
-        return wrapper
-
     for key, (owner, name) in sites.items():
-        setattr(owner, name, timed(key, saved[key]))
+        setattr(owner, name, timed_into(spent, key, saved[key]))
     try:
         wall, _ = timed_generate(model, prompts(batch, model.spec.vocab_size), new_tokens, True)
     finally:

@@ -65,6 +65,8 @@ from pathlib import Path
 
 import torch
 
+from bench.report import timed_into
+
 REPO = Path(__file__).resolve().parents[1]
 TRL_PYTHON = REPO / ".venv-trl" / "bin" / "python"
 VOCAB = 4096
@@ -212,15 +214,6 @@ def run_trl(folder: Path, cfg: dict) -> dict:
     spent = {"generate_s": 0.0, "generate_and_score_s": 0.0}
     phases: list[dict] = []
 
-    def timed(key, fn):
-        def wrapper(*a, **kw):
-            start = time.perf_counter()
-            try:
-                return fn(*a, **kw)
-            finally:
-                spent[key] += time.perf_counter() - start
-        return wrapper
-
     class Timer(TrainerCallback):
         def on_step_begin(self, a, state, control, **kw):
             spent.update(generate_s=0.0, generate_and_score_s=0.0)
@@ -244,11 +237,11 @@ def run_trl(folder: Path, cfg: dict) -> dict:
         return plain_generate(*a, input_ids=input_ids, attention_mask=attention_mask, **kw)
 
     plain_generate = model.generate
-    model.generate = timed("generate_s", generate)
+    model.generate = timed_into(spent, "generate_s", generate)
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data,
                           processing_class=tok, callbacks=[Timer()])
-    trainer._generate_and_score_completions = timed("generate_and_score_s",
-                                                    trainer._generate_and_score_completions)
+    trainer._generate_and_score_completions = timed_into(
+        spent, "generate_and_score_s", trainer._generate_and_score_completions)
     trainer.train()
     settings = {k: getattr(args, k) for k in (
         "per_device_train_batch_size", "gradient_accumulation_steps", "num_generations",
