@@ -65,9 +65,8 @@ class RolloutBatch:
         """The same rows with every [b, s] field cut to `width` columns, or right-padded with 0
         (masks off) when wider; width must hold every row's tokens when it cuts."""
         def fit(name: str, value):
-            if not isinstance(value, Tensor) or name in PER_ROW_FIELDS:
-                return value
-            return value[:, :width] if value.shape[1] >= width else _pad_columns(value, width, 0)
+            per_token = isinstance(value, Tensor) and name not in PER_ROW_FIELDS
+            return fit_columns(value, width) if per_token else value
         return dataclasses.replace(self, **{f.name: fit(f.name, getattr(self, f.name))
                                             for f in dataclasses.fields(self)})
 
@@ -123,6 +122,11 @@ class TrainBatch(RolloutBatch):
         return dataclasses.replace(self, teacher_mask=selection.teacher_mask,
                                    seq_alignment=selection.seq_alignment,
                                    selected_frac=selection.selected_frac)
+
+
+def fit_columns(t: Tensor, width: int, fill=0) -> Tensor:
+    """[b, s] -> [b, width]: the first `width` columns, right-padded with `fill` when wider."""
+    return t[:, :width] if t.shape[1] >= width else _pad_columns(t, width, fill)
 
 
 def _pad_columns(t: Tensor, width: int, value) -> Tensor:

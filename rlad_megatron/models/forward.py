@@ -22,6 +22,7 @@ from typing import Callable, Optional
 import torch
 
 from rlad_megatron import ops
+from rlad_megatron.data.batch import fit_columns
 from rlad_megatron.data.micro_batches import MicroBatchPlan, fixed_plan
 from rlad_megatron.models.build import BuiltModel
 from rlad_megatron.runtime import mcore_compat
@@ -88,17 +89,9 @@ def resolve_plan(tokens: torch.Tensor, micro_batch_size: Optional[int],
     return fixed_plan(b, s, micro_batch_size)
 
 
-def with_width(t: torch.Tensor, width: int, fill=0) -> torch.Tensor:
-    """[b, s] -> [b, width]: the first `width` columns, right-padded with `fill` when wider."""
-    if t.shape[1] >= width:
-        return t[:, :width]
-    pad = torch.full((t.shape[0], width - t.shape[1]), fill, dtype=t.dtype, device=t.device)
-    return torch.cat([t, pad], dim=1)
-
-
 def planned_micro_batches(tokens: torch.Tensor, plan: MicroBatchPlan) -> list[MicroBatch]:
     """The plan's micro-batches of `tokens` [b, s]: rows plan.rows[i], trimmed to plan.widths[i]."""
-    return [MicroBatch.from_tokens(with_width(tokens[rows], width), i)
+    return [MicroBatch.from_tokens(fit_columns(tokens[rows], width), i)
             for i, (rows, width) in enumerate(zip(plan.rows, plan.widths))]
 
 
