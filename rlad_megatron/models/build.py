@@ -15,7 +15,7 @@ Teacher: requires_grad off, eval mode, no DDP wrapper, no grad buffers, no optim
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -28,13 +28,22 @@ from rlad_megatron.runtime import mcore_compat
 from rlad_megatron.runtime.cpu_shims import cuda_to_cpu
 from rlad_megatron.runtime.parallel import Parallel
 
+OPTIMIZERS = ("adam", "sgd")
+"""megatron.core.optimizer's optimizers (OptimizerConfig.optimizer)."""
+
 
 @dataclass
 class OptimizerSettings:
     """Megatron optimizer settings for the student (megatron.core.optimizer.OptimizerConfig)."""
 
+    name: str = field(default="adam", metadata={"choices": OPTIMIZERS})
+    """adam: megatron's Adam (AdamW with weight_decay > 0), the default for training. sgd:
+    plain SGD (with sgd_momentum), where a weight moves by lr x its gradient: two runs whose
+    gradients agree to round-off end with weights that agree to lr x that round-off, while Adam,
+    dividing by the gradient's root mean square, turns round-off on a near-zero gradient into a
+    move of up to lr. The tests that compare two code paths through whole runs use it."""
     lr: float = 1e-6
-    """Peak learning rate (Adam)."""
+    """Peak learning rate."""
     min_lr: float = 0.0
     """Learning rate at the end of the decay."""
     weight_decay: float = 0.0
@@ -45,6 +54,8 @@ class OptimizerSettings:
     """Adam's second-moment decay."""
     adam_eps: float = 1e-8
     """Adam's epsilon."""
+    sgd_momentum: float = 0.0
+    """SGD's momentum (name=sgd only)."""
     clip_grad: float = 1.0
     """Clip the global gradient norm at this (0: off)."""
     distributed: bool = False
@@ -176,8 +187,9 @@ def build_student(spec: ModelSpec, par: Parallel, optim: OptimizerSettings, *,
     config.no_sync_func = [w.no_sync for w in wrapped] if len(wrapped) > 1 else wrapped[0].no_sync
     config.finalize_model_grads_func = finalize_model_grads
     opt_config = OptimizerConfig(
-        optimizer="adam", lr=optim.lr, min_lr=optim.min_lr, weight_decay=optim.weight_decay,
+        optimizer=optim.name, lr=optim.lr, min_lr=optim.min_lr, weight_decay=optim.weight_decay,
         adam_beta1=optim.adam_beta1, adam_beta2=optim.adam_beta2, adam_eps=optim.adam_eps,
+        sgd_momentum=optim.sgd_momentum,
         clip_grad=optim.clip_grad, use_distributed_optimizer=optim.distributed,
         params_dtype=config.params_dtype, bf16=config.bf16, fp16=config.fp16)
     with cuda_to_cpu():

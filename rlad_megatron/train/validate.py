@@ -13,6 +13,7 @@ from typing import Optional
 from rlad_megatron.data.difficulty import check_level_sizes, level_config
 from rlad_megatron.data.formats import COMPACT_TASKS
 from rlad_megatron.data.tasks import check_task_config
+from rlad_megatron.models.build import OptimizerSettings
 from rlad_megatron.models.layout_check import data_parallel_problem
 from rlad_megatron.models.spec import PRESETS, ModelSpec
 from rlad_megatron.train.config import (REFERENCE_KL_ALGORITHMS, TRAJECTORY_ALGORITHMS,
@@ -115,6 +116,7 @@ def validate_run_config(cfg: RunConfig, world_size: int = 1, check_files: bool =
             raise ValueError("optimizer.distributed: megatron-core's distributed optimizer state "
                              "does not checkpoint exactly on CPU (no apex/transformer-engine); "
                              "set optimizer.distributed=false")
+    _optimizer(cfg)
     if cfg.optimizer.min_lr > cfg.optimizer.lr:
         raise ValueError(f"optimizer.min_lr: {cfg.optimizer.min_lr} > optimizer.lr: "
                          f"{cfg.optimizer.lr}")
@@ -203,6 +205,18 @@ def _imitation(cfg: RunConfig) -> None:
                          f"{im.importance_cap}")
     if not 0 < im.tau_success <= 1:
         raise ValueError(f"imitation.tau_success must be in (0, 1], got {im.tau_success}")
+
+
+def _optimizer(cfg: RunConfig) -> None:
+    """The options of the optimizer not chosen are refused when set."""
+    o, default = cfg.optimizer, OptimizerSettings()
+    if not 0 <= o.sgd_momentum < 1:
+        raise ValueError(f"optimizer.sgd_momentum must be in [0, 1), got {o.sgd_momentum}")
+    unused = (("adam_beta1", "adam_beta2", "adam_eps") if o.name == "sgd" else ("sgd_momentum",))
+    changed = [f"optimizer.{k}={getattr(o, k)}" for k in unused
+               if getattr(o, k) != getattr(default, k)]
+    if changed:
+        raise ValueError(f"{', '.join(changed)} has no effect with optimizer.name={o.name}")
 
 
 def _token_budget(cfg: RunConfig) -> None:

@@ -27,7 +27,7 @@ def test_every_field_of_the_run_config_has_a_docstring():
 def test_docstrings_are_read_from_the_source_including_base_classes():
     from rlad_megatron.train.config import OptimConfig, TeacherConfig
 
-    assert field_docs(OptimConfig)["lr"] == "Peak learning rate (Adam)."  # from OptimizerSettings
+    assert field_docs(OptimConfig)["lr"] == "Peak learning rate."  # from OptimizerSettings
     assert "resident" in field_docs(TeacherConfig)["offload"]
     assert "Tokenizer path" in field_docs(TeacherConfig)["tokenizer"]  # from ModelConfig
 
