@@ -226,7 +226,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PINNED_CPU_NUMERICS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"}
+"""CPU kernel paths of every rlad process. Left to themselves, torch picks AVX-512 kernels where
+the CPU has them (softmax, norms, reductions) and MKL picks its kernels by CPU model: fp32
+round-off then differs between machines, and hundreds of SFT/RL steps amplify it into other
+models (docs/reproduction.md, "The same numbers on another machine"). AVX2 runs on every x86-64
+server CPU of the last decade, at the same speed here. MKL honours MKL_CBWR on Intel CPUs only
+(AMD CPUs take MKL's AVX2 path anyway). RLAD_NATIVE_CPU_KERNELS=1 keeps the machine's own."""
+
+
+def pin_cpu_numerics(environ=None) -> None:
+    """Set PINNED_CPU_NUMERICS in `environ` (os.environ) unless RLAD_NATIVE_CPU_KERNELS=1; called
+    before torch is imported, and inherited by the processes torchrun starts."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    if environ.get("RLAD_NATIVE_CPU_KERNELS") != "1":
+        environ.update(PINNED_CPU_NUMERICS)
+
+
 def main(argv=None) -> int:
+    pin_cpu_numerics()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may come after options (`reproduce R --quick run_dir=X`)

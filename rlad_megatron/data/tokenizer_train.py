@@ -13,8 +13,11 @@ from typing import Iterable
 
 def train_sentencepiece(lines: Iterable[str], model_prefix: str | Path, *,
                         model_type: str = "char", vocab_size: int = 0) -> Path:
-    """Train and write MODEL_PREFIX.model; vocab_size 0 = every character seen (+ 4 specials)."""
+    """Train and write MODEL_PREFIX.model; vocab_size 0 = every character seen (+ 4 specials).
+    The model file does not record where it was written (sentencepiece keeps model_prefix in its
+    trainer spec): the same text gives the same bytes in any folder."""
     import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2
 
     lines = [line for line in lines if line]
     if not lines:
@@ -28,4 +31,9 @@ def train_sentencepiece(lines: Iterable[str], model_prefix: str | Path, *,
         vocab_size=size, character_coverage=1.0, hard_vocab_limit=False,
         unk_id=0, bos_id=1, eos_id=2, pad_id=3, add_dummy_prefix=False,
         split_digits=True, minloglevel=2)
-    return prefix.with_suffix(".model")
+    path = prefix.with_suffix(".model")
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(path.read_bytes())
+    proto.trainer_spec.ClearField("model_prefix")
+    path.write_bytes(proto.SerializeToString())
+    return path

@@ -90,13 +90,20 @@ def job_state(job: Job) -> str:
     return "resume" if same else "new"
 
 
-def start_job(job: Job, log_dir: Path, procs: int, threads: int) -> subprocess.Popen:
+JOB_ENV = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+"""Every process of a reproduction (preparation and arms) computes on one CPU thread: MKL splits a
+matrix product differently over 2 threads than over 1 (other fp32 round-off), so a thread count
+that followed the machine's cores, or how many runs are left, would give other numbers from the
+same command. More cores run more jobs at once (reproduce.jobs) instead."""
+
+
+def start_job(job: Job, log_dir: Path, procs: int) -> subprocess.Popen:
     cfg_file = job.run_dir.with_suffix(".yaml")
     if job_state(job) == "new" and job.run_dir.exists():
         shutil.rmtree(job.run_dir)  # under RUN_DIR/arms, which this command owns
     cfg_file.parent.mkdir(parents=True, exist_ok=True)
     cfg_file.write_text(job.config_yaml)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, **JOB_ENV}
     log = open(log_dir / f"{job.arm}_seed_{job.seed}.log", "w")
     cmd = _torchrun(procs) + ["-m", "rlad_megatron.cli", "train", str(cfg_file)]
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -111,14 +118,13 @@ def run_jobs(jobs: list[Job], spec, run_dir: Path) -> list[str]:
     todo = [j for j in jobs if job_state(j) != "done"]
     if len(todo) < len(jobs):
         print(f"reproduce: reusing {len(jobs) - len(todo)} finished run(s)", flush=True)
-    threads = max(1, (os.cpu_count() or 1) // min(spec.jobs, max(len(todo), 1)) // spec.procs)
     running: dict[subprocess.Popen, tuple[Job, float]] = {}
     failures = []
     bar = tqdm(total=len(todo), desc="arms x seeds", unit="run", dynamic_ncols=True,
                mininterval=5.0)
     queue = list(todo)
     try:
-        _schedule(queue, running, failures, bar, spec, log_dir, threads)
+        _schedule(queue, running, failures, bar, spec, log_dir)
     finally:  # interrupted (Ctrl-C, SIGTERM): no orphaned training processes; they resume later
         for proc in running:
             proc.terminate()
@@ -131,12 +137,12 @@ def run_jobs(jobs: list[Job], spec, run_dir: Path) -> list[str]:
     return failures
 
 
-def _schedule(queue, running, failures, bar, spec, log_dir, threads) -> None:
+def _schedule(queue, running, failures, bar, spec, log_dir) -> None:
     while queue or running:
         started = False
         while queue and len(running) < spec.jobs:
             job = queue.pop(0)
-            running[start_job(job, log_dir, spec.procs, threads)] = (job, time.time())
+            running[start_job(job, log_dir, spec.procs)] = (job, time.time())
             started = True
         if started:
             bar.set_postfix_str("running " + ", ".join(f"{j.arm}/{j.seed}"
@@ -158,6 +164,13 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def prepare_stages(path: str, overrides: list[str], procs: int) -> int:
+    """`rlad prepare` of the recipe under torchrun with JOB_ENV (its cached tokenizer, teacher and
+    student); the exit code."""
+    return subprocess.run(_torchrun(procs) + ["-m", "rlad_megatron.cli", "prepare", path,
+                                              *overrides], env={**os.environ, **JOB_ENV}).returncode
+
+
 def reproduce(path: str, overrides: list[str], *, quick: bool = False, demo: bool = False,
               jobs: int | None = None) -> int:
     settings, configs, node = load_recipe(path, overrides)
@@ -175,10 +188,9 @@ def reproduce(path: str, overrides: list[str], *, quick: bool = False, demo: boo
     t0 = time.time()
     print(f"reproduce: {len(job_list)} runs ({', '.join(spec.arm_names)} x seeds "
           f"{spec.seeds}) into {run_dir}; teacher and student cached in {cache}", flush=True)
-    prep = subprocess.run(_torchrun(spec.prepare_procs) +
-                          ["-m", "rlad_megatron.cli", "prepare", path, *overrides])
-    if prep.returncode != 0:
-        print(f"reproduce: preparing the teacher and student failed (exit {prep.returncode})",
+    code = prepare_stages(path, overrides, spec.prepare_procs)
+    if code != 0:
+        print(f"reproduce: preparing the teacher and student failed (exit {code})",
               file=sys.stderr)
         return 1
     failures = run_jobs(job_list, spec, run_dir)
