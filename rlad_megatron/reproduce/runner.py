@@ -38,6 +38,7 @@ from rlad_megatron.train.config import RunConfig, same_config
 from rlad_megatron.train.validate import validate_run_config
 from rlad_megatron.train.recipe import (PREP_STAGES, load_recipe, owned_or_absent, rl_config,
                                         stage_configs)
+from rlad_megatron.train.timers import progress
 
 MARKER = ".rlad_reproduce"
 
@@ -111,8 +112,6 @@ def start_job(job: Job, log_dir: Path, procs: int) -> subprocess.Popen:
 
 def run_jobs(jobs: list[Job], spec, run_dir: Path) -> list[str]:
     """Run the unfinished jobs, spec.jobs at a time; returns the failures' descriptions."""
-    from tqdm import tqdm
-
     log_dir = run_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     todo = [j for j in jobs if job_state(j) != "done"]
@@ -120,8 +119,7 @@ def run_jobs(jobs: list[Job], spec, run_dir: Path) -> list[str]:
         print(f"reproduce: reusing {len(jobs) - len(todo)} finished run(s)", flush=True)
     running: dict[subprocess.Popen, tuple[Job, float]] = {}
     failures = []
-    bar = tqdm(total=len(todo), desc="arms x seeds", unit="run", dynamic_ncols=True,
-               mininterval=5.0)
+    bar = progress(len(todo), desc="arms x seeds", unit="run", mininterval=5.0)
     queue = list(todo)
     try:
         _schedule(queue, running, failures, bar, spec, log_dir)

@@ -209,8 +209,10 @@ def _decode(runner: StageRunner, model: BuiltModel, inputs: LeftPadded, cfg: Gen
     eos = cfg.eos_ids()
     temperature = float(cfg.temperature)
     runner.start(b, p + n, cfg.use_cache)
+    # disable=None: tqdm's own rule, no bar when stderr is not a terminal (a log file)
     bar = tqdm(total=n, desc="generate", unit="tok", leave=False,
-               disable=not cfg.progress or (dist.is_initialized() and dist.get_rank() != 0))
+               disable=True if not cfg.progress or (dist.is_initialized() and dist.get_rank() != 0)
+               else None)
     steps = 0
     # inference_mode: no autograd bookkeeping in megatron's modules (the tensors returned are
     # made above, outside it, and only written to here); decode_kv_cache: runtime/mcore_compat.py

@@ -107,15 +107,23 @@ def memory_stats(*, reset_cuda_peak: bool = False) -> dict[str, float]:
     return stats
 
 
+LOG_INTERVAL_S = 60.0
+"""Seconds between redraws of a progress bar whose stderr is not a terminal."""
+
+
 def progress(iterable_or_total: Union[Iterable, int], *, desc: str = "", enabled: bool = True,
              **tqdm_kwargs: Any):
     """A tqdm bar on stderr over an iterable, or over `total` steps advanced with `update()`.
 
     `enabled` is false on every rank but rank 0 and when logging.progress is false; the bar is
-    then tqdm's own disabled bar (same methods, no output). Extra keyword arguments go to tqdm
-    (`initial=` for a resumed run, `unit=`, `leave=`).
+    then tqdm's own disabled bar (same methods, no output). When stderr is not a terminal (a log
+    file, a Slurm job's output) the bar is redrawn at most every LOG_INTERVAL_S, so a log holds a
+    line a minute rather than thousands of carriage-return updates. Extra keyword arguments go
+    to tqdm (`initial=` for a resumed run, `unit=`, `leave=`, `mininterval=`).
     """
     iterable, total = ((None, iterable_or_total) if isinstance(iterable_or_total, int)
                        else (iterable_or_total, tqdm_kwargs.pop("total", None)))
+    if not sys.stderr.isatty():
+        tqdm_kwargs["mininterval"] = max(tqdm_kwargs.get("mininterval", 0.1), LOG_INTERVAL_S)
     return tqdm(iterable, total=total, desc=desc, file=sys.stderr, dynamic_ncols=True,
                 disable=not enabled, **tqdm_kwargs)

@@ -5,6 +5,7 @@ Start here when metrics.jsonl or the TensorBoard curves look wrong after a resum
 
 import json
 import math
+import subprocess
 import sys
 import time
 
@@ -196,3 +197,17 @@ def test_progress_silent_when_disabled_and_on_stderr_when_enabled(capsys):
     out = capsys.readouterr()
     assert out.out == ""
     assert "steps" in out.err and "3/3" in out.err and "reward=0.5" in out.err
+
+
+def test_progress_in_a_log_file_redraws_once_a_minute(tmp_path):
+    """stderr to a file (a log, not a terminal): 200 quick updates leave the opening and the
+    closing line, not 200 carriage-return redraws; on a terminal every update may redraw."""
+    code = ("from rlad_megatron.train.timers import progress\n"
+            "with progress(200, desc='steps', mininterval=0) as bar:\n"
+            "    for _ in range(200):\n"
+            "        bar.update(1)\n")
+    log = tmp_path / "log.txt"
+    with open(log, "w") as f:
+        subprocess.run([sys.executable, "-c", code], stderr=f, check=True)
+    text = log.read_bytes()
+    assert 1 <= text.count(b"\r") <= 3 and b"200/200" in text, text
