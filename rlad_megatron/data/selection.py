@@ -2,8 +2,8 @@
 
 1. The paper's (`select_teacher_tokens`): which tokens of the student's rollouts anchor their TRRD
    ratio to the teacher (the teacher mask).
-2. The description's (`gate_trajectories`): which teacher trajectories are imitated, by three
-   gates (further below).
+2. The three-step reading's (`gate_trajectories`; teacher trajectories, selective gates, a joint
+   loss): which teacher trajectories are imitated, by three gates (further below).
 
 After rollout, scoring and the teacher pass, for each sequence i and response token t:
 

@@ -1,4 +1,5 @@
-"""The joint objective of selective imitation with teacher trajectories (the description's step 3):
+"""The joint objective of selective imitation with teacher trajectories (the third step of the
+three-step reading: teacher trajectories, selective gates, this joint loss):
 
     total = L_RL(student rows)  +  lambda * L_distill(selected teacher rows)
 
