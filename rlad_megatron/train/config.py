@@ -220,8 +220,9 @@ class CheckpointConfig:
     save_every: int = 0
     """Save every N steps (0: only at the end and on preemption)."""
     keep_last: int = 2
-    """After each save, keep this many newest iterations in the checkpoint root; older
-    iter_XXXXXXX folders there are removed, whichever run wrote them."""
+    """After each save, the keep_last highest-numbered iterations in the checkpoint root and the
+    one just saved stay; the other iter_XXXXXXX folders there are removed, whichever run wrote
+    them."""
     resume: bool = True
     """Resume from the latest checkpoint in `dir` when there is one."""
     fallback: bool = True
