@@ -71,8 +71,8 @@ class TRRDLossConfig:
     start of the run (kept in host memory, swapped in for a forward-only pass; models/reference.py).
     0: no reference pass."""
     kl_estimator: str = choice("k3", KL_ESTIMATORS)
-    """Per-token estimator of the reference KL, x = lp - lp_ref on the student's tokens:
-    k1 = x, k2 = x^2 / 2, k3 = exp(-x) - 1 + x (losses/kl.py)."""
+    """Per-token estimator of the reference KL from x = lp - lp_ref on the student's tokens:
+    k1: x, k2: x^2/2, k3: exp(-x)-1+x (losses/kl.py)."""
 
 
 @dataclass
@@ -106,8 +106,8 @@ class KDRLLossConfig:
     """beta = beta_init + (beta_min - beta_init) * min(step / anneal_steps, 1) at RL step `step`
     (the first is 1); 0: beta_init at every step."""
     kl_estimator: str = choice("k2", KL_ESTIMATORS)
-    """Per-token estimator of the teacher KL, x = lp - lp_T on the student's tokens: k1 = x,
-    k2 = x^2 / 2, k3 = exp(-x) - 1 + x (losses/kl.py)."""
+    """Per-token estimator of the teacher KL from x = lp - lp_T on the student's tokens:
+    k1: x, k2: x^2/2, k3: exp(-x)-1+x (losses/kl.py)."""
     eps_low: float = 0.2
     """Lower clip of the surrogate: the ratio is clipped at 1 - eps_low (in [0, 1))."""
     eps_high: float = 0.28
@@ -188,9 +188,10 @@ class ImitationConfig:
     gate_aligned: bool = True
     """Switch the aligned gate on."""
     align_metric: str = choice("gap", ALIGN_METRICS)
-    """"gap": mean over the trajectory's response tokens of lp_T - lp_S, passes when <=
-    tau_align; "loglik": the student's mean per-token log-likelihood lp_S, passes when >=
-    tau_align (lp_S: the student's log-prob at rollout time, lp_T: the teacher's)."""
+    """"gap": the mean over the trajectory's response tokens of lp_T - lp_S; the gate passes
+    when it is at most tau_align. "loglik": the student's mean per-token log-likelihood lp_S;
+    the gate passes when it is at least tau_align. lp_S: the student's log-prob at rollout
+    time, lp_T: the teacher's."""
     tau_align: float = 1.0
     """The aligned gate's threshold, in nats per token (the gap, or the log-likelihood)."""
     gate_advantage: bool = True

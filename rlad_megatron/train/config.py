@@ -137,7 +137,7 @@ class DataConfig:
     reward: str = "reasoning_gym"
     """Reward spec (data/rewards.py): a registered reward or a weighted sum, e.g.
     "math+0.1*format". Evaluation and sft_distill count a sample correct when its reward is
-    >= 1."""
+    at least 1."""
 
 
 @dataclass
@@ -149,9 +149,9 @@ class RolloutConfig:
     group_size: int = 8
     """G: samples per prompt (GRPO group)."""
     temperature: float = 1.0
-    """Sampling temperature of the rollouts, teacher trajectories and sft_distill traces (> 0
-    for RL). The log-prob passes and the update, of every algorithm, compute
-    log softmax(logits / T) at it too."""
+    """Sampling temperature T of the rollouts, teacher trajectories and sft_distill traces (> 0
+    for RL). The log-prob passes and the update, of every algorithm, take log-probs at T too:
+    log_softmax(logits/T)."""
     top_p: float = 1.0
     """Nucleus sampling mass of the same generations (1: off). The log-prob passes score the
     unfiltered softmax(logits / T)."""
