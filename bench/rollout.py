@@ -32,7 +32,7 @@ not overwrite the kept full result), and as the last line
 Target: kv_speedup_256 >= 10. vs_hf_B: our KV-cached tok/s over Hugging Face transformers'
 generate (KV cache, T=1 sampling, no EOS) on the same weights (a random LlamaForCausalLM loaded
 into the megatron model through convert/layout.py) and prompts, 256 new tokens at batch 8 and
-32, in both modes; targets (issue 15) vs_hf_8 >= 1 and vs_hf_32 >= 2. Each ratio is the median
+32, in both modes; targets vs_hf_8 >= 1 and vs_hf_32 >= 2. Each ratio is the median
 over pairs run back to back (ours, then transformers; quick: 2 pairs, full: 3), so that a
 slower or faster spell of the shared machine hits both sides of a pair. "na" when transformers
 is not installed.
@@ -45,18 +45,18 @@ float64 uniforms for the whole vocabulary per row, the pruned Gumbel-max, the vo
 log-sum-exp), inside it the uniforms' generation alone; the rest is the decode loop's own
 bookkeeping (masks, positions, the per-step token broadcast).
 
-What issue 15 changed, per decode step at batch 32 and 256 new tokens (same machine, quiet, one
-run each side): 84-102 ms before (forward 76-92, of which core attention 14-15; Gumbel noise
-4-5) -> 27 ms after (forward 21.5, core attention 5.3-5.7, sampler 5.3 of which uniforms 1.8);
-at batch 8, 19-22 -> 14-17 ms. Gone: megatron re-rotating every cached key in every layer at
-every step ([L, b, g, d] temporaries; now keys are cached rotated), the batched attention
-products on megatron's [L, b, g, d] cache layout (4-5x slower than on a per-head layout at
-L ~ 300), the two logs of the Gumbel noise over the whole vocabulary (now only at the ids that
-can win); runtime/mcore_compat.decode_kv_cache and ops/sampling.py say how. The tokens and
-log-probs are bitwise those of before. What is left at batch 32 is mostly the matrix products
-(~11 ms: the same MKL sgemm calls transformers makes), reading the KV cache (~5 ms) and the
-float64 uniforms (~1.8 ms, the exact noise's Mersenne-Twister stream), so vs_hf_32 >= 2 is out
-of reach without changing megatron's layers or the noise stream.
+What the current decode path gained over the first one, per decode step at batch 32 and 256 new
+tokens (same machine, quiet, one run each side): 84-102 ms before (forward 76-92, of which core
+attention 14-15; Gumbel noise 4-5) -> 27 ms after (forward 21.5, core attention 5.3-5.7, sampler
+5.3 of which uniforms 1.8); at batch 8, 19-22 -> 14-17 ms. Gone: megatron re-rotating every cached
+key in every layer at every step ([L, b, g, d] temporaries; now keys are cached rotated), the
+batched attention products on megatron's [L, b, g, d] cache layout (4-5x slower than on a per-head
+layout at L ~ 300), the two logs of the Gumbel noise over the whole vocabulary (now only at the ids
+that can win); runtime/mcore_compat.decode_kv_cache and ops/sampling.py say how. The tokens and
+log-probs are bitwise those of before. What is left at batch 32 is mostly the matrix products (~11
+ms: the same MKL sgemm calls transformers makes), reading the KV cache (~5 ms) and the float64
+uniforms (~1.8 ms, the exact noise's Mersenne-Twister stream), so vs_hf_32 >= 2 is out of reach
+without changing megatron's layers or the noise stream.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ teacher forward's share plus 5%, where teacher_share = teacher log-prob time / G
 time; everything else RLAD adds (selection, the TRRD ratio, its metrics) must stay within the 5%.
 The full-step overhead (rollout included, as in the paper) is reported too.
 
-Varied lengths (issue 15): the same RLAD step (old + teacher log-probs + TRRD update) on a
+Varied lengths: the same RLAD step (old + teacher log-probs + TRRD update) on a
 batch whose responses are 16 to `max_new` tokens long (a generated batch cut at seeded random
 lengths, as EOS would cut it), with fixed micro-batches (8 rows padded to the step's longest row)
 and with token budgets (train.max_tokens_per_micro_batch, data/micro_batches.py) of 8 x the

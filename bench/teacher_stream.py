@@ -11,7 +11,7 @@ Both variants score the same tokens with the same weights (single process, fp32,
 
 Reported per batch size: the best of N scoring times, the peak teacher parameter bytes on the
 device (resident: all of them; streamed: the Residency tracker's peak, what a GPU would hold),
-the copy time, and whether the log-probs are bit-identical. Targets (issue 14): resident bytes
+the copy time, and whether the log-probs are bit-identical. Targets: resident bytes
 <= window x largest layer + head, reported as a ratio to the whole teacher; time within 10% of
 resident where a layer's compute exceeds its copy, which on a GPU the side-stream copy can hide.
 On CPU "host" and "device" are the same memory, the copy is a memcpy that nothing overlaps,

@@ -47,7 +47,7 @@ step), then reps of ours (one model, warmed up once), so that the load of a shar
 drifts over both. `make bench-vs-trl` creates .venv-trl first.
 Output: bench/results/vs_trl.json and, last,
     RESULT vs_trl speedup=<ours / trl tokens per second> ours_tok_s=<> trl_tok_s=<> target_met=<>
-Target (issue 15): speedup >= 2.
+Target: speedup >= 2.
 """
 
 from __future__ import annotations

@@ -2,14 +2,14 @@
 
 1. The paper's (`select_teacher_tokens`): which tokens of the student's rollouts anchor their TRRD
    ratio to the teacher (the teacher mask).
-2. The description's (`gate_trajectories`): which teacher trajectories are imitated, by three
-   gates (further below).
+2. The three-step reading's (`gate_trajectories`; teacher trajectories, selective gates, a joint
+   loss): which teacher trajectories are imitated, by three gates (further below).
 
-After rollout, scoring and the teacher pass, for each sequence i and response token t:
+After rollout, scoring and the teacher pass, for each sequence i and loss token t:
 
     gap_it       = lp_T - lp_old                       per-token teacher gap        [b, s]
-    alignment_i  = mean_t over response tokens of gap_it                            [b]
-    advantage_i  = A_i (for [b, s] advantages: their mean over response tokens)     [b]
+    alignment_i  = mean_t over loss tokens of gap_it                                [b]
+    advantage_i  = A_i (for [b, s] advantages: their mean over loss tokens)         [b]
 
 A policy turns (advantage_i, alignment_i) into a per-sequence gate; the teacher mask is the gate
 on the sequence's loss tokens. The loss uses the GRPO ratio (alpha = 1) where the mask is 0.

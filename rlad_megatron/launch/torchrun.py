@@ -1,4 +1,4 @@
-"""torchrun that exits 0 after a clean preemption save (issue 13, item 10).
+"""torchrun that exits 0 after a clean preemption save.
 
     python -m rlad_megatron.launch.torchrun [torchrun options] -m rlad_megatron.cli train CFG ...
 

@@ -1,4 +1,5 @@
-"""The joint objective of selective imitation with teacher trajectories (the description's step 3):
+"""The joint objective of selective imitation with teacher trajectories (the third step of the
+three-step reading: teacher trajectories, selective gates, this joint loss):
 
     total = L_RL(student rows)  +  lambda * L_distill(selected teacher rows)
 
@@ -81,8 +82,9 @@ def joint_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, loss_
     teacher_logprobs lp_T (needed by rl="trrd" and by distill="ratio"),
     advantages [b] or [b, s] (teacher rows hold A_T), loss_mask (student rows' loss tokens),
     distill_mask (selected teacher rows' response tokens), teacher_mask and ref_logprobs as in
-    trrd_loss. rl_options: the RL loss's keyword options (alpha, eps_low, eps_high, clamp, agg,
-    kl_beta, ...). Normalisers: see the module docstring (None -> this call's counts).
+    trrd_loss. rl_options: the RL loss's keyword options (alpha, eps_low, eps_high,
+    teacher_logratio_clamp, clamp_grad, agg, kl_beta, ...). Normalisers: see the module
+    docstring (None -> this call's counts).
     Metrics: the RL loss's, plus loss/joint, joint/rl_term, joint/distill_term, distill/*.
     """
     if rl not in RL_LOSSES:

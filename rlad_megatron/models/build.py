@@ -45,22 +45,24 @@ class OptimizerSettings:
     lr: float = 1e-6
     """Peak learning rate."""
     min_lr: float = 0.0
-    """Learning rate at the end of the decay."""
+    """Learning rate at the end of a linear or cosine decay (<= lr; unused by constant)."""
     weight_decay: float = 0.0
-    """Decoupled weight decay (AdamW)."""
+    """Weight decay of the matrices (megatron leaves biases and 1-D norm weights out): decoupled
+    (AdamW) with adam, added to the gradient (L2) with sgd."""
     adam_beta1: float = 0.9
-    """Adam's first-moment decay."""
+    """Adam's first-moment decay (name=adam; a changed value is refused with sgd)."""
     adam_beta2: float = 0.999
-    """Adam's second-moment decay."""
+    """Adam's second-moment decay (name=adam; a changed value is refused with sgd)."""
     adam_eps: float = 1e-8
-    """Adam's epsilon."""
+    """Adam's epsilon (name=adam; a changed value is refused with sgd)."""
     sgd_momentum: float = 0.0
-    """SGD's momentum (name=sgd only)."""
+    """SGD's momentum, in [0, 1) (name=sgd; a changed value is refused with adam)."""
     clip_grad: float = 1.0
     """Clip the global gradient norm at this (0: off)."""
     distributed: bool = False
     """megatron's DistributedOptimizer (ZeRO-1). Its state does not checkpoint on CPU without
-    transformer-engine/apex in megatron-core 0.16.1, so it is refused there by train/config.py."""
+    transformer-engine/apex in megatron-core 0.16.1, so train/validate.py refuses it when CUDA
+    is not available."""
 
 
 @dataclass

@@ -37,9 +37,11 @@ class ParallelConfig:
     virtual_pipeline: Optional[int] = None
     """Model chunks per pipeline rank for the interleaved schedule; None for 1F1B."""
     sequence_parallel: bool = False
-    """Megatron sequence parallelism (needs tensor > 1; GPU/transformer-engine path)."""
+    """Megatron sequence parallelism (needs tensor > 1 and the transformer-engine layer spec, a
+    GPU). Generation (rollout/pipeline.py) refuses it."""
     seed: int = 1234
-    """Seed of the model-parallel RNG streams (megatron model_parallel_cuda_manual_seed)."""
+    """Seed of the model-parallel RNG streams (megatron model_parallel_cuda_manual_seed) and of
+    torch.manual_seed; `rlad train` sets it to the run's `seed`."""
 
     def validate(self, world_size: int, prefix: str = "parallel") -> None:
         for key in ("tensor", "pipeline"):

@@ -28,38 +28,51 @@ class AdvantageConfig:
     """Group-normalised advantages (data/advantages.py)."""
 
     estimator: str = choice("grpo", ADVANTAGES)
-    """grpo: (r - mean) / (std + eps) within the group; dr_grpo: r - mean (no std scaling)."""
+    """grpo: (r - mean) / (std + eps) within the group (population std); dr_grpo: r - mean (no
+    std scaling). A group whose rewards are all equal gets advantage 0."""
     eps: float = 1e-6
-    """Added to the group's reward std."""
+    """Added to the group's reward std by grpo (and by the "baseline" teacher-row advantage);
+    dr_grpo does not use it."""
     drop_zero_variance: bool = False
-    """Drop groups whose rewards are all equal (they carry no policy gradient)."""
+    """Leave groups whose rewards are all equal out of the RL loss: their rows stay in the batch
+    with no loss tokens, so they count in neither the loss's normalisers nor its KL terms.
+    false: they stay in the loss with advantage 0."""
 
 
 @dataclass
 class TRRDLossConfig:
-    """Trust Region Ratio Distillation (losses/trrd.py): ratio pi_S / (pi_old^alpha * pi_T^(1 -
-    alpha)) inside the clipped surrogate."""
+    """Trust Region Ratio Distillation (losses/trrd.py): the clipped surrogate on the ratio
+    log r = alpha * (lp - lp_old) + (1 - alpha) * clamp(lp - lp_T, -c, c), i.e.
+    pi_S / (pi_old^alpha * pi_T^(1 - alpha)) where the clamp does not bind."""
 
     alpha: float = 0.5
-    """Weight of the old policy in the ratio's anchor; 1 - alpha is the teacher's (1: GRPO)."""
+    """Weight of the old policy in the ratio's anchor, in [0, 1]; 1 - alpha is the teacher's
+    (1: GRPO)."""
     eps_low: float = 0.2
-    """Lower clip: the ratio is clipped at 1 - eps_low."""
+    """Lower clip: the ratio is clipped at 1 - eps_low (in [0, 1))."""
     eps_high: float = 0.28
-    """Upper clip: the ratio is clipped at 1 + eps_high (DAPO's clip-higher)."""
+    """Upper clip: the ratio is clipped at 1 + eps_high (>= 0; DAPO's clip-higher)."""
     teacher_logratio_clamp: float = 1.0
-    """|log pi_T - log pi_old| is clamped at this many nats per token in the anchor."""
+    """c > 0: the teacher term lp - lp_T (the current student's log-prob minus the teacher's, per
+    token, in nats) is clamped to [-c, c] before it enters log r with weight 1 - alpha
+    (math.inf: no clamp)."""
     clamp_grad: str = choice("detach", CLAMP_GRAD)
-    """How the clamp passes gradients (detach: none through clamped tokens; straight_through)."""
+    """Gradient of the clamped teacher term: detach (torch.clamp: none where |lp - lp_T| > c;
+    the alpha * (lp - lp_old) term still passes its gradient) or straight_through (the clamped
+    value, the gradient of the unclamped lp - lp_T)."""
     agg: str = choice("seq_mean_token_mean", AGGREGATIONS)
-    """How token losses become the batch loss (losses/aggregate.py)."""
+    """How token losses become the batch loss (losses/aggregate.py): seq_mean_token_mean (mean
+    over each sequence's loss tokens, then over sequences) or token_mean (over all loss
+    tokens)."""
     dual_clip: Optional[float] = None
-    """Dual-clip constant c > 1 for negative advantages (None: off)."""
+    """Dual clip c > 1: where A < 0 the token loss is at most -c * A (None: off)."""
     kl_beta: float = 0.0
     """beta of the paper's Eq. 4: beta * KL(pi_S || pi_ref), pi_ref the student's weights at the
     start of the run (kept in host memory, swapped in for a forward-only pass; models/reference.py).
     0: no reference pass."""
     kl_estimator: str = choice("k3", KL_ESTIMATORS)
-    """Estimator of the reference KL (losses/kl.py)."""
+    """Per-token estimator of the reference KL from x = lp - lp_ref on the student's tokens:
+    k1: x, k2: x^2/2, k3: exp(-x)-1+x (losses/kl.py)."""
 
 
 @dataclass
@@ -67,37 +80,40 @@ class GRPOLossConfig:
     """GRPO's clipped surrogate with ratio pi_S / pi_old (losses/grpo.py)."""
 
     eps_low: float = 0.2
-    """Lower clip: 1 - eps_low."""
+    """Lower clip: the ratio is clipped at 1 - eps_low (in [0, 1))."""
     eps_high: float = 0.28
-    """Upper clip: 1 + eps_high."""
+    """Upper clip: the ratio is clipped at 1 + eps_high (>= 0)."""
     agg: str = choice("seq_mean_token_mean", AGGREGATIONS)
-    """How token losses become the batch loss (losses/aggregate.py)."""
+    """How token losses become the batch loss, as loss.trrd.agg (losses/aggregate.py)."""
     dual_clip: Optional[float] = None
-    """Dual-clip constant c > 1 for negative advantages (None: off)."""
+    """Dual clip c > 1: where A < 0 the token loss is at most -c * A (None: off)."""
     kl_beta: float = 0.0
     """beta * KL(pi_S || pi_ref), as loss.trrd.kl_beta."""
     kl_estimator: str = choice("k3", KL_ESTIMATORS)
-    """Estimator of the reference KL (losses/kl.py)."""
+    """Estimator of the reference KL, as loss.trrd.kl_estimator (losses/kl.py)."""
 
 
 @dataclass
 class KDRLLossConfig:
-    """KDRL (losses/kdrl.py): GRPO's surrogate plus beta * KL(pi_S || pi_T) on the rollouts."""
+    """KDRL (losses/kdrl.py): GRPO's surrogate plus beta * KL(pi_S || pi_T) on the student's
+    rollout tokens that selection.policy picks (all of them by default)."""
 
     beta_init: float = 5e-3
-    """Weight of the teacher KL at the start."""
+    """Weight of the teacher KL at the start of the anneal."""
     beta_min: float = 1e-3
-    """Weight of the teacher KL at the end of the anneal."""
+    """Weight of the teacher KL from step anneal_steps on; in [0, beta_init]."""
     anneal_steps: int = 0
-    """Linear anneal of beta from beta_init to beta_min over this many steps (0: constant)."""
+    """beta = beta_init + (beta_min - beta_init) * min(step / anneal_steps, 1) at RL step `step`
+    (the first is 1); 0: beta_init at every step."""
     kl_estimator: str = choice("k2", KL_ESTIMATORS)
-    """Estimator of the teacher KL (losses/kl.py)."""
+    """Per-token estimator of the teacher KL from x = lp - lp_T on the student's tokens:
+    k1: x, k2: x^2/2, k3: exp(-x)-1+x (losses/kl.py)."""
     eps_low: float = 0.2
-    """Lower clip of the surrogate: 1 - eps_low."""
+    """Lower clip of the surrogate: the ratio is clipped at 1 - eps_low (in [0, 1))."""
     eps_high: float = 0.28
-    """Upper clip of the surrogate: 1 + eps_high."""
+    """Upper clip of the surrogate: the ratio is clipped at 1 + eps_high (>= 0)."""
     agg: str = choice("seq_mean_token_mean", AGGREGATIONS)
-    """How token losses become the batch loss (losses/aggregate.py)."""
+    """How token losses become the batch loss, for both terms, as loss.trrd.agg."""
 
     def loss_kwargs(self, step: int) -> dict:
         """The kdrl loss's keyword arguments at `step` (beta annealed)."""
@@ -114,7 +130,7 @@ class SFTLossConfig:
     """Token negative log-likelihood (losses/sft.py)."""
 
     agg: str = choice("token_mean", AGGREGATIONS)
-    """How token losses become the batch loss (losses/aggregate.py)."""
+    """How token losses become the batch loss, as loss.trrd.agg (losses/aggregate.py)."""
 
 
 @dataclass
@@ -133,14 +149,19 @@ class LossConfig:
 
 @dataclass
 class SelectionConfig:
-    """Where the teacher anchors the ratio (data/selection.py), token by token."""
+    """Which loss tokens use the teacher (data/selection.py), decided per sequence and applied
+    to all its loss tokens: TRRD anchors their ratio (the others take GRPO's ratio), KDRL adds
+    its teacher KL on them only."""
 
     policy: str = choice("paper", SELECTION_POLICIES)
-    """paper: every loss token; advantage / alignment / both: the tokens passing those tests."""
+    """paper: every loss token; advantage / alignment / both: the loss tokens of the sequences
+    passing the tau_adv test, the tau_align test, or both."""
     tau_adv: float = 0.0
-    """advantage policy: tokens of rows with advantage >= tau_adv."""
+    """advantage / both: a sequence passes when |A| >= tau_adv (A: its advantage; for per-token
+    advantages, their mean over its loss tokens)."""
     tau_align: float = 0.0
-    """alignment policy: tokens where lp_T - lp_old >= tau_align."""
+    """alignment / both: a sequence passes when the mean over its loss tokens of lp_T - lp_old
+    is >= tau_align (nats per token)."""
 
 
 @dataclass
@@ -154,31 +175,37 @@ class ImitationConfig:
       explore        the prompt is not left to free RL exploration: the student group's success
                      rate (rewards >= success_reward) < tau_success
 
-    total = RL loss on the student's rows + weight * distillation loss on the selected rows.
+    total = RL loss on the student's rows + lambda * distillation loss on the selected rows
+    (lambda: weight, or its anneal to weight_end).
     """
 
     advantage: str = choice("group", TEACHER_ADVANTAGES)
     """How teacher rows get an advantage: "group" (the group's mean and std include them) or
-    "baseline" (against the student group's mean and std, which exclude them). Two validation
+    "baseline" (against the student group's mean and std, which exclude them; without std
+    scaling under dr_grpo or when the student group's std is 0). Two validation
     sweeps (docs/reproduction.md) did not separate them (group 34.2 / 35.1 vs baseline 33.2 /
     34.9 mean@4); "group" is GRPO's own convention."""
     gate_aligned: bool = True
     """Switch the aligned gate on."""
     align_metric: str = choice("gap", ALIGN_METRICS)
-    """"gap": mean over the trajectory's tokens of lp_T - lp_S, passes when <= tau_align;
-    "loglik": the student's mean per-token log-likelihood lp_S, passes when >= tau_align."""
+    """"gap": the mean over the trajectory's response tokens of lp_T - lp_S; the gate passes
+    when it is at most tau_align. "loglik": the student's mean per-token log-likelihood lp_S;
+    the gate passes when it is at least tau_align. lp_S: the student's log-prob at rollout
+    time, lp_T: the teacher's."""
     tau_align: float = 1.0
-    """nats per token ("gap") or per-token log-likelihood ("loglik")."""
+    """The aligned gate's threshold, in nats per token (the gap, or the log-likelihood)."""
     gate_advantage: bool = True
     """Switch the raises-reward gate on."""
     tau_adv: float = 0.1
-    """A teacher trajectory raises reward when its advantage is at least this."""
+    """A teacher trajectory raises reward when its advantage A_T >= tau_adv (imitation.advantage
+    says how A_T is computed)."""
     gate_explore: bool = True
     """Switch the explore gate on."""
     tau_success: float = 0.5
-    """Prompts the student solves at this rate or more are left to RL (no imitation)."""
+    """In (0, 1]: prompts whose student samples succeed at this rate or more are left to RL (no
+    imitation); the gate passes when the rate is < tau_success."""
     success_reward: float = 1.0
-    """A sample succeeds when its reward is at least this."""
+    """The explore gate counts a student sample as a success when its reward is >= this."""
     distill_loss: str = choice("nll", DISTILL_LOSSES)
     """"ratio": the RL loss's clipped ratio (TRRD's, or GRPO's under algorithm=grpo) on the
     teacher's tokens, importance-weighted from the teacher to the ratio's anchor and truncated at
@@ -186,10 +213,12 @@ class ImitationConfig:
     sweeps (docs/reproduction.md) did not separate them (nll 35.1 / 34.7 vs ratio 34.2 / 35.1
     mean@4); "nll" needs no off-policy correction, so it is the simpler of two equals."""
     importance_cap: float = 1.0
-    """Truncation of the "ratio" term's importance weight (pi_old / pi_T)^alpha (math.inf: none)."""
+    """The "ratio" term's importance weight is min((pi_old / pi_T)^alpha, importance_cap), with
+    alpha = 1 under algorithm=grpo; > 0 (.inf: no truncation)."""
     weight: float = 1.0
-    """lambda: the distillation term's weight."""
+    """lambda (>= 0): the distillation term's weight (at the start, when weight_end is set)."""
     weight_end: Optional[float] = None
-    """Anneal lambda linearly from `weight` to this over weight_steps steps (None: constant)."""
+    """lambda = weight + (weight_end - weight) * min(step / weight_steps, 1) at RL step `step`
+    (the first is 1; weight_steps 0: weight_end at every step). None: `weight` throughout."""
     weight_steps: int = 0
-    """Steps of the lambda anneal (weight_end)."""
+    """Steps of the lambda anneal (weight_end), reaching weight_end at this step."""

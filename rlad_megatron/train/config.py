@@ -52,9 +52,13 @@ class ModelConfig:
     preset: Optional[str] = None
     """Named architecture (models/spec.py PRESETS); `spec` fields override it."""
     spec: Dict[str, Any] = field(default_factory=dict)
-    """ModelSpec fields (all of them when there is no preset and no checkpoint)."""
+    """ModelSpec fields (models/spec.py) over the preset's, or over the checkpoint's recorded
+    spec; with neither preset nor checkpoint, or with `arch` set and no preset, the spec alone
+    (every required field). vocab_size 0: the tokenizer's size."""
     checkpoint: Optional[str] = None
-    """Megatron checkpoint (root or iter_XXXXXXX) to load weights, and the spec when no preset."""
+    """Megatron checkpoint (a root, read at its latest iteration, or an iter_XXXXXXX folder):
+    the weights, the spec when there is no preset (and `spec` has no `arch`), and the default
+    tokenizer."""
     tokenizer: Optional[str] = None
     """Tokenizer path (sentencepiece .model, tokenizer.json or a HF dir); default: the
     checkpoint's."""
@@ -92,13 +96,15 @@ class DataConfig:
     source: str = "reasoning_gym"
     """"reasoning_gym" or the path of a JSONL/Parquet file with question and answer fields."""
     task: str = "chain_sum"
-    """reasoning-gym task name (source: reasoning_gym)."""
+    """reasoning-gym task name: the generated task (source: reasoning_gym), or the task recorded
+    on a file's rows (the reasoning_gym reward scores with its scorer)."""
     task_config: Dict[str, Any] = field(default_factory=dict)
     """reasoning-gym dataset options, e.g. {min_terms: 2, max_terms: 5}."""
     levels: List[int] = field(default_factory=list)
     """Difficulty levels mixed in every split (data/difficulty.py): chain_sum's number of terms,
     knights_knaves' number of people, e.g. [3, 4, 5]; each split's size is divided evenly over
-    them and evaluation reports each level. Empty: the task_config alone."""
+    them and evaluation reports each level. Source reasoning_gym only; task_config must not set
+    the options a level fixes. Empty: the task_config alone."""
     format: str = choice("chat", FORMATS)
     """Prompt rendering: "chat" (tokenizer template / plain template) or "compact"
     (data/formats.py: short prompts and procedural solutions for tiny models)."""
@@ -106,7 +112,8 @@ class DataConfig:
     """compact format: a completion reaches the reward only if every step of its chain is right
     (no reward for lucky answers); false = outcome reward on the answer alone."""
     system_prompt: Optional[str] = None
-    """A system message put before every prompt (chat format); None: the template's default."""
+    """A system message put before every prompt (chat format; compact ignores it); None: the
+    template's default."""
     train_size: int = 2000
     """reasoning-gym prompts in the train split (over all levels)."""
     heldout_size: int = 128
@@ -114,7 +121,8 @@ class DataConfig:
     validation_size: int = 0
     """reasoning-gym prompts in the validation split: where settings are chosen (eval.split)."""
     seed: int = 0
-    """Seed of the data: reasoning-gym generation and the file's split (not the run's seed)."""
+    """Seed of the data: reasoning-gym generation and the file's split; the train prompts' order
+    is seeded by data.seed + seed."""
     question_field: str = "question"
     """File source: the field holding the prompt."""
     answer_field: str = "answer"
@@ -127,7 +135,9 @@ class DataConfig:
     """A malformed file row or a prompt too long for the model: stop naming it (error), or skip
     and count it (skip)."""
     reward: str = "reasoning_gym"
-    """Reward spec (data/rewards.py), e.g. "math+0.1*format"."""
+    """Reward spec (data/rewards.py): a registered reward or a weighted sum, e.g.
+    "math+0.1*format". Evaluation and sft_distill count a sample correct when its reward is
+    at least 1."""
 
 
 @dataclass
@@ -139,21 +149,28 @@ class RolloutConfig:
     group_size: int = 8
     """G: samples per prompt (GRPO group)."""
     temperature: float = 1.0
-    """Sampling temperature of the rollout (the log-prob passes score at it too)."""
+    """Sampling temperature T of the rollouts, teacher trajectories and sft_distill traces (> 0
+    for RL). The log-prob passes and the update, of every algorithm, take log-probs at T too:
+    log_softmax(logits/T)."""
     top_p: float = 1.0
-    """Nucleus sampling mass (1: off)."""
+    """Nucleus sampling mass of the same generations (1: off). The log-prob passes score the
+    unfiltered softmax(logits / T)."""
     top_k: int = 0
-    """Sample among the k most likely tokens (0: off)."""
+    """Sample among the k most likely tokens in the same generations (0: off); unfiltered
+    log-probs as for top_p."""
     max_new_tokens: int = 64
-    """Response tokens per sample at most (EOS included)."""
+    """Response tokens per sample at most (EOS included); also evaluation's, unless
+    eval.max_new_tokens is set."""
     micro_batch_size: int = 0
-    """Rows generated together (bounds the KV cache and logits; rlad plan sizes the KV cache by
-    it); 0 = all of this rank's sequences at once. The samples do not depend on it."""
+    """Rows generated together in every generation, evaluation included (bounds the KV cache
+    and logits; rlad plan sizes the KV cache by it); 0 = all of this rank's rows at once. The
+    samples do not depend on it."""
     teacher_samples: int = 0
-    """Teacher trajectories per prompt (the description's reading of RLAD, `imitation.*`): the
-    teacher samples them with the rollout's sampler and temperature, the reward scores them, and
-    the selected ones are imitated beside the RL loss (losses/joint.py). 0: the paper's reading
-    only (the teacher scores the student's rollouts)."""
+    """Teacher trajectories per prompt (algorithms rlad and grpo; the three-step reading of RLAD:
+    teacher trajectories, selective gates, a joint loss; `imitation.*`): the teacher samples
+    them with the rollout's sampler and settings, the reward scores them, and the ones passing
+    the gates are imitated beside the RL loss (losses/joint.py). 0: the paper's reading only
+    (the teacher scores the student's rollouts)."""
 
 
 @dataclass
@@ -161,9 +178,11 @@ class OptimConfig(OptimizerSettings):
     """The student's optimizer (models/build.py OptimizerSettings) and its LR schedule."""
 
     warmup_steps: int = 0
-    """Linear LR warmup over this many optimizer steps."""
+    """Linear LR warmup from 0 to lr over this many training steps (train.steps' unit; for RL,
+    x train.mini_batches optimizer steps)."""
     decay_style: str = choice("constant", LR_DECAY_STYLES)
-    """LR decay after warmup, to min_lr at the last step (megatron's OptimizerParamScheduler)."""
+    """LR after warmup (megatron's OptimizerParamScheduler): constant stays at lr; linear and
+    cosine decay to min_lr at the last step."""
 
 
 @dataclass
@@ -176,17 +195,20 @@ class TrainConfig:
     """Sequences per micro-batch in the log-prob passes and the update."""
     max_tokens_per_micro_batch: int = 0
     """Token budget of a micro-batch in the log-prob passes and the update (data/micro_batches.py):
-    rows sorted by length and cut into micro-batches of at most this many padded tokens, each
-    trimmed to its own longest row, the same count on every DP rank; micro_batch_size is then not
-    used there. Loss and gradients are unchanged. 0 = off: micro_batch_size rows per micro-batch,
-    padded to the step's longest sequence."""
+    rows sorted by length and cut into micro-batches of at most this many padded tokens (a longer
+    row is a micro-batch of its own), each trimmed to its own longest row, the same count on
+    every DP rank; micro_batch_size is then not used there. Loss and gradients are unchanged.
+    Not with parallel.virtual_pipeline. 0 = off: micro_batch_size rows per micro-batch, padded
+    to the step's longest sequence."""
     mini_batches: int = 1
     """Optimizer steps per RL step (the step's sequences are split into this many mini-batches).
     RL only: the SFT paths (sft, sft_distill) take one optimizer step per batch."""
     sft_batch_size: int = 32
-    """Sequences per SFT step (algorithms sft and sft_distill), over all DP ranks."""
+    """Prompts per SFT step (algorithms sft and sft_distill), over all DP ranks: one gold
+    solution each, or one teacher trace, which has loss tokens only when its reward is >= 1."""
     max_consecutive_bad_steps: int = 3
-    """Abort after this many consecutive steps with a NaN/Inf loss or gradient."""
+    """A mini-batch with a NaN/Inf loss or gradient skips its optimizer step; abort after this
+    many skipped optimizer steps in a row (counted across RL steps)."""
 
 
 @dataclass
@@ -198,7 +220,9 @@ class CheckpointConfig:
     save_every: int = 0
     """Save every N steps (0: only at the end and on preemption)."""
     keep_last: int = 2
-    """Keep this many newest checkpoints (older ones this run wrote are removed)."""
+    """After each save, the keep_last highest-numbered iterations in the checkpoint root and the
+    one just saved stay; the other iter_XXXXXXX folders there are removed, whichever run wrote
+    them."""
     resume: bool = True
     """Resume from the latest checkpoint in `dir` when there is one."""
     fallback: bool = True
@@ -232,7 +256,8 @@ class EvalConfig:
     pass@k over k = 4 samples per prompt (train/evaluate.py)."""
 
     every: int = 0
-    """Evaluate every N steps (0: only before and after training)."""
+    """Evaluate after every N-th step (0: only before training, when eval.at_start, and after
+    the last step, which is always evaluated)."""
     split: str = choice("heldout", EVAL_SPLITS)
     """heldout (the reported split) | validation (for choosing settings; data.validation_size)."""
     num_prompts: int = 64
@@ -240,9 +265,9 @@ class EvalConfig:
     k: int = 4
     """Samples per prompt: mean@k accuracy and pass@k."""
     temperature: float = 0.6
-    """0 = greedy (then k must be 1)."""
+    """Sampling temperature of the evaluation; 0 = greedy (then k must be 1)."""
     top_p: float = 0.95
-    """Nucleus sampling mass of the evaluation."""
+    """Nucleus sampling mass of the evaluation (no top-k)."""
     max_new_tokens: int = 0
     """0 = rollout.max_new_tokens."""
     seed: int = 0
@@ -251,7 +276,7 @@ class EvalConfig:
     at_start: bool = True
     """Evaluate the student before the first step (step 0)."""
     teacher: bool = True
-    """Also evaluate the teacher at step 0, when the run loads one."""
+    """Also evaluate the teacher at step 0 (with eval.at_start), when the run loads one."""
     save_samples: bool = True
     """Write each evaluation's per-prompt scores to RUN_DIR/eval/step_XXXXXXX.json."""
 
@@ -265,7 +290,8 @@ class RunConfig:
     run_dir: str = "runs/default"
     """Where the run writes config.yaml, metrics, TensorBoard, evaluations and checkpoints."""
     seed: int = 1234
-    """Seed of the run: prompt order, rollout sampling, random initialisation."""
+    """Seed of the run: prompt order (with data.seed), rollout and trace sampling, random
+    initialisation (teacher: seed + 1), and the model-parallel RNG (it replaces parallel.seed)."""
     student: ModelConfig = field(default_factory=ModelConfig)
     """The student being trained."""
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
@@ -281,7 +307,7 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     """Per-loss options; the algorithm picks the section."""
     selection: SelectionConfig = field(default_factory=SelectionConfig)
-    """Where the teacher anchors TRRD's ratio."""
+    """Which loss tokens use the teacher: TRRD's anchor, KDRL's teacher KL."""
     imitation: ImitationConfig = field(default_factory=ImitationConfig)
     """Imitation of teacher trajectories (rollout.teacher_samples > 0)."""
     optimizer: OptimConfig = field(default_factory=OptimConfig)

@@ -106,7 +106,8 @@ def format_schema(cls: type = RunConfig) -> str:
             continue
         allowed = f"  one of: {', '.join(map(str, info.choices))}" if info.choices else ""
         lines.append(f"{pad}{info.key} ({info.type}) = {info.default!r}{allowed}")
-        for row in textwrap.wrap(info.doc or "(undocumented)", 96 - len(pad) - 4):
+        for row in textwrap.wrap(info.doc or "(undocumented)", 96 - len(pad) - 4,
+                                   break_on_hyphens=False):
             lines.append(f"{pad}    {row}")
     return "\n".join(lines).lstrip("\n") + "\n"
 

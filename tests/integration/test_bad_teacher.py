@@ -1,6 +1,6 @@
 """`rlad train algorithm=sft_distill` with a teacher whose weights carry no information (a
 near-uniform random init, as when a checkpoint was not loaded) stops with the named teacher
-error, as rlad and kdrl do, instead of exiting 0 having kept no trace (issue 13 item 7).
+error, as rlad and kdrl do, instead of exiting 0 having kept no trace.
 """
 
 import subprocess

@@ -1,4 +1,4 @@
-"""Resuming refuses a checkpoint of another run (issue 13 item 5): pointing an RL run's run_dir
+"""Resuming refuses a checkpoint of another run: pointing an RL run's run_dir
 at an SFT run's folder used to resume the SFT run as RL, and keep_last then deleted the SFT
 run's checkpoint. Real `rlad train` processes, tiny models."""
 

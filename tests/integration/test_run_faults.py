@@ -1,12 +1,12 @@
-"""Faults around a run's folder, with real `rlad train` processes and tiny models (issue 13):
+"""Faults around a run's folder, with real `rlad train` processes and tiny models:
 
-* item 4: a second run on a busy run_dir is refused, naming the first, which loses nothing; a
+* a second run on a busy run_dir is refused, naming the first, which loses nothing; a
   lock left by a dead process is named as stale and taken over;
-* item 8: a truncated shard of the latest checkpoint is named (file and size) and, with
+* a truncated shard of the latest checkpoint is named (file and size) and, with
   checkpoint.fallback (the default), the run resumes from the newest iteration that verifies;
-* item 10: once a preemption signal arrives, the checkpoint comes before a scheduled evaluation,
+* once a preemption signal arrives, the checkpoint comes before a scheduled evaluation,
   which runs after the resume instead.
-A failure names the item: the lock (train/run_lock.py), the manifest (models/checkpoint.py
+A failure names the part: the lock (train/run_lock.py), the manifest (models/checkpoint.py
 verify), or the loop's order (train/loop.py)."""
 
 import json
@@ -93,7 +93,7 @@ def test_a_truncated_latest_checkpoint_is_named_and_falls_back(tmp_path):
     assert "falling back to iteration 1" in resumed.stderr
     assert "iter_0000001 at step 1" in resumed.stdout
     assert _steps(run) == [1, 2, 3]                     # step 2 trained again, then 3
-    # item 9: an architecture that does not match a checkpoint is named from its spec file
+    # an architecture that does not match a checkpoint is named from its spec file
     # before any model is built (it was megatron's "Global shape mismatch" naming neither)
     ckpt = run / "checkpoints"
     wrong = _run(tmp_path, tmp_path / "other", f"student.checkpoint={ckpt}",

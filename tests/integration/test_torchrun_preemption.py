@@ -1,4 +1,4 @@
-"""Preemption under torchrun (issue 13, item 10): `python -m rlad_megatron.launch.torchrun`
+"""Preemption under torchrun: `python -m rlad_megatron.launch.torchrun`
 runs `rlad train` on 2 ranks (TP=2); SIGTERM (a scancel or node drain) and SIGUSR1 (Slurm's
 `--signal` warning) sent to the launcher make every rank finish its step, save, and the launcher
 exit 0 naming the step, where torchrun itself exits 1 with a traceback (SIGTERM) or dies of the

@@ -200,9 +200,9 @@ def test_tp_that_does_not_divide_the_heads_is_refused_before_any_work(tmp_path):
 
 
 def test_cli_import_guards_its_target_and_export_refuses_a_file(tmp_path, capsys):
-    """Issue 13 items 11-12: `convert import --tp 2` from one process was refused; importing into
-    a training checkpoint folder moved its pointer to iteration 0; `export --hf-path FILE` gave a
-    traceback."""
+    """`convert import --tp 2` runs from one process; importing into a folder that holds a
+    checkpoint is refused with its pointer untouched; `export --hf-path FILE` is a named error,
+    not a traceback, and leaves the file as it was."""
     src, mg = make_case(tmp_path / "hf", "llama"), tmp_path / "mg"
     assert cli.main(["convert", "import", "--hf-model", str(src), "--megatron-path", str(mg),
                      "--tp", "2"]) == 0

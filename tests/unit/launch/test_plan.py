@@ -267,7 +267,7 @@ def test_constants_agree_with_the_code_they_describe():
 @pytest.mark.parametrize("flag, value", [("--gpu-memory", "0"), ("--gpu-memory", "-8"),
                                          ("--nodes", "0"), ("--gpus-per-node", "-1")])
 def test_nonpositive_machine_sizes_are_refused_by_the_cli(flag, value, capsys):
-    """Issue 13 item 12: `rlad plan --gpu-memory 0` was accepted."""
+    """`rlad plan --gpu-memory 0` (and other sizes <= 0) is refused."""
     from rlad_megatron.cli import main
 
     args = ["plan", "--teacher", "qwen3-8b", "--student", "qwen3-1.7b", "--nodes", "1",

@@ -49,7 +49,7 @@ def test_mean_ci_by_hand():
 
 
 def test_paired_difference_uses_shared_seeds_only():
-    # the three seeds: RLAD 63.3 59.8 61.9 vs GRPO 58.2 52.7 52.7
+    # three shared seeds, RLAD 63.3 59.8 61.9 vs GRPO 58.2 52.7 52.7; seed 4 is RLAD's alone
     rlad = {1: 0.633, 2: 0.598, 3: 0.619, 4: 0.9}
     grpo = {1: 0.582, 2: 0.527, 3: 0.527}
     est = paired_difference(rlad, grpo)

@@ -1,5 +1,5 @@
 """runtime/mcore_compat.decode_kv_cache (keys cached with RoPE applied, the per-head cache
-layout; issue 15) changes no number of a generation, single process (TP = PP = 1): compared
+layout) changes no number of a generation, single process (TP = PP = 1): compared
 BITWISE with megatron's own cache handling. A failure points at a megatron release whose
 attention stores or reads the static cache differently (the wrappers' docstring lists what they
 rely on).

@@ -1,4 +1,4 @@
-"""The sampler's pruned Gumbel-max and row blocks (ops/sampling.py, issue 15) give bitwise the
+"""The sampler's pruned Gumbel-max and row blocks (ops/sampling.py) give bitwise the
 values of the whole-row computation they replace, single process. A failure points at the pruning
 bounds, or at gumbel() no longer being elementwise (then the noise at a few gathered ids is not
 the noise of the whole vocabulary at those ids).

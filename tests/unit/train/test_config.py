@@ -171,7 +171,7 @@ def test_cli_reports_config_errors_before_any_work(tmp_path):
 
 
 def test_unwritable_run_dir_or_checkpoint_dir_is_named_before_any_model(tmp_path):
-    """Issue 13 item 3: an unusable checkpoint.dir used to be found at the first save."""
+    """An unusable run_dir or checkpoint.dir is named at setup, not at the first save."""
     from rlad_megatron.train.setup import check_writable
 
     a_file = tmp_path / "file.txt"
@@ -196,8 +196,8 @@ def test_token_budget_replaces_the_micro_batch_divisibility_check(tmp_path):
 
 
 def test_sft_paths_ignore_mini_batches_in_the_divisibility_check(tmp_path):
-    """Issue 13 item 12: sft_distill with train.mini_batches=2 was refused although the SFT path
-    takes one optimizer step per batch; RL keeps the check."""
+    """sft_distill with train.mini_batches=2 is accepted (the SFT path takes one optimizer step
+    per batch); RL keeps the check."""
     validate_run_config(_valid(tmp_path, **{"algorithm": "sft_distill", "train.mini_batches": 2,
                         "train.sft_batch_size": 8, "train.micro_batch_size": 8}), 1)
     with pytest.raises(ValueError, match=r"train.sft_batch_size per data-parallel rank = 8 is "
@@ -215,8 +215,8 @@ def test_sft_paths_ignore_mini_batches_in_the_divisibility_check(tmp_path):
      r"student.spec: unknown field\(s\) num_layerz; known: "),
 ])
 def test_cli_names_the_file_or_field_instead_of_a_traceback(tmp_path, capsys, text, message):
-    """Issue 13 item 11: malformed YAML, a YAML list as config and an unknown spec field with a
-    preset gave tracebacks; each is now a named error with exit status 2 before any work."""
+    """Malformed YAML, a YAML list as config and an unknown spec field with a preset are each a
+    named error with exit status 2 before any work, not a traceback."""
     from rlad_megatron.cli import main
 
     path = tmp_path / "bad.yaml"
@@ -234,8 +234,8 @@ def test_cli_names_the_file_or_field_instead_of_a_traceback(tmp_path, capsys, te
 
 
 def test_empty_evaluation_split_is_named_and_drops_are_counted(tmp_path, capsys):
-    """Issue 13 item 12: an empty held-out split said only "prompts: empty batch", and dropped
-    rows were not counted."""
+    """An empty held-out split is named with the setting that sizes it (not "prompts: empty
+    batch"), and dropped rows are counted."""
     from rlad_megatron.data.tasks import file_splits
     from rlad_megatron.train.setup import check_splits
 

@@ -125,8 +125,9 @@ def test_sigterm_finishes_the_step_checkpoints_and_exits_zero(tmp_path):
 
 
 def test_a_planted_rank_state_pickle_is_not_executed(tmp_path, caplog):
-    """Issue 13 item 2: resuming read rank_state_*.pt with weights_only=False, so a planted
-    object's __reduce__ ran. read_rank_state refuses anything but tensors and plain data."""
+    """Resuming must not unpickle arbitrary objects from rank_state_*.pt (with
+    weights_only=False a planted object's __reduce__ ran): read_rank_state refuses anything but
+    tensors and plain data."""
     import logging
     import os
 
