@@ -136,9 +136,10 @@ def test_evaluation_is_the_same_at_dp2_and_tp2(shared_tmp_path):
 @pytest.mark.parametrize("layout", [["parallel.tensor=2"], ["parallel.pipeline=2"]],
                          ids=["tp2", "pp2"])
 def test_rlad_with_teacher_trajectories_and_reference_kl_end_to_end(shared_tmp_path, layout):
-    """The description's three steps as an option of `rlad train`: the teacher generates 2
-    trajectories per prompt, the gates (switched off here, so every teacher row is imitated)
-    select them, and the joint loss trains on both kinds of row, with the reference KL on."""
+    """The three-step reading (teacher trajectories, gates, joint loss) as an option of `rlad
+    train`: the teacher generates 2 trajectories per prompt, the gates (switched off here, so
+    every teacher row is imitated) select them, and the joint loss trains on both kinds of row,
+    with the reference KL on."""
     name = f"traj_{layout[0].split('.')[1].split('=')[0]}"
     cfg = _config(shared_tmp_path, name, "rlad", *layout, "rollout.teacher_samples=2",
                   "imitation.gate_aligned=false", "imitation.gate_advantage=false",
