@@ -165,9 +165,37 @@ def collect(jobs: list[Job], spec: ReproduceSpec, run_dir: Path) -> dict:
             "level_name": "terms" if first.data.task == "chain_sum" else "people",
             "task": first.data.task, "steps": first.train.steps,
             "n_prompts": len(before) if before else 0,
-            "baseline": spec.baseline, "seeds": spec.seeds, "arms": arms,
+            "baseline": spec.baseline,
+            "seeds": sorted({sd for a in arms.values() for sd in a["seeds"]}), "arms": arms,
             "reference": fixed, "reference_steps": fixed_steps, "alphas": alpha_rows,
-            "missing": missing, **tables}
+            "missing": missing, "runs_wall_s": _runs_wall(arms), **tables}
+
+
+def _runs_wall(arms: dict) -> float:
+    """Seconds the runs in the tables took, added up (each run's first to last record)."""
+    return sum(s["time"].get("run_wall", 0.0) for a in arms.values() for s in a["seeds"].values())
+
+
+def check_results(r: dict) -> None:
+    """Every summary field of a results dict describes the runs its tables hold: the seeds are
+    the seeds found, each arm's row averages as many seeds as it has, the columns are the levels,
+    runs_wall_s adds up the runs' own times. Raises ValueError naming the field."""
+    found = sorted({int(sd) for a in r["arms"].values() for sd in a["seeds"]})
+    problems = []
+    if [int(sd) for sd in r["seeds"]] != found:
+        problems.append(f"seeds {r['seeds']} but the arms hold seeds {found}")
+    cols = [f"L{lv}" for lv in r["levels"]] + ["avg"] if len(r["levels"]) > 1 else ["avg"]
+    if r["columns"] != cols:
+        problems.append(f"columns {r['columns']} but levels {r['levels']}")
+    for name, row in r["table1"].items():
+        if row["avg"]["n"] != len(r["arms"][name]["seeds"]):
+            problems.append(f"table1 {name} averages {row['avg']['n']} seeds, the arm has "
+                            f"{len(r['arms'][name]['seeds'])}")
+    if not math.isclose(r.get("runs_wall_s", math.nan), _runs_wall(r["arms"]), rel_tol=1e-9):
+        problems.append(f"runs_wall_s {r.get('runs_wall_s')} but the runs took "
+                        f"{_runs_wall(r['arms'])}")
+    if problems:
+        raise ValueError("results disagree with their own tables: " + "; ".join(problems))
 
 
 def _pct(est: dict | float | None, ci: bool = True) -> str:
@@ -215,11 +243,16 @@ def _table1(r: dict, key: str, ref_key: str, title: str) -> list[str]:
 
 def markdown(r: dict) -> str:
     n_seeds = len(r["seeds"])
-    out = [f"# Reproduction: {r['task']}, {r['steps']} RL steps, {n_seeds} seeds",
+    spread = (f"mean ± 95% CI over seeds (Student t, {n_seeds - 1} d.f.)" if n_seeds > 1 else
+              "one seed, so no interval over seeds")
+    out = [f"# Reproduction: {r['task']}, {r['steps']} RL steps, {n_seeds} seed"
+           f"{'s' if n_seeds != 1 else ''}",
            "", f"Command: `{r.get('command', '')}`  ", f"Evaluation: {r['protocol']} on the "
            f"{_split(r)} split ({r['n_prompts']} prompts, the same prompts and sampling seed for "
-           f"every run). Accuracy in %, mean ± 95% CI over seeds (Student t, {n_seeds - 1} d.f.); "
-           "eval SE: the evaluation's own standard error over prompts (pooled over seeds).", ""]
+           f"every run). Accuracy in %, {spread}; "
+           "eval SE: the evaluation's own standard error over prompts (pooled over seeds).",
+           f"Compute: {r['runs_wall_s'] / 3600:.2f} h of runs (each run's own wall time, added "
+           "up).", ""]
     out += _table1(r, "table1", "reference",
                    f"## Table 1: outcome reward (the final answer), {_split(r)} mean@k")
     if r["diff"]:
@@ -270,9 +303,10 @@ def _split(r: dict) -> str:
 
 def summary_lines(r: dict) -> str:
     """The short console table: before / teacher / each arm's average and difference."""
+    n = len(r["seeds"])
+    spread = f"mean ± 95% CI over {n} seeds" if n > 1 else "one seed, no interval"
     lines = [f"{_split(r)} split, {r['protocol']}, {r['n_prompts']} prompts, average over "
-             f"levels, % (mean ± 95% CI over {len(r['seeds'])} seed(s)); outcome reward, then "
-             f"step-checked:"]
+             f"levels, % ({spread}); outcome reward, then step-checked:"]
     for name, ref in (("student before RL", "student_before"), ("teacher", "teacher")):
         scores, steps = r["reference"].get(ref), (r["reference_steps"] or {}).get(ref) or {}
         if scores:
@@ -288,6 +322,7 @@ def summary_lines(r: dict) -> str:
 def write_results(r: dict, run_dir: Path) -> list[Path]:
     from rlad_megatron.reproduce.plots import plot_alpha, plot_curves
 
+    check_results(r)
     r["summary_md"] = summary_lines(r)
     files = []
     for name, text in (("results.json", json.dumps(r, indent=1, default=str)),
