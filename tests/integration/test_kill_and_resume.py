@@ -4,7 +4,11 @@ Run A trains 6 steps uninterrupted. Run B is killed with SIGKILL while it writes
 checkpoint (its .tmp_iter_0000004 folder exists); the step-2 checkpoint must then still be the
 latest and loadable. Run C resumes B's folder and trains to step 6; its final weights and Adam
 state must equal A's bit for bit. A failure here means a checkpoint is not atomic or some state
-(optimizer, scheduler, data position, RNG, rollout seed) is not restored exactly."""
+(optimizer, scheduler, data position, RNG, rollout seed) is not restored exactly.
+
+Why bit for bit holds on any CPU: A and C run the same kernels on the same shapes in the same
+order on one machine (a resume replays no arithmetic differently), so any CPU's round-off is the
+same in both; only state that is not restored exactly can make them differ."""
 
 import os
 import signal
