@@ -144,7 +144,8 @@ def _schedule(queue, running, failures, bar, spec, log_dir) -> None:
             started = True
         if started:
             bar.set_postfix_str("running " + ", ".join(f"{j.arm}/{j.seed}"
-                                                       for j, _ in running.values()))
+                                                       for j, _ in running.values()),
+                                refresh=False)
         time.sleep(1.0)
         for proc in [p for p in running if p.poll() is not None]:
             job, t0 = running.pop(proc)

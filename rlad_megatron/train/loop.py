@@ -225,8 +225,10 @@ def _train(cfg: RunConfig, run: Run) -> dict:
                 run.metrics.log(step, metrics)
                 if sample is not None:
                     run.metrics.log_text(step, "rollout/sample", sample)
+            # refresh=False: shown at the bar's next redraw, which follows its mininterval
             bar.set_postfix({k.split("/")[1]: f"{v:.3g}" for k, v in metrics.items()
-                             if k in ("rollout/reward_mean", f"loss/{cfg.loss_name}")})
+                             if k in ("rollout/reward_mean", f"loss/{cfg.loss_name}")},
+                            refresh=False)
             # once the signal is here the checkpoint comes first: a scheduled evaluation at this
             # step would eat the grace period (it runs after the resume instead, pending_eval)
             if preempt.stop_agreed():

@@ -200,12 +200,14 @@ def test_progress_silent_when_disabled_and_on_stderr_when_enabled(capsys):
 
 
 def test_progress_in_a_log_file_redraws_once_a_minute(tmp_path):
-    """stderr to a file (a log, not a terminal): 200 quick updates leave the opening and the
-    closing line, not 200 carriage-return redraws; on a terminal every update may redraw."""
+    """stderr to a file (a log, not a terminal): 200 quick updates with a postfix each (as the
+    trainer's loop sets them) leave the opening and the closing line, not 200 carriage-return
+    redraws."""
     code = ("from rlad_megatron.train.timers import progress\n"
             "with progress(200, desc='steps', mininterval=0) as bar:\n"
-            "    for _ in range(200):\n"
-            "        bar.update(1)\n")
+            "    for i in range(200):\n"
+            "        bar.update(1)\n"
+            "        bar.set_postfix(loss=i, refresh=False)\n")
     log = tmp_path / "log.txt"
     with open(log, "w") as f:
         subprocess.run([sys.executable, "-c", code], stderr=f, check=True)
