@@ -33,7 +33,7 @@ not overwrite the kept full result), and as the last line
 d2h_per_decode_step: the decode loop run on a fake CUDA device (runtime/fake_cuda.py,
 rollout/device_check.py), counting .item()/bool()/nonzero/.cpu()/.tolist() of device tensors per
 step, the largest over plain, top-k, top-p and top-k + top-p sampling (1: the stop check; top-p
-alone 2: its candidate check); the json holds each mode's count.
+alone reads its candidate check with it); the json holds each mode's count.
 Target: kv_speedup_256 >= 10. vs_hf_B: our KV-cached tok/s over Hugging Face transformers'
 generate (KV cache, T=1 sampling, no EOS) on the same weights (a random LlamaForCausalLM loaded
 into the megatron model through convert/layout.py) and prompts, 256 new tokens at batch 8 and
@@ -46,7 +46,7 @@ Where the time goes (`profile`, batch 32, 256 new tokens): one generate() call w
 timers around the model forward (StageRunner.forward: megatron's GPTModel with the static KV
 cache), inside it megatron's core attention (DotProductAttention.forward: the products with the
 cached keys and values, the masked softmax) and MLP, and the sampler (sampling.sample_next:
-float64 uniforms for the whole vocabulary per row, the pruned Gumbel-max, the vocab-parallel
+float64 uniforms (uniforms_at) for this rank's ids, the pruned Gumbel-max, the vocab-parallel
 log-sum-exp), inside it the uniforms' generation alone; the rest is the decode loop's own
 bookkeeping (masks, positions, the per-step token broadcast).
 
@@ -212,7 +212,7 @@ def profile(model, batch: int, new_tokens: int) -> dict:
     sampling = importlib.import_module("rlad_megatron.ops.sampling")
     sites = {"forward_s": (pipeline.StageRunner, "forward"),
              "core_attention_s": (DotProductAttention, "forward"), "mlp_s": (MLP, "forward"),
-             "sampler_s": (generate_module, "sample_next"), "uniforms_s": (sampling, "uniforms")}
+             "sampler_s": (generate_module, "sample_next"), "uniforms_s": (sampling, "uniforms_at")}
     spent = dict.fromkeys(sites, 0.0)
     saved = {key: getattr(owner, name) for key, (owner, name) in sites.items()}
 
@@ -238,7 +238,9 @@ def device_transfers(steps: int = 16) -> dict[str, float]:
     from rlad_megatron.rollout.device_check import decode_transfers
 
     out = {}
-    for name, filters in (("plain", {}), ("top_k", {"top_k": 5}), ("top_p", {"top_p": 0.9}),
+    # top-p alone with fewer candidates than ids (the vocabulary is 50), as at a real vocabulary
+    for name, filters in (("plain", {}), ("top_k", {"top_k": 5}),
+                          ("top_p", {"top_p": 0.5, "top_p_candidates": 40}),
                           ("top_k_top_p", {"top_k": 5, "top_p": 0.9})):
         cfg = GenerationConfig(max_new_tokens=steps, eos_token_id=None, progress=False, **filters)
         transfers, ran, _ = decode_transfers(cfg)

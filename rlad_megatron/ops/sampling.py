@@ -15,8 +15,9 @@ id instead of two logs; bitwise the same result), in row blocks that stay in the
 GPU the whole row is scored (no host synchronisation: the pruning needs nonzero()). Temperature 0
 is greedy: argmax of the logits, lowest id on ties (like torch.argmax), no noise.
 
-Host synchronisations per call: none, except top-p without top-k on a device (one [1] bool: does
-the nucleus reach ids some rank left out), and the CPU-only pruning above (free on the CPU).
+Host synchronisations per call: none, except top-p without top-k (one [1] bool: does the nucleus
+reach ids some rank left out; with defer_retry the caller reads it together with its own flags),
+and the CPU-only pruning above (free on the CPU).
 Every collective takes device tensors through runtime/devices.py (NCCL moves only CUDA tensors).
 
 Filters, applied in this order on z (like Hugging Face's warpers: temperature, top-k, top-p):
@@ -63,6 +64,8 @@ class Sampled:
     tokens: Tensor  # [b] int64 global token ids
     logprobs: Tensor  # [b] float64, under softmax(logits / T)
     filtered_logprobs: Tensor  # [b] float64, under the top-k/top-p renormalised distribution
+    retry: Optional[Tensor] = None  # [] bool (sample_next(defer_retry=True), top-p alone): True
+    # when the nucleus may reach ids some rank left out; then call again with all ids
 
 
 def _splitmix64(x: int) -> int:
@@ -249,9 +252,12 @@ def _candidates(z: Tensor, shard: VocabShard, k: int) -> Tensor:
 
 
 def _sample_filtered(z: Tensor, noise: Callable[[Tensor], Tensor], shard: VocabShard, *,
-                     top_k: int, top_p: float, k: int) -> Optional[Sampled]:
-    """Top-k/top-p Gumbel-max over the gathered candidates; None when top-p needs more of them.
+                     top_k: int, top_p: float, k: int,
+                     defer: bool = False) -> Optional[Sampled]:
+    """Top-k/top-p Gumbel-max over the gathered candidates; None when top-p needs more of them
+    (defer: no host read, the Sampled's `retry` flag says so instead).
     noise(ids [b, m]) -> the uniforms at those global ids; computed at the candidates only."""
+    retry = None
     b = z.shape[0]
     every = _gather(_candidates(z, shard, k), shard)  # [tp, b, 2k + 3]
     vals = every[..., :k].permute(1, 0, 2).reshape(b, -1)
@@ -270,15 +276,17 @@ def _sample_filtered(z: Tensor, noise: Callable[[Tensor], Tensor], shard: VocabS
         p = torch.where(keep, (vals - norm[:, None]).exp(), 0.0)
         keep &= (p.cumsum(-1) - p) < top_p
         last = vals.gather(1, (keep.sum(-1, keepdim=True) - 1).clamp(min=0))[:, 0]
-        if top_k == 0 and bool((last <= tau).any()):
-            return None  # the nucleus may reach ids some rank left out
+        if top_k == 0 and k < shard.local_size:  # the nucleus may reach ids a rank left out
+            retry = (last <= tau).any()
+            if not defer and bool(retry):
+                return None
     safe_ids = ids.long().clamp(min=0)
     score = torch.where(keep, vals + gumbel(noise(safe_ids)), float("-inf"))
     j = score.argmax(-1, keepdim=True)
     z_tok = vals.gather(1, j)[:, 0]
     kept_lse = torch.where(keep, vals, float("-inf")).logsumexp(-1)
     return Sampled(tokens=safe_ids.gather(1, j)[:, 0], logprobs=z_tok - lse,
-                   filtered_logprobs=z_tok - kept_lse)
+                   filtered_logprobs=z_tok - kept_lse, retry=retry if defer else None)
 
 
 _BLOCK = 1 << 16
@@ -294,7 +302,7 @@ def _scaled(logits: Tensor, temperature: float) -> Tensor:
 def sample_next(logits: Tensor, *, temperature: float, seed: int, step: int, row_ids: Tensor,
                 vocab_size: int, top_k: int = 0, top_p: float = 1.0,
                 tp_group: Optional[dist.ProcessGroup] = None,
-                top_p_candidates: int = TOP_P_CANDIDATES) -> Sampled:
+                top_p_candidates: int = TOP_P_CANDIDATES, defer_retry: bool = False) -> Sampled:
     """Sample one token per row from vocab-parallel logits (see the module docstring).
 
     logits: [b, V/tp] this TP rank's block of the padded vocabulary (ids >= vocab_size are
@@ -302,6 +310,10 @@ def sample_next(logits: Tensor, *, temperature: float, seed: int, step: int, row
     temperature: 0 means greedy (argmax; filters ignored).
     row_ids: [b] int64, the rows' identities for the noise (global row index under DP), on the
         logits' device.
+    defer_retry: top-p without top-k decides on the host whether its candidates held the nucleus;
+        with defer_retry that read is left to the caller (Sampled.retry, a device flag it can
+        read with its own, e.g. the stop check: one host read per decode step); when it is True
+        the caller must call again with top_p_candidates >= V/tp, whose result is exact.
     Call on every rank of tp_group with the same arguments; returns the same Sampled on each."""
     shard = vocab_shard(logits.shape[-1], tp_group, vocab_size)
     if temperature == 0:
@@ -326,7 +338,8 @@ def sample_next(logits: Tensor, *, temperature: float, seed: int, step: int, row
         return uniforms_at(row_ids, step, seed, ids)
 
     k = min(top_k if top_k > 0 else top_p_candidates, shard.local_size)
-    out = _sample_filtered(z, noise, shard, top_k=top_k, top_p=top_p, k=k)
+    out = _sample_filtered(z, noise, shard, top_k=top_k, top_p=top_p, k=k,
+                           defer=defer_retry and k < shard.local_size)
     if out is None:
         out = _sample_filtered(z, noise, shard, top_k=top_k, top_p=top_p, k=shard.local_size)
     return out

@@ -35,7 +35,8 @@ Contract:
   * Device: every tensor of the decode loop (tokens, masks, positions, the KV cache, the logits,
     the sampler's noise and filters, log-probs, stop flags) lives on the compute device
     (runtime/devices.py); the one host synchronisation per decode step is the stop check (a [1]
-    bool: has every row ended), plus one [1] bool for top-p without top-k (ops/sampling.py). The
+    bool: has every row ended; with top-p alone read together with the sampler's candidate check,
+    ops/sampling.py defer_retry, as one [2] read, and a second only when the check fails). The
     finished RolloutBatch is copied to the host once per generation micro-batch (rewards decode
     its text there). tests/unit/rollout/test_fake_device.py runs a decode step on a fake CUDA
     device and counts its host transfers. Verified on CPU with megatron's local layer spec; the
@@ -243,12 +244,20 @@ def _decode(runner: StageRunner, model: BuiltModel, inputs: LeftPadded, cfg: Gen
             else:
                 logits = runner.forward(seq[:, end - 1:end], (inputs.lengths + t - 1)[:, None],
                                         decode_mask(valid[:, :end]))
-            msg = None
+            msg, stop = None, None
             if runner.is_last_stage:
-                out = sample_next(logits, temperature=temperature, seed=seed, step=t,
-                                  row_ids=row_ids, vocab_size=model.spec.vocab_size,
-                                  top_k=cfg.top_k, top_p=cfg.top_p, tp_group=model.par.tp_group,
-                                  top_p_candidates=cfg.top_p_candidates)
+                def sample(candidates: int):
+                    return sample_next(logits, temperature=temperature, seed=seed, step=t,
+                                       row_ids=row_ids, vocab_size=model.spec.vocab_size,
+                                       top_k=cfg.top_k, top_p=cfg.top_p,
+                                       tp_group=model.par.tp_group, top_p_candidates=candidates,
+                                       defer_retry=True)
+                out = sample(cfg.top_p_candidates)
+                if out.retry is not None:  # top-p alone: its check and the stop check, one read
+                    ended = (done | torch.isin(out.tokens, eos)).all()
+                    retry, stop = torch.stack([out.retry, ended]).tolist()
+                    if retry:  # rare: the nucleus reached past some rank's candidates
+                        out, stop = sample(logits.shape[-1]), None
                 msg = torch.stack([out.tokens.double(), out.logprobs, out.filtered_logprobs])
             msg = runner.share(msg, (3, b))
             live = ~done
@@ -260,7 +269,7 @@ def _decode(runner: StageRunner, model: BuiltModel, inputs: LeftPadded, cfg: Gen
             done |= live & torch.isin(tok, eos)
             steps = t + 1
             bar.update(1)
-            if bool(done.all()):  # the step's one host synchronisation
+            if stop if stop is not None else bool(done.all()):  # the step's one host read
                 break
     bar.close()
     return seq, lp, flp, resp_len, steps

@@ -31,21 +31,37 @@ from rlad_megatron.runtime.devices import compute_device
 from rlad_megatron.runtime.fake_cuda import FakeCuda, FakeCudaTensor, FakeDeviceMismatch
 
 
-@pytest.mark.parametrize("filters", [{}, {"top_k": 5}, {"top_p": 0.9}, {"temperature": 0.0}],
-                         ids=["plain", "top-k", "top-p", "greedy"])
+@pytest.mark.parametrize("filters", [{}, {"top_k": 5}, {"top_p": 0.5, "top_p_candidates": 40},
+                                     {"top_k": 5, "top_p": 0.9}, {"temperature": 0.0}],
+                         ids=["plain", "top-k", "top-p", "top-k-top-p", "greedy"])
 def test_a_decode_step_on_a_fake_cuda_device_moves_only_the_stop_flag_to_the_host(filters):
     """Ten decode steps (no EOS) on cuda:0: no op mixes devices, and the host reads are the stop
-    check, one [1] bool per step (top-p without top-k: one more, its candidate check); the
-    tokens and log-probs are those of the same loop on the CPU, bit for bit."""
+    check, one [1] bool per step (top-p without top-k: read with its candidate check, one [2]);
+    the tokens and log-probs are those of the same loop on the CPU, bit for bit."""
     cfg = GenerationConfig(max_new_tokens=10, eos_token_id=None, progress=False,
                            **{"temperature": 1.0, **filters})
     transfers, steps, fake = decode_transfers(cfg)
     _, _, cpu = decode_transfers(cfg, fake=False)
     assert steps == 10
-    per_step = 2 if filters.get("top_p", 1.0) < 1.0 and not filters.get("top_k") else 1
-    assert transfers == ["item"] * (per_step * steps), transfers[:6]
+    # top-p alone reads its candidate check with the stop flag: one [2] tolist
+    kind = "tolist" if filters.get("top_p", 1.0) < 1.0 and not filters.get("top_k") else "item"
+    assert transfers == [kind] * steps, transfers[:6]
     for key in fake:
         assert torch.equal(fake[key], cpu[key]), key
+
+
+def test_top_p_reading_its_candidate_check_with_the_stop_flag_samples_the_exact_nucleus():
+    """Top-p alone with too few candidates (the deferred check fails at every step here, so each
+    step samples again over all ids, one more host read) gives the tokens and log-probs of the
+    sampler that gathers every id from the start."""
+    few, every = ({"top_p": 0.5, "top_p_candidates": c} for c in (4, VOCAB))
+    transfers, steps, got = decode_transfers(GenerationConfig(max_new_tokens=10, progress=False,
+                                                              **few))
+    assert transfers.count("tolist") == steps and transfers.count("item") > 0
+    _, _, want = decode_transfers(GenerationConfig(max_new_tokens=10, progress=False, **every),
+                                  fake=False)
+    for key in want:
+        assert torch.equal(got[key], want[key]), key
 
 
 def test_host_device_mixing_and_bulk_copies_are_caught():
