@@ -94,6 +94,11 @@ class GenerationConfig:
     micro_batch_size: int = 0
     """Rows generated together (their KV cache and logits); 0 = all rows at once. The noise is
     keyed by row id (ops/sampling.py), so the samples do not depend on it."""
+    stop_check_every: int = 1
+    """Decode steps between two reads of the stop flag (has every row ended?), the loop's one host
+    synchronisation: k > 1 lets a GPU run k steps ahead of the host, at the cost of up to k - 1
+    forwards after the last row ended. The samples do not depend on it (ended rows get padding).
+    Top-p alone reads its candidate check every step, with the stop flag."""
 
     def validate(self, prefix: str = "rollout") -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -111,6 +116,9 @@ class GenerationConfig:
         if self.micro_batch_size < 0:
             raise ValueError(f"{prefix}.micro_batch_size must be >= 0 (0: all rows at once), "
                              f"got {self.micro_batch_size}")
+        if self.stop_check_every < 1:
+            raise ValueError(f"{prefix}.stop_check_every must be >= 1, got "
+                             f"{self.stop_check_every}")
         if self.top_p_candidates < 1:
             raise ValueError(f"{prefix}.top_p_candidates must be >= 1, got "
                              f"{self.top_p_candidates}")
@@ -269,7 +277,9 @@ def _decode(runner: StageRunner, model: BuiltModel, inputs: LeftPadded, cfg: Gen
             done |= live & torch.isin(tok, eos)
             steps = t + 1
             bar.update(1)
-            if stop if stop is not None else bool(done.all()):  # the step's one host read
+            # the step's one host read; every stage checks at the same steps (PP: same breaks)
+            if (t + 1) % cfg.stop_check_every == 0 and (
+                    stop if stop is not None else bool(done.all())):
                 break
     bar.close()
     return seq, lp, flp, resp_len, steps

@@ -150,6 +150,11 @@ class RolloutConfig:
     micro_batch_size: int = 0
     """Rows generated together (bounds the KV cache and logits; rlad plan sizes the KV cache by
     it); 0 = all of this rank's sequences at once. The samples do not depend on it."""
+    stop_check_every: int = 1
+    """Decode steps between two host reads of the stop flag (has every row ended?), the decode
+    loop's one synchronisation with the host (rollout/generate.py): k > 1 lets a GPU run k steps
+    ahead, at the cost of up to k - 1 forwards after the last row ended. The samples do not
+    depend on it."""
     teacher_samples: int = 0
     """Teacher trajectories per prompt (the description's reading of RLAD, `imitation.*`): the
     teacher samples them with the rollout's sampler and temperature, the reward scores them, and

@@ -69,7 +69,8 @@ def validate_run_config(cfg: RunConfig, world_size: int = 1, check_files: bool =
         _model(cfg, "teacher", check_files)
     _positive(cfg, "train.steps", "train.micro_batch_size", "train.mini_batches",
               "train.sft_batch_size", "train.max_consecutive_bad_steps", "rollout.prompts_per_step",
-              "rollout.group_size", "rollout.max_new_tokens", "eval.k",
+              "rollout.group_size", "rollout.max_new_tokens", "rollout.stop_check_every",
+              "eval.k",
               "checkpoint.keep_last", "optimizer.lr", "logging.log_every")
     _positive(cfg, "rollout.temperature", "eval.temperature", "rollout.top_k",
               "rollout.micro_batch_size", "checkpoint.save_every", "eval.every",

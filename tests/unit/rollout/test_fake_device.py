@@ -50,6 +50,18 @@ def test_a_decode_step_on_a_fake_cuda_device_moves_only_the_stop_flag_to_the_hos
         assert torch.equal(fake[key], cpu[key]), key
 
 
+def test_the_stop_flag_read_every_k_steps_is_one_host_read_per_k_steps():
+    """GenerationConfig.stop_check_every = 4: 12 decode steps read the host 3 times, and sample
+    what reading every step samples."""
+    cfg = GenerationConfig(max_new_tokens=12, progress=False, stop_check_every=4)
+    transfers, steps, got = decode_transfers(cfg)
+    assert steps == 12 and transfers == ["item"] * 3, transfers
+    _, _, want = decode_transfers(GenerationConfig(max_new_tokens=12, progress=False),
+                                  fake=False)
+    for key in want:
+        assert torch.equal(got[key], want[key]), key
+
+
 def test_top_p_reading_its_candidate_check_with_the_stop_flag_samples_the_exact_nucleus():
     """Top-p alone with too few candidates (the deferred check fails at every step here, so each
     step samples again over all ids, one more host read) gives the tokens and log-probs of the
