@@ -29,6 +29,11 @@ Output: bench/results/rollout.json, under "full" or "quick" (bench/report.py: a 
 not overwrite the kept full result), and as the last line
     RESULT rollout kv_speedup_256=<min over batch sizes of kv tok/s / nocache tok/s>
         vs_hf_8=<ours / transformers at batch 8> vs_hf_32=<at batch 32> forward_frac=<> ...
+        d2h_per_decode_step=<device-to-host transfers per decode step>
+d2h_per_decode_step: the decode loop run on a fake CUDA device (runtime/fake_cuda.py,
+rollout/device_check.py), counting .item()/bool()/nonzero/.cpu()/.tolist() of device tensors per
+step, the largest over plain, top-k, top-p and top-k + top-p sampling (1: the stop check; top-p
+alone reads its candidate check with it); the json holds each mode's count.
 Target: kv_speedup_256 >= 10. vs_hf_B: our KV-cached tok/s over Hugging Face transformers'
 generate (KV cache, T=1 sampling, no EOS) on the same weights (a random LlamaForCausalLM loaded
 into the megatron model through convert/layout.py) and prompts, 256 new tokens at batch 8 and
@@ -41,22 +46,23 @@ Where the time goes (`profile`, batch 32, 256 new tokens): one generate() call w
 timers around the model forward (StageRunner.forward: megatron's GPTModel with the static KV
 cache), inside it megatron's core attention (DotProductAttention.forward: the products with the
 cached keys and values, the masked softmax) and MLP, and the sampler (sampling.sample_next:
-float64 uniforms for the whole vocabulary per row, the pruned Gumbel-max, the vocab-parallel
+float64 uniforms (uniforms_at) for this rank's ids, the pruned Gumbel-max, the vocab-parallel
 log-sum-exp), inside it the uniforms' generation alone; the rest is the decode loop's own
 bookkeeping (masks, positions, the per-step token broadcast).
 
-What the current decode path gained over the first one, per decode step at batch 32 and 256 new
-tokens (same machine, quiet, one run each side): 84-102 ms before (forward 76-92, of which core
-attention 14-15; Gumbel noise 4-5) -> 27 ms after (forward 21.5, core attention 5.3-5.7, sampler
-5.3 of which uniforms 1.8); at batch 8, 19-22 -> 14-17 ms. Gone: megatron re-rotating every cached
-key in every layer at every step ([L, b, g, d] temporaries; now keys are cached rotated), the
-batched attention products on megatron's [L, b, g, d] cache layout (4-5x slower than on a per-head
-layout at L ~ 300), the two logs of the Gumbel noise over the whole vocabulary (now only at the ids
-that can win); runtime/mcore_compat.decode_kv_cache and ops/sampling.py say how. The tokens and
-log-probs are bitwise those of before. What is left at batch 32 is mostly the matrix products (~11
-ms: the same MKL sgemm calls transformers makes), reading the KV cache (~5 ms) and the float64
-uniforms (~1.8 ms, the exact noise's Mersenne-Twister stream), so vs_hf_32 >= 2 is out of reach
-without changing megatron's layers or the noise stream.
+What the KV-cache and sampler work changed, per decode step at batch 32 and 256 new tokens (same machine, quiet, one
+run each side): 84-102 ms before (forward 76-92, of which core attention 14-15; Gumbel noise
+4-5) -> 27 ms after (forward 21.5, core attention 5.3-5.7, sampler 5.3 of which uniforms 1.8);
+at batch 8, 19-22 -> 14-17 ms. Gone: megatron re-rotating every cached key in every layer at
+every step ([L, b, g, d] temporaries; now keys are cached rotated), the batched attention
+products on megatron's [L, b, g, d] cache layout (4-5x slower than on a per-head layout at
+L ~ 300), the two logs of the Gumbel noise over the whole vocabulary (now only at the ids that
+can win); runtime/mcore_compat.decode_kv_cache and ops/sampling.py say how. The tokens and
+log-probs are bitwise those of before. What is left at batch 32 is mostly the matrix products
+(~11 ms: the same MKL sgemm calls transformers makes), reading the KV cache (~5 ms) and the
+float64 uniforms (~1.8 ms, then the noise's Mersenne-Twister stream; now a SplitMix64
+counter hash in int64 tensor ops, computed on the device and per TP shard), so vs_hf_32 >= 2 is
+out of reach without changing megatron's layers.
 """
 
 from __future__ import annotations
@@ -206,7 +212,7 @@ def profile(model, batch: int, new_tokens: int) -> dict:
     sampling = importlib.import_module("rlad_megatron.ops.sampling")
     sites = {"forward_s": (pipeline.StageRunner, "forward"),
              "core_attention_s": (DotProductAttention, "forward"), "mlp_s": (MLP, "forward"),
-             "sampler_s": (generate_module, "sample_next"), "uniforms_s": (sampling, "uniforms")}
+             "sampler_s": (generate_module, "sample_next"), "uniforms_s": (sampling, "uniforms_at")}
     spent = dict.fromkeys(sites, 0.0)
     saved = {key: getattr(owner, name) for key, (owner, name) in sites.items()}
 
@@ -222,6 +228,24 @@ def profile(model, batch: int, new_tokens: int) -> dict:
             "ms_per_step": 1000 * wall / new_tokens,
             **{k.replace("_s", "_ms_per_step"): 1000 * v / new_tokens for k, v in spent.items()},
             **{k.replace("_s", "_frac"): v / wall for k, v in spent.items()}}
+
+
+def device_transfers(steps: int = 16) -> dict[str, float]:
+    """Device-to-host transfers per decode step of the rollout's decode loop on a fake CUDA device
+    (rollout/device_check.py: the loop, sampler and stage runner of this code base with a tiny
+    stand-in model), per sampling mode; the RESULT line reports the largest."""
+    from rlad_megatron.rollout import GenerationConfig
+    from rlad_megatron.rollout.device_check import decode_transfers
+
+    out = {}
+    # top-p alone with fewer candidates than ids (the vocabulary is 50), as at a real vocabulary
+    for name, filters in (("plain", {}), ("top_k", {"top_k": 5}),
+                          ("top_p", {"top_p": 0.5, "top_p_candidates": 40}),
+                          ("top_k_top_p", {"top_k": 5, "top_p": 0.9})):
+        cfg = GenerationConfig(max_new_tokens=steps, eos_token_id=None, progress=False, **filters)
+        transfers, ran, _ = decode_transfers(cfg)
+        out[name] = len(transfers) / ran
+    return out
 
 
 def main() -> None:
@@ -275,8 +299,11 @@ def main() -> None:
           f"sampler {where['sampler_ms_per_step']:.1f} (uniforms "
           f"{where['uniforms_ms_per_step']:.1f}), other {where['other_ms_per_step']:.1f}",
           flush=True)
+    transfers = device_transfers()
+    print(f"host transfers per decode step on the fake device: {transfers}", flush=True)
     report = {
         "mode": "quick" if args.quick else "full",
+        "d2h_per_decode_step": transfers,
         "summary": {"kv_speedup_256": kv_speedup_256, "kv_speedup_64": min(speedups[64]),
                     **ratios},
         "hf": hf_rows,
@@ -300,7 +327,8 @@ def main() -> None:
     print(f"wrote {path} ({report['wall_s']:.0f} s)")
     hf_text = " ".join(f"{k}={v:.2f}" for k, v in ratios.items()) or "vs_hf_8=na vs_hf_32=na"
     print(f"RESULT rollout kv_speedup_256={kv_speedup_256:.1f} {hf_text} "
-          f"forward_frac={where['forward_frac']:.2f} sampler_frac={where['sampler_frac']:.2f}")
+          f"forward_frac={where['forward_frac']:.2f} sampler_frac={where['sampler_frac']:.2f} "
+          f"d2h_per_decode_step={max(transfers.values()):g}")
 
 
 if __name__ == "__main__":

@@ -19,9 +19,11 @@ The shared setup (written by this process into a temporary folder):
              both sides), group-normalised advantages, GRPO's clipped surrogate (eps 0.2 / 0.28,
              sequence-mean of token-means), no KL (beta 0), Adam lr 1e-6 without weight decay,
              grad-norm clip 1.0, one optimizer step over all P x G rows, fp32, 1 thread
-  this side  rollout/generate (KV cache) -> reward -> advantages -> old log-probs
-             (models/forward.py) -> train/step.py forward_backward + optimizer_step, i.e. the
-             phases rl_step runs, with micro-batches of 16 rows (8 and 64 were no faster)
+  this side  rollout/generate (KV cache) -> reward -> advantages -> train/step.py
+             forward_backward + optimizer_step on-policy (no old-log-prob pass: the loss reads
+             its own forward's detached log-probs, train/on_policy.py), i.e. the phases rl_step
+             runs at train.mini_batches=1, with micro-batches of 16 rows (8 and 64 were no
+             faster)
   TRL side   GRPOTrainer (use_vllm False: transformers' generate inside the step), per-device
              batch P x G, num_generations G, steps_per_generation 1, num_iterations 1,
              loss_type "grpo"; its step time from a TrainerCallback (on_step_begin..on_step_end),
@@ -32,13 +34,14 @@ new_tokens long. (Before these checks, special tokens named "t0".."t3" split TRL
 "t123" -> "t1" "<unk>", making them ~1.8x longer: the speedups 1.1-1.4 first reported for this
 benchmark were that artefact.)
 Differences a reader should know: with num_iterations 1, TRL does not run an old-policy pass
-(the ratio is 1 by construction); this project always does (its ratio, TRRD's anchor and the
-selection need it), so it does one forward pass more per step; `speedup_without_old_logprobs`
-reports our step without that pass, for information. TRL's generate is transformers 5's, which
+(the ratio is 1 by construction); since issue 23 neither does this project's on-policy step
+(before, it ran one forward pass more per step: results up to then have old_logprobs_s > 0);
+`speedup_without_old_logprobs` is now the same as `speedup` (old_logprobs_s is 0). TRL's
+generate is transformers 5's, which
 on this model is about 1.5x faster than transformers 4.57's (the version the project's `hf`
 extra installs, and the one bench/rollout.py's vs_hf compares against); this project's KV-cached
-generate draws float64 Gumbel noise over the whole vocabulary (ops/sampling.py), TRL's
-torch.multinomial.
+generate draws float64 Gumbel noise from a counter hash over the vocabulary (ops/sampling.py),
+TRL's torch.multinomial.
 
 tokens/s = P x G x N generated tokens / step seconds; the median of `reps` steps after one
 warm-up step on each side (the best step too: tok_s_best, speedup_best), pooled over `rounds`
@@ -160,10 +163,11 @@ def build_ours(folder: Path, cfg: dict):
                                               rollout.response_lengths.tolist()))])
         adv, _ = ADVANTAGES["grpo"](rewards, rollout.group_ids)
         scored = time.perf_counter()
-        old = forward_logprobs(student, rollout.tokens, micro_batch_size=cfg["micro_batch"])
+        # on-policy (train/on_policy.py, what rl_step does at train.mini_batches=1): no
+        # old-policy pass, the loss reads its own forward's detached log-probs
         old_done = time.perf_counter()
         batch = TrainBatch.from_rollout(rollout, rewards=rewards, advantages=adv,
-                                        old_logprobs=old)
+                                        old_logprobs=None)
         forward_backward(student, batch, loss, micro_batch_size=cfg["micro_batch"])
         optimizer_step(student)
         end = time.perf_counter()

@@ -11,9 +11,14 @@ What CI cannot check on CPU, on one CUDA device, single process:
   3. rollout speed: tokens per second of `generate` at batch 8 and 32;
   4. teacher scoring during the rollout (teacher.score_during_rollout): 32 rows generated in
      micro-batches of 8, the teacher scoring each on a side CUDA stream as it finishes, against
-     generating all and scoring after: seconds of each and whether the log-probs are identical.
+     generating all and scoring after: seconds of each and whether the log-probs are identical;
+  5. the RL loop: a whole `rlad train` RLAD run (train/loop.py, in process) of RL_STEPS steps,
+     TP=1, bf16 student and teacher, with megatron's local layer spec and, where it imports,
+     transformer-engine's: rollout tokens per second, seconds per phase (mean over the steps
+     after the first), the losses (finite?) and whether the on-policy path skipped the
+     old-log-prob pass (train/on_policy.py). Its run folders go under DIR/rl_<spec>/.
 Writes DIR/gpu_check.json and prints `RESULT gpu_check ...` last. Without CUDA it exits 2
-saying so (CI never runs it).
+saying so (CI never runs it). `--only rl` runs section 5 alone.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(1, str(REPO / "tests"))  # tiny_runs: the tests' tiny RLAD run and tokenizer
+RL_STEPS = 4
 
 
 def _build(spec, par, weights, dtype, *, local_spec=False):
@@ -60,13 +67,81 @@ def _timed(fn, reps=3):
     return out, best
 
 
+def rl_loop(out: Path, local_spec: bool) -> dict:
+    """Section 5: `rlad train` (algorithm rlad) for RL_STEPS steps on this GPU; what it logged."""
+    from tiny_runs import char_tokenizer, tiny_overrides
+
+    from rlad_megatron.models import config as mconfig
+    from rlad_megatron.train.config import load_config
+    from rlad_megatron.train.loop import train
+
+    run_dir = out / f"rl_{'local' if local_spec else 'te'}"
+    tok = char_tokenizer(out)
+    size = ["student.spec.num_layers=4", "student.spec.hidden_size=512",
+            "student.spec.ffn_hidden_size=2048", "student.spec.num_attention_heads=8",
+            "student.spec.num_query_groups=8", "teacher.spec.num_layers=6",
+            "teacher.spec.hidden_size=512", "teacher.spec.ffn_hidden_size=2048",
+            "teacher.spec.num_attention_heads=8", "teacher.spec.num_query_groups=8"]
+    cfg = load_config(None, tiny_overrides(tok, run_dir, "rlad", steps=RL_STEPS) + size + [
+        "student.dtype=bf16", "teacher.dtype=bf16", "parallel.tensor=1",
+        "rollout.prompts_per_step=16", "rollout.group_size=8", "rollout.max_new_tokens=128",
+        "rollout.temperature=1.0", "train.micro_batch_size=16", "train.mini_batches=1",
+        "eval.at_start=false", "eval.num_prompts=8", "logging.tensorboard=false",
+        "checkpoint.save_every=0"])
+    ctx = (mock.patch.object(mconfig, "use_transformer_engine", return_value=False)
+           if local_spec else mock.patch.object(mconfig, "use_transformer_engine",
+                                                wraps=mconfig.use_transformer_engine))
+    t = time.perf_counter()
+    with ctx:
+        train(cfg)
+    wall = time.perf_counter() - t
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss/trrd" in r]
+    timed = steps[1:] or steps  # the first step compiles and allocates
+    phases = sorted({k for r in timed for k in r if k.startswith("time/")})
+    mean = {k: sum(r.get(k, 0.0) for r in timed) / len(timed) for k in phases}
+    rows_per_step = cfg.rollout.prompts_per_step * cfg.rollout.group_size
+    tokens = [rows_per_step * r["rollout/response_len"] for r in timed]
+    return {"steps": len(steps), "wall_s": wall, "seconds_per_phase": mean,
+            "rollout_tokens_per_s": sum(tokens) / max(sum(r["time/rollout_s"] for r in timed),
+                                                      1e-9),
+            "losses": [r["loss/trrd"] for r in steps],
+            "losses_finite": all(abs(r["loss/trrd"]) < float("inf") for r in steps),
+            "old_logprobs_pass": [r.get("train/old_logprobs_pass") for r in steps],
+            "reward_mean": [r["rollout/reward_mean"] for r in steps]}
+
+
+def rl_section(report: dict, out: Path) -> None:
+    from rlad_megatron.models.config import use_transformer_engine
+
+    for name, local in (("local", True), ("te", False)):
+        if not local and not use_transformer_engine():
+            report["rl_te"] = "transformer-engine does not import: not run"
+            continue
+        try:
+            report[f"rl_{name}"] = rl_loop(out, local)
+        except Exception as e:  # report and go on: the other spec's run still says something
+            import traceback
+            report[f"rl_{name}"] = {"error": repr(e), "traceback": traceback.format_exc()[-4000:]}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "gpu"))
+    ap.add_argument("--only", choices=("all", "rl"), default="all")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("gpu_check: needs a CUDA GPU; nothing was run", file=sys.stderr)
         return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.only == "rl":
+        report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+        rl_section(report, out)
+        (out / "gpu_check_rl.json").write_text(json.dumps(report, indent=2))
+        print(json.dumps(report, indent=2))
+        print(f"RESULT gpu_check_rl {_rl_result(report)}")
+        return 0
 
     from rlad_megatron.convert.init_weights import random_hf_weights
     from rlad_megatron.models.config import use_transformer_engine
@@ -165,8 +240,12 @@ def main() -> int:
     report["teacher_during_identical"] = all(
         torch.equal(a[:, :d.shape[1]], d) for a, d in zip(after_parts, during_parts))
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    student = teacher = None  # free the GPU for section 5
+    torch.cuda.empty_cache()
+
+    # 5. the RL loop
+    rl_section(report, out)
+
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     print(f"RESULT gpu_check stream_identical={report['stream_w2_identical']} "
@@ -174,8 +253,22 @@ def main() -> int:
           f"bf16_vs_fp32_max_abs={report['bf16_vs_fp32_max_abs']:.3g} "
           f"rollout_b32_tokens_per_s={report['rollout_b32_tokens_per_s']:.0f} "
           f"teacher_during_over_after="
-          f"{report['teacher_during_rollout_s'] / report['teacher_after_rollout_s']:.3f}")
+          f"{report['teacher_during_rollout_s'] / report['teacher_after_rollout_s']:.3f} "
+          f"{_rl_result(report)}")
     return 0
+
+
+def _rl_result(report: dict) -> str:
+    parts = []
+    for name in ("local", "te"):
+        r = report.get(f"rl_{name}")
+        if isinstance(r, dict) and "error" not in r:
+            parts.append(f"rl_{name}_rollout_tokens_per_s={r['rollout_tokens_per_s']:.0f} "
+                         f"rl_{name}_step_s={r['seconds_per_phase'].get('time/step_s', 0):.2f} "
+                         f"rl_{name}_finite={r['losses_finite']}")
+        elif r is not None:
+            parts.append(f"rl_{name}=" + ("error" if isinstance(r, dict) else "skipped"))
+    return " ".join(parts)
 
 
 if __name__ == "__main__":

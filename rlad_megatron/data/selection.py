@@ -35,8 +35,9 @@ class Selection:
 
     policy: str
     teacher_mask: Tensor   # [b, s] bool: 1 where the token's ratio is anchored to the teacher
-    token_gap: Tensor      # [b, s] fp32: lp_T - lp_old, 0 where loss_mask == 0
-    seq_alignment: Tensor  # [b] fp32: mean of token_gap over the sequence's loss tokens
+    token_gap: Tensor | None      # [b, s] fp32: lp_T - lp_old, 0 where loss_mask == 0
+    seq_alignment: Tensor | None  # [b] fp32: mean of token_gap over the sequence's loss tokens
+                                  # (both None without lp_old: train/on_policy.py)
     seq_advantage: Tensor  # [b] fp32
     seq_selected: Tensor   # [b] bool: the policy's gate
     selected_frac: float   # teacher_mask mean over loss tokens (NaN without loss tokens)
@@ -74,19 +75,26 @@ SELECTION_POLICIES: dict[str, Callable[..., Tensor]] = {
 }
 
 
-def select_teacher_tokens(advantages: Tensor, old_logprobs: Tensor, teacher_logprobs: Tensor,
-                          loss_mask: Tensor, *, policy: str = "paper", tau_adv: float = 0.0,
-                          tau_align: float = 0.0) -> Selection:
+def select_teacher_tokens(advantages: Tensor, old_logprobs: Tensor | None,
+                          teacher_logprobs: Tensor, loss_mask: Tensor, *, policy: str = "paper",
+                          tau_adv: float = 0.0, tau_align: float = 0.0) -> Selection:
     """advantages [b] or [b, s], old_logprobs lp_old and teacher_logprobs lp_T [b, s] fp32,
-    loss_mask [b, s] -> Selection (see the module docstring for the policies)."""
+    loss_mask [b, s] -> Selection (see the module docstring for the policies). old_logprobs None
+    (the on-policy update, train/on_policy.py): only the policies that do not read the alignment
+    (paper, advantage); the gap statistics are then None."""
     if policy not in SELECTION_POLICIES:
         raise ValueError(f"unknown selection policy {policy!r}; known: "
                          f"{sorted(SELECTION_POLICIES)}")
     mask = loss_mask.bool()
     tokens = mask.sum(dim=-1)
-    denom = tokens.clamp(min=1).to(old_logprobs.dtype)
-    gap = torch.where(mask, teacher_logprobs - old_logprobs, torch.zeros_like(old_logprobs))
-    alignment = gap.sum(dim=-1) / denom
+    denom = tokens.clamp(min=1).to(teacher_logprobs.dtype)
+    gap = alignment = None
+    if old_logprobs is not None:
+        gap = torch.where(mask, teacher_logprobs - old_logprobs, torch.zeros_like(old_logprobs))
+        alignment = gap.sum(dim=-1) / denom
+    elif policy not in ("paper", "advantage"):
+        raise ValueError(f"selection policy {policy!r} reads lp_T - lp_old, but the batch has no "
+                         "old log-probs (train.old_logprobs)")
     if advantages.dim() == 2:
         advantages = torch.where(mask, advantages, torch.zeros_like(advantages)).sum(-1) / denom
     gate = SELECTION_POLICIES[policy](advantages, alignment, tau_adv=tau_adv, tau_align=tau_align)

@@ -3,14 +3,22 @@ rollout's sampler, rollout/generate.py; here because it is a vocab-parallel kern
 
 Sampling is Gumbel-max: token = argmax_v (z_v + g_v) over the allowed ids, z = logits / T,
 g_v = -log(-log(u_v)), which draws from softmax(z) restricted to the allowed ids. The uniforms u
-are a deterministic function of (seed, step, row id, GLOBAL token id): each row has its own
-generator, seeded from (seed, step, row id), that draws u for the whole true vocabulary
-[0, vocab_size); every TP rank draws the same stream and reads its own ids. Tokens therefore do
-not depend on the TP/PP layout, the padded vocabulary size, the batch composition or the other
-rows (TP=2 gives the same tokens as TP=1). Cost: the uniforms are drawn for the whole
-vocabulary, but g only where the argmax can be (_best_gumbel_max: two compares per id instead of
-two logs; bitwise the same result), in row blocks that stay in the L2 cache. Temperature 0 is
-greedy: argmax of the logits, lowest id on ties (like torch.argmax), no noise.
+are a counter-based hash of (seed, step, row id, GLOBAL token id), computed on the logits' device
+with int64 tensor ops (`uniforms_at`): u[row, v] is output v of a SplitMix64 stream keyed by
+(seed, step, row id), i.e. fmix64(key_row + (v + 1) * golden) with the splitmix finaliser, top 53
+bits as a float64 in [0, 1). Integer arithmetic wraps identically everywhere, so the uniforms are
+bit-identical on CPU and GPU, and each TP rank hashes only the ids it holds (and the filtered
+sampler only the gathered candidates). Tokens therefore do not depend on the TP/PP layout, the
+padded vocabulary size, the batch composition or the other rows (TP=2 gives the same tokens as
+TP=1). On the CPU g is computed only where the argmax can be (_best_gumbel_max: two compares per
+id instead of two logs; bitwise the same result), in row blocks that stay in the L2 cache; on a
+GPU the whole row is scored (no host synchronisation: the pruning needs nonzero()). Temperature 0
+is greedy: argmax of the logits, lowest id on ties (like torch.argmax), no noise.
+
+Host synchronisations per call: none, except top-p without top-k (one [1] bool: does the nucleus
+reach ids some rank left out; with defer_retry the caller reads it together with its own flags),
+and the CPU-only pruning above (free on the CPU).
+Every collective takes device tensors through runtime/devices.py (NCCL moves only CUDA tensors).
 
 Filters, applied in this order on z (like Hugging Face's warpers: temperature, top-k, top-p):
   top_k > 0   keep the k largest z (ties at the k-th value: whichever torch.topk returns)
@@ -35,13 +43,14 @@ Communication per call at TP > 1 (the vocabulary is never gathered unless top-p 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from rlad_megatron.ops.vocab_shard import VocabShard, vocab_shard
+from rlad_megatron.runtime import devices
 
 TOP_P_CANDIDATES = 256
 """Ids per TP rank gathered for top-p alone before falling back to all of them."""
@@ -55,6 +64,8 @@ class Sampled:
     tokens: Tensor  # [b] int64 global token ids
     logprobs: Tensor  # [b] float64, under softmax(logits / T)
     filtered_logprobs: Tensor  # [b] float64, under the top-k/top-p renormalised distribution
+    retry: Optional[Tensor] = None  # [] bool (sample_next(defer_retry=True), top-p alone): True
+    # when the nucleus may reach ids some rank left out; then call again with all ids
 
 
 def _splitmix64(x: int) -> int:
@@ -64,23 +75,59 @@ def _splitmix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
+def _signed(x: int) -> int:
+    """A uint64 as the int64 with the same bits."""
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+_GOLDEN, _MIX1, _MIX2 = (_signed(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9,
+                                              0x94D049BB133111EB))
+
+
+def _xor_shift_(x: Tensor, k: int, tmp: Tensor) -> Tensor:
+    """x ^= x >>> k (logical shift of the int64 bits), in place; tmp: scratch like x."""
+    torch.bitwise_right_shift(x, k, out=tmp)
+    tmp.bitwise_and_((1 << (64 - k)) - 1)  # >> is arithmetic on int64: drop the sign copies
+    return x.bitwise_xor_(tmp)
+
+
+def _fmix_(x: Tensor) -> Tensor:
+    """The splitmix64 finaliser on int64 tensors, in place (wrapping products: the uint64 bits)."""
+    tmp = torch.empty_like(x)
+    _xor_shift_(x, 30, tmp).mul_(_MIX1)
+    _xor_shift_(x, 27, tmp).mul_(_MIX2)
+    return _xor_shift_(x, 31, tmp)
+
+
 def stream_seed(seed: int, step: int, row: int) -> int:
-    """The generator seed of one (seed, step, row): a 63-bit hash, no collisions in practice."""
+    """The 64-bit key of one (seed, step, row) stream, as a Python int (row_keys' value)."""
     x = 0
     for value in (seed, step, row):
         x = _splitmix64(x ^ (value & _MASK64))
-    return x >> 1
+    return x
+
+
+def row_keys(row_ids: Tensor, step: int, seed: int) -> Tensor:
+    """[b] int64 keys (stream_seed's bits) of the rows' streams, on row_ids' device."""
+    base = _splitmix64(_splitmix64(seed & _MASK64) ^ (step & _MASK64))
+    x = row_ids.to(torch.int64).bitwise_xor(_signed(base)).add_(_GOLDEN)
+    return _fmix_(x)
+
+
+def uniforms_at(row_ids: Tensor, step: int, seed: int, ids: Tensor) -> Tensor:
+    """[b, n] float64 uniforms in [0, 1) at global token ids `ids` ([n], the same for every row,
+    or [b, n]), on row_ids' device: u[i, j] depends only on (seed, step, row_ids[i], id), and is
+    bit-identical on every device (module docstring)."""
+    keys = row_keys(row_ids, step, seed)[:, None]
+    x = (ids.to(torch.int64) + 1).mul_(_GOLDEN)
+    x = (x[None] if x.dim() == 1 else x) + keys
+    _fmix_(x).bitwise_right_shift_(11).bitwise_and_((1 << 53) - 1)  # the top 53 bits
+    return x.to(torch.float64).mul_(2.0 ** -53)
 
 
 def uniforms(row_ids: Tensor, step: int, seed: int, vocab_size: int) -> Tensor:
-    """[b, vocab_size] float64 uniforms in [0, 1) on the CPU; row i depends only on (seed, step,
-    row_ids[i]): its own generator, seeded with stream_seed, draws the whole true vocabulary."""
-    out = torch.empty(len(row_ids), vocab_size, dtype=torch.float64)
-    gen = torch.Generator()
-    for i, row in enumerate(row_ids.tolist()):
-        gen.manual_seed(stream_seed(seed, step, row))
-        torch.rand(vocab_size, generator=gen, dtype=torch.float64, out=out[i])
-    return out
+    """[b, vocab_size] uniforms_at every id of the true vocabulary, on row_ids' device."""
+    return uniforms_at(row_ids, step, seed, torch.arange(vocab_size, device=row_ids.device))
 
 
 def gumbel(u: Tensor) -> Tensor:
@@ -91,8 +138,8 @@ def gumbel(u: Tensor) -> Tensor:
 
 
 def gumbel_noise(row_ids: Tensor, step: int, seed: int, vocab_size: int) -> Tensor:
-    """[b, vocab_size] float64 Gumbel(0, 1) noise on the CPU; row i depends only on (seed, step,
-    row_ids[i]). The sampler computes it only at the ids that can win (_best_gumbel_max)."""
+    """[b, vocab_size] float64 Gumbel(0, 1) noise on row_ids' device; row i depends only on
+    (seed, step, row_ids[i]). The sampler computes it only at the ids that can win."""
     return gumbel(uniforms(row_ids, step, seed, vocab_size))
 
 
@@ -101,7 +148,7 @@ def _gather(local: Tensor, shard: VocabShard) -> Tensor:
     if shard.group is None:
         return local[None]
     parts = [torch.empty_like(local) for _ in range(shard.tp)]
-    dist.all_gather(parts, local.contiguous(), group=shard.group)
+    devices.all_gather(parts, local.contiguous(), group=shard.group)
     return torch.stack(parts)
 
 
@@ -115,8 +162,8 @@ def _lse_pieces_at(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """_lse_pieces and where the max is (an id of this rank; 0 when none)."""
     b = z.shape[0]
     if z.shape[1] == 0:
-        return (torch.full((b,), float("-inf"), dtype=z.dtype), torch.zeros(b, dtype=z.dtype),
-                torch.zeros(b, dtype=torch.long))
+        return (z.new_full((b,), float("-inf")), z.new_zeros(b),
+                torch.zeros(b, dtype=torch.long, device=z.device))
     m, at = z.max(-1)
     return m, torch.sub(z, m[:, None]).exp_().sum(-1), at
 
@@ -144,6 +191,8 @@ def _best_gumbel_max(z: Tensor, u: Tensor, z_max: Tensor, z_at: Tensor) -> tuple
     ids (flat logits at a low temperature, say) are not worth the gathers: then the whole row
     is scored. Typical cost: two compares over the row instead of two logs."""
     b, n = z.shape
+    if z.device.type != "cpu":  # no nonzero() off the CPU: it would synchronise with the host
+        return (z + gumbel(u)).max(-1)
     u_max, u_arg = u.max(-1)
     probe = torch.stack([z_at, u_arg], 1)  # [b, 2]
     lower = (z.gather(1, probe) + gumbel(u.gather(1, probe))).max(-1).values
@@ -168,8 +217,8 @@ def _local_pick(z: Tensor, u: Optional[Tensor], shard: VocabShard) -> Tensor:
     b = z.shape[0]
     m, s, at = _lse_pieces_at(z)
     if z.shape[1] == 0:
-        inf = torch.full((b,), float("-inf"), dtype=z.dtype)
-        return torch.stack([inf, torch.zeros(b, dtype=z.dtype), inf, m, s], -1)
+        inf = z.new_full((b,), float("-inf"))
+        return torch.stack([inf, z.new_zeros(b), inf, m, s], -1)
     if u is None:
         best, loc = z.max(-1)  # first maximum: lowest id within the shard
     else:
@@ -202,11 +251,13 @@ def _candidates(z: Tensor, shard: VocabShard, k: int) -> Tensor:
     return torch.cat([vals, ids, m[:, None], s[:, None], tau[:, None]], 1)
 
 
-def _sample_filtered(z: Tensor, u: Tensor, shard: VocabShard, *, top_k: int, top_p: float,
-                     k: int) -> Optional[Sampled]:
-    """Top-k/top-p Gumbel-max over the gathered candidates; None when top-p needs more of them.
-    u: [b, vocab_size] uniforms (the full true vocabulary); the noise is computed at the kept
-    candidates only."""
+def _sample_filtered(z: Tensor, noise: Callable[[Tensor], Tensor], shard: VocabShard, *,
+                     top_k: int, top_p: float, k: int,
+                     defer: bool = False) -> Optional[Sampled]:
+    """Top-k/top-p Gumbel-max over the gathered candidates; None when top-p needs more of them
+    (defer: no host read, the Sampled's `retry` flag says so instead).
+    noise(ids [b, m]) -> the uniforms at those global ids; computed at the candidates only."""
+    retry = None
     b = z.shape[0]
     every = _gather(_candidates(z, shard, k), shard)  # [tp, b, 2k + 3]
     vals = every[..., :k].permute(1, 0, 2).reshape(b, -1)
@@ -219,21 +270,23 @@ def _sample_filtered(z: Tensor, u: Tensor, shard: VocabShard, *, top_k: int, top
     vals, ids = vals.gather(1, order), ids.gather(1, order)
     keep = torch.isfinite(vals)
     if top_k > 0:
-        keep &= torch.arange(vals.shape[1]) < top_k
+        keep &= torch.arange(vals.shape[1], device=vals.device) < top_k
     if top_p < 1.0:
         norm = torch.where(keep, vals, float("-inf")).logsumexp(-1) if top_k > 0 else lse
         p = torch.where(keep, (vals - norm[:, None]).exp(), 0.0)
         keep &= (p.cumsum(-1) - p) < top_p
         last = vals.gather(1, (keep.sum(-1, keepdim=True) - 1).clamp(min=0))[:, 0]
-        if top_k == 0 and bool((last <= tau).any()):
-            return None  # the nucleus may reach ids some rank left out
+        if top_k == 0 and k < shard.local_size:  # the nucleus may reach ids a rank left out
+            retry = (last <= tau).any()
+            if not defer and bool(retry):
+                return None
     safe_ids = ids.long().clamp(min=0)
-    score = torch.where(keep, vals + gumbel(u.gather(1, safe_ids)), float("-inf"))
+    score = torch.where(keep, vals + gumbel(noise(safe_ids)), float("-inf"))
     j = score.argmax(-1, keepdim=True)
     z_tok = vals.gather(1, j)[:, 0]
     kept_lse = torch.where(keep, vals, float("-inf")).logsumexp(-1)
     return Sampled(tokens=safe_ids.gather(1, j)[:, 0], logprobs=z_tok - lse,
-                   filtered_logprobs=z_tok - kept_lse)
+                   filtered_logprobs=z_tok - kept_lse, retry=retry if defer else None)
 
 
 _BLOCK = 1 << 16
@@ -249,13 +302,18 @@ def _scaled(logits: Tensor, temperature: float) -> Tensor:
 def sample_next(logits: Tensor, *, temperature: float, seed: int, step: int, row_ids: Tensor,
                 vocab_size: int, top_k: int = 0, top_p: float = 1.0,
                 tp_group: Optional[dist.ProcessGroup] = None,
-                top_p_candidates: int = TOP_P_CANDIDATES) -> Sampled:
+                top_p_candidates: int = TOP_P_CANDIDATES, defer_retry: bool = False) -> Sampled:
     """Sample one token per row from vocab-parallel logits (see the module docstring).
 
     logits: [b, V/tp] this TP rank's block of the padded vocabulary (ids >= vocab_size are
         padding and never sampled); the full [b, V] when tp_group is None.
     temperature: 0 means greedy (argmax; filters ignored).
-    row_ids: [b] int64, the rows' identities for the noise (global row index under DP).
+    row_ids: [b] int64, the rows' identities for the noise (global row index under DP), on the
+        logits' device.
+    defer_retry: top-p without top-k decides on the host whether its candidates held the nucleus;
+        with defer_retry that read is left to the caller (Sampled.retry, a device flag it can
+        read with its own, e.g. the stop check: one host read per decode step); when it is True
+        the caller must call again with top_p_candidates >= V/tp, whose result is exact.
     Call on every rank of tp_group with the same arguments; returns the same Sampled on each."""
     shard = vocab_shard(logits.shape[-1], tp_group, vocab_size)
     if temperature == 0:
@@ -264,17 +322,24 @@ def sample_next(logits: Tensor, *, temperature: float, seed: int, step: int, row
     if top_k <= 0 and top_p >= 1.0:
         # row blocks of <= _BLOCK float64 values: z, u and exp(z - m) stay in the CPU's L2 cache
         # (every operation here is row by row, so the blocks change no value)
-        rows = max(1, _BLOCK // max(shard.n_valid, 1))
+        # (on a device: one block, the whole batch)
+        rows = (max(1, _BLOCK // max(shard.n_valid, 1)) if logits.device.type == "cpu"
+                else logits.shape[0])
         mine = []
+        ids = torch.arange(shard.start, shard.start + shard.n_valid, device=logits.device)
         for lo in range(0, logits.shape[0], rows):
             z = _scaled(logits[lo:lo + rows, :shard.n_valid], temperature)
-            u = uniforms(row_ids[lo:lo + rows], step, seed, vocab_size).to(z.device)
-            mine.append(_local_pick(z, u[:, shard.start:shard.start + shard.n_valid], shard))
+            mine.append(_local_pick(z, uniforms_at(row_ids[lo:lo + rows], step, seed, ids),
+                                    shard))
         return _sample_unfiltered(torch.cat(mine), shard)
     z = _scaled(logits[:, :shard.n_valid], temperature)
-    u = uniforms(row_ids, step, seed, vocab_size).to(z.device)
+
+    def noise(ids: Tensor) -> Tensor:
+        return uniforms_at(row_ids, step, seed, ids)
+
     k = min(top_k if top_k > 0 else top_p_candidates, shard.local_size)
-    out = _sample_filtered(z, u, shard, top_k=top_k, top_p=top_p, k=k)
+    out = _sample_filtered(z, noise, shard, top_k=top_k, top_p=top_p, k=k,
+                           defer=defer_retry and k < shard.local_size)
     if out is None:
-        out = _sample_filtered(z, u, shard, top_k=top_k, top_p=top_p, k=shard.local_size)
+        out = _sample_filtered(z, noise, shard, top_k=top_k, top_p=top_p, k=shard.local_size)
     return out

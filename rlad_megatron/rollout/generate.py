@@ -32,9 +32,16 @@ Contract:
     top-k/top-p-filtered distribution is in Generation.filtered_logprobs (generate_detailed).
   * The model is put in eval mode for the call and restored afterwards; DDP-wrapped chunks are
     run through their inner module (no grad sync, no hooks), under torch.no_grad.
-  * Verified on CPU with megatron's local layer spec. Not yet on GPU: the small tensors made here
-    (masks, positions, receive buffers) are CPU tensors, and the transformer-engine spec treats
-    explicit padding masks differently (docs/megatron_inference_cpu.md, section 6).
+  * Device: every tensor of the decode loop (tokens, masks, positions, the KV cache, the logits,
+    the sampler's noise and filters, log-probs, stop flags) lives on the compute device
+    (runtime/devices.py); the one host synchronisation per decode step is the stop check (a [1]
+    bool: has every row ended; with top-p alone read together with the sampler's candidate check,
+    ops/sampling.py defer_retry, as one [2] read, and a second only when the check fails). The
+    finished RolloutBatch is copied to the host once per generation micro-batch (rewards decode
+    its text there). tests/unit/rollout/test_fake_device.py runs a decode step on a fake CUDA
+    device and counts its host transfers. Verified on CPU with megatron's local layer spec; the
+    transformer-engine spec treats explicit padding masks differently
+    (docs/megatron_inference_cpu.md, section 6).
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from rlad_megatron.rollout.layout import (LeftPadded, PromptsIn, decode_mask, le
                                           positions, prefill_mask, right_padded)
 from rlad_megatron.rollout.pipeline import StageRunner
 from rlad_megatron.runtime import mcore_compat
+from rlad_megatron.runtime.devices import compute_device
 from rlad_megatron.ops.sampling import TOP_P_CANDIDATES, sample_next
 
 
@@ -86,6 +94,11 @@ class GenerationConfig:
     micro_batch_size: int = 0
     """Rows generated together (their KV cache and logits); 0 = all rows at once. The noise is
     keyed by row id (ops/sampling.py), so the samples do not depend on it."""
+    stop_check_every: int = 1
+    """Decode steps between two reads of the stop flag (has every row ended?), the loop's one host
+    synchronisation: k > 1 lets a GPU run k steps ahead of the host, at the cost of up to k - 1
+    forwards after the last row ended. The samples do not depend on it (ended rows get padding).
+    Top-p alone reads its candidate check every step, with the stop flag."""
 
     def validate(self, prefix: str = "rollout") -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -103,6 +116,9 @@ class GenerationConfig:
         if self.micro_batch_size < 0:
             raise ValueError(f"{prefix}.micro_batch_size must be >= 0 (0: all rows at once), "
                              f"got {self.micro_batch_size}")
+        if self.stop_check_every < 1:
+            raise ValueError(f"{prefix}.stop_check_every must be >= 1, got "
+                             f"{self.stop_check_every}")
         if self.top_p_candidates < 1:
             raise ValueError(f"{prefix}.top_p_candidates must be >= 1, got "
                              f"{self.top_p_candidates}")
@@ -162,7 +178,9 @@ def generate_detailed(model: BuiltModel, prompts: PromptsIn, cfg: GenerationConf
                          f"{max_len} exceeds {model.spec.name or 'model'}.max_position_embeddings "
                          f"{limit}")
     offset = model.par.dp_rank * b if row_offset is None else row_offset
-    group_ids = (torch.arange(b) + offset) // cfg.samples_per_prompt
+    device = compute_device()
+    inputs = inputs.to(device)
+    group_ids = (torch.arange(b, device=device) + offset) // cfg.samples_per_prompt
     runner = StageRunner(model)
     modes = [chunk.training for chunk in runner.chunks]
     try:
@@ -176,37 +194,48 @@ def generate_detailed(model: BuiltModel, prompts: PromptsIn, cfg: GenerationConf
             part_inputs = LeftPadded(inputs.tokens[rows], inputs.lengths[rows])
             parts.append(_decode(runner, model, part_inputs, cfg,
                                  seed=cfg.seed if seed is None else seed,
-                                 row_ids=torch.arange(rows.start, rows.stop) + offset))
+                                 row_ids=torch.arange(rows.start, rows.stop, device=device) +
+                                 offset))
             kv_bytes = max(kv_bytes, runner.kv_cache_bytes())
             runner.release()
             if on_micro_batch is not None:
-                on_micro_batch(rows, _assemble(part_inputs, *parts[-1], cfg,
-                                               group_ids=group_ids[rows]).batch)
+                on_micro_batch(rows, _on_host(_assemble(part_inputs, *parts[-1], cfg,
+                                                        group_ids=group_ids[rows]).batch))
         seq, lp, flp, resp_len = (torch.cat([part[i] for part in parts]) for i in range(4))
         steps = max(part[4] for part in parts)
     finally:
         for chunk, mode in zip(runner.chunks, modes):
             chunk.train(mode)
     out = _assemble(inputs, seq, lp, flp, resp_len, steps, cfg, group_ids=group_ids)
-    return dataclasses.replace(out, kv_cache_bytes=kv_bytes)
+    return dataclasses.replace(out, batch=_on_host(out.batch),
+                               filtered_logprobs=out.filtered_logprobs.cpu(),
+                               kv_cache_bytes=kv_bytes)
+
+
+def _on_host(batch: RolloutBatch) -> RolloutBatch:
+    """The finished batch on the host: one copy per field, once per generation (not per token)."""
+    return dataclasses.replace(batch, **{f.name: getattr(batch, f.name).cpu()
+                                         for f in dataclasses.fields(batch)})
 
 
 def _decode(runner: StageRunner, model: BuiltModel, inputs: LeftPadded, cfg: GenerationConfig,
             *, seed: int, row_ids: Tensor):
-    """The decode loop in the working layout. Returns seq [b, P + N] (prompt and responses,
-    pad after EOS), log-probs and filtered log-probs [b, P + N] float64 (at the response
-    columns), response lengths [b] and the number of steps run."""
+    """The decode loop in the working layout, on the device of inputs and row_ids (the compute
+    device). Returns seq [b, P + N] (prompt and responses, pad after EOS), log-probs and
+    filtered log-probs [b, P + N] float64 (at the response columns), response lengths [b] (all
+    on that device) and the number of steps run."""
     b, p = inputs.tokens.shape
     n = cfg.max_new_tokens
-    seq = torch.full((b, p + n), cfg.pad_token_id, dtype=torch.long)
+    device = inputs.tokens.device
+    seq = torch.full((b, p + n), cfg.pad_token_id, dtype=torch.long, device=device)
     seq[:, :p] = inputs.tokens
-    valid = torch.ones((b, p + n), dtype=torch.bool)
+    valid = torch.ones((b, p + n), dtype=torch.bool, device=device)
     valid[:, :p] = inputs.valid
-    lp = torch.zeros((b, p + n), dtype=torch.float64)
+    lp = torch.zeros((b, p + n), dtype=torch.float64, device=device)
     flp = torch.zeros_like(lp)
-    done = torch.zeros(b, dtype=torch.bool)
-    resp_len = torch.zeros(b, dtype=torch.long)
-    eos = cfg.eos_ids()
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    resp_len = torch.zeros(b, dtype=torch.long, device=device)
+    eos = cfg.eos_ids().to(device)
     temperature = float(cfg.temperature)
     runner.start(b, p + n, cfg.use_cache)
     # disable=None: tqdm's own rule, no bar when stderr is not a terminal (a log file)
@@ -225,12 +254,20 @@ def _decode(runner: StageRunner, model: BuiltModel, inputs: LeftPadded, cfg: Gen
             else:
                 logits = runner.forward(seq[:, end - 1:end], (inputs.lengths + t - 1)[:, None],
                                         decode_mask(valid[:, :end]))
-            msg = None
+            msg, stop = None, None
             if runner.is_last_stage:
-                out = sample_next(logits, temperature=temperature, seed=seed, step=t,
-                                  row_ids=row_ids, vocab_size=model.spec.vocab_size,
-                                  top_k=cfg.top_k, top_p=cfg.top_p, tp_group=model.par.tp_group,
-                                  top_p_candidates=cfg.top_p_candidates)
+                def sample(candidates: int):
+                    return sample_next(logits, temperature=temperature, seed=seed, step=t,
+                                       row_ids=row_ids, vocab_size=model.spec.vocab_size,
+                                       top_k=cfg.top_k, top_p=cfg.top_p,
+                                       tp_group=model.par.tp_group, top_p_candidates=candidates,
+                                       defer_retry=True)
+                out = sample(cfg.top_p_candidates)
+                if out.retry is not None:  # top-p alone: its check and the stop check, one read
+                    ended = (done | torch.isin(out.tokens, eos)).all()
+                    retry, stop = torch.stack([out.retry, ended]).tolist()
+                    if retry:  # rare: the nucleus reached past some rank's candidates
+                        out, stop = sample(logits.shape[-1]), None
                 msg = torch.stack([out.tokens.double(), out.logprobs, out.filtered_logprobs])
             msg = runner.share(msg, (3, b))
             live = ~done
@@ -242,7 +279,9 @@ def _decode(runner: StageRunner, model: BuiltModel, inputs: LeftPadded, cfg: Gen
             done |= live & torch.isin(tok, eos)
             steps = t + 1
             bar.update(1)
-            if bool(done.all()):
+            # the step's one host read; every stage checks at the same steps (PP: same breaks)
+            if (t + 1) % cfg.stop_check_every == 0 and (
+                    stop if stop is not None else bool(done.all())):
                 break
     bar.close()
     return seq, lp, flp, resp_len, steps
@@ -254,7 +293,7 @@ def _assemble(inputs: LeftPadded, seq: Tensor, lp: Tensor, flp: Tensor, resp_len
     p = inputs.tokens.shape[1]
     start = p - inputs.lengths
     total = inputs.lengths + resp_len
-    cols = torch.arange(int(total.max()))[None]
+    cols = torch.arange(int(total.max()), device=seq.device)[None]
     loss_mask = (cols >= inputs.lengths[:, None]) & (cols < total[:, None])
     batch = RolloutBatch(
         tokens=right_padded(seq, start, total, cfg.pad_token_id),

@@ -9,6 +9,9 @@ embeddings would use them); megatron's RoPE ignores position ids and rotates by 
 slot), which shifts each row by its pad count and leaves attention unchanged: RoPE scores depend
 only on relative positions.
 
+Every function here keeps its inputs' device (the decode loop's tensors live on the compute
+device); the masks, positions and shifts are made there, never on the host.
+
 Output layout (RolloutBatch): row i is prompt_i, then response_i, then padding, starting at
 column 0, so a plain causal forward over it (models/forward.py) sees each sequence unshifted.
 """
@@ -35,7 +38,10 @@ class LeftPadded:
     def valid(self) -> Tensor:
         """[b, P] bool: real tokens."""
         p = self.tokens.shape[1]
-        return torch.arange(p)[None] >= (p - self.lengths)[:, None]
+        return torch.arange(p, device=self.tokens.device)[None] >= (p - self.lengths)[:, None]
+
+    def to(self, device) -> "LeftPadded":
+        return LeftPadded(self.tokens.to(device), self.lengths.to(device))
 
     def repeat(self, times: int) -> "LeftPadded":
         """Each row `times` times in a row (G samples per prompt)."""
@@ -85,7 +91,7 @@ def positions(valid: Tensor) -> Tensor:
 def prefill_mask(valid: Tensor) -> Tensor:
     """[b, 1, L, L] bool, True = masked: causal, and pad keys."""
     n = valid.shape[1]
-    causal = torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)
+    causal = torch.triu(torch.ones(n, n, dtype=torch.bool, device=valid.device), diagonal=1)
     return causal[None, None] | ~valid[:, None, None, :]
 
 
@@ -96,9 +102,9 @@ def decode_mask(valid: Tensor) -> Tensor:
 
 def right_padded(values: Tensor, start: Tensor, lengths: Tensor, fill) -> Tensor:
     """Row i of `values` [b, L] from column start[i], lengths[i] entries, moved to column 0 and
-    followed by `fill`: [b, max(lengths)]."""
+    followed by `fill`: [b, max(lengths)], on values' device (one host read: the width)."""
     width = int(lengths.max())
-    cols = torch.arange(width)[None]
+    cols = torch.arange(width, device=values.device)[None]
     src = (cols + start[:, None]).clamp(max=values.shape[1] - 1)
     out = values.gather(1, src)
     return torch.where(cols < lengths[:, None], out, torch.full_like(out, fill))

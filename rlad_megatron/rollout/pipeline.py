@@ -5,8 +5,9 @@ r is global stage v * pp + r, so interleaved layouts work too); a chunk that is 
 stage receives its input hidden states [s, b, h] from the previous PP rank (dist.recv) and is fed
 with set_input_tensor; one that is not the last sends its output with dist.isend (a gloo send
 blocks until the peer receives, so a blocking send would serialise the stages); the last stage
-returns the LAST position's logits for this TP rank's vocabulary block, [b, V/tp]. The sampled
-tokens then go from the last stage to every PP rank with one broadcast (`share`), so that all
+returns the LAST position's logits for this TP rank's vocabulary block, [b, V/tp], on the compute
+device (the sampler runs there: no logits ever reach the host). The sampled tokens then go from
+the last stage to every PP rank with one broadcast of device tensors (`share`), so that all
 stages extend the same sequences.
 
 KV cache: one megatron StaticInferenceContext(b, L) per chunk (the cache of that chunk's layers,
@@ -87,7 +88,7 @@ class StageRunner:
         """tokens, pos: [b, s] int64; mask: [b, 1, s, L] bool. Returns the last position's
         vocab-parallel logits [b, V/tp] on the last stage, None elsewhere."""
         b, s = tokens.shape
-        device = compute_device()
+        device = compute_device()  # a no-op move: the decode loop's tensors live there
         tokens, pos, mask = tokens.to(device), pos.to(device), mask.to(device)
         sends, out = [], None
         for v, chunk in enumerate(self.chunks):
@@ -108,13 +109,14 @@ class StageRunner:
             ctx.increment_sequence_len_offset(s)
             if first:
                 ctx.enable_decode_mode()
-        # sampling bookkeeping is small and runs on the CPU (one [b, V/tp] copy per step on GPU)
-        return out.cpu() if self.is_last_stage else None
+        return out if self.is_last_stage else None  # stays on the device: sampled there
 
     def share(self, values: Optional[Tensor], shape: tuple[int, ...]) -> Tensor:
-        """The last stage's float64 `values` of `shape`, on every PP rank (one broadcast)."""
+        """The last stage's float64 `values` of `shape` (on the compute device), on every PP rank
+        (one broadcast of device tensors)."""
         if self.pp == 1:
             return values
-        buf = values.contiguous() if self.is_last_stage else torch.empty(shape, dtype=torch.float64)
+        buf = (values.contiguous() if self.is_last_stage else
+               torch.empty(shape, dtype=torch.float64, device=compute_device()))
         devices.broadcast(buf, src=self.last_rank, group=self.pp_group)
         return buf

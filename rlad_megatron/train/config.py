@@ -29,6 +29,7 @@ from rlad_megatron.models.teacher_stream import ACTIVATION_PLACES, OFFLOAD_MODES
 from rlad_megatron.runtime.parallel import ParallelConfig
 from rlad_megatron.train.algorithm_config import (AdvantageConfig, ImitationConfig, LossConfig,
                                                   SelectionConfig, choice)
+from rlad_megatron.train.on_policy import OLD_LOGPROBS_MODES
 
 ALGORITHMS = {"rlad": "trrd", "grpo": "grpo", "kdrl": "kdrl", "sft_distill": "sft", "sft": "sft"}
 """algorithm -> registered loss (losses/__init__.py)."""
@@ -165,6 +166,11 @@ class RolloutConfig:
     """Rows generated together in every generation, evaluation included (bounds the KV cache
     and logits; rlad plan sizes the KV cache by it); 0 = all of this rank's rows at once. The
     samples do not depend on it."""
+    stop_check_every: int = 1
+    """Decode steps between two host reads of the stop flag (has every row ended?), the decode
+    loop's one synchronisation with the host (rollout/generate.py): k > 1 lets a GPU run k steps
+    ahead, at the cost of up to k - 1 forwards after the last row ended. The samples do not
+    depend on it."""
     teacher_samples: int = 0
     """Teacher trajectories per prompt (algorithms rlad and grpo; the three-step reading of RLAD:
     teacher trajectories, selective gates, a joint loss; `imitation.*`): the teacher samples
@@ -203,6 +209,12 @@ class TrainConfig:
     mini_batches: int = 1
     """Optimizer steps per RL step (the step's sequences are split into this many mini-batches).
     RL only: the SFT paths (sft, sft_distill) take one optimizer step per batch."""
+    old_logprobs: str = choice("auto", OLD_LOGPROBS_MODES)
+    """Where the loss's old-policy log-probs come from (train/on_policy.py). auto: from the
+    update's own forward (detached; the same losses and gradients, one pass fewer) when the update
+    is on-policy (train.mini_batches = 1, no teacher trajectories, selection.policy paper or
+    advantage), else a separate pass before the update; pass: always the separate pass; reuse:
+    always the update's forward, refused where the update is not on-policy."""
     sft_batch_size: int = 32
     """Prompts per SFT step (algorithms sft and sft_distill), over all DP ranks: one gold
     solution each, or one teacher trace, which has loss tokens only when its reward is >= 1."""

@@ -7,6 +7,7 @@
         rewards   <- verifiable reward of each sample          data/rewards.py
         A         <- GRPO group normalisation                  data/advantages.py
         lp_old    <- student forward-only pass                 models/forward.py
+                     [or the update's own forward, on-policy   train/on_policy.py]
        [lp_ref    <- student pass with pi_ref swapped in       models/reference.py, kl_beta > 0]
         lp_T      <- teacher forward-only pass (fused)         models/forward.py
         mask_T    <- selective imitation                       data/selection.py
@@ -42,6 +43,7 @@ from rlad_megatron.train import phases
 from rlad_megatron.train.checkpoint import save_train_checkpoint
 from rlad_megatron.train.config import RunConfig
 from rlad_megatron.train.evaluate import eval_items, evaluate, write_eval_records
+from rlad_megatron.train.on_policy import reuses_update_forward
 from rlad_megatron.train.plots import plot_run
 from rlad_megatron.train.preemption import PreemptionHandler, write_preemption_marker
 from rlad_megatron.train.setup import Run, setup
@@ -75,8 +77,10 @@ def rl_step(run: Run, step: int) -> StepResult:
     plan = phases.micro_batches(run, rollout)  # the log-prob passes' micro-batches
     fracs["throughput/useful_token_frac_logprobs"] = phases.useful_token_frac(run,
                                                                              [(plan, rollout)])
-    with timer.phase("old_logprobs"):
-        old = phases.logprobs(run, run.student, rollout.tokens, fused=False, plan=plan)
+    old = None  # on-policy: the update's own forward gives lp_old (train/on_policy.py)
+    if not reuses_update_forward(cfg):
+        with timer.phase("old_logprobs"):
+            old = phases.logprobs(run, run.student, rollout.tokens, fused=False, plan=plan)
     if run.reference is not None:
         with timer.phase("ref_logprobs"):
             ref = phases.reference_logprobs(run, rollout.tokens, plan)
@@ -115,6 +119,7 @@ def rl_step(run: Run, step: int) -> StepResult:
         metrics["joint/distill_share"] = distill_share(metrics)
     metrics.update(streamed)
     metrics.update(fracs)
+    metrics["train/old_logprobs_pass"] = float(old is not None)
     return StepResult(metrics, texts[0] if texts else "")
 
 

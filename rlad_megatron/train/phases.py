@@ -54,7 +54,8 @@ def generation_config(run: Run, *, samples: int, temperature: float, top_p: floa
                             top_k=top_k, top_p=top_p,
                             eos_token_id=run.tokenizer.eos_id,
                             pad_token_id=run.tokenizer.pad_id or 0, samples_per_prompt=samples,
-                            micro_batch_size=run.cfg.rollout.micro_batch_size, progress=False)
+                            micro_batch_size=run.cfg.rollout.micro_batch_size,
+                            stop_check_every=run.cfg.rollout.stop_check_every, progress=False)
 
 
 def rollout(run: Run, items: list[PromptItem], step: int, model=None,

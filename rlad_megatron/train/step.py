@@ -27,6 +27,7 @@ each key's op, finalised, and shared with every pipeline stage.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -125,6 +126,8 @@ def forward_backward(student: Student, batch: TrainBatch, loss: LossSpec, *,
                      micro_batch_size: Optional[int] = None, plan: Optional[MicroBatchPlan] = None,
                      temperature: float = 1.0) -> dict[str, float]:
     """Gradients of the loss over `batch` (this DP rank's rows) into the student's grad buffers.
+    batch.old_logprobs None: the on-policy update (train/on_policy.py), whose loss reads the
+    detached log-probs of this forward as lp_old.
     Micro-batches: `plan` (data/micro_batches.py; e.g. token budgets), or micro_batch_size
     consecutive rows at full width. Returns the finalised metrics of the whole (all DP ranks)
     batch, on every rank."""
@@ -151,10 +154,13 @@ def forward_backward(student: Student, batch: TrainBatch, loss: LossSpec, *,
         part = parts[mb.index]
 
         def loss_func(logits):
-            inputs = {k: v.to(logits.device) if v is not None else v
-                      for k, v in LossInputs.from_record(part).arguments_for(fn).items()}
             lp = align_to_tokens(ops.token_logprobs(logits, mb.labels, par.tp_group,
                                                     temperature=temperature, vocab_size=vocab))
+            record = LossInputs.from_record(part)
+            if record.old_logprobs is None:  # on-policy (train/on_policy.py): pi_old is this
+                record = dataclasses.replace(record, old_logprobs=lp.detach())  # very forward
+            inputs = {k: v.to(logits.device) if v is not None else v
+                      for k, v in record.arguments_for(fn).items()}
             value, stats = fn(lp, **inputs, **loss.kwargs, **counts)
             stats = {**stats, "policy/entropy_mean": _entropy_sum(
                 logits, part.loss_mask, par.tp_group, temperature=temperature, vocab_size=vocab)}

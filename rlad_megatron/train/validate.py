@@ -18,6 +18,7 @@ from rlad_megatron.models.layout_check import data_parallel_problem
 from rlad_megatron.models.spec import PRESETS, ModelSpec
 from rlad_megatron.train.config import (REFERENCE_KL_ALGORITHMS, TRAJECTORY_ALGORITHMS,
                                         RunConfig)
+from rlad_megatron.train.on_policy import fast_path_blockers
 from rlad_megatron.train.schema import check_choices, get
 
 def _positive(cfg, *keys: str, allow_zero: bool = False) -> None:
@@ -64,11 +65,13 @@ def validate_run_config(cfg: RunConfig, world_size: int = 1, check_files: bool =
     _imitation(cfg)
     _teacher_offload(cfg)
     _teacher_during_rollout(cfg)
+    _old_logprobs(cfg)
     if cfg.needs_teacher:
         _model(cfg, "teacher", check_files)
     _positive(cfg, "train.steps", "train.micro_batch_size", "train.mini_batches",
               "train.sft_batch_size", "train.max_consecutive_bad_steps", "rollout.prompts_per_step",
-              "rollout.group_size", "rollout.max_new_tokens", "eval.k",
+              "rollout.group_size", "rollout.max_new_tokens", "rollout.stop_check_every",
+              "eval.k",
               "checkpoint.keep_last", "optimizer.lr", "logging.log_every")
     _positive(cfg, "rollout.temperature", "eval.temperature", "rollout.top_k",
               "rollout.micro_batch_size", "checkpoint.save_every", "eval.every",
@@ -227,6 +230,19 @@ def _token_budget(cfg: RunConfig) -> None:
                          "parallel.virtual_pipeline: megatron's interleaved schedule exchanges "
                          "micro-batches of different shapes out of order (train/step.py); use "
                          "a plain pipeline or train.max_tokens_per_micro_batch=0")
+
+
+def _old_logprobs(cfg: RunConfig) -> None:
+    """train.old_logprobs=reuse only where the update is on-policy (train/on_policy.py)."""
+    if cfg.train.old_logprobs != "reuse":
+        return
+    if not cfg.is_rl:
+        raise ValueError(f"train.old_logprobs: reuse is an RL setting; algorithm {cfg.algorithm} "
+                         "has no old-policy log-probs")
+    blockers = fast_path_blockers(cfg)
+    if blockers:
+        raise ValueError("train.old_logprobs: reuse needs an on-policy update, but "
+                         + "; ".join(blockers) + " (use auto or pass)")
 
 
 def _teacher_during_rollout(cfg: RunConfig) -> None:

@@ -276,3 +276,28 @@ def test_kv_cache_held_matches_the_planner(parallel):
         planned = estimate(spec, spec, parallel.tp, parallel.pp, 1, w).kv_cache
         assert_all_ranks(out.kv_cache_bytes == planned,
                          f"micro {micro or rows}: held {out.kv_cache_bytes} bytes, planned {planned}")
+
+
+@pytest.mark.parametrize("parallel", [(2, 1), (1, 2)], indirect=True, ids=["tp2", "pp2"])
+@pytest.mark.parametrize("filters", [{"top_k": 40}, {"top_p": 0.9, "top_p_candidates": 16}],
+                         ids=["top-k", "top-p-alone"])
+def test_reading_the_stop_flag_every_k_steps_gives_the_same_samples(parallel, filters):
+    """GenerationConfig.stop_check_every = 3 (the decode loop's host read every third step): the
+    same tokens, lengths, masks and log-probs as reading it every step, the loop stopping at the
+    first check after every row ended (every stage at the same step: PP would hang otherwise);
+    top-p alone (its candidate check read with the stop flag every step) too."""
+    model = _load(build_teacher(_spec(), parallel))
+    eos = [i for i in range(VOCAB) if i % 4]  # 3/4 of the ids end a row: rows stop early
+    cfg = GenerationConfig(max_new_tokens=NEW, temperature=1.0, eos_token_id=eos,
+                           samples_per_prompt=2, progress=False, **filters)
+    every = generate_detailed(model, PROMPTS, cfg, seed=5)
+    third = generate_detailed(model, PROMPTS, dataclasses.replace(cfg, stop_check_every=3),
+                              seed=5)
+    a, b = every.batch, third.batch
+    expected = min(NEW, -(-every.steps // 3) * 3)
+    what = f"{parallel.describe()} {filters}: steps {every.steps} -> {third.steps}"
+    assert_all_ranks(every.steps < NEW and third.steps == expected,
+                     f"{what}, lengths {a.response_lengths.tolist()}")
+    assert_all_ranks(all(torch.equal(getattr(a, k), getattr(b, k)) for k in (
+        "tokens", "response_lengths", "loss_mask", "sampler_logprobs")) and torch.equal(
+        every.filtered_logprobs, third.filtered_logprobs), f"{what}: samples differ")

@@ -203,3 +203,63 @@ def test_token_budget_log_prob_passes_equal_float64(parallel):
                              f"fused={fused}: max error {err} on real tokens")
         else:
             assert_all_ranks(lp is None and fixed is None, "non-last stages return None")
+
+
+ON_POLICY_LOSSES = [LOSSES[0], LOSSES[2], LOSSES[3], LOSSES[5]]
+ON_POLICY_IDS = ["trrd", "grpo-token-mean", "kdrl-k3", "trrd-refkl-k2"]
+
+
+def _main_grads(student) -> list:
+    return [p.main_grad.detach().clone() for c in student.chunks for p in c.module.parameters()]
+
+
+@pytest.mark.parametrize("parallel", LAYOUTS[:3], indirect=True, ids=LAYOUT_IDS[:3])
+@pytest.mark.parametrize("loss", ON_POLICY_LOSSES, ids=ON_POLICY_IDS)
+def test_on_policy_update_without_old_logprobs_equals_the_pass_and_float64(parallel, loss):
+    """The on-policy fast path (train/on_policy.py): a batch without old log-probs, whose loss
+    reads the detached log-probs of the update's own forward, gives (a) the loss and gradients of
+    one float64 call with lp_old = the float64 log-probs themselves, and (b) the same loss, loss
+    metrics and gradients as the existing path, the old-policy pass over the same micro-batches
+    followed by the update: bit for bit here, as both compute lp_old with the same fp32 kernels
+    on the same weights (a tolerance would hide a wrong lp_old near ratio 1)."""
+    import dataclasses
+
+    from rlad_megatron.models.forward import forward_logprobs
+
+    spec = tiny_spec("tiny-llama", vocab_size=250)
+    weights = random_hf_weights(spec, seed=9)
+    student = build_student(spec, parallel, OptimizerSettings(lr=1e-3))
+    load_weights(student, weights)
+    full = _batch(spec, weights)
+    # float64 reference: lp_old is the reference's own lp, detached
+    w = {k: v.clone().requires_grad_(True) for k, v in weights.items()}
+    lp, _ = token_logprobs_and_entropy(spec, w, full.tokens)
+    fn = get_loss(loss.name)
+    d = lambda t: t.double() if t is not None and t.is_floating_point() else t  # noqa: E731
+    inputs = {k: d(getattr(full, k)) for k in ("teacher_logprobs", "advantages", "loss_mask",
+                                               "teacher_mask", "ref_logprobs")
+              if k in fn.__code__.co_varnames}
+    value, _ = fn(lp, old_logprobs=lp.detach(), **inputs, **loss.kwargs)
+    value.backward()
+    ref_value, ref_grads = value.item(), {k: v.grad for k, v in w.items()}
+
+    local = full.select_rows(dp_slice(parallel, torch.arange(full.batch_size)))
+    fast = forward_backward(student, dataclasses.replace(local, old_logprobs=None), loss,
+                            micro_batch_size=1)
+    got = fast[f"loss/{loss.name}"]
+    assert_all_ranks(abs(got - ref_value) <= LOSS_ATOL + LOSS_RTOL * abs(ref_value),
+                     f"on-policy {loss.name} loss {got} vs float64 {ref_value} at "
+                     f"{parallel.describe()}")
+    assert_student_grads_match(student, ref_grads, parallel, f"on-policy {loss.name} gradients")
+    fast_grads = _main_grads(student)
+
+    old = forward_logprobs(student, local.tokens, micro_batch_size=1, fused=False)
+    old = old if parallel.is_last_stage else torch.zeros(local.tokens.shape)  # not read there
+    passed = forward_backward(student, dataclasses.replace(local, old_logprobs=old), loss,
+                              micro_batch_size=1)
+    same_grads = all(torch.equal(a, b) for a, b in zip(fast_grads, _main_grads(student)))
+    diffs = {k: (fast[k], passed[k]) for k in passed if fast.get(k) != passed[k]
+             and not (fast.get(k) != fast.get(k) and passed[k] != passed[k])}  # NaN == NaN
+    assert_all_ranks(same_grads and not diffs and set(fast) == set(passed),
+                     f"on-policy vs old-log-prob pass at {parallel.describe()}: gradients "
+                     f"equal {same_grads}, differing metrics {diffs}")

@@ -280,3 +280,35 @@ def test_token_budgets_and_teacher_scoring_during_rollout_train_like_the_plain_r
             m["time/teacher_during_rollout_s"] > 0 for m in runs["budget"])
         detail = f"differing (step, key, budget, plain): {diffs[:5]}; fractions {fracs}"
     assert_all_ranks(ok, detail)
+
+
+@pytest.mark.parametrize("layout", [[], ["parallel.tensor=2"], ["parallel.pipeline=2"]],
+                         ids=["dp2", "tp2", "pp2"])
+def test_on_policy_step_skips_the_old_logprob_pass_with_the_same_losses(shared_tmp_path, layout):
+    """train.mini_batches=1 (one on-policy optimizer step per RL step): train.old_logprobs=auto
+    skips the old-policy pass (no time/old_logprobs_s, train/old_logprobs_pass 0) and its first
+    step logs, bit for bit on CPU, the rollout, losses, TRRD and teacher statistics, reference KL
+    and grad norm of train.old_logprobs=pass (same rollout, same weights: one step's losses and
+    gradients, compared before any optimizer step could amplify round-off)."""
+    name = layout[0].split("=")[0].split(".")[1] if layout else "dp"
+    common = ["train.mini_batches=1", "train.steps=1", "eval.at_start=false",
+              "eval.teacher=false", "loss.trrd.kl_beta=0.1"]
+    for mode in ("pass", "auto"):
+        train(_config(shared_tmp_path, f"onpolicy_{mode}_{name}", "rlad", *layout, *common,
+                      f"train.old_logprobs={mode}"))
+        destroy_parallel()
+    ok, detail = True, ""
+    if torch.distributed.get_rank() == 0:
+        runs = {m: [r for r in _metrics(shared_tmp_path / f"onpolicy_{m}_{name}")
+                    if "loss/trrd" in r][0] for m in ("pass", "auto")}
+        keys = [k for k in runs["pass"] if k.split("/")[0] in
+                ("loss", "trrd", "teacher", "kl", "rollout", "count", "policy")] + [
+                "optim/grad_norm"]
+        diffs = [(k, runs["auto"].get(k), runs["pass"][k]) for k in keys
+                 if runs["auto"].get(k) != runs["pass"][k]]
+        ok = (not diffs and len(keys) > 10 and runs["pass"]["train/old_logprobs_pass"] == 1.0
+              and runs["auto"]["train/old_logprobs_pass"] == 0.0
+              and "time/old_logprobs_s" in runs["pass"]
+              and "time/old_logprobs_s" not in runs["auto"])
+        detail = f"differing (key, auto, pass): {diffs[:5]}; keys {keys}"
+    assert_all_ranks(ok, detail)

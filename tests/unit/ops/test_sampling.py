@@ -144,6 +144,42 @@ def test_noise_depends_only_on_seed_step_and_row_id():
     assert torch.equal(a, gumbel_noise(torch.tensor([3, 7]), step=2, seed=5, vocab_size=32)[:, :16])
 
 
+def _splitmix_uniform(seed: int, step: int, row: int, token: int) -> float:
+    """Independent reference in Python's unbounded integers: output `token` of the SplitMix64
+    stream keyed by three SplitMix64 rounds over (seed, step, row), top 53 bits."""
+    mask = (1 << 64) - 1
+
+    def mix(x):
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
+        return x ^ (x >> 31)
+
+    key = 0
+    for value in (seed, step, row):
+        key = mix((key ^ (value & mask)) + 0x9E3779B97F4A7C15 & mask)
+    return (mix((key + (token + 1) * 0x9E3779B97F4A7C15) & mask) >> 11) * 2.0 ** -53
+
+
+def test_noise_is_the_integer_hash_computed_in_int64_tensor_ops():
+    """The uniforms are a counter-based hash in wrapping int64 tensor ops (the device computes
+    them; integer arithmetic is the same on every device): equal, bit for bit, to the same hash
+    in Python's integers, at large row ids and seeds too; the ids of a vocabulary shard get the
+    values of the whole vocabulary's row, and [b, n] id lists the values at those ids."""
+    from rlad_megatron.ops.sampling import uniforms, uniforms_at
+
+    rows = torch.tensor([0, 1, 12345, 2 ** 40 + 7])
+    for seed, step in ((0, 0), (7, 3), (2 ** 62 + 11, 255)):
+        u = uniforms(rows, step, seed, 300)
+        for i, row in enumerate(rows.tolist()):
+            for token in (0, 1, 17, 299):
+                assert u[i, token].item() == _splitmix_uniform(seed, step, row, token)
+        shard = uniforms_at(rows, step, seed, torch.arange(150, 300))
+        assert torch.equal(shard, u[:, 150:])
+        ids = torch.randint(0, 300, (4, 9), generator=torch.Generator().manual_seed(seed % 97))
+        assert torch.equal(uniforms_at(rows, step, seed, ids), u.gather(1, ids))
+    assert 0.0 <= float(u.min()) and float(u.max()) < 1.0
+
+
 def test_left_and_right_padded_and_list_prompts_normalise_alike():
     rows = [[5, 6, 7], [1], [2, 3, 4, 8, 9]]
     right = torch.tensor([[5, 6, 7, 0, 0], [1, 0, 0, 0, 0], [2, 3, 4, 8, 9]])

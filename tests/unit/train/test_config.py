@@ -250,3 +250,28 @@ def test_empty_evaluation_split_is_named_and_drops_are_counted(tmp_path, capsys)
         check_splits(cfg, splits)
     assert "2 train, 0 validation, 0 held-out prompts; dropped 1 duplicate(s), 1 bad row(s)" \
         in capsys.readouterr().out
+
+
+def test_old_logprobs_reuse_is_refused_where_the_update_is_not_on_policy(tmp_path):
+    """train.old_logprobs (train/on_policy.py): auto skips the old-policy pass only for a
+    one-mini-batch update whose selection does not read lp_old; reuse is refused elsewhere,
+    naming what blocks it; an unknown mode is refused by its choices."""
+    from rlad_megatron.train.on_policy import reuses_update_forward
+
+    assert reuses_update_forward(_valid(tmp_path))
+    assert not reuses_update_forward(_valid(tmp_path, **{"train.old_logprobs": "pass"}))
+    assert not reuses_update_forward(_valid(tmp_path, **{"train.mini_batches": 2}))
+    assert not reuses_update_forward(_valid(tmp_path, **{"selection.policy": "alignment"}))
+    assert not reuses_update_forward(_valid(tmp_path, algorithm="sft"))
+    assert reuses_update_forward(_valid(tmp_path, algorithm="grpo",
+                                        **{"selection.policy": "alignment"}))
+    validate_run_config(_valid(tmp_path, **{"train.old_logprobs": "reuse"}), 1)
+    for over, message in [({"train.mini_batches": 2}, r"reuse needs an on-policy update, but "
+                           r"train.mini_batches = 2"),
+                          ({"selection.policy": "both"}, r"selection.policy = both"),
+                          ({"rollout.teacher_samples": 2}, r"rollout.teacher_samples = 2"),
+                          ({"algorithm": "sft"}, r"reuse is an RL setting")]:
+        with pytest.raises(ValueError, match=message):
+            validate_run_config(_valid(tmp_path, **{"train.old_logprobs": "reuse", **over}), 1)
+    with pytest.raises(ValueError, match=r"train.old_logprobs: 'always' is not one of auto, pass"):
+        validate_run_config(_valid(tmp_path, **{"train.old_logprobs": "always"}), 1)
