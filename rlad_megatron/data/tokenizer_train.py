@@ -7,6 +7,7 @@ The special ids are fixed: <unk>=0, <s>=1, </s>=2, <pad>=3.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -26,14 +27,18 @@ def train_sentencepiece(lines: Iterable[str], model_prefix: str | Path, *,
     size = vocab_size or len(chars) + 5  # + specials and the word-boundary piece
     prefix = Path(model_prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
+    # trained under a private name, then moved into place: a reader (another rank) never sees a
+    # half-written model
+    tmp = prefix.with_name(f".{prefix.name}_{os.getpid()}_tmp")
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_prefix=str(prefix), model_type=model_type,
+        sentence_iterator=iter(lines), model_prefix=str(tmp), model_type=model_type,
         vocab_size=size, character_coverage=1.0, hard_vocab_limit=False,
         unk_id=0, bos_id=1, eos_id=2, pad_id=3, add_dummy_prefix=False,
         split_digits=True, minloglevel=2)
-    path = prefix.with_suffix(".model")
     proto = sentencepiece_model_pb2.ModelProto()
-    proto.ParseFromString(path.read_bytes())
+    proto.ParseFromString(tmp.with_suffix(".model").read_bytes())
     proto.trainer_spec.ClearField("model_prefix")
-    path.write_bytes(proto.SerializeToString())
-    return path
+    tmp.with_suffix(".model").write_bytes(proto.SerializeToString())
+    os.replace(tmp.with_suffix(".vocab"), prefix.with_suffix(".vocab"))
+    os.replace(tmp.with_suffix(".model"), prefix.with_suffix(".model"))
+    return prefix.with_suffix(".model")
