@@ -67,8 +67,19 @@ def _timed(fn, reps=3):
     return out, best
 
 
-def rl_loop(out: Path, local_spec: bool) -> dict:
-    """Section 5: `rlad train` (algorithm rlad) for RL_STEPS steps on this GPU; what it logged."""
+RL_SIZES = ["student.spec.num_layers=4", "student.spec.hidden_size=512",
+            "student.spec.ffn_hidden_size=2048", "student.spec.num_attention_heads=8",
+            "student.spec.num_query_groups=8", "teacher.spec.num_layers=6",
+            "teacher.spec.hidden_size=512", "teacher.spec.ffn_hidden_size=2048",
+            "teacher.spec.num_attention_heads=8", "teacher.spec.num_query_groups=8",
+            "rollout.prompts_per_step=16", "rollout.group_size=8", "rollout.max_new_tokens=128",
+            "train.micro_batch_size=16", "eval.num_prompts=8"]
+"""Section 5's run on a GPU (tests/unit/train/test_gpu_check_rl_loop.py runs it small on CPU)."""
+
+
+def rl_loop(out: Path, local_spec: bool, *, dtype: str = "bf16", steps: int = RL_STEPS,
+            sizes: tuple = tuple(RL_SIZES)) -> dict:
+    """Section 5: `rlad train` (algorithm rlad) for `steps` steps; what it logged."""
     from tiny_runs import char_tokenizer, tiny_overrides
 
     from rlad_megatron.models import config as mconfig
@@ -77,17 +88,10 @@ def rl_loop(out: Path, local_spec: bool) -> dict:
 
     run_dir = out / f"rl_{'local' if local_spec else 'te'}"
     tok = char_tokenizer(out)
-    size = ["student.spec.num_layers=4", "student.spec.hidden_size=512",
-            "student.spec.ffn_hidden_size=2048", "student.spec.num_attention_heads=8",
-            "student.spec.num_query_groups=8", "teacher.spec.num_layers=6",
-            "teacher.spec.hidden_size=512", "teacher.spec.ffn_hidden_size=2048",
-            "teacher.spec.num_attention_heads=8", "teacher.spec.num_query_groups=8"]
-    cfg = load_config(None, tiny_overrides(tok, run_dir, "rlad", steps=RL_STEPS) + size + [
-        "student.dtype=bf16", "teacher.dtype=bf16", "parallel.tensor=1",
-        "rollout.prompts_per_step=16", "rollout.group_size=8", "rollout.max_new_tokens=128",
-        "rollout.temperature=1.0", "train.micro_batch_size=16", "train.mini_batches=1",
-        "eval.at_start=false", "eval.num_prompts=8", "logging.tensorboard=false",
-        "checkpoint.save_every=0"])
+    cfg = load_config(None, tiny_overrides(tok, run_dir, "rlad", steps=steps) + list(sizes) + [
+        f"student.dtype={dtype}", f"teacher.dtype={dtype}", "parallel.tensor=1",
+        "rollout.temperature=1.0", "train.mini_batches=1", "eval.at_start=false",
+        "logging.tensorboard=false", "checkpoint.save_every=0"])
     ctx = (mock.patch.object(mconfig, "use_transformer_engine", return_value=False)
            if local_spec else mock.patch.object(mconfig, "use_transformer_engine",
                                                 wraps=mconfig.use_transformer_engine))

@@ -106,13 +106,19 @@ class Workload:
     """teacher.offload: none | stream (decoder layers in host memory)."""
     stream_window: int = 2
     """teacher.stream_window: teacher layers resident at once when streamed."""
+    old_logprobs_pass: bool = True
+    """The step runs the old-policy pass (False: the on-policy update reads its own forward's
+    log-probs, train.old_logprobs and train/on_policy.py)."""
 
     @classmethod
     def from_run_config(cls, cfg, **explicit) -> "Workload":
         """The workload of a run config (train/config.py RunConfig; its prompt length is not in
         it), with `explicit` fields winning: the one place the planner reads a run config."""
+        from rlad_megatron.train.on_policy import reuses_update_forward
+
         r, t = cfg.rollout, cfg.train
         return cls(**{**dict(
+            old_logprobs_pass=not reuses_update_forward(cfg),
             response_len=r.max_new_tokens, micro_batch_size=t.micro_batch_size,
             mini_batches=t.mini_batches, max_tokens_per_micro_batch=t.max_tokens_per_micro_batch,
             prompts_per_step=r.prompts_per_step, group_size=r.group_size,

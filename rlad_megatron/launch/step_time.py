@@ -12,6 +12,7 @@ b = bytes per value, L = layers, m = micro-batches per mini-batch, rate = peak *
                    new token reads the student's weights once per generation batch,
                    response * batches * (P_S b_S / tp + KV) / HBM, and 2 L_S TP collectives
   student compute  (2 + 6) P_S T / (tp pp) / rate       old-policy pass + forward/backward
+                   (6: the on-policy update skips the pass, Workload.old_logprobs_pass)
   teacher forward  resident: 2 P_T T / (tp pp) / rate
                    streamed: its stages run one after another, each overlapping its layer
                    copies with its compute: pp * (max(compute, copy) + one layer's copy), copy =
@@ -116,7 +117,8 @@ def estimate_step(teacher: ModelSpec, student: ModelSpec, tp: int, pp: int, dp: 
     rollout = (2 * p_s * rows * w.prompt_len / (tp * pp) / rate
                + w.response_len * batches * per_token)
 
-    student_compute = 8 * p_s * tokens / (tp * pp) / rate
+    passes = 8 if w.old_logprobs_pass else 6  # forward of the old-policy pass + fwd/bwd
+    student_compute = passes * p_s * tokens / (tp * pp) / rate
     teacher_compute = 2 * p_t * tokens / (tp * pp) / rate
     if w.teacher_offload == "stream":
         layer_bytes = layer_parameters(teacher, tp) * b_t
@@ -132,7 +134,8 @@ def estimate_step(teacher: ModelSpec, student: ModelSpec, tp: int, pp: int, dp: 
     tp_comm = 0.0
     if tp > 1:
         n_micro = rows / w.micro_rows
-        for spec, b, count in ((student, b_s, 6), (teacher, b_t, 2)):
+        for spec, b, count in ((student, b_s, 6 if w.old_logprobs_pass else 4),
+                               (teacher, b_t, 2)):
             one_ar = _allreduce_s(mb_tokens * spec.hidden_size * b, tp, hw.intra_node_gbps, hw)
             tp_comm += spec.num_layers / pp * count * n_micro * one_ar
 

@@ -18,7 +18,8 @@ is greedy: argmax of the logits, lowest id on ties (like torch.argmax), no noise
 Host synchronisations per call: none, except top-p without top-k (one [1] bool: does the nucleus
 reach ids some rank left out; with defer_retry the caller reads it together with its own flags),
 and the CPU-only pruning above (free on the CPU).
-Every collective takes device tensors through runtime/devices.py (NCCL moves only CUDA tensors).
+Every collective takes tensors on the logits' device, the compute device (NCCL moves only CUDA
+tensors; the decode loop keeps the logits there, rollout/pipeline.py).
 
 Filters, applied in this order on z (like Hugging Face's warpers: temperature, top-k, top-p):
   top_k > 0   keep the k largest z (ties at the k-th value: whichever torch.topk returns)
@@ -50,7 +51,6 @@ import torch.distributed as dist
 from torch import Tensor
 
 from rlad_megatron.ops.vocab_shard import VocabShard, vocab_shard
-from rlad_megatron.runtime import devices
 
 TOP_P_CANDIDATES = 256
 """Ids per TP rank gathered for top-p alone before falling back to all of them."""
@@ -144,11 +144,13 @@ def gumbel_noise(row_ids: Tensor, step: int, seed: int, vocab_size: int) -> Tens
 
 
 def _gather(local: Tensor, shard: VocabShard) -> Tensor:
-    """[b, n] on each rank -> [tp, b, n] on every rank (one all_gather)."""
+    """[b, n] on each rank -> [tp, b, n] on every rank (one all_gather). `local` is on the
+    logits' device, the compute device: the one NCCL moves (runtime/devices.py; ops/ does not
+    import runtime/, style.md 5.1)."""
     if shard.group is None:
         return local[None]
     parts = [torch.empty_like(local) for _ in range(shard.tp)]
-    devices.all_gather(parts, local.contiguous(), group=shard.group)
+    dist.all_gather(parts, local.contiguous(), group=shard.group)
     return torch.stack(parts)
 
 

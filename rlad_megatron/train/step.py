@@ -109,16 +109,22 @@ def _entropy_sum(logits: torch.Tensor, loss_mask: torch.Tensor, tp_group, *, tem
     with torch.no_grad():
         h = align_to_tokens(ops.token_entropy(logits.detach(), tp_group, temperature=temperature,
                                               vocab_size=vocab_size))
-    return (h.double() * loss_mask.to(h.device)).sum().cpu()
+    return (h.double() * loss_mask.to(h.device)).sum()
 
 
 def reduce_metrics(stats: dict, dp_group) -> dict:
-    """Sufficient statistics of this rank -> reduced over DP with each key's op."""
-    out = {}
+    """Sufficient statistics of this rank (0-dim tensors, on the device the loss ran on) ->
+    reduced over DP with each key's op, on the host: one all-reduce and one host read per op
+    (sum, min, max), the update's only ones, after its last micro-batch."""
+    device = next(iter(stats.values())).device
+    by_op: dict[str, list[str]] = {}
     for key in sorted(stats):
-        value = stats[key].clone()
-        devices.all_reduce(value, op=_DIST_OPS[reduce_op(key)], group=dp_group)
-        out[key] = value
+        by_op.setdefault(reduce_op(key), []).append(key)
+    out = {}
+    for op, keys in by_op.items():
+        values = torch.stack([stats[k].to(device, torch.float64).reshape(()) for k in keys])
+        devices.all_reduce(values, op=_DIST_OPS[op], group=dp_group)
+        out.update(zip(keys, values.cpu()))
     return out
 
 
@@ -164,7 +170,7 @@ def forward_backward(student: Student, batch: TrainBatch, loss: LossSpec, *,
             value, stats = fn(lp, **inputs, **loss.kwargs, **counts)
             stats = {**stats, "policy/entropy_mean": _entropy_sum(
                 logits, part.loss_mask, par.tp_group, temperature=temperature, vocab_size=vocab)}
-            collected.append({k: v.cpu() for k, v in stats.items()})
+            collected.append(stats)  # on the device: read once, in reduce_metrics
             n_local = torch.tensor(part.batch_size, dtype=torch.int, device=logits.device)
             return value * rows.to(value.dtype).to(value.device), n_local, {}
 
@@ -196,8 +202,8 @@ def optimizer_step(student: Student) -> dict[str, float]:
 
 def grads_finite(student: Student) -> bool:
     """True on every rank when no rank holds a NaN or Inf gradient (before the optimizer step)."""
-    ok = all(bool(torch.isfinite(buffer.grad_data).all())
-             for chunk in student.chunks for buffer in getattr(chunk, "buffers", []))
-    flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
+    checks = [torch.isfinite(buffer.grad_data).all()
+              for chunk in student.chunks for buffer in getattr(chunk, "buffers", [])]
+    flag = (torch.stack(checks).all() if checks else torch.tensor(True)).to(torch.int32)[None]
     devices.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+    return bool(flag.item())  # one host read for all buffers

@@ -365,6 +365,29 @@ def test_step_time_parts_by_hand():
         2 * (max(compute, 32 * layer / 50e9) + layer / 50e9))
 
 
+def test_the_on_policy_step_is_planned_without_the_old_policy_pass(tmp_path):
+    """Workload.old_logprobs_pass False (train.old_logprobs=auto at train.mini_batches=1): the
+    student's compute is 6 P T (forward and backward) instead of 8 P T, and its TP all-reduces 4
+    per layer and micro-batch instead of 6; from_run_config reads it from the run config."""
+    from rlad_megatron.train.config import load_config
+
+    t, s = get_preset("qwen3-32b"), get_preset("qwen3-8b")
+    w = Workload(prompt_len=1024, response_len=1024, prompts_per_step=16, group_size=8,
+                 micro_batch_size=1)
+    hw = Hardware()
+    with_pass = estimate_step(t, s, 2, 1, 16, w, gpus_per_node=8, hw=hw)
+    on_policy = estimate_step(t, s, 2, 1, 16, dataclasses.replace(w, old_logprobs_pass=False),
+                              gpus_per_node=8, hw=hw)
+    assert on_policy.student_compute == pytest.approx(with_pass.student_compute * 6 / 8)
+    ar = lambda h: 2048 * h * 2 / 450e9 + 10e-6  # noqa: E731
+    assert on_policy.tp_comm == pytest.approx(8 * (36 * 4 * ar(4096) + 64 * 2 * ar(5120)))
+    cfg = load_config(None, ["train.mini_batches=1"])
+    assert not Workload.from_run_config(cfg).old_logprobs_pass
+    assert Workload.from_run_config(load_config(None, ["train.mini_batches=2"])).old_logprobs_pass
+    assert Workload.from_run_config(load_config(None, ["train.old_logprobs=pass"])
+                                    ).old_logprobs_pass
+
+
 def test_hardware_overrides_are_checked():
     assert Hardware.from_overrides(["mfu=0.5"]).mfu == 0.5
     with pytest.raises(ValueError, match="--hw 'flops=1': expected KEY=VALUE with KEY one of"):
