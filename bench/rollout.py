@@ -50,20 +50,19 @@ float64 uniforms (uniforms_at) for this rank's ids, the pruned Gumbel-max, the v
 log-sum-exp), inside it the uniforms' generation alone; the rest is the decode loop's own
 bookkeeping (masks, positions, the per-step token broadcast).
 
-What the KV-cache and sampler work changed, per decode step at batch 32 and 256 new tokens (same machine, quiet, one
-run each side): 84-102 ms before (forward 76-92, of which core attention 14-15; Gumbel noise
-4-5) -> 27 ms after (forward 21.5, core attention 5.3-5.7, sampler 5.3 of which uniforms 1.8);
-at batch 8, 19-22 -> 14-17 ms. Gone: megatron re-rotating every cached key in every layer at
-every step ([L, b, g, d] temporaries; now keys are cached rotated), the batched attention
-products on megatron's [L, b, g, d] cache layout (4-5x slower than on a per-head layout at
-L ~ 300), the two logs of the Gumbel noise over the whole vocabulary (now only at the ids that
-can win); runtime/mcore_compat.decode_kv_cache and ops/sampling.py say how. The tokens and
-log-probs are bitwise those of before. What is left at batch 32 is mostly the matrix products
-(~11 ms: the same MKL sgemm calls transformers makes), reading the KV cache (~5 ms) and the
-float64 uniforms (~1.8 ms, then the noise's Mersenne-Twister stream; now a SplitMix64
-counter hash in int64 tensor ops, computed on the device and per TP shard), so vs_hf_32 >= 2 is
-out of reach without changing megatron's layers.
-"""
+What the KV-cache and sampler work changed, per decode step at batch 32 and 256 new tokens (same
+machine, quiet, one run each side): 84-102 ms before (forward 76-92, of which core attention 14-15;
+Gumbel noise 4-5) -> 27 ms after (forward 21.5, core attention 5.3-5.7, sampler 5.3 of which
+uniforms 1.8); at batch 8, 19-22 -> 14-17 ms. Gone: megatron re-rotating every cached key in every
+layer at every step ([L, b, g, d] temporaries; now keys are cached rotated), the batched attention
+products on megatron's [L, b, g, d] cache layout (4-5x slower than on a per-head layout at L ~
+300), the two logs of the Gumbel noise over the whole vocabulary (now only at the ids that can
+win); runtime/mcore_compat.decode_kv_cache and ops/sampling.py say how. The tokens and log-probs
+are bitwise those of before. What is left at batch 32 is mostly the matrix products (~11 ms: the
+same MKL sgemm calls transformers makes), reading the KV cache (~5 ms) and the float64 uniforms
+(~1.8 ms, then the noise's Mersenne-Twister stream; now a SplitMix64 counter hash in int64 tensor
+ops, computed on the device and per TP shard), so vs_hf_32 >= 2 is out of reach without changing
+megatron's layers. """
 
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ new_tokens long. (Before these checks, special tokens named "t0".."t3" split TRL
 "t123" -> "t1" "<unk>", making them ~1.8x longer: the speedups 1.1-1.4 first reported for this
 benchmark were that artefact.)
 Differences a reader should know: with num_iterations 1, TRL does not run an old-policy pass
-(the ratio is 1 by construction); since issue 23 neither does this project's on-policy step
+(the ratio is 1 by construction); neither does this project's on-policy step
 (before, it ran one forward pass more per step: results up to then have old_logprobs_s > 0);
 `speedup_without_old_logprobs` is now the same as `speedup` (old_logprobs_s is 0). TRL's
 generate is transformers 5's, which

@@ -17,8 +17,9 @@ real device. The decode loop runs under no_grad instead of inference_mode (wrapp
 cannot be inference tensors). Collectives are not exercised (one process; TP/PP runs are
 tests/dist).
 
-On the code before issue 23 the decode test fails: StageRunner.forward returned `out.cpu()`,
-so every step copied the [b, V] logits to the host ("to_cpu") before the sampler ran there.
+Before the decode loop was made device-resident this test failed: StageRunner.forward returned
+`out.cpu()`, so every step copied the [b, V] logits to the host ("to_cpu") before the sampler
+ran there.
 """
 
 import pytest
