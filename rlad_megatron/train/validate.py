@@ -17,7 +17,9 @@ from rlad_megatron.models.layout_check import data_parallel_problem
 from rlad_megatron.models.spec import PRESETS, ModelSpec
 from rlad_megatron.train.config import (REFERENCE_KL_ALGORITHMS, TRAJECTORY_ALGORITHMS,
                                         RunConfig)
-from rlad_megatron.train.schema import check_choices, get
+from rlad_megatron.train.active import check_active
+from rlad_megatron.train.schema import check_choices, check_finite, get
+
 
 def _positive(cfg, *keys: str, allow_zero: bool = False) -> None:
     for key in keys:
@@ -56,7 +58,9 @@ def _model(cfg: RunConfig, role: str, check_files: bool = True) -> None:
 def validate_run_config(cfg: RunConfig, world_size: int = 1, check_files: bool = True) -> None:
     """Raise ValueError naming the key of the first problem. check_files=False skips the checks
     that model checkpoints and tokenizers exist (for runs whose files an earlier stage makes)."""
+    check_finite(cfg)  # every float field (train/schema.py)
     check_choices(cfg)  # every registry-backed field (train/schema.py)
+    check_active(cfg)  # every option of a section the run does not use (train/active.py)
     cfg.parallel.validate(world_size)
     dp = world_size // (cfg.parallel.tensor * cfg.parallel.pipeline)
     _model(cfg, "student", check_files)
