@@ -135,7 +135,8 @@ def test_an_arm_setting_an_option_it_does_not_use_is_refused():
     _, jobs = _jobs(["reproduce.arms.grpo.loss.trrd.kl_beta=0.1"])
     grpo = next(j for j in jobs if j.arm == "grpo")
     with pytest.raises(ValueError, match=r"loss.trrd.kl_beta: 0.1 would be ignored: it takes "
-                                         r"effect only with algorithm=rlad \(here algorithm=grpo\)"):
+                                         r"effect only with algorithm=rlad "
+                                         r"\(here algorithm=grpo\)"):
         validate_run_config(grpo.cfg, check_files=False)
 
 
