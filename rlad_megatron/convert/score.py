@@ -24,13 +24,12 @@ from rlad_megatron.data.tokenizer import load_tokenizer
 from rlad_megatron.models import checkpoint
 
 
-def checkpoint_tokenizer(folder: Path, meta: dict) -> Path:
-    own = folder / meta.get("tokenizer_dir", "tokenizer")
-    if own.is_dir() and any(own.iterdir()):
-        return own
-    if meta.get("tokenizer"):
-        return Path(meta["tokenizer"])
-    raise ValueError(f"{folder / checkpoint.MODEL_META} records no tokenizer: pass --tokenizer")
+def checkpoint_tokenizer(folder: Path) -> Path:
+    path = checkpoint.recorded_tokenizer(folder)
+    if path is None:
+        raise ValueError(f"{folder / checkpoint.MODEL_META} records no tokenizer: pass "
+                         "--tokenizer")
+    return path
 
 
 def checkpoint_logprobs(megatron_path: str | Path, text: str, *,
@@ -46,8 +45,7 @@ def checkpoint_logprobs(megatron_path: str | Path, text: str, *,
                                        init_parallel)
 
     folder = checkpoint.resolve(megatron_path)
-    meta = checkpoint.read_model_meta(folder)
-    tok = load_tokenizer(tokenizer or checkpoint_tokenizer(folder, meta))
+    tok = load_tokenizer(tokenizer or checkpoint_tokenizer(folder))
     ids = tok.encode(text, add_bos=tok.adds_bos if add_bos is None else add_bos)
     if on_bos is not None:
         on_bos(bos_choice(tok, add_bos))

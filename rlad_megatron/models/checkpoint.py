@@ -112,6 +112,24 @@ def read_model_meta(path: str | Path) -> dict:
     return json.loads(meta.read_text())
 
 
+def recorded_tokenizer(path: str | Path) -> Optional[Path]:
+    """The tokenizer a checkpoint records: its own copy (meta["tokenizer_dir"], relative to the
+    iteration folder, as `rlad convert import` writes it) when present, so that the checkpoint is
+    self-contained; else meta["tokenizer"] (relative to the folder, or as written); None when it
+    records none."""
+    folder = resolve(path)
+    meta = read_model_meta(folder)
+    own = folder / meta.get("tokenizer_dir", "tokenizer") if meta.get(
+        "tokenizer_dir", "tokenizer") else None
+    if own is not None and own.is_dir() and any(own.iterdir()):
+        return own
+    recorded = meta.get("tokenizer")
+    if not recorded:
+        return None
+    local = folder / recorded
+    return local if local.exists() else Path(recorded)
+
+
 def read_spec(path: str | Path) -> ModelSpec:
     return ModelSpec.from_dict(read_model_meta(path)["spec"], prefix=f"{path}:{MODEL_META}")
 

@@ -123,13 +123,10 @@ def check_spec_matches_checkpoint(spec: ModelSpec, checkpoint: str, role: str) -
 def tokenizer_path(m: ModelConfig, role: str) -> str:
     if m.tokenizer:
         return m.tokenizer
-    meta = mckpt.read_model_meta(m.checkpoint)
-    path = meta.get("tokenizer")
-    if not path:
+    path = mckpt.recorded_tokenizer(m.checkpoint)  # its own copy first (convert import's)
+    if path is None:
         raise ValueError(f"{role}.tokenizer is not set and {m.checkpoint} records no tokenizer")
-    folder = mckpt.resolve(m.checkpoint)
-    local = folder / path
-    return str(local if local.exists() else path)
+    return str(path)
 
 
 def load_tokenizers(cfg: RunConfig, teacher_needed: bool) -> Tokenizer:

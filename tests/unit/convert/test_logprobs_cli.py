@@ -66,3 +66,20 @@ def test_tp_from_one_process_points_at_torchrun(converted, capsys):
     assert code == 2
     assert "does not divide the world size 1: this is one process; launch it with torchrun " \
            "--nproc-per-node 2" in err
+
+
+def test_a_converted_checkpoint_trains_with_its_own_tokenizer_copy_after_the_source_moved(
+        tmp_path):
+    """Issue 26 item 4: train/setup.py read meta["tokenizer"] (the HF folder's path) and ignored
+    the copy in iter_0000000/tokenizer, so moving the HF folder broke `rlad train`."""
+    from rlad_megatron.data.tokenizer import load_tokenizer
+    from rlad_megatron.train.config import ModelConfig
+    from rlad_megatron.train.setup import tokenizer_path
+
+    src = make_case(tmp_path / "hf", "qwen2")
+    mg = tmp_path / "mg"
+    assert cli.main(["convert", "import", "--hf-model", str(src), "--megatron-path", str(mg)]) == 0
+    src.rename(tmp_path / "moved")
+    path = tokenizer_path(ModelConfig(checkpoint=str(mg)), "student")
+    assert path == str(mg / "iter_0000000" / "tokenizer")
+    assert load_tokenizer(path).encode("Hi") == [ord("H") - 29, ord("i") - 29]
