@@ -35,6 +35,7 @@ def _info(args) -> int:
 
 
 def _train(args, algorithm=None) -> int:
+    import errno
     import json
     import logging
     import warnings
@@ -64,6 +65,12 @@ def _train(args, algorithm=None) -> int:
         summary = train(cfg)
     except (ValueError, FileNotFoundError) as e:
         print(f"rlad: error: {e}", file=sys.stderr)
+        _release_process_groups()
+        return 2
+    except OSError as e:  # a full disk (models/checkpoint_files.py disk_full): named, no traceback
+        if e.errno != errno.ENOSPC:
+            raise
+        print(f"rlad: error: {e.strerror}", file=sys.stderr)
         _release_process_groups()
         return 2
     print0("rlad: done " + json.dumps({k: v for k, v in summary.items()}, default=str))

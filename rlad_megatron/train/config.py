@@ -202,9 +202,12 @@ class CheckpointConfig:
     resume: bool = True
     """Resume from the latest checkpoint in `dir` when there is one."""
     fallback: bool = True
-    """When the latest checkpoint is corrupt or incomplete (a file missing or of another size than
-    its manifest records), resume from the newest iteration that verifies, saying so; off: stop
-    with an error naming the file."""
+    """When the latest checkpoint is corrupt or incomplete (a file missing, or of another size or
+    sha256 than its manifest records), resume from the newest iteration that verifies, saying so;
+    off: stop with an error naming the file."""
+    verify_checksums: bool = True
+    """Before resuming, check every file's sha256 against the manifest (rank 0 reads the whole
+    checkpoint once, at about 1 GB/s); off: sizes only."""
     resume_other_run: bool = False
     """Resume even when the checkpoint's run differs in identity (algorithm, seed, models, data;
     train/checkpoint.py RUN_IDENTITY); off: such a resume is refused, naming the keys."""

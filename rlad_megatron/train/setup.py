@@ -38,7 +38,7 @@ from rlad_megatron.train import checkpoint as tckpt
 from rlad_megatron.models.reference import ReferenceWeights
 from rlad_megatron.train.config import ModelConfig, RunConfig, to_yaml
 from rlad_megatron.train.metrics import open_metrics
-from rlad_megatron.train.run_lock import RunDirLock
+from rlad_megatron.train.run_lock import RunLocks
 from rlad_megatron.train.timers import PhaseTimer
 from rlad_megatron.train.validate import validate_run_config
 
@@ -65,8 +65,9 @@ class Run:
     state: tckpt.TrainState
     config_yaml: str
     resumed_from: Optional[str] = None
-    lock: Optional[RunDirLock] = None
-    """RUN_DIR/.rlad_lock (rank 0): released when the run ends (train/loop.py)."""
+    lock: Optional[RunLocks] = None
+    """RUN_DIR/.rlad_lock and CHECKPOINT_DIR/.rlad_lock (rank 0): released when the run ends
+    (train/loop.py)."""
     reference: Optional[ReferenceWeights] = None
     """pi_ref of the reference KL (loss.*.kl_beta > 0): the student's starting weights."""
 
@@ -246,11 +247,13 @@ def setup(cfg: RunConfig) -> Run:
     if env.rank == 0:
         try:
             check_writable(cfg.run_dir, "run_dir")
-            lock = RunDirLock.acquire(cfg.run_dir)  # one run per run_dir
             check_writable(cfg.checkpoint_dir, "checkpoint.dir")
+            # one run per run_dir and per checkpoint.dir
+            lock = RunLocks.acquire(cfg.run_dir, cfg.checkpoint_dir)
             # a corrupt latest checkpoint, or one of another run, is found before any model
             if cfg.checkpoint.resume:
-                resume_at = tckpt.resume_iteration(cfg.checkpoint_dir, cfg.checkpoint.fallback)
+                resume_at = tckpt.resume_iteration(cfg.checkpoint_dir, cfg.checkpoint.fallback,
+                                                   cfg.checkpoint.verify_checksums)
             if resume_at is not None:
                 tckpt.check_run_identity(cfg.checkpoint_dir, to_yaml(cfg),
                                          cfg.checkpoint.resume_other_run, iteration=resume_at)
@@ -266,7 +269,7 @@ def setup(cfg: RunConfig) -> Run:
 
 
 def _build(cfg: RunConfig, env: DistEnv, resume_at: Optional[int],
-           lock: Optional[RunDirLock]) -> Run:
+           lock: Optional[RunLocks]) -> Run:
     """setup() after the checks that need no model: tokenizers, data, models, resume."""
     shared = [resume_at]
     dist.broadcast_object_list(shared, src=0)
