@@ -120,6 +120,10 @@ def _reproduce(args, demo: bool = False) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"rlad: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (reproduce/runner.py): its runs were stopped
+        print(f"\nrlad {args.command}: interrupted; the training runs stopped with it (each "
+              f"checkpoints first). Run the same command again to resume", file=sys.stderr)
+        return 130
 
 
 def _plan(args) -> int:

@@ -177,8 +177,17 @@ def reproduce(path: str, overrides: list[str], *, quick: bool = False, demo: boo
     t0 = time.time()
     print(f"reproduce: {len(job_list)} runs ({', '.join(spec.arm_names)} x seeds "
           f"{spec.seeds}) into {run_dir}; teacher and student cached in {cache}", flush=True)
-    prep = subprocess.run(_torchrun(spec.prepare_procs) +
-                          ["-m", "rlad_megatron.cli", "prepare", path, *overrides])
+    prep = subprocess.Popen(_torchrun(spec.prepare_procs) +
+                            ["-m", "rlad_megatron.cli", "prepare", path, *overrides])
+    try:
+        prep.wait()
+    finally:  # interrupted: torchrun passes SIGTERM on, its workers checkpoint and exit
+        if prep.poll() is None:
+            prep.terminate()
+            try:
+                prep.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                prep.kill()
     if prep.returncode != 0:
         print(f"reproduce: preparing the teacher and student failed (exit {prep.returncode})",
               file=sys.stderr)
