@@ -38,6 +38,7 @@ from rlad_megatron.train import checkpoint as tckpt
 from rlad_megatron.models.reference import ReferenceWeights
 from rlad_megatron.train.config import ModelConfig, RunConfig, to_yaml
 from rlad_megatron.train.metrics import open_metrics
+from rlad_megatron.train.reward_watch import RewardWatch
 from rlad_megatron.train.run_lock import RunLocks
 from rlad_megatron.train.timers import PhaseTimer
 from rlad_megatron.train.validate import validate_run_config
@@ -70,6 +71,8 @@ class Run:
     (train/loop.py)."""
     reference: Optional[ReferenceWeights] = None
     """pi_ref of the reference KL (loss.*.kl_beta > 0): the student's starting weights."""
+    reward_watch: RewardWatch = dataclasses.field(default_factory=RewardWatch)
+    """Warns when every reward of several steps in a row is 0 (or 1): nothing to learn."""
 
     @property
     def is_logging_rank(self) -> bool:
