@@ -48,9 +48,16 @@ def _train(args, algorithm=None) -> int:
     from rlad_megatron.train.loop import train
 
     if args.help_config:
+        import textwrap
+
+        from rlad_megatron.data.tasks import task_names
         from rlad_megatron.train.schema import format_schema
 
         print(format_schema(), end="")
+        names = task_names()
+        print(f"\ndata.task values (the {len(names)} reasoning-gym tasks installed; with "
+              "data.format=chat the reward reads <answer>...</answer> or \\boxed{}):")
+        print(textwrap.fill(", ".join(names), 96, initial_indent="  ", subsequent_indent="  "))
         return 0
     if args.config is None:
         print("rlad: a run config YAML is needed (or --help-config)", file=sys.stderr)
