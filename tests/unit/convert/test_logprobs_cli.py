@@ -83,3 +83,19 @@ def test_a_converted_checkpoint_trains_with_its_own_tokenizer_copy_after_the_sou
     path = tokenizer_path(ModelConfig(checkpoint=str(mg)), "student")
     assert path == str(mg / "iter_0000000" / "tokenizer")
     assert load_tokenizer(path).encode("Hi") == [ord("H") - 29, ord("i") - 29]
+
+
+def test_exported_safetensors_are_readable_by_others(converted, tmp_path):
+    """Issue 26: exported weights were mode 0600 (safetensors' own), unlike the other files."""
+    import os
+    import stat
+
+    mg, _ = converted
+    old = os.umask(0o022)
+    try:
+        assert cli.main(["convert", "export", "--megatron-path", str(mg), "--hf-path",
+                         str(tmp_path / "out")]) == 0
+    finally:
+        os.umask(old)
+    shards = sorted((tmp_path / "out").glob("*.safetensors"))
+    assert shards and all(stat.S_IMODE(f.stat().st_mode) == 0o644 for f in shards)
