@@ -244,7 +244,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LIBRARY_NOISE = (
+    r".*(Transformer Engine|Apex).*(not installed|Falling back).*",  # megatron on CPU: expected
+    r"full scope is deprecated",                                     # megatron's own default
+)
+"""Library warnings that say nothing a user can act on (megatron-core's import-time notes about
+optional GPU extensions; FutureWarnings raised inside megatron and torch), filtered before any
+subcommand imports them; PYTHONWARNINGS still applies to everything else."""
+
+
+def _filter_library_warnings() -> None:
+    import warnings
+
+    for pattern in LIBRARY_NOISE:
+        warnings.filterwarnings("ignore", message=pattern, category=UserWarning)
+    # deprecations inside megatron-core and torch.distributed.checkpoint (their calls, not ours)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(megatron|torch)(\.|$)")
+
+
 def main(argv=None) -> int:
+    _filter_library_warnings()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may come after options (`reproduce R --quick run_dir=X`)
