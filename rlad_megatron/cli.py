@@ -35,6 +35,7 @@ def _info(args) -> int:
 
 
 def _train(args, algorithm=None) -> int:
+    import errno
     import json
     import logging
     import warnings
@@ -47,9 +48,16 @@ def _train(args, algorithm=None) -> int:
     from rlad_megatron.train.loop import train
 
     if args.help_config:
+        import textwrap
+
+        from rlad_megatron.data.tasks import task_names
         from rlad_megatron.train.schema import format_schema
 
         print(format_schema(), end="")
+        names = task_names()
+        print(f"\ndata.task values (the {len(names)} reasoning-gym tasks installed; with "
+              "data.format=chat the reward reads <answer>...</answer> or \\boxed{}):")
+        print(textwrap.fill(", ".join(names), 96, initial_indent="  ", subsequent_indent="  "))
         return 0
     if args.config is None:
         print("rlad: a run config YAML is needed (or --help-config)", file=sys.stderr)
@@ -64,6 +72,12 @@ def _train(args, algorithm=None) -> int:
         summary = train(cfg)
     except (ValueError, FileNotFoundError) as e:
         print(f"rlad: error: {e}", file=sys.stderr)
+        _release_process_groups()
+        return 2
+    except OSError as e:  # a full disk (models/checkpoint_files.py disk_full): named, no traceback
+        if e.errno != errno.ENOSPC:
+            raise
+        print(f"rlad: error: {e.strerror}", file=sys.stderr)
         _release_process_groups()
         return 2
     print0("rlad: done " + json.dumps({k: v for k, v in summary.items()}, default=str))
@@ -113,6 +127,10 @@ def _reproduce(args, demo: bool = False) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"rlad: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (reproduce/runner.py): its runs were stopped
+        print(f"\nrlad {args.command}: interrupted; the training runs stopped with it (each "
+              f"checkpoints first). Run the same command again to resume", file=sys.stderr)
+        return 130
 
 
 def _plan(args) -> int:
@@ -245,8 +263,27 @@ def pin_cpu_numerics(environ=None) -> None:
         environ.update(PINNED_CPU_NUMERICS)
 
 
+LIBRARY_NOISE = (
+    r".*(Transformer Engine|Apex).*(not installed|Falling back).*",  # megatron on CPU: expected
+    r"full scope is deprecated",                                     # megatron's own default
+)
+"""Library warnings that say nothing a user can act on (megatron-core's import-time notes about
+optional GPU extensions; FutureWarnings raised inside megatron and torch), filtered before any
+subcommand imports them; PYTHONWARNINGS still applies to everything else."""
+
+
+def _filter_library_warnings() -> None:
+    import warnings
+
+    for pattern in LIBRARY_NOISE:
+        warnings.filterwarnings("ignore", message=pattern, category=UserWarning)
+    # deprecations inside megatron-core and torch.distributed.checkpoint (their calls, not ours)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(megatron|torch)(\.|$)")
+
+
 def main(argv=None) -> int:
     pin_cpu_numerics()
+    _filter_library_warnings()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may come after options (`reproduce R --quick run_dir=X`)

@@ -14,6 +14,7 @@ User errors (bad paths, unsupported configs, layouts) print one line and exit wi
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import re
@@ -86,7 +87,8 @@ def run_logprobs(args) -> int:
     from rlad_megatron.runtime import print0
 
     rows = checkpoint_logprobs(args.megatron_path, args.text, tokenizer=args.tokenizer,
-                               tp=args.tp, pp=args.pp, add_bos=args.add_bos)
+                               tp=args.tp, pp=args.pp, add_bos=args.add_bos,
+                               on_bos=lambda m: print0(f"rlad logprobs: {m}", file=sys.stderr))
     if rows is not None:
         print0(json.dumps(rows, ensure_ascii=False) if args.json else format_rows(rows))
     return 0
@@ -127,7 +129,9 @@ def add_logprobs_parser(sub) -> None:
     p.add_argument("--text", required=True)
     p.add_argument("--json", action="store_true",
                    help='print [{"token_id", "token", "logprob"}, ...]')
-    p.add_argument("--add-bos", action="store_true", help="prepend the tokenizer's bos token")
+    p.add_argument("--add-bos", action=argparse.BooleanOptionalAction, default=None,
+                   help="prepend the tokenizer's bos token (default: as the tokenizer's own "
+                   "encoding does; the choice is printed on stderr)")
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--pp", type=int, default=1)
     p.set_defaults(func=run_logprobs)

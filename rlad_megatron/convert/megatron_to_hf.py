@@ -21,6 +21,7 @@ recorded one), generation_config.json, and the tokenizer files the checkpoint ca
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -145,14 +146,23 @@ def export_hf(megatron_path: str | Path, hf_path: str | Path, *, dtype: Optional
     files = plan_files(shapes, torch.empty((), dtype=torch_dtype).element_size(), max_shard_bytes)
     names = [f"model-{i + 1:05d}-of-{len(files):05d}.safetensors" for i in range(len(files))]
     tensors = _HFTensors(reader, spec)
+    mode = _file_mode()
     for i in range(rank, len(files), world):
         save_file({n: tensors.get(n).to(torch_dtype).contiguous() for n in files[i]},
                   str(out / names[i]), metadata={"format": "pt"})
+        os.chmod(out / names[i], mode)  # safetensors writes 0600; a model is for sharing
     _barrier()
     if rank == 0:
         _write_metadata(out, folder, meta, spec, dtype, shapes, files, names, torch_dtype)
     _barrier()
     return out
+
+
+def _file_mode() -> int:
+    """The mode a new file gets under this process's umask (0644 under the usual 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _write_metadata(out: Path, folder: Path, meta: dict, spec: ModelSpec, dtype: str,

@@ -5,10 +5,11 @@ converted teacher against its source model.
     # [{"token_id": 504, "token": "Some", "logprob": None}, {"token_id": ..., "logprob": -3.2}, ...]
 
 Token t's log-prob is log p(token_t | tokens_<t) (models/forward.py alignment); the first token
-has no prediction, so its logprob is None (null in JSON). The tokenizer defaults to the copy in
-the checkpoint (iter folder / meta["tokenizer_dir"]), else meta["tokenizer"]. Single process, or
-every rank of torchrun at TP x PP (x DP); the rows are returned on the first pipeline stage
-(rank 0 prints them), None elsewhere.
+has no prediction, so its logprob is None (null in JSON). A bos token is prepended when the
+tokenizer's own encoding does (--add-bos / --no-add-bos choose). The tokenizer defaults to the
+copy in the checkpoint (iter folder / meta["tokenizer_dir"]), else meta["tokenizer"]. Single
+process, or every rank of torchrun at TP x PP (x DP); the rows are returned on the first
+pipeline stage (rank 0 prints them), None elsewhere.
 """
 
 from __future__ import annotations
@@ -23,35 +24,40 @@ from rlad_megatron.data.tokenizer import load_tokenizer
 from rlad_megatron.models import checkpoint
 
 
-def checkpoint_tokenizer(folder: Path, meta: dict) -> Path:
-    own = folder / meta.get("tokenizer_dir", "tokenizer")
-    if own.is_dir() and any(own.iterdir()):
-        return own
-    if meta.get("tokenizer"):
-        return Path(meta["tokenizer"])
-    raise ValueError(f"{folder / checkpoint.MODEL_META} records no tokenizer: pass --tokenizer")
+def checkpoint_tokenizer(folder: Path) -> Path:
+    path = checkpoint.recorded_tokenizer(folder)
+    if path is None:
+        raise ValueError(f"{folder / checkpoint.MODEL_META} records no tokenizer: pass "
+                         "--tokenizer")
+    return path
 
 
 def checkpoint_logprobs(megatron_path: str | Path, text: str, *,
                         tokenizer: Optional[str | Path] = None, tp: int = 1, pp: int = 1,
-                        add_bos: bool = False, dtype: str = "fp32",
-                        par=None) -> Optional[list[dict]]:
-    """Rows of {"token_id", "token", "logprob"} on the first pipeline stage, None elsewhere."""
+                        add_bos: Optional[bool] = None, dtype: str = "fp32",
+                        par=None, on_bos=None) -> Optional[list[dict]]:
+    """Rows of {"token_id", "token", "logprob"} on the first pipeline stage, None elsewhere.
+    add_bos None: the tokenizer's own default (Tokenizer.adds_bos), as the model's own pipeline
+    encodes; on_bos(message) is told which was used (bos_choice)."""
     from rlad_megatron.models.build import build_teacher
     from rlad_megatron.models.forward import forward_logprobs
     from rlad_megatron.runtime import (ParallelConfig, destroy_parallel, init_distributed,
                                        init_parallel)
 
     folder = checkpoint.resolve(megatron_path)
-    meta = checkpoint.read_model_meta(folder)
-    tok = load_tokenizer(tokenizer or checkpoint_tokenizer(folder, meta))
-    ids = tok.encode(text, add_bos=add_bos)
+    tok = load_tokenizer(tokenizer or checkpoint_tokenizer(folder))
+    ids = tok.encode(text, add_bos=tok.adds_bos if add_bos is None else add_bos)
+    if on_bos is not None:
+        on_bos(bos_choice(tok, add_bos))
     if not ids:
         raise ValueError(f"--text {text!r} encodes to no tokens with {tok.name}")
     spec = checkpoint.read_spec(folder)
     if max(ids) >= spec.vocab_size:
         raise ValueError(f"tokenizer {tok.name} produced id {max(ids)}, outside the model's "
                          f"vocabulary of {spec.vocab_size} ({folder})")
+    if len(ids) > spec.max_position_embeddings:
+        raise ValueError(f"--text: {len(ids)} tokens exceed the model's max_position_embeddings "
+                         f"{spec.max_position_embeddings} ({folder}); shorten the text")
     own_layout = par is None
     if own_layout:
         init_distributed()
@@ -70,6 +76,14 @@ def checkpoint_logprobs(megatron_path: str | Path, text: str, *,
         return None
     return [{"token_id": i, "token": tok.decode([i], skip_special_tokens=False),
              "logprob": None if t == 0 else v} for t, (i, v) in enumerate(zip(ids, values[0]))]
+
+
+def bos_choice(tokenizer, add_bos: Optional[bool]) -> str:
+    """Which BOS choice `checkpoint_logprobs` makes, in words."""
+    used = tokenizer.adds_bos if add_bos is None else add_bos
+    why = "the tokenizer's default" if add_bos is None else ("--add-bos" if add_bos
+                                                             else "--no-add-bos")
+    return f"bos token {'prepended' if used else 'not prepended'} ({why})"
 
 
 def format_rows(rows: list[dict]) -> str:

@@ -126,6 +126,13 @@ def reasoning_gym_splits(task: str, *, train_size: int, heldout_size: int, seed:
     return out
 
 
+def task_names() -> list[str]:
+    """The reasoning-gym tasks of the installed version (data.task's values), sorted."""
+    from reasoning_gym.factory import DATASETS
+
+    return sorted(DATASETS)
+
+
 def check_task_config(task: str, config: Mapping[str, Any], key: str = "data.task_config") -> None:
     """Raise ValueError naming `key` when reasoning-gym would refuse `config` for `task` (its own
     config class checks it; no dataset is generated)."""

@@ -59,6 +59,12 @@ class Tokenizer(abc.ABC):
             ids = ids + [self._require(self.eos_id, "eos")]
         return ids
 
+    @property
+    def adds_bos(self) -> bool:
+        """Whether this tokenizer's own encoding puts its bos token first by default (Hugging
+        Face tokenizers may; sentencepiece's encode does not)."""
+        return False
+
     def _require(self, token_id: Optional[int], what: str) -> int:
         if token_id is None:
             raise ValueError(f"tokenizer {self.name} defines no {what} token")
@@ -187,6 +193,13 @@ class HFTokenizer(Tokenizer):
 
     def _encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False))
+
+    @property
+    def adds_bos(self) -> bool:
+        """Whether the tokenizer itself puts its bos token first (transformers' encode with
+        special tokens, as the model's own pipeline does)."""
+        bos = self.bos_id
+        return bos is not None and self._tok.encode("a", add_special_tokens=True)[:1] == [bos]
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens,

@@ -200,12 +200,40 @@ def build_request(*, nodes: int, gpus_per_node: int, gpu_memory_gib: float = 80.
         if teacher is None or student is None:
             raise ValueError("give --teacher and --student (preset, HF directory or Megatron "
                              "checkpoint), or --config with a run config")
+    check_workload(built)
     t_spec = t_spec or load_model_spec(teacher, "teacher")
     s_spec = s_spec or load_model_spec(student, "student")
     return PlanRequest(teacher=t_spec, student=s_spec, nodes=nodes, gpus_per_node=gpus_per_node,
                        gpu_memory_gib=gpu_memory_gib, workload=built, tp=tp,
                        pp=pp, vpp=vpp, host_memory_gib=host_memory_gib,
                        min_headroom_gib=min_headroom_gib, hardware=hardware or Hardware())
+
+
+WORKLOAD_FLAGS = {
+    "prompt_len": ("--prompt-len", None, 1), "response_len": ("--response-len",
+                                                                "rollout.max_new_tokens", 1),
+    "micro_batch_size": ("--micro-batch-size", "train.micro_batch_size", 1),
+    "mini_batches": (None, "train.mini_batches", 1),
+    "prompts_per_step": ("--prompts-per-step", "rollout.prompts_per_step", 1),
+    "group_size": ("--group-size", "rollout.group_size", 1),
+    "stream_window": ("--stream-window", "teacher.stream_window", 1),
+    "max_tokens_per_micro_batch": ("--max-tokens-per-micro-batch",
+                                   "train.max_tokens_per_micro_batch", 0),
+    "rollout_micro_batch": ("--rollout-batch", "rollout.micro_batch_size", 0),
+    "reserve_gib": ("--reserve", None, 0),
+}
+"""Workload field -> (its flag, its run-config key, the least value allowed)."""
+
+
+def check_workload(w: Workload) -> None:
+    """A ValueError naming the flag (and the config key) of the first size below its least
+    value: a negative length would print a layout that "fits" with negative step times, a zero
+    batch a ZeroDivisionError."""
+    for name, (flag, key, least) in WORKLOAD_FLAGS.items():
+        value = getattr(w, name)
+        if value < least:
+            where = " or ".join(n for n in (flag, key) if n)
+            raise ValueError(f"{where}: {value:g} must be >= {least}")
 
 
 # ----------------------------------------------------------------------------- layouts

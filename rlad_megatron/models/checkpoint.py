@@ -16,8 +16,9 @@ iter_XXXXXXX and only then replaces the pointer (write + os.replace). A crash at
 leaves the previous pointer naming a complete checkpoint; leftover .tmp folders are ignored and
 cleaned at the next save. Old iterations beyond keep_last are removed after the pointer moves.
 
-Verification: before the rename rank 0 writes rlad_manifest.json, every file of the iteration and
-its size. `verify(folder)` names the first missing, truncated or grown file, so a checkpoint that
+Verification: before the rename rank 0 writes rlad_manifest.json, every file of the iteration,
+its size and its sha256 (models/checkpoint_files.py). `verify(folder)` names the first missing,
+truncated, grown or corrupted file, so a checkpoint that
 a full disk, a killed copy or a bad sync left incomplete is found before anything loads it
 (train/checkpoint.py then falls back to the newest iteration that verifies). Iterations written
 before manifests existed verify as far as their files are present.
@@ -25,6 +26,7 @@ before manifests existed verify as far as their files are present.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -35,12 +37,13 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
+from rlad_megatron.models import checkpoint_files
+from rlad_megatron.models.checkpoint_files import MANIFEST, write_manifest  # noqa: F401
 from rlad_megatron.models.spec import ModelSpec
 from rlad_megatron.runtime.cpu_shims import cuda_to_cpu
 
 POINTER = "latest_checkpointed_iteration.txt"
 MODEL_META = "rlad_model.json"
-MANIFEST = "rlad_manifest.json"
 _ITER_RE = re.compile(r"^iter_(\d{7})$")
 
 
@@ -112,6 +115,24 @@ def read_model_meta(path: str | Path) -> dict:
     return json.loads(meta.read_text())
 
 
+def recorded_tokenizer(path: str | Path) -> Optional[Path]:
+    """The tokenizer a checkpoint records: its own copy (meta["tokenizer_dir"], relative to the
+    iteration folder, as `rlad convert import` writes it) when present, so that the checkpoint is
+    self-contained; else meta["tokenizer"] (relative to the folder, or as written); None when it
+    records none."""
+    folder = resolve(path)
+    meta = read_model_meta(folder)
+    own = folder / meta.get("tokenizer_dir", "tokenizer") if meta.get(
+        "tokenizer_dir", "tokenizer") else None
+    if own is not None and own.is_dir() and any(own.iterdir()):
+        return own
+    recorded = meta.get("tokenizer")
+    if not recorded:
+        return None
+    local = folder / recorded
+    return local if local.exists() else Path(recorded)
+
+
 def read_spec(path: str | Path) -> ModelSpec:
     return ModelSpec.from_dict(read_model_meta(path)["spec"], prefix=f"{path}:{MODEL_META}")
 
@@ -137,16 +158,32 @@ def save(root: str | Path, iteration: int, sharded_state_dict: dict, *, spec: Mo
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
     dist.barrier()
-    with cuda_to_cpu():
-        dist_checkpointing.save(sharded_state_dict, str(tmp))
-    if rank_payload is not None:
-        torch.save(rank_payload, tmp / rank_payload_name(dist.get_rank()))
+    try:
+        with cuda_to_cpu():
+            dist_checkpointing.save(sharded_state_dict, str(tmp))
+        if rank_payload is not None:
+            torch.save(rank_payload, tmp / rank_payload_name(dist.get_rank()))
+    except BaseException as e:  # torch's CheckpointException derives from BaseException
+        full = checkpoint_files.disk_full(tmp, e)
+        if full:
+            raise OSError(errno.ENOSPC, full) from None
+        raise
     dist.barrier()
+    # sha256 of the files just written, each rank a share (rank 0 adds its own files' below)
+    shares = [None] * dist.get_world_size()
+    dist.all_gather_object(shares, checkpoint_files.digests(tmp, dist.get_rank(),
+                                                             dist.get_world_size()))
     if rank0:
-        write_model_meta(tmp, spec, **(meta or {}))
-        for name, text in (files or {}).items():
-            (tmp / name).write_text(text)
-        write_manifest(tmp)
+        try:
+            write_model_meta(tmp, spec, **(meta or {}))
+            for name, text in (files or {}).items():
+                (tmp / name).write_text(text)
+            write_manifest(tmp, {k: v for share in shares for k, v in share.items()})
+        except OSError as e:
+            full = checkpoint_files.disk_full(tmp, e)
+            if full:
+                raise OSError(errno.ENOSPC, full) from None
+            raise
         if final.exists():  # re-saving an iteration (e.g. after a resume): replace it
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -180,32 +217,7 @@ def load_model(path: str | Path, chunks, *, iteration: Optional[int] = None) -> 
     return folder
 
 
-def write_manifest(folder: Path) -> None:
-    """rlad_manifest.json: every file under `folder` (relative path) -> its size in bytes."""
-    sizes = {str(f.relative_to(folder)): f.stat().st_size
-             for f in sorted(folder.rglob("*")) if f.is_file() and f.name != MANIFEST}
-    (folder / MANIFEST).write_text(json.dumps({"files": sizes}, indent=1))
-
-
-def verify(folder: str | Path) -> Optional[str]:
-    """None when the iteration folder is complete, else what is wrong with it, naming the file."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return f"{folder} does not exist"
-    manifest = folder / MANIFEST
-    if not manifest.exists():  # written before manifests: the files torch_dist always has
-        required = [folder / ".metadata", folder / MODEL_META]
-        missing = [f for f in required if not f.exists()]
-        return f"{missing[0]} is missing" if missing else None
-    try:
-        sizes = json.loads(manifest.read_text())["files"]
-    except (ValueError, KeyError, TypeError):
-        return f"{manifest} is not a readable manifest"
-    for name, size in sizes.items():
-        f = folder / name
-        if not f.exists():
-            return f"{f} is missing"
-        if f.stat().st_size != size:
-            return f"{f} has {f.stat().st_size} bytes, the manifest says {size} (truncated or " \
-                   f"overwritten)"
-    return None
+def verify(folder: str | Path, checksums: bool = True) -> Optional[str]:
+    """None when the iteration folder is complete and intact, else what is wrong with it, naming
+    the file (models/checkpoint_files.py; without a manifest, the files torch_dist always has)."""
+    return checkpoint_files.verify(folder, (".metadata", MODEL_META), checksums=checksums)

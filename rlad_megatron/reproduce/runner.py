@@ -34,6 +34,7 @@ from pathlib import Path
 
 from rlad_megatron.reproduce.results import collect, write_results
 from rlad_megatron.reproduce.spec import Job, build_jobs, parse_spec
+from rlad_megatron.train.active import reset_inactive
 from rlad_megatron.train.config import RunConfig, same_config
 from rlad_megatron.train.validate import validate_run_config
 from rlad_megatron.train.recipe import (PREP_STAGES, load_recipe, owned_or_absent, rl_config,
@@ -84,8 +85,9 @@ def claim(run_dir: Path) -> None:
 def job_state(job: Job) -> str:
     """'done' (reusable), 'resume' (same config, unfinished) or 'new'. The saved config is read
     back through the schema (train/config.py same_config), so a field added to RunConfig since,
-    at its default, does not make a finished run "new"."""
-    same = same_config(job.run_dir.with_suffix(".yaml"), job.cfg)
+    at its default, does not make a finished run "new"; nor does an option the arm does not use
+    (train/active.py: a run saved before such options were reset to their defaults)."""
+    same = same_config(job.run_dir.with_suffix(".yaml"), job.cfg, view=reset_inactive)
     if same and (job.run_dir / "summary.json").exists():
         return "done"
     return "resume" if same else "new"
@@ -165,9 +167,20 @@ def _raise_interrupt(signum, frame):
 
 def prepare_stages(path: str, overrides: list[str], procs: int) -> int:
     """`rlad prepare` of the recipe under torchrun with JOB_ENV (its cached tokenizer, teacher and
-    student); the exit code."""
-    return subprocess.run(_torchrun(procs) + ["-m", "rlad_megatron.cli", "prepare", path,
-                                              *overrides], env={**os.environ, **JOB_ENV}).returncode
+    student); the exit code. Interrupted (Ctrl-C, SIGTERM), it stops the preparation through
+    SIGTERM: torchrun passes it on, its workers checkpoint and exit."""
+    prep = subprocess.Popen(_torchrun(procs) + ["-m", "rlad_megatron.cli", "prepare", path,
+                                                *overrides], env={**os.environ, **JOB_ENV})
+    try:
+        prep.wait()
+    finally:
+        if prep.poll() is None:
+            prep.terminate()
+            try:
+                prep.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                prep.kill()
+    return prep.returncode
 
 
 def reproduce(path: str, overrides: list[str], *, quick: bool = False, demo: bool = False,

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlad_megatron.train.active import reset_inactive
 from rlad_megatron.train.config import ALGORITHMS, RunConfig, merge_config, to_yaml
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -154,12 +155,15 @@ def arm_overrides(spec: ReproduceSpec, arm: str) -> dict:
 def build_jobs(spec: ReproduceSpec, rl: RunConfig, run_dir: Path,
                where: str = "reproduce") -> list[Job]:
     """One Job per (arm, seed): the rl stage + the arm's overrides + seed, eval split and
-    run_dir."""
+    run_dir. The rl stage is shared by arms of different algorithms: the options of its sections
+    an arm does not use (loss.kdrl.* in a grpo arm, train/active.py) are reset to their defaults,
+    unless the arm sets them itself (then validation refuses them)."""
     jobs = []
     for arm in spec.arm_names:
         for seed in spec.seeds:
-            cfg = merge_config(list(spec.rl_overrides), arm_overrides(spec, arm), base=rl,
-                               where=f"{where}.arms.{arm}")
+            own = arm_overrides(spec, arm)
+            cfg = merge_config(list(spec.rl_overrides), own, base=rl, where=f"{where}.arms.{arm}")
+            cfg = reset_inactive(cfg, keep=set(_flatten(own)))
             if cfg.algorithm not in ALGORITHMS:
                 raise ValueError(f"{where}.arms.{arm}.algorithm: {cfg.algorithm!r} is not one "
                                  f"of {', '.join(ALGORITHMS)}")
@@ -171,9 +175,9 @@ def build_jobs(spec: ReproduceSpec, rl: RunConfig, run_dir: Path,
     # every job starts from the same student and evaluates it with the same prompts and seed:
     # the step-0 evaluation (and the teacher's) is run once, by the first job that has a teacher
     first = next((j for j in jobs if j.cfg.needs_teacher), jobs[0])
-    for job in jobs:
-        job.cfg.eval.at_start = job is first
-        job.cfg.eval.teacher = job is first
+    for job in jobs:  # a user's eval.at_start=false or eval.teacher=false stays
+        job.cfg.eval.at_start = job.cfg.eval.at_start and job is first
+        job.cfg.eval.teacher = job.cfg.eval.teacher and job is first
     return jobs
 
 

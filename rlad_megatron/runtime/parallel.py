@@ -59,9 +59,11 @@ class ParallelConfig:
             raise ValueError(f"{prefix}.sequence_parallel needs {prefix}.tensor > 1")
         model_parallel = self.tensor * self.pipeline
         if world_size % model_parallel:
+            hint = (f": this is one process; launch it with torchrun --nproc-per-node "
+                    f"{model_parallel} (or a multiple)" if world_size == 1 else "")
             raise ValueError(
                 f"{prefix}.tensor * {prefix}.pipeline = {self.tensor} * {self.pipeline} = "
-                f"{model_parallel} does not divide the world size {world_size}")
+                f"{model_parallel} does not divide the world size {world_size}{hint}")
 
 
 @dataclass

@@ -96,6 +96,7 @@ def load_train_checkpoint(root: str | Path, student: Student, scheduler,
     """Collective: restore model, optimizer, scheduler, data position, step (and RNG when the
     layout matches)."""
     from megatron.core import dist_checkpointing
+    from torch.distributed.checkpoint.api import CheckpointException
 
     folder = mckpt.resolve(root, iteration)
     meta = mckpt.read_model_meta(folder)
@@ -105,10 +106,11 @@ def load_train_checkpoint(root: str | Path, student: Student, scheduler,
     try:
         common = dist_checkpointing.load_common_state_dict(str(folder))
         loaded = mckpt.load(folder, _sharded(student, None, None, loading=True))
-    except (EOFError, RuntimeError, OSError, pickle.UnpicklingError) as e:
+    except (EOFError, RuntimeError, OSError, pickle.UnpicklingError, CheckpointException) as e:
+        # torch's CheckpointException derives from BaseException: named here, not a traceback
         # the sizes verified, the contents did not: name the folder instead of a bare traceback
-        raise ValueError(f"checkpoint {folder} could not be read ({type(e).__name__}: "
-                         f"{' '.join(str(e).split())[:300]}); resume from an earlier iteration "
+        raise ValueError(f"checkpoint {folder} could not be read ({_cause(e)}); resume from "
+                         f"an earlier iteration "
                          f"(remove or move this one) or set checkpoint.resume=false") from None
     modules = student.modules
     for i, module in enumerate(modules):
@@ -127,6 +129,16 @@ def load_train_checkpoint(root: str | Path, student: Student, scheduler,
     return state
 
 
+def _cause(e: BaseException) -> str:
+    """The error in one line; for torch's CheckpointException (whose text is every rank's
+    traceback) the first rank's own error."""
+    failures = getattr(e, "failures", None)
+    if isinstance(failures, dict) and failures:
+        inner = next(iter(failures.values()))
+        e = inner[0] if isinstance(inner, tuple) else inner
+    return f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+
+
 RUN_IDENTITY = ("algorithm", "seed", "student.preset", "student.spec", "teacher.preset",
                 "teacher.spec", "data.source", "data.task", "data.task_config", "data.levels",
                 "data.format", "data.seed")
@@ -134,7 +146,8 @@ RUN_IDENTITY = ("algorithm", "seed", "student.preset", "student.spec", "teacher.
 checkpoint.resume_other_run is set (learning rate, steps, logging may change on resume)."""
 
 
-def resume_iteration(root: str | Path, fallback: bool = True) -> Optional[int]:
+def resume_iteration(root: str | Path, fallback: bool = True,
+                     checksums: bool = True) -> Optional[int]:
     """The iteration to resume from: the pointer's, when it verifies (models/checkpoint.py
     `verify`); else, with `fallback`, the newest saved iteration that verifies (saying which and
     why, as a warning); None when `root` holds no checkpoint. ValueError naming the file when the
@@ -151,7 +164,7 @@ def resume_iteration(root: str | Path, fallback: bool = True) -> Optional[int]:
         problems.append(str(e))
     order = ([latest] if latest is not None else []) + [i for i in reversed(saved) if i != latest]
     for iteration in order:
-        problem = mckpt.verify(mckpt.iter_dir(root, iteration))
+        problem = mckpt.verify(mckpt.iter_dir(root, iteration), checksums=checksums)
         if problem is None:
             if problems:
                 log.warning("checkpoint: %s; falling back to iteration %d (checkpoint.fallback)",

@@ -27,6 +27,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 import math
 import time
 from pathlib import Path
@@ -109,6 +110,8 @@ def rl_step(run: Run, step: int) -> StepResult:
     selected = batch.selected_frac
     metrics.update(phases.dp_mean(run, {
         "rollout/reward_mean": float(rewards[student].mean()),
+        "rollout/reward_all_zero": float((rewards[student] == 0).all()),
+        "rollout/reward_all_one": float((rewards[student] == 1).all()),
         "rollout/response_len": float(rollout.response_lengths[student].float().mean()),
         "rollout/masked_frac": masked,
         "selection/selected_frac": 0.0 if selected is None or math.isnan(selected) else selected,
@@ -120,6 +123,10 @@ def rl_step(run: Run, step: int) -> StepResult:
     metrics.update(streamed)
     metrics.update(fracs)
     metrics["train/old_logprobs_pass"] = float(old is not None)
+    warning = run.reward_watch.update(metrics["rollout/reward_all_zero"],
+                                      metrics["rollout/reward_all_one"], cfg)
+    if warning:
+        print0(f"WARNING rlad: step {step}: {warning}", file=sys.stderr)
     return StepResult(metrics, texts[0] if texts else "")
 
 

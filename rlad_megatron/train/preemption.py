@@ -1,4 +1,8 @@
-"""Graceful preemption: SIGTERM or SIGUSR1 -> finish the current step, checkpoint, exit 0.
+"""Graceful preemption: SIGTERM, SIGUSR1 or SIGINT (Ctrl-C; a second Ctrl-C stops at once,
+unsaved) -> finish the current step, checkpoint, exit 0. A worker of torchrun whose launcher
+died (kill -9: torchrun starts each worker in a session of its own, so nothing else ends it)
+notices within a second (`LauncherWatch`) and takes the same path instead of training on as
+an orphan.
 
     with PreemptionHandler() as preempt:
         for step in run.steps():
@@ -43,7 +47,7 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+DEFAULT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 MARKER_ENV = "RLAD_PREEMPTION_MARKER"
 """Environment variable naming a file the trainer writes once its preemption checkpoint is
 complete (set by launch/torchrun.py; unset: nothing is written)."""
@@ -99,8 +103,11 @@ class PreemptionHandler:
         if self._received is None:
             self._received = signal.Signals(signum)
             if self._log is not None:
+                again = " (Ctrl-C again: stop now, unsaved)" if signum == signal.SIGINT else ""
                 self._log(f"[preemption] received {self._received.name}: finishing the current "
-                          "step, then checkpoint and exit")
+                          f"step, then checkpoint and exit{again}")
+        elif signum == signal.SIGINT and self._received == signal.SIGINT:
+            raise KeyboardInterrupt("second Ctrl-C: stopping without a checkpoint")
 
     @property
     def requested(self) -> bool:
@@ -134,7 +141,44 @@ class PreemptionHandler:
         self._previous.clear()
 
     def __enter__(self) -> "PreemptionHandler":
-        return self.install()
+        self.install()
+        self._watch = LauncherWatch.start_if_torchrun()
+        return self
 
     def __exit__(self, *exc) -> None:
+        if getattr(self, "_watch", None) is not None:
+            self._watch.stop()
         self.restore()
+
+
+class LauncherWatch(threading.Thread):
+    """A daemon thread that sends SIGTERM to its own process once the process's parent (the
+    torchrun agent) is gone: the worker was re-parented, so getppid() changed. Polling, not
+    prctl(PR_SET_PDEATHSIG), which fires when the *thread* that forked exits and is Linux-only."""
+
+    def __init__(self, interval: float = 1.0):
+        super().__init__(name="rlad-launcher-watch", daemon=True)
+        self.parent = os.getppid()
+        self.interval = interval
+        self._stopped = threading.Event()
+
+    @classmethod
+    def start_if_torchrun(cls) -> Optional["LauncherWatch"]:
+        """Started under torchrun only (TORCHELASTIC_RUN_ID): a plain process whose shell exits
+        under nohup is meant to train on."""
+        if not os.environ.get("TORCHELASTIC_RUN_ID"):
+            return None
+        watch = cls()
+        watch.start()
+        return watch
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.interval):
+            if os.getppid() != self.parent:
+                _stderr_rank0(f"[preemption] the launcher (pid {self.parent}) is gone: "
+                              "checkpoint and exit")
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    def stop(self) -> None:
+        self._stopped.set()

@@ -21,6 +21,7 @@ without it was not made by a recipe and is refused before any work, never delete
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 from typing import Any, Optional
@@ -31,8 +32,10 @@ from rlad_megatron.data.formats import get_format
 from rlad_megatron.data.tokenizer_train import train_sentencepiece
 from rlad_megatron.models import checkpoint as mckpt
 from rlad_megatron.runtime import destroy_parallel, init_distributed, print0
-from rlad_megatron.train.config import RunConfig, load_mapping, merge_config, same_config, to_yaml
+from rlad_megatron.train.config import (RunConfig, load_config, load_mapping, merge_config,
+                                        same_config, to_yaml)
 from rlad_megatron.train.loop import train
+from rlad_megatron.train.schema import get, walk
 from rlad_megatron.train.setup import load_splits
 from rlad_megatron.train.validate import validate_run_config
 
@@ -118,12 +121,49 @@ def build_tokenizer(cfg: RunConfig, cache: Path) -> Path:
     return path
 
 
+def cache_relative(cfg: RunConfig) -> RunConfig:
+    """A copy of a stage's config with every path inside its cache folder (the parent of its
+    run_dir: the run_dir itself, the shared tokenizer) written relative to it, so that the cache
+    key does not depend on where the cache is nor on how its path is written (relative,
+    absolute, moved or copied)."""
+    out = copy.deepcopy(cfg)
+    cache = Path(cfg.run_dir).parent
+    for info in walk(type(cfg)):
+        value = None if info.section else get(out, info.key)
+        if not isinstance(value, str):
+            continue
+        try:
+            rel = Path(value).relative_to(cache)
+        except ValueError:
+            continue
+        *parents, leaf = info.key.split(".")
+        setattr(get(out, ".".join(parents)) if parents else out, leaf, f"$CACHE/{rel}")
+    return out
+
+
 def stage_finished(folder: Path, cfg: RunConfig) -> bool:
     """A finished stage made from the same config. The marker is read back through the schema
-    (load_config), so a field added to RunConfig since, at its default, keeps the stage."""
+    (load_config), so a field added to RunConfig since, at its default, keeps the stage; paths
+    are compared relative to the cache folder (cache_relative)."""
     root = folder / "checkpoints"
-    return (root.exists() and same_config(folder / MARKER, cfg)
+    return (root.exists() and same_config(folder / MARKER, cfg, view=cache_relative)
             and mckpt.latest_iteration(root) == cfg.train.steps)
+
+
+def _why_not_reused(folder: Path, cfg: RunConfig) -> str:
+    """Why a cached stage is trained again, in words (the keys that differ, at most 5)."""
+    if not (folder / MARKER).is_file():
+        return "no finished stage there"
+    try:
+        old = cache_relative(load_config(str(folder / MARKER)))
+    except ValueError as e:
+        return f"its recorded config no longer loads ({e})"
+    new = cache_relative(cfg)
+    keys = [i.key for i in walk(type(cfg)) if not i.section and get(old, i.key) != get(new, i.key)]
+    if not keys:
+        return f"its checkpoint did not reach train.steps = {cfg.train.steps}"
+    return "its config differs in " + ", ".join(
+        f"{k} ({get(old, k)!r} -> {get(new, k)!r})" for k in keys[:5])
 
 
 def owned_or_absent(folder: Path) -> None:
@@ -139,6 +179,8 @@ def run_stage(name: str, cfg: RunConfig, folder: Path) -> Optional[dict]:
     if stage_finished(folder, cfg):
         print0(f"recipe: {name}: reusing {folder}")
         return None
+    if folder.exists():
+        print0(f"recipe: {name}: not reusing {folder}: {_why_not_reused(folder, cfg)}")
     if dist.get_rank() == 0 and folder.exists():
         shutil.rmtree(folder)  # owned: prepare() checked the OWNER file before any work
     if dist.get_rank() == 0:

@@ -1,4 +1,5 @@
-"""One run per run directory: RUN_DIR/.rlad_lock, held for the run's life.
+"""One run per run directory: RUN_DIR/.rlad_lock, held for the run's life (and likewise
+CHECKPOINT_DIR/.rlad_lock for its checkpoint.dir, `RunLocks`).
 
 Two `rlad train` processes on one run_dir resume each other's steps and overwrite each other's
 checkpoints and metrics (workers orphaned by a kill -9 of torchrun make this happen by accident).
@@ -38,8 +39,9 @@ class RunDirLock:
         self._handle = handle
 
     @classmethod
-    def acquire(cls, run_dir: str | Path) -> "RunDirLock":
-        """Take the lock or raise ValueError naming the run that holds it."""
+    def acquire(cls, run_dir: str | Path, key: str = "run_dir") -> "RunDirLock":
+        """Take the lock or raise ValueError naming the run that holds it (`key`: the setting
+        that names the folder, for the message)."""
         path = Path(run_dir) / LOCK_NAME
         handle = open(path, "a+")
         try:
@@ -49,15 +51,15 @@ class RunDirLock:
             handle.close()
             if e.errno in (errno.EAGAIN, errno.EACCES):
                 raise ValueError(
-                    f"run_dir: {run_dir} is in use by another run ({holder}; lock {path}). Wait "
-                    f"for it to finish or stop it, or choose another run_dir") from None
-            raise ValueError(f"run_dir: {run_dir}: the file system refused a lock on {path} "
-                             f"({e.strerror}); run_dir must be on a file system with locking"
+                    f"{key}: {run_dir} is in use by another run ({holder}; lock {path}). Wait "
+                    f"for it to finish or stop it, or choose another {key}") from None
+            raise ValueError(f"{key}: {run_dir}: the file system refused a lock on {path} "
+                             f"({e.strerror}); {key} must be on a file system with locking"
                              ) from None
         previous = _read(path)
         if previous:
-            log.warning("run_dir %s: taking over a stale lock (%s, no longer running)",
-                        run_dir, _describe(previous))
+            log.warning("%s %s: taking over a stale lock (%s, no longer running)",
+                        key, run_dir, _describe(previous))
         handle.seek(0)
         handle.truncate()
         handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
@@ -75,6 +77,30 @@ class RunDirLock:
             fcntl.flock(self._handle, fcntl.LOCK_UN)
             self._handle.close()
             self._handle = None
+
+
+class RunLocks:
+    """The locks of one run: its run_dir and its checkpoint.dir (a second run with another
+    run_dir but the same checkpoint.dir would resume the live run's checkpoints and trip on its
+    temporary files). `release()` gives back every one."""
+
+    def __init__(self, locks: list[RunDirLock]) -> None:
+        self.locks = locks
+
+    @classmethod
+    def acquire(cls, run_dir: str | Path, checkpoint_dir: str | Path) -> "RunLocks":
+        first = RunDirLock.acquire(run_dir, "run_dir")
+        if Path(checkpoint_dir).resolve() == Path(run_dir).resolve():
+            return cls([first])
+        try:
+            return cls([first, RunDirLock.acquire(checkpoint_dir, "checkpoint.dir")])
+        except BaseException:
+            first.release()
+            raise
+
+    def release(self) -> None:
+        for lock in reversed(self.locks):
+            lock.release()
 
 
 def _read(path: Path) -> Optional[dict]:

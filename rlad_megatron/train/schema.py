@@ -1,8 +1,8 @@
 """The run configuration's schema, read from its own dataclasses (train/config.py and the
 sections other components own): each field's dotted key, type, default, allowed values and
 docstring. `rlad train --help-config` prints it; `check_choices` refuses a value outside a
-field's registry before any model is built; tests/unit/train/test_schema.py holds that every
-field is documented.
+field's registry and `check_finite` a NaN or infinite float before any model is built;
+tests/unit/train/test_schema.py holds that every field is documented.
 
 Docstrings are the string literal under each field (the convention torchtitan's JobConfig uses);
 Python does not keep them at run time, so they are read from the class source with `ast`.
@@ -14,6 +14,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import math
 import textwrap
 import typing
 from dataclasses import dataclass
@@ -92,6 +93,22 @@ def check_choices(cfg: RunConfig) -> None:
         if info.choices is not None and get(cfg, info.key) not in info.choices:
             raise ValueError(f"{info.key}: {get(cfg, info.key)!r} is not one of "
                              f"{', '.join(map(str, info.choices))}")
+
+
+INF_ALLOWED = "math.inf"
+"""A float field whose docstring names math.inf accepts +inf (never -inf or NaN)."""
+
+
+def check_finite(cfg: RunConfig) -> None:
+    """A ValueError naming the key and the value of the first float field holding NaN, -inf, or
+    +inf where its docstring does not allow it (INF_ALLOWED): a NaN threshold compares false and
+    would switch its gate off silently."""
+    for info in walk(type(cfg)):
+        value = get(cfg, info.key)
+        if "float" not in info.type or not isinstance(value, float) or math.isfinite(value):
+            continue
+        if math.isnan(value) or value < 0 or INF_ALLOWED not in (info.doc or ""):
+            raise ValueError(f"{info.key}: {value} is not a finite number")
 
 
 def format_schema(cls: type = RunConfig) -> str:

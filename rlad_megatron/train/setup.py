@@ -38,7 +38,8 @@ from rlad_megatron.train import checkpoint as tckpt
 from rlad_megatron.models.reference import ReferenceWeights
 from rlad_megatron.train.config import ModelConfig, RunConfig, to_yaml
 from rlad_megatron.train.metrics import open_metrics
-from rlad_megatron.train.run_lock import RunDirLock
+from rlad_megatron.train.reward_watch import RewardWatch
+from rlad_megatron.train.run_lock import RunLocks
 from rlad_megatron.train.timers import PhaseTimer
 from rlad_megatron.train.validate import validate_run_config
 
@@ -65,10 +66,13 @@ class Run:
     state: tckpt.TrainState
     config_yaml: str
     resumed_from: Optional[str] = None
-    lock: Optional[RunDirLock] = None
-    """RUN_DIR/.rlad_lock (rank 0): released when the run ends (train/loop.py)."""
+    lock: Optional[RunLocks] = None
+    """RUN_DIR/.rlad_lock and CHECKPOINT_DIR/.rlad_lock (rank 0): released when the run ends
+    (train/loop.py)."""
     reference: Optional[ReferenceWeights] = None
     """pi_ref of the reference KL (loss.*.kl_beta > 0): the student's starting weights."""
+    reward_watch: RewardWatch = dataclasses.field(default_factory=RewardWatch)
+    """Warns when every reward of several steps in a row is 0 (or 1): nothing to learn."""
 
     @property
     def is_logging_rank(self) -> bool:
@@ -123,13 +127,10 @@ def check_spec_matches_checkpoint(spec: ModelSpec, checkpoint: str, role: str) -
 def tokenizer_path(m: ModelConfig, role: str) -> str:
     if m.tokenizer:
         return m.tokenizer
-    meta = mckpt.read_model_meta(m.checkpoint)
-    path = meta.get("tokenizer")
-    if not path:
+    path = mckpt.recorded_tokenizer(m.checkpoint)  # its own copy first (convert import's)
+    if path is None:
         raise ValueError(f"{role}.tokenizer is not set and {m.checkpoint} records no tokenizer")
-    folder = mckpt.resolve(m.checkpoint)
-    local = folder / path
-    return str(local if local.exists() else path)
+    return str(path)
 
 
 def load_tokenizers(cfg: RunConfig, teacher_needed: bool) -> Tokenizer:
@@ -249,11 +250,13 @@ def setup(cfg: RunConfig) -> Run:
     if env.rank == 0:
         try:
             check_writable(cfg.run_dir, "run_dir")
-            lock = RunDirLock.acquire(cfg.run_dir)  # one run per run_dir
             check_writable(cfg.checkpoint_dir, "checkpoint.dir")
+            # one run per run_dir and per checkpoint.dir
+            lock = RunLocks.acquire(cfg.run_dir, cfg.checkpoint_dir)
             # a corrupt latest checkpoint, or one of another run, is found before any model
             if cfg.checkpoint.resume:
-                resume_at = tckpt.resume_iteration(cfg.checkpoint_dir, cfg.checkpoint.fallback)
+                resume_at = tckpt.resume_iteration(cfg.checkpoint_dir, cfg.checkpoint.fallback,
+                                                   cfg.checkpoint.verify_checksums)
             if resume_at is not None:
                 tckpt.check_run_identity(cfg.checkpoint_dir, to_yaml(cfg),
                                          cfg.checkpoint.resume_other_run, iteration=resume_at)
@@ -269,7 +272,7 @@ def setup(cfg: RunConfig) -> Run:
 
 
 def _build(cfg: RunConfig, env: DistEnv, resume_at: Optional[int],
-           lock: Optional[RunDirLock]) -> Run:
+           lock: Optional[RunLocks]) -> Run:
     """setup() after the checks that need no model: tokenizers, data, models, resume."""
     shared = [resume_at]
     dist.broadcast_object_list(shared, src=0)

@@ -13,13 +13,14 @@ from typing import Optional
 from rlad_megatron.data.difficulty import check_level_sizes, level_config
 from rlad_megatron.data.formats import COMPACT_TASKS
 from rlad_megatron.data.tasks import check_task_config
-from rlad_megatron.models.build import OptimizerSettings
 from rlad_megatron.models.layout_check import data_parallel_problem
 from rlad_megatron.models.spec import PRESETS, ModelSpec
 from rlad_megatron.train.config import (REFERENCE_KL_ALGORITHMS, TRAJECTORY_ALGORITHMS,
                                         RunConfig)
+from rlad_megatron.train.active import check_active
 from rlad_megatron.train.on_policy import fast_path_blockers
-from rlad_megatron.train.schema import check_choices, get
+from rlad_megatron.train.schema import check_choices, check_finite, get
+
 
 def _positive(cfg, *keys: str, allow_zero: bool = False) -> None:
     for key in keys:
@@ -58,7 +59,9 @@ def _model(cfg: RunConfig, role: str, check_files: bool = True) -> None:
 def validate_run_config(cfg: RunConfig, world_size: int = 1, check_files: bool = True) -> None:
     """Raise ValueError naming the key of the first problem. check_files=False skips the checks
     that model checkpoints and tokenizers exist (for runs whose files an earlier stage makes)."""
+    check_finite(cfg)  # every float field (train/schema.py)
     check_choices(cfg)  # every registry-backed field (train/schema.py)
+    check_active(cfg)  # every option of a section the run does not use (train/active.py)
     cfg.parallel.validate(world_size)
     dp = world_size // (cfg.parallel.tensor * cfg.parallel.pipeline)
     _model(cfg, "student", check_files)
@@ -211,15 +214,10 @@ def _imitation(cfg: RunConfig) -> None:
 
 
 def _optimizer(cfg: RunConfig) -> None:
-    """The options of the optimizer not chosen are refused when set."""
-    o, default = cfg.optimizer, OptimizerSettings()
-    if not 0 <= o.sgd_momentum < 1:
-        raise ValueError(f"optimizer.sgd_momentum must be in [0, 1), got {o.sgd_momentum}")
-    unused = (("adam_beta1", "adam_beta2", "adam_eps") if o.name == "sgd" else ("sgd_momentum",))
-    changed = [f"optimizer.{k}={getattr(o, k)}" for k in unused
-               if getattr(o, k) != getattr(default, k)]
-    if changed:
-        raise ValueError(f"{', '.join(changed)} has no effect with optimizer.name={o.name}")
+    """The optimizer's own ranges (the other optimizer's options are refused by train/active.py)."""
+    if not 0 <= cfg.optimizer.sgd_momentum < 1:
+        raise ValueError(f"optimizer.sgd_momentum must be in [0, 1), got "
+                         f"{cfg.optimizer.sgd_momentum}")
 
 
 def _token_budget(cfg: RunConfig) -> None:

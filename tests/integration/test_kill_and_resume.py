@@ -51,6 +51,19 @@ def _weights(folder: Path, tmp: Path) -> dict:
     return {k: v for k, v in state.items() if torch.is_tensor(v) and "_extra_state" not in k}
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
 def test_sigkill_during_checkpoint_then_resume_equals_uninterrupted(tmp_path):
     a = subprocess.run(_command(tmp_path, "A"), env=_env(), capture_output=True, text=True,
                        timeout=600)
@@ -65,7 +78,12 @@ def test_sigkill_during_checkpoint_then_resume_equals_uninterrupted(tmp_path):
                                   f"{b.stderr.read()[-2000:]}")
         assert time.time() < deadline, "run B never started its step-4 checkpoint"
         time.sleep(0.01)
+    # torchrun starts each worker in a session of its own: kill them too (else they notice
+    # their launcher's death and checkpoint on their own, train/preemption.py LauncherWatch)
+    workers = _children(b.pid)
     os.killpg(b.pid, signal.SIGKILL)
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
     b.wait(timeout=60)
     assert mckpt.latest_iteration(root) == 2, "the pointer must still name the step-2 checkpoint"
     assert not (root / "iter_0000004").exists()

@@ -277,6 +277,31 @@ def test_nonpositive_machine_sizes_are_refused_by_the_cli(flag, value, capsys):
     assert f"{flag}: {float(value):g} must be > 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag, value, least", [
+    ("--prompt-len", "-5000", 1), ("--response-len", "-1000", 1), ("--stream-window", "0", 1),
+    ("--stream-window", "-3", 1), ("--prompts-per-step", "0", 1), ("--group-size", "0", 1),
+    ("--micro-batch-size", "0", 1), ("--rollout-batch", "-1", 0),
+    ("--max-tokens-per-micro-batch", "-1", 0), ("--reserve", "-1", 0)])
+def test_nonpositive_workload_sizes_are_refused_by_the_cli(flag, value, least, capsys):
+    """Issue 26 item 3: --prompt-len -5000 "fitted" with negative step times, --stream-window 0
+    was "ok" and a zero batch size was a ZeroDivisionError traceback."""
+    from rlad_megatron.cli import main
+
+    args = ["plan", "--teacher", "qwen3-8b", "--student", "qwen3-1.7b", "--nodes", "1",
+            "--gpus-per-node", "8", flag, value]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{flag}" in err and f"{float(value):g} must be >= {least}" in err, err
+
+
+def test_a_run_configs_nonpositive_size_is_named_with_its_key(capsys):
+    from rlad_megatron.cli import main
+
+    assert main(["plan", "--config", str(REPO / "examples/configs/qwen3_8b_to_1.7b.yaml"),
+                 "--nodes", "1", "--gpus-per-node", "8", "train.mini_batches=0"]) == 2
+    assert "train.mini_batches: 0 must be >= 1" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------- streamed teacher, step time
 H405, F405, Q405, KV405 = 16384, 53248, 128 * 128, 8 * 128
 

@@ -112,3 +112,58 @@ def test_a_finished_run_stays_reusable_when_the_schema_gains_a_field(tmp_path):
     assert job_state(job) == "new"
     saved.write_text(text.replace("  resume_other_run: false\n", "  no_such_field: 1\n"))
     assert job_state(job) == "new"
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "examples" / "configs").glob(
+    "*.yaml") if "reproduce:" in p.read_text()))
+def test_every_example_recipes_jobs_validate_and_use_every_option_they_set(recipe):
+    """The shared rl section sets options of several algorithms (loss.kdrl.* for the kdrl arm):
+    each arm keeps those it uses, the rest are back at their defaults (train/active.py)."""
+    from rlad_megatron.train.validate import validate_run_config
+
+    spec, jobs = _jobs(recipe=recipe)
+    for job in jobs:
+        validate_run_config(job.cfg, spec.procs, check_files=False)
+    by = {j.arm: j.cfg for j in jobs}
+    if "kdrl" in by:
+        assert by["kdrl"].loss.kdrl.beta_init == 0.05 and by["grpo"].loss.kdrl.beta_init == 5e-3
+
+
+def test_an_arm_setting_an_option_it_does_not_use_is_refused():
+    from rlad_megatron.train.validate import validate_run_config
+
+    _, jobs = _jobs(["reproduce.arms.grpo.loss.trrd.kl_beta=0.1"])
+    grpo = next(j for j in jobs if j.arm == "grpo")
+    with pytest.raises(ValueError, match=r"loss.trrd.kl_beta: 0.1 would be ignored: it takes "
+                                         r"effect only with algorithm=rlad "
+                                         r"\(here algorithm=grpo\)"):
+        validate_run_config(grpo.cfg, check_files=False)
+
+
+def test_the_users_eval_teacher_false_is_kept_for_a_streamed_teacher():
+    """Issue 26 item 11: the first job's step-0 teacher evaluation must not override
+    eval.teacher=false (a streamed teacher cannot generate, so the run would be refused)."""
+    from rlad_megatron.train.validate import validate_run_config
+
+    _, jobs = _jobs(["rl.eval.teacher=false", "rl.teacher.offload=stream"], quick=True)
+    assert not any(j.cfg.eval.teacher for j in jobs)
+    assert sum(j.cfg.eval.at_start for j in jobs) == 1
+    for job in jobs:
+        validate_run_config(job.cfg, 1, check_files=False)
+    _, jobs = _jobs(["rl.eval.at_start=false"], quick=True)
+    assert not any(j.cfg.eval.at_start for j in jobs)
+
+
+def test_a_finished_arm_is_reused_when_only_an_option_it_does_not_use_differs(tmp_path):
+    from rlad_megatron.reproduce.runner import job_state
+
+    _, jobs = _jobs()
+    job = next(j for j in jobs if j.arm == "grpo")
+    job.cfg.run_dir = str(tmp_path / "arms" / job.arm / f"seed_{job.seed}")
+    job.run_dir.mkdir(parents=True)
+    (job.run_dir / "summary.json").write_text("{}")
+    text = job.config_yaml
+    assert "beta_init: 0.005" in text
+    job.run_dir.with_suffix(".yaml").write_text(text.replace("beta_init: 0.005",
+                                                             "beta_init: 0.05"))
+    assert job_state(job) == "done"

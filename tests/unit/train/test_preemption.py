@@ -150,3 +150,14 @@ def test_a_planted_rank_state_pickle_is_not_executed(tmp_path, caplog):
     torch.save({"torch": torch.zeros(3), "python": (3, (1, 2), None)}, path)
     assert read_rank_state(path)["python"] == (3, (1, 2), None)
     assert read_rank_state(tmp_path / "missing.pt") is None
+
+
+def test_ctrl_c_sets_the_flag_and_a_second_one_stops_at_once():
+    """Issue 26 item 9: SIGINT saves like SIGTERM; a second Ctrl-C is the way out, unsaved."""
+    messages = []
+    with PreemptionHandler(log=messages.append) as handler:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert handler.requested and handler.received == signal.SIGINT
+        with pytest.raises(KeyboardInterrupt, match="second Ctrl-C"):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert len(messages) == 1 and "Ctrl-C again: stop now, unsaved" in messages[0]

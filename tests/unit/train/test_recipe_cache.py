@@ -36,3 +36,31 @@ def test_stage_with_another_setting_or_unknown_key_is_not_reused(tmp_path):
     assert not stage_finished(_stage(tmp_path / "b", recorded, 7), cfg)
     # the same config but the checkpoint stopped short of train.steps
     assert not stage_finished(_stage(tmp_path / "c", yaml.safe_load(to_yaml(cfg)), 5), cfg)
+
+
+def _in_cache(cache: str, *extra: str):
+    return load_config(None, ["train.steps=7", f"run_dir={cache}/teacher",
+                              f"student.tokenizer={cache}/tokenizer.model", *extra])
+
+
+def test_the_cache_key_does_not_depend_on_how_or_where_the_cache_path_is_written(tmp_path):
+    """Issue 26 item 6: a copy of .cache/rlad_demo named by a relative path retrained both
+    stages; the same folder by its absolute path was reused."""
+    recorded = yaml.safe_load(to_yaml(_in_cache(".cache/rlad_demo")))
+    folder = _stage(tmp_path, recorded, 7)
+    for cache in (str(tmp_path), f"{tmp_path}/", "../copy/of/rlad_demo", "./.cache/rlad_demo"):
+        assert stage_finished(folder, _in_cache(cache)), cache
+    assert not stage_finished(folder, _in_cache(str(tmp_path), "optimizer.lr=3e-4"))
+    # a path outside the cache still counts as written
+    assert not stage_finished(folder, _in_cache(str(tmp_path), "student.tokenizer=/x/tok.model"))
+
+
+def test_a_stage_trained_again_says_why(tmp_path):
+    from rlad_megatron.train.recipe import _why_not_reused
+
+    folder = _stage(tmp_path, yaml.safe_load(to_yaml(_in_cache(".cache/d"))), 7)
+    why = _why_not_reused(folder, _in_cache(str(tmp_path), "optimizer.lr=3e-4"))
+    assert why == "its config differs in optimizer.lr (1e-06 -> 0.0003)"
+    assert "did not reach train.steps = 7" in _why_not_reused(
+        _stage(tmp_path / "b", yaml.safe_load(to_yaml(_in_cache(".cache/d"))), 5),
+        _in_cache(str(tmp_path / "b")))

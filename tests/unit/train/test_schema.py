@@ -16,7 +16,7 @@ from rlad_megatron.losses.joint import DISTILL_LOSSES
 from rlad_megatron.losses.trrd import CLAMP_GRAD
 from rlad_megatron.models.config import DTYPES
 from rlad_megatron.train.config import ALGORITHMS, RunConfig, load_config
-from rlad_megatron.train.schema import check_choices, field_docs, format_schema, walk
+from rlad_megatron.train.schema import check_choices, check_finite, field_docs, format_schema, walk
 
 
 def test_every_field_of_the_run_config_has_a_docstring():
@@ -60,10 +60,26 @@ def test_a_value_outside_its_registry_is_refused_naming_key_and_choices():
 def test_help_config_prints_every_key_with_its_doc():
     out = subprocess.run([sys.executable, "-m", "rlad_megatron.cli", "train", "--help-config"],
                          capture_output=True, text=True, check=True).stdout
-    assert out == format_schema()
+    assert out.startswith(format_schema())
     for info in walk():
         assert info.key in out
     assert "one of: none, stream" in out and "Token budget of a micro-batch" in out
+
+
+def test_the_task_list_is_in_help_config_and_in_the_docs():
+    """Issue 26: the list of tasks lived only in a docstring."""
+    from pathlib import Path
+
+    from rlad_megatron.data.tasks import task_names
+
+    out = subprocess.run([sys.executable, "-m", "rlad_megatron.cli", "train", "--help-config"],
+                         capture_output=True, text=True, check=True).stdout
+    listed = out.split("reasoning-gym tasks installed")[1]
+    docs = (Path(__file__).resolve().parents[3] / "docs" / "training.md").read_text()
+    assert len(task_names()) > 50
+    for name in task_names():
+        assert f" {name}," in listed or listed.rstrip().endswith(f" {name}"), name
+        assert f"`{name}`" in docs, f"docs/training.md does not list the task {name}"
 
 
 def test_schema_sections_are_the_config_dataclasses():
@@ -71,3 +87,19 @@ def test_schema_sections_are_the_config_dataclasses():
            if dataclasses.is_dataclass(getattr(RunConfig(), f.name))]
     sections = [i.key for i in walk() if i.section and "." not in i.key]
     assert sections == top and "loss.trrd" in [i.key for i in walk() if i.section]
+
+
+@pytest.mark.parametrize("info", [i for i in walk() if "float" in i.type], ids=lambda i: i.key)
+def test_every_float_field_refuses_nan_and_inf_unless_its_doc_allows_inf(info):
+    """NaN compares false, so a NaN threshold would switch its gate off silently (issue 26)."""
+    from rlad_megatron.train.schema import INF_ALLOWED
+    from rlad_megatron.train.validate import validate_run_config
+
+    for value in (float("nan"), float("inf"), float("-inf")):
+        cfg = load_config(None, ["student.preset=tiny-llama", "student.random_init=true",
+                                 f"{info.key}={value}"])
+        if value == float("inf") and INF_ALLOWED in info.doc:
+            check_finite(cfg)
+            continue
+        with pytest.raises(ValueError, match=rf"{info.key}: -?(nan|inf) is not a finite number"):
+            validate_run_config(cfg, check_files=False)
