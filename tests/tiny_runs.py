@@ -36,3 +36,45 @@ def tiny_overrides(tokenizer: Path, run_dir: Path, algorithm: str = "rlad", step
         f"train.steps={steps}", "optimizer.lr=3e-3", "eval.num_prompts=4",
         "logging.progress=false", "logging.tensorboard=true", "checkpoint.keep_last=2",
     ]
+
+
+TINY_RECIPE = """
+cache_dir: {cache}
+run_dir: {run}
+base:
+  seed: 7
+  parallel: {{tensor: 1}}
+  data: {{source: reasoning_gym, task: chain_sum, levels: [3, 4],
+          task_config: {{min_digits: 1, max_digits: 1}}, format: compact, check_steps: false,
+          train_size: 64, validation_size: 4, heldout_size: 8}}
+  rollout: {{max_new_tokens: 24}}
+  eval: {{num_prompts: 0, k: 2, temperature: 0.6, top_p: 0.95}}
+  logging: {{progress: false, tensorboard: false}}
+teacher_sft:
+  student:
+    preset: tiny-llama
+    spec: {{num_layers: 1, hidden_size: 32, ffn_hidden_size: 64, num_attention_heads: 2,
+            num_query_groups: 1, vocab_size: 0, max_position_embeddings: 48}}
+  train: {{steps: 40, sft_batch_size: 8, micro_batch_size: 8}}
+  optimizer: {{lr: 3.0e-3}}
+student_sft:
+  student:
+    preset: tiny-llama
+    spec: {{num_layers: 1, hidden_size: 32, ffn_hidden_size: 64, num_attention_heads: 2,
+            num_query_groups: 1, vocab_size: 0, max_position_embeddings: 48}}
+  train: {{steps: 2, sft_batch_size: 8, micro_batch_size: 8}}
+rl:
+  rollout: {{prompts_per_step: 2, group_size: 2}}
+  train: {{steps: 2, micro_batch_size: 2, mini_batches: 1}}
+  eval: {{every: 1}}
+reproduce:
+  seeds: [1, 2]
+  jobs: 2
+  prepare_procs: 1
+  arms:
+    grpo: {{algorithm: grpo}}
+    rlad: {{algorithm: rlad}}
+  alphas: [0.3]
+"""
+"""A tiny `rlad reproduce` recipe (format with cache= and run=): teacher and student SFT in
+seconds, two arms and one alpha arm x two seeds of two RL steps."""

@@ -11,42 +11,17 @@ import hashlib
 import os
 from pathlib import Path
 
+from tiny_runs import TINY_RECIPE
+
 from rlad_megatron.reproduce.runner import prepare_stages
 
-RECIPE = """
-cache_dir: {cache}
-run_dir: {run}
-base:
-  seed: 7
-  parallel: {{tensor: 1}}
-  data: {{source: reasoning_gym, task: chain_sum, levels: [3, 4],
-          task_config: {{min_digits: 1, max_digits: 1}}, format: compact, check_steps: false,
-          train_size: 64, validation_size: 4, heldout_size: 8}}
-  rollout: {{max_new_tokens: 24}}
-  eval: {{num_prompts: 0, k: 2, temperature: 0.6, top_p: 0.95}}
-  logging: {{progress: false, tensorboard: false}}
-teacher_sft:
-  student:
-    preset: tiny-llama
-    spec: {{num_layers: 2, hidden_size: 64, ffn_hidden_size: 128, num_attention_heads: 2,
-            num_query_groups: 1, vocab_size: 0, max_position_embeddings: 48}}
-  train: {{steps: 30, sft_batch_size: 16, micro_batch_size: 8}}
-  optimizer: {{lr: 3.0e-3, warmup_steps: 5, decay_style: cosine}}
-student_sft:
-  student:
-    preset: tiny-llama
-    spec: {{num_layers: 1, hidden_size: 32, ffn_hidden_size: 64, num_attention_heads: 2,
-            num_query_groups: 1, vocab_size: 0, max_position_embeddings: 48}}
-  train: {{steps: 10, sft_batch_size: 8, micro_batch_size: 8}}
-rl:
-  rollout: {{prompts_per_step: 2, group_size: 2}}
-  train: {{steps: 2, micro_batch_size: 2, mini_batches: 1}}
-reproduce:
-  seeds: [1]
-  prepare_procs: 1
-  arms:
-    grpo: {{algorithm: grpo}}
-"""
+LARGER_TEACHER = ["teacher_sft.student.spec.num_layers=2",
+                  "teacher_sft.student.spec.hidden_size=64",
+                  "teacher_sft.student.spec.ffn_hidden_size=128", "teacher_sft.train.steps=30",
+                  "teacher_sft.train.sft_batch_size=16", "student_sft.train.steps=10"]
+"""Products large enough that MKL splits them over 2 threads and torch's AVX-512 and AVX2
+reductions round differently (the test failed with these before the kernels and threads were
+pinned)."""
 
 ENVS = ({"PYTHONHASHSEED": "1", "OMP_NUM_THREADS": "2", "ATEN_CPU_CAPABILITY": "avx512"},
         {"PYTHONHASHSEED": "2", "OMP_NUM_THREADS": "1", "ATEN_CPU_CAPABILITY": "avx2"})
@@ -62,11 +37,12 @@ def test_two_preparations_in_fresh_processes_are_bit_identical(tmp_path, monkeyp
     digests = []
     for i, env in enumerate(ENVS):
         recipe = tmp_path / f"recipe_{i}.yaml"
-        recipe.write_text(RECIPE.format(cache=tmp_path / f"cache_{i}", run=tmp_path / f"run_{i}"))
+        recipe.write_text(TINY_RECIPE.format(cache=tmp_path / f"cache_{i}",
+                                             run=tmp_path / f"run_{i}"))
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         monkeypatch.delenv("RLAD_NATIVE_CPU_KERNELS", raising=False)
-        assert prepare_stages(str(recipe), [], procs=1) == 0
+        assert prepare_stages(str(recipe), LARGER_TEACHER, procs=1) == 0
         digests.append(_digests(tmp_path / f"cache_{i}"))
     first, second = digests
     assert len(first) >= 5 and any("teacher" in k for k in first) and any(

@@ -14,45 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from tiny_runs import TINY_RECIPE
+
 REPO = Path(__file__).resolve().parents[2]
-RECIPE = """
-cache_dir: {cache}
-run_dir: {run}
-base:
-  seed: 7
-  parallel: {{tensor: 1}}
-  data: {{source: reasoning_gym, task: chain_sum, levels: [3, 4],
-          task_config: {{min_digits: 1, max_digits: 1}}, format: compact, check_steps: false,
-          train_size: 64, validation_size: 4, heldout_size: 8}}
-  rollout: {{max_new_tokens: 24}}
-  eval: {{num_prompts: 0, k: 2, temperature: 0.6, top_p: 0.95}}
-  logging: {{progress: false, tensorboard: false}}
-teacher_sft:
-  student:
-    preset: tiny-llama
-    spec: {{num_layers: 1, hidden_size: 32, ffn_hidden_size: 64, num_attention_heads: 2,
-            num_query_groups: 1, vocab_size: 0, max_position_embeddings: 48}}
-  train: {{steps: 40, sft_batch_size: 8, micro_batch_size: 8}}
-  optimizer: {{lr: 3.0e-3}}
-student_sft:
-  student:
-    preset: tiny-llama
-    spec: {{num_layers: 1, hidden_size: 32, ffn_hidden_size: 64, num_attention_heads: 2,
-            num_query_groups: 1, vocab_size: 0, max_position_embeddings: 48}}
-  train: {{steps: 2, sft_batch_size: 8, micro_batch_size: 8}}
-rl:
-  rollout: {{prompts_per_step: 2, group_size: 2}}
-  train: {{steps: 2, micro_batch_size: 2, mini_batches: 1}}
-  eval: {{every: 1}}
-reproduce:
-  seeds: [1, 2]
-  jobs: 2
-  prepare_procs: 1
-  arms:
-    grpo: {{algorithm: grpo}}
-    rlad: {{algorithm: rlad}}
-  alphas: [0.3]
-"""
 
 
 def _reproduce(recipe: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -64,7 +28,7 @@ def _reproduce(recipe: Path, *extra: str) -> subprocess.CompletedProcess:
 def finished(tmp_path_factory):
     root = tmp_path_factory.mktemp("repro")
     recipe = root / "tiny.yaml"
-    recipe.write_text(RECIPE.format(cache=root / "cache", run=root / "run"))
+    recipe.write_text(TINY_RECIPE.format(cache=root / "cache", run=root / "run"))
     out = _reproduce(recipe)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return root, recipe, out
