@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 
-from test_reproduce import RECIPE
+from tiny_runs import TINY_RECIPE
 from test_run_faults import REPO, _command, _env, _steps, _wait_for
 
 from rlad_megatron.models import checkpoint as mckpt
@@ -35,7 +35,7 @@ def test_ctrl_c_to_rlad_train_checkpoints_and_exits_zero(tmp_path):
 
 def test_ctrl_c_to_rlad_reproduce_exits_cleanly(tmp_path):
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(RECIPE.format(cache=tmp_path / "cache", run=tmp_path / "run"))
+    recipe.write_text(TINY_RECIPE.format(cache=tmp_path / "cache", run=tmp_path / "run"))
     proc = subprocess.Popen([sys.executable, "-m", "rlad_megatron.cli", "reproduce",
                              str(recipe), "--quick"], cwd=REPO, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
