@@ -196,7 +196,10 @@ def reproduce(path: str, overrides: list[str], *, quick: bool = False, demo: boo
     job_list = build_jobs(spec, rl_config(settings, configs, str(run_dir)), run_dir)
     check_before_work(stages, job_list, spec, run_dir, cache)
     claim(run_dir)
+    # both set here: a process started in the background inherits SIGINT ignored, and Ctrl-C (or
+    # a scheduler's SIGINT) must still stop the runs cleanly
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)
     t0 = time.time()
     print(f"reproduce: {len(job_list)} runs ({', '.join(spec.arm_names)} x seeds "
           f"{spec.seeds}) into {run_dir}; teacher and student cached in {cache}", flush=True)
