@@ -87,11 +87,16 @@ def _diagnostics(records: list[dict]) -> dict[str, float]:
     return out
 
 
+def _columns(levels: list) -> list[str]:
+    """The tables' columns: one per difficulty level and their average (one level: the average)."""
+    return [f"L{lv}" for lv in levels] + ["avg"] if len(levels) > 1 else ["avg"]
+
+
 def collect(jobs: list[Job], spec: ReproduceSpec, run_dir: Path) -> dict:
     """Read every finished job back and compute the tables (module docstring)."""
     first = jobs[0].cfg
     k, levels = first.eval.k, list(first.data.levels)
-    cols = [f"L{lv}" for lv in levels] + ["avg"] if len(levels) > 1 else ["avg"]
+    cols = _columns(levels)
     arms: dict[str, dict] = {}
     missing, before, teacher = [], None, None
     for job in jobs:
@@ -184,8 +189,7 @@ def check_results(r: dict) -> None:
     problems = []
     if [int(sd) for sd in r["seeds"]] != found:
         problems.append(f"seeds {r['seeds']} but the arms hold seeds {found}")
-    cols = [f"L{lv}" for lv in r["levels"]] + ["avg"] if len(r["levels"]) > 1 else ["avg"]
-    if r["columns"] != cols:
+    if r["columns"] != _columns(r["levels"]):
         problems.append(f"columns {r['columns']} but levels {r['levels']}")
     for name, row in r["table1"].items():
         if row["avg"]["n"] != len(r["arms"][name]["seeds"]):
