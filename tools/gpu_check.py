@@ -222,7 +222,7 @@ def main() -> int:
         batch = generate(student, prompts, gen, seed=0)
         lp = forward_logprobs(teacher, batch.tokens, micro_batch_size=8, fused=True)
         torch.cuda.synchronize()
-        return [lp[i:i + 8] for i in range(0, 32, 8)], batch
+        return [lp[i:i + 8].cpu() for i in range(0, 32, 8)], batch
 
     def score_during():
         parts = []
@@ -231,7 +231,7 @@ def main() -> int:
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 parts.append(forward_logprobs(teacher, part.tokens, micro_batch_size=8,
-                                              fused=True, on_device=True))
+                                              fused=True))
         batch = generate(student, prompts, gen, seed=0, on_micro_batch=hook)
         torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()

@@ -37,13 +37,12 @@ def _group_stats(rewards: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor, Te
     _, inverse = torch.unique(group_ids, return_inverse=True)
     k = int(inverse.max()) + 1 if inverse.numel() else 0
     count = torch.bincount(inverse, minlength=k).to(rewards.dtype)
-    mean = torch.zeros(k, dtype=rewards.dtype).index_add_(0, inverse, rewards) / count
+    like = {"dtype": rewards.dtype, "device": rewards.device}
+    mean = torch.zeros(k, **like).index_add_(0, inverse, rewards) / count
     centred = rewards - mean[inverse]
-    var = torch.zeros(k, dtype=rewards.dtype).index_add_(0, inverse, centred.square()) / count
-    hi = torch.full((k,), -torch.inf, dtype=rewards.dtype).scatter_reduce(0, inverse, rewards,
-                                                                          "amax")
-    lo = torch.full((k,), torch.inf, dtype=rewards.dtype).scatter_reduce(0, inverse, rewards,
-                                                                         "amin")
+    var = torch.zeros(k, **like).index_add_(0, inverse, centred.square()) / count
+    hi = torch.full((k,), -torch.inf, **like).scatter_reduce(0, inverse, rewards, "amax")
+    lo = torch.full((k,), torch.inf, **like).scatter_reduce(0, inverse, rewards, "amin")
     return mean[inverse], var.sqrt()[inverse], (hi == lo)[inverse]
 
 
@@ -105,8 +104,8 @@ def with_teacher_rows(estimator: str, rewards: Tensor, group_ids: Tensor, teache
     if mode == "group" or not teacher_rows.any():
         return fn(rewards, group_ids, eps=eps, drop_zero_variance=drop_zero_variance)
     student = ~teacher_rows
-    adv = torch.zeros(rewards.shape, dtype=torch.float64)
-    keep = torch.ones(rewards.shape, dtype=torch.bool)
+    adv = torch.zeros(rewards.shape, dtype=torch.float64, device=rewards.device)
+    keep = torch.ones(rewards.shape, dtype=torch.bool, device=rewards.device)
     a_s, keep_s = fn(rewards[student], group_ids[student], eps=eps,
                      drop_zero_variance=drop_zero_variance)
     adv[student], keep[student] = a_s.to(torch.float64), keep_s
@@ -114,8 +113,9 @@ def with_teacher_rows(estimator: str, rewards: Tensor, group_ids: Tensor, teache
     s_ids, t_ids = group_ids[student], group_ids[teacher_rows]
     mean_s, std_s, _ = _group_stats(r[student], s_ids)          # per student row
     groups, inverse = torch.unique(s_ids, return_inverse=True)
-    group_mean = torch.zeros(len(groups), dtype=torch.float64).scatter_(0, inverse, mean_s)
-    group_std = torch.zeros(len(groups), dtype=torch.float64).scatter_(0, inverse, std_s)
+    per_group = {"dtype": torch.float64, "device": r.device}
+    group_mean = torch.zeros(len(groups), **per_group).scatter_(0, inverse, mean_s)
+    group_std = torch.zeros(len(groups), **per_group).scatter_(0, inverse, std_s)
     at = torch.searchsorted(groups, t_ids).clamp(max=len(groups) - 1)
     if not torch.equal(groups[at], t_ids):
         raise ValueError("with_teacher_rows: a group has teacher rows but no student row")

@@ -151,14 +151,16 @@ def interleave_groups(student: RolloutBatch, teacher: RolloutBatch, *, group_siz
     if not torch.equal(student.group_ids[::g], teacher.group_ids[::k]):
         raise ValueError("interleave_groups: the student's and the teacher's group ids differ")
     width = max(student.seq_len, teacher.seq_len)
-    order = torch.cat([torch.arange(n)[:, None] * g + torch.arange(g),
-                       n * g + torch.arange(n)[:, None] * k + torch.arange(k)], dim=1).reshape(-1)
+    dev = student.tokens.device
+    order = torch.cat([torch.arange(n, device=dev)[:, None] * g + torch.arange(g, device=dev),
+                       n * g + torch.arange(n, device=dev)[:, None] * k +
+                       torch.arange(k, device=dev)], dim=1).reshape(-1)
     merged = {}
     for f in dataclasses.fields(RolloutBatch):
         a, b = getattr(student, f.name), getattr(teacher, f.name)
         fill = pad_token_id if f.name == "tokens" else 0
         merged[f.name] = torch.cat([_pad_columns(a, width, fill),
                                     _pad_columns(b, width, fill)])[order]
-    teacher_rows = torch.cat([torch.zeros(n * g, dtype=torch.bool),
-                              torch.ones(n * k, dtype=torch.bool)])[order]
+    teacher_rows = torch.cat([torch.zeros(n * g, dtype=torch.bool, device=dev),
+                              torch.ones(n * k, dtype=torch.bool, device=dev)])[order]
     return RolloutBatch(**merged), teacher_rows

@@ -150,9 +150,9 @@ def group_success_rate(rewards: Tensor, group_ids: Tensor, student_rows: Tensor,
     _, inverse = torch.unique(group_ids, return_inverse=True)
     k = int(inverse.max()) + 1 if inverse.numel() else 0
     w = student_rows.to(torch.float64)
-    hits = torch.zeros(k, dtype=torch.float64).index_add_(
+    hits = torch.zeros(k, dtype=torch.float64, device=w.device).index_add_(
         0, inverse, w * (rewards.to(torch.float64) >= success_reward))
-    count = torch.zeros(k, dtype=torch.float64).index_add_(0, inverse, w)
+    count = torch.zeros(k, dtype=torch.float64, device=w.device).index_add_(0, inverse, w)
     return (hits / count.clamp(min=1))[inverse].to(torch.float32)
 
 

@@ -91,8 +91,13 @@ def resolve_plan(tokens: torch.Tensor, micro_batch_size: Optional[int],
 
 def planned_micro_batches(tokens: torch.Tensor, plan: MicroBatchPlan) -> list[MicroBatch]:
     """The plan's micro-batches of `tokens` [b, s]: rows plan.rows[i], trimmed to plan.widths[i]."""
-    return [MicroBatch.from_tokens(fit_columns(tokens[rows], width), i)
+    return [MicroBatch.from_tokens(fit_columns(tokens[_on(rows, tokens)], width), i)
             for i, (rows, width) in enumerate(zip(plan.rows, plan.widths))]
+
+
+def _on(rows, like: torch.Tensor) -> torch.Tensor:
+    """A plan's row index on the device of `like` (a plan is made on the host)."""
+    return torch.as_tensor(rows, dtype=torch.long, device=like.device)
 
 
 def scatter_rows(parts: list[torch.Tensor], plan: MicroBatchPlan, shape) -> torch.Tensor:
@@ -102,7 +107,7 @@ def scatter_rows(parts: list[torch.Tensor], plan: MicroBatchPlan, shape) -> torc
     out = torch.zeros(b, s, dtype=parts[0].dtype, device=parts[0].device)
     for rows, part in zip(plan.rows, parts):
         width = min(part.shape[1], s)
-        out[rows, :width] = part[:, :width]
+        out[_on(rows, out), :width] = part[:, :width]
     return out
 
 
@@ -151,15 +156,16 @@ def run_schedule(model: BuiltModel, micro_batches: list[MicroBatch],
 def forward_logprobs(model: BuiltModel, tokens: torch.Tensor, *,
                      micro_batch_size: Optional[int] = None,
                      plan: Optional[MicroBatchPlan] = None, temperature: float = 1.0,
-                     fused: bool = False, chunk_size: Optional[int] = None,
-                     on_device: bool = False) -> Optional[torch.Tensor]:
-    """[b, s] fp32 log p(tokens[t] | tokens[:t]) on the last pipeline stage (CPU), None elsewhere.
+                     fused: bool = False,
+                     chunk_size: Optional[int] = None) -> Optional[torch.Tensor]:
+    """[b, s] fp32 log p(tokens[t] | tokens[:t]) on the last pipeline stage, on the compute
+    device, None elsewhere.
 
     tokens: [b, s] int64 global ids, identical on every rank of the model-parallel group.
     Micro-batches: `plan` (data/micro_batches.py: any rows, each trimmed to its width; positions
     past a row's width are 0 in the result), or micro_batch_size consecutive rows at full width.
-    on_device: leave the result on the compute device (no host synchronisation: the caller may
-    be running this on a side CUDA stream)."""
+    The result never visits the host (no synchronisation: the caller may be running this on a
+    side CUDA stream); a caller that wants it there copies it once."""
     par = model.par
     vocab = model.spec.vocab_size
     plan = resolve_plan(tokens, micro_batch_size, plan)
@@ -187,8 +193,7 @@ def forward_logprobs(model: BuiltModel, tokens: torch.Tensor, *,
                 lp = ops.token_logprobs(output, mbatch.labels, par.tp_group,
                                         temperature=temperature, chunk_size=chunk_size,
                                         vocab_size=vocab)
-            lp = align_to_tokens(lp.detach())
-            return lp if on_device else lp.cpu()
+            return align_to_tokens(lp.detach())
 
         return out, to_logprobs
 

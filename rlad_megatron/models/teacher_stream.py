@@ -243,7 +243,8 @@ def streamed_logprobs(teacher: StreamedTeacher, tokens: torch.Tensor, *,
                       micro_batch_size: Optional[int] = None,
                       plan: Optional[MicroBatchPlan] = None, temperature: float = 1.0,
                       chunk_size: Optional[int] = None) -> Optional[torch.Tensor]:
-    """[b, s] fp32 log p(tokens[t] | tokens[:t]) on the last pipeline stage (CPU), None elsewhere;
+    """[b, s] fp32 log p(tokens[t] | tokens[:t]) on the last pipeline stage (compute device),
+    None elsewhere;
     the same contract and the same numbers as forward_logprobs(teacher, ..., fused=True),
     micro-batches included (`plan` or micro_batch_size).
 
@@ -288,7 +289,7 @@ def streamed_logprobs(teacher: StreamedTeacher, tokens: torch.Tensor, *,
                         h, mcore_compat.output_weight(inner), m.labels, par.tp_group,
                         temperature=temperature, vocab_size=teacher.spec.vocab_size,
                         **({"chunk_size": chunk_size} if chunk_size else {}))
-                    result.append(align_to_tokens(lp).cpu())
+                    result.append(align_to_tokens(lp))
         hidden = _stage_io(teacher, hidden, stage, stages - 1, shapes)
     return scatter_rows(result, plan, tuple(tokens.shape)) if par.is_last_stage else None
 

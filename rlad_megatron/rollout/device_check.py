@@ -61,7 +61,7 @@ def tiny_runner(stage: TinyStage):
 
 
 @contextlib.contextmanager
-def _no_grad_for_inference_mode():
+def no_grad_for_inference_mode():
     saved = torch.inference_mode
     torch.inference_mode = torch.no_grad
     try:
@@ -70,22 +70,33 @@ def _no_grad_for_inference_mode():
         torch.inference_mode = saved
 
 
+def tiny_rollout(stage: TinyStage, prompts: list[list[int]], cfg: GenerationConfig, *,
+                 seed: int, row_offset: int = 100):
+    """generate()'s decode loop and layout with `stage` as the model, on compute_device() (the
+    fake device inside FakeCuda): (RolloutBatch of len(prompts) x cfg.samples_per_prompt rows,
+    consecutive groups; steps run; the host transfers the decode loop made, when FakeCuda is on).
+    Call it under no_grad (see the module docstring)."""
+    runner, model = tiny_runner(stage)
+    device = compute_device()
+    padded = left_padded(prompts, pad_id=0).repeat(cfg.samples_per_prompt)
+    inputs = LeftPadded(padded.tokens.to(device), padded.lengths.to(device))
+    b = inputs.tokens.shape[0]
+    row_ids = torch.arange(b, device=device) + row_offset
+    mode = FakeCuda.active()
+    before = len(mode.d2h) if mode else 0
+    seq, lp, flp, resp, steps = _decode(runner, model, inputs, cfg, seed=seed, row_ids=row_ids)
+    transfers = mode.d2h[before:] if mode else []
+    group_ids = torch.arange(b, device=device) // cfg.samples_per_prompt
+    batch = _assemble(inputs, seq, lp, flp, resp, steps, cfg, group_ids=group_ids).batch
+    return batch, steps, transfers
+
+
 def decode_transfers(cfg: GenerationConfig, *, fake: bool = True, seed: int = 3):
     """Run the decode loop over PROMPTS; returns (transfers: the kinds of the device-to-host
     transfers the loop made, in order (empty when fake is False), steps run, {tokens,
     sampler_logprobs, loss_mask} of the result on the host)."""
-    runner, model = tiny_runner(TinyStage(fake))
-    prompts = left_padded(PROMPTS, pad_id=0)
     mode = FakeCuda() if fake else contextlib.nullcontext()
-    with _no_grad_for_inference_mode(), mode:
-        device = compute_device()
-        inputs = LeftPadded(prompts.tokens.to(device), prompts.lengths.to(device))
-        row_ids = torch.arange(len(PROMPTS), device=device) + 100
-        before = len(mode.d2h) if fake else 0
-        seq, lp, flp, resp, steps = _decode(runner, model, inputs, cfg, seed=seed,
-                                            row_ids=row_ids)
-        transfers = mode.d2h[before:] if fake else []
-        batch = _assemble(inputs, seq, lp, flp, resp, steps, cfg,
-                          group_ids=torch.arange(len(PROMPTS), device=device)).batch
+    with no_grad_for_inference_mode(), mode:
+        batch, steps, transfers = tiny_rollout(TinyStage(fake), PROMPTS, cfg, seed=seed)
         host = {k: getattr(batch, k).cpu() for k in ("tokens", "sampler_logprobs", "loss_mask")}
     return transfers, steps, host

@@ -37,10 +37,12 @@ Contract:
     (runtime/devices.py); the one host synchronisation per decode step is the stop check (a [1]
     bool: has every row ended; with top-p alone read together with the sampler's candidate check,
     ops/sampling.py defer_retry, as one [2] read, and a second only when the check fails). The
-    finished RolloutBatch is copied to the host once per generation micro-batch (rewards decode
-    its text there). tests/unit/rollout/test_fake_device.py runs a decode step on a fake CUDA
-    device and counts its host transfers. Verified on CPU with megatron's local layer spec; the
-    transformer-engine spec treats explicit padding masks differently
+    returned RolloutBatch stays on the compute device too, for the log-prob passes and the
+    update; whoever needs its text (the reward) copies the token ids to the host once
+    (train/phases.py completions). tests/unit/rollout/test_fake_device.py runs a decode step on a
+    fake CUDA device and counts its host transfers (tests/unit/train/test_fake_device_step.py: a
+    whole step). Verified on CPU with megatron's local layer spec; the transformer-engine spec
+    treats explicit padding masks differently
     (docs/megatron_inference_cpu.md, section 6).
 """
 
@@ -199,23 +201,15 @@ def generate_detailed(model: BuiltModel, prompts: PromptsIn, cfg: GenerationConf
             kv_bytes = max(kv_bytes, runner.kv_cache_bytes())
             runner.release()
             if on_micro_batch is not None:
-                on_micro_batch(rows, _on_host(_assemble(part_inputs, *parts[-1], cfg,
-                                                        group_ids=group_ids[rows]).batch))
+                on_micro_batch(rows, _assemble(part_inputs, *parts[-1], cfg,
+                                               group_ids=group_ids[rows]).batch)
         seq, lp, flp, resp_len = (torch.cat([part[i] for part in parts]) for i in range(4))
         steps = max(part[4] for part in parts)
     finally:
         for chunk, mode in zip(runner.chunks, modes):
             chunk.train(mode)
     out = _assemble(inputs, seq, lp, flp, resp_len, steps, cfg, group_ids=group_ids)
-    return dataclasses.replace(out, batch=_on_host(out.batch),
-                               filtered_logprobs=out.filtered_logprobs.cpu(),
-                               kv_cache_bytes=kv_bytes)
-
-
-def _on_host(batch: RolloutBatch) -> RolloutBatch:
-    """The finished batch on the host: one copy per field, once per generation (not per token)."""
-    return dataclasses.replace(batch, **{f.name: getattr(batch, f.name).cpu()
-                                         for f in dataclasses.fields(batch)})
+    return dataclasses.replace(out, kv_cache_bytes=kv_bytes)
 
 
 def _decode(runner: StageRunner, model: BuiltModel, inputs: LeftPadded, cfg: GenerationConfig,

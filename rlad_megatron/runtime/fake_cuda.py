@@ -17,7 +17,8 @@ routes every op:
     CUDA would (0-dim CPU tensors are scalars there too);
   * device-to-host transfers are recorded in `d2h`: .item(), bool(), int() and float() of a
     tensor (aten._local_scalar_dense), nonzero() (its size synchronises), .cpu() / .to("cpu"),
-    copies into host tensors, .tolist() and .numpy().
+    copies into host tensors, .tolist() and .numpy(); `d2h_numel` holds each one's element count
+    (1 for a scalar read; nonzero() counts its input).
 The mode also makes torch.cuda.is_available() and current_device() answer as with one GPU, so
 runtime/devices.compute_device() picks cuda:0; collectives are not faked (single process).
 It enables nothing else of CUDA: streams, events and kernels outside aten are not emulated.
@@ -28,6 +29,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
@@ -64,7 +66,7 @@ class FakeCudaTensor(torch.Tensor):
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         if func in (torch.Tensor.tolist, torch.Tensor.numpy) and _ACTIVE:
-            _ACTIVE[-1].d2h.append(func.__name__)
+            _ACTIVE[-1].record(func.__name__, args[0])
             return func(args[0].inner)
         with torch._C.DisableTorchFunctionSubclass():
             return func(*args, **(kwargs or {}))
@@ -87,12 +89,27 @@ def _wrap(t):
     return FakeCudaTensor(t) if isinstance(t, torch.Tensor) else t
 
 
+class _HostDataFactories(TorchFunctionMode):
+    """torch.tensor / as_tensor / asarray with device=cuda (or a wrapper's meta): made on the CPU
+    and moved with .to(cuda), which FakeCuda wraps (and counts in h2d). Without this, a meta
+    placement makes a real meta tensor and drops the data."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in (torch.tensor, torch.as_tensor, torch.asarray) and \
+                _is_cuda(kwargs.get("device")) and not isinstance(args[0], torch.Tensor):
+            return func(*args, **{**kwargs, "device": "cpu"}).to(torch.device("cuda", 0))
+        return func(*args, **kwargs)
+
+
 class FakeCuda(TorchDispatchMode):
-    """The fake device (module docstring). d2h: the transfers' kinds, in order; h2d: count."""
+    """The fake device (module docstring). d2h: the transfers' kinds, in order, d2h_numel their
+    sizes; h2d: count."""
 
     def __init__(self):
         super().__init__()
         self.d2h: list[str] = []
+        self.d2h_numel: list[int] = []
         self.h2d = 0
         # the FAKE key: torch's factory functions then skip CUDA's lazy initialisation
         self._mode_key = torch._C._TorchDispatchModeKey.FAKE
@@ -106,13 +123,26 @@ class FakeCuda(TorchDispatchMode):
         torch.cuda.is_available = lambda: True
         torch.cuda.current_device = lambda: 0
         _ACTIVE.append(self)
+        self._factories = _HostDataFactories()
+        self._factories.__enter__()
         return super().__enter__()
 
     def __exit__(self, *exc):
         lift, torch.cuda.is_available, torch.cuda.current_device = self._saved
         torch._C._set_only_lift_cpu_tensors(lift)
         _ACTIVE.remove(self)
-        return super().__exit__(*exc)
+        out = super().__exit__(*exc)
+        self._factories.__exit__(*exc)
+        return out
+
+    @staticmethod
+    def active() -> Optional["FakeCuda"]:
+        """The innermost FakeCuda mode that is on, or None."""
+        return _ACTIVE[-1] if _ACTIVE else None
+
+    def record(self, kind: str, tensor: torch.Tensor) -> None:
+        self.d2h.append(kind)
+        self.d2h_numel.append(tensor.numel())
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -124,16 +154,16 @@ class FakeCuda(TorchDispatchMode):
         if func is aten._to_copy.default:
             target = args[0]
             if isinstance(target, FakeCudaTensor) and "device" in kwargs and not to_cuda:
-                self.d2h.append("to_cpu")
+                self.record("to_cpu", target)
                 return func(target.inner, **kwargs)
             if to_cuda and not isinstance(target, FakeCudaTensor):
                 self.h2d += 1
                 return _wrap(func(target, **kwargs))
         elif func in _SYNC_OPS and fake:
-            self.d2h.append(_SYNC_OPS[func])
+            self.record(_SYNC_OPS[func], next(a for a in flat if isinstance(a, FakeCudaTensor)))
         elif func is aten.copy_.default and isinstance(args[1], FakeCudaTensor) and \
                 not isinstance(args[0], FakeCudaTensor):
-            self.d2h.append("copy_to_host")
+            self.record("copy_to_host", args[1])
             return args[0].copy_(args[1].inner)
         if fake:
             host = [tuple(a.shape) for a in flat if isinstance(a, torch.Tensor)

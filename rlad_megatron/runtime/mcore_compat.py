@@ -122,7 +122,15 @@ class decode_kv_cache:
        its baddbmm and the values as [b * g, L, d] for its bmm; with megatron's layout each
        (row, head) block is strided by b * g * d, and those batched products ran 4-5x slower at
        L ~ 300 (bench/rollout.py profile). Only where the core attention is DotProductAttention
-       (transformer-engine's takes its own path)."""
+       (transformer-engine's takes its own path).
+    3. Grouped-query attention reads the cache per group. DotProductAttention.forward expands the
+       keys and values to every query head (repeat_interleave: a copy of the whole cache per
+       layer and step, in megatron's [L, b, h, d] layout, so the products read it strided
+       again). For a decode step (one query per row, eval mode) the instance's forward is
+       wrapped: the r = heads / groups queries of a group are one [r, d] block multiplied with
+       the group's [L, d] keys and values where the cache holds them (the same baddbmm with
+       megatron's softmax scale, megatron's own scale_mask_softmax in between). Prefill, training
+       and MHA run megatron's forward unchanged."""
 
     def __init__(self, chunks):
         self.chunks = list(chunks)
@@ -142,6 +150,11 @@ class decode_kv_cache:
                 if type(module.core_attention) is DotProductAttention:
                     module._allocate_memory = _per_head_memory(module)
                     names.append("_allocate_memory")
+                    core = module.core_attention
+                    if core.num_attention_heads_per_partition > \
+                            core.num_query_groups_per_partition:
+                        core.forward = _grouped_decode(core)
+                        self.wrapped.append((core, ["forward"]))
                 self.wrapped.append((module, names))
         return self
 
@@ -161,6 +174,34 @@ def _per_head_memory(attn):
         return memory.permute(2, 0, 1, 3)  # [L_max, b, g, d], each (row, head) block contiguous
 
     return allocate
+
+
+def _grouped_decode(core):
+    """DotProductAttention.forward for a decode step without expanding the keys (change 3 of
+    decode_kv_cache); any other call goes to megatron's forward."""
+    original = type(core).forward.__get__(core)
+
+    def forward(query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
+                packed_seq_params=None):
+        if (query.size(0) != 1 or core.training or attention_bias is not None
+                or packed_seq_params is not None):
+            return original(query, key, value, attention_mask, attn_mask_type, attention_bias,
+                            packed_seq_params)
+        _, b, heads, dim = query.shape
+        length, groups = key.size(0), key.size(2)
+        per_group = heads // groups
+        q = query.reshape(b * groups, per_group, dim)  # head j reads group j // per_group
+        k = key.permute(1, 2, 0, 3).reshape(b * groups, length, dim)  # a view per head layout
+        v = value.permute(1, 2, 0, 3).reshape(b * groups, length, dim)
+        scores = torch.baddbmm(torch.empty(b * groups, per_group, length, dtype=q.dtype,
+                                           device=q.device),
+                               q, k.transpose(1, 2), beta=0.0, alpha=core.softmax_scale)
+        probs = core.scale_mask_softmax(scores.view(b, heads, 1, length), attention_mask,
+                                        core.softmax_offset)
+        context = torch.bmm(probs.view(b * groups, per_group, length), v)  # [b * g, r, d]
+        return context.view(1, b, heads * dim)
+
+    return forward
 
 
 def _rope_mscale(attn) -> float:

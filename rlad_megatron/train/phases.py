@@ -6,6 +6,13 @@ generates G samples of each (rollout/), scores and normalises them within their 
 never cross ranks), and computes the old-policy and teacher log-probs of its own rows. The
 log-prob passes leave their [b, s] result on the last pipeline stage; it is broadcast over the
 pipeline group so that every stage holds the complete TrainBatch.
+
+Where the tensors live: on the compute device, from the rollout to the update (rollout/generate.py
+returns its batch there; the log-prob passes, the pipeline broadcast, rewards, advantages and
+selection stay there). The host reads, per step: the response token ids once, to decode them
+for the reward (a Python function of text); the [b] row lengths for micro-batch planning; and
+the metrics at the step's end. No [b, s] log-prob or [b, V] logit tensor crosses
+(tests/unit/rollout/test_fake_device.py runs these phases on a fake CUDA device).
 """
 
 from __future__ import annotations
@@ -116,8 +123,7 @@ class TeacherDuringRollout:
             self.stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(self.stream) if self.stream else contextlib.nullcontext():
             lp = forward_logprobs(self.run.teacher, part.tokens, plan=plan,
-                                  temperature=self.run.cfg.rollout.temperature, fused=True,
-                                  on_device=True)
+                                  temperature=self.run.cfg.rollout.temperature, fused=True)
         self.parts.append((rows, lp))
         self.pairs.append((plan, part))
         self.seconds += time.perf_counter() - t0
@@ -128,9 +134,9 @@ class TeacherDuringRollout:
             torch.cuda.current_stream().wait_stream(self.stream)
         out = None
         if self.run.par.is_last_stage:
-            out = torch.zeros(shape, dtype=torch.float32)
+            out = torch.zeros(shape, dtype=torch.float32, device=compute_device())
             for rows, lp in self.parts:
-                out[rows, :lp.shape[1]] = lp.cpu()
+                out[rows, :lp.shape[1]] = lp
         return _pp_broadcast(self.run, out, tuple(shape))
 
 
@@ -155,12 +161,13 @@ def with_teacher_trajectories(run: Run, items: list[PromptItem], step: int,
 
 def completions(run: Run, batch: RolloutBatch) -> list[str]:
     """Decoded responses (EOS dropped; ids the tokenizer does not know, from model vocabulary
-    rows beyond it, are dropped too)."""
+    rows beyond it, are dropped too). The token ids reach the host in one copy."""
     eos, known = run.tokenizer.eos_id, run.tokenizer.vocab_size
+    tokens = batch.tokens.tolist()
     out = []
     for row, (p, n) in enumerate(zip(batch.prompt_lengths.tolist(),
                                      batch.response_lengths.tolist())):
-        ids = batch.tokens[row, p:p + n].tolist()
+        ids = tokens[row][p:p + n]
         out.append(run.tokenizer.decode([t for t in ids if t != eos and t < known]))
     return out
 
@@ -173,7 +180,7 @@ def score(run: Run, batch: RolloutBatch,
     rows = [items[i // group] for i in range(len(texts))]
     rewards = [run.reward_fn(run.fmt.to_reward_text(text, item), item)
                for text, item in zip(texts, rows)]
-    return torch.tensor(rewards, dtype=torch.float32), texts
+    return torch.tensor(rewards, dtype=torch.float32, device=batch.tokens.device), texts
 
 
 def advantages(run: Run, rewards: torch.Tensor, batch: RolloutBatch,
@@ -182,7 +189,8 @@ def advantages(run: Run, rewards: torch.Tensor, batch: RolloutBatch,
     advantage.drop_zero_variance: the rows stay, so every rank keeps its shape). Teacher rows get
     their advantage by imitation.advantage and are left out of the RL loss mask."""
     a = run.cfg.advantage
-    rows = torch.zeros(batch.batch_size, dtype=torch.bool) if teacher_rows is None else teacher_rows
+    rows = (torch.zeros(batch.batch_size, dtype=torch.bool, device=rewards.device)
+            if teacher_rows is None else teacher_rows)
     adv, keep = with_teacher_rows(a.estimator, rewards, batch.group_ids, rows,
                                   mode=run.cfg.imitation.advantage, eps=a.eps,
                                   drop_zero_variance=a.drop_zero_variance)
@@ -193,7 +201,8 @@ def _pp_broadcast(run: Run, value: Optional[torch.Tensor], shape) -> torch.Tenso
     par = run.par
     if par.pp == 1:
         return value
-    out = value if par.is_last_stage else torch.empty(shape, dtype=torch.float32)
+    out = value if par.is_last_stage else torch.empty(shape, dtype=torch.float32,
+                                                      device=compute_device())
     out = out.contiguous()
     devices.broadcast(out, src=par.last_stage_global_rank, group=par.pp_group)
     return out

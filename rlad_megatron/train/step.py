@@ -67,7 +67,7 @@ class LossSpec:
 def _local_counts(fn: Callable, batch: TrainBatch) -> dict[str, torch.Tensor]:
     """This rank's counts of every normaliser `fn` takes (_NORMALISERS), and "rows"."""
     params = inspect.signature(fn).parameters
-    out = {"rows": torch.tensor(batch.batch_size, dtype=torch.int64)}
+    out = {"rows": torch.tensor(batch.batch_size, dtype=torch.int64, device=batch.tokens.device)}
     for name, mask_field in _NORMALISERS.items():
         if name in params:
             mask = getattr(batch, mask_field)
