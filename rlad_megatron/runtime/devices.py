@@ -1,10 +1,11 @@
 """Where tensors live: the compute device, and collectives on small CPU-side tensors.
 
-Models run on `compute_device()` (the local GPU under NCCL, the CPU under gloo). The data
-pipeline (rewards, advantages, selection, metrics) keeps its small tensors on the CPU; NCCL only
-moves CUDA tensors, so the collectives below copy such a tensor to the GPU for the call and back
-(a no-op under gloo). Use them for control-plane values (counts, flags, metrics, sampled ids),
-never for activations.
+Models run on `compute_device()` (the local GPU under NCCL, the CPU under gloo), and so does
+the RL step's data (rollouts, log-probs, rewards, advantages, selection: train/phases.py). Some
+control-plane values are made on the host (metrics, micro-batch counts); NCCL only moves CUDA
+tensors, so the collectives below copy such a tensor to the GPU for the call and back (a no-op
+for a tensor already there, and under gloo). Use them for control-plane values (counts, flags,
+metrics, sampled ids), never for activations.
 """
 
 from __future__ import annotations
