@@ -148,7 +148,9 @@ def _plan(args) -> int:
             response_len=args.response_len, micro_batch_size=args.micro_batch_size,
             max_tokens_per_micro_batch=args.max_tokens_per_micro_batch,
             prompts_per_step=args.prompts_per_step, group_size=args.group_size,
-            rollout_micro_batch=args.rollout_batch, student_dtype=args.dtype,
+            rollout_micro_batch=args.rollout_batch, rollout_engine=args.rollout_engine,
+            max_live_rows=args.max_live_rows, kv_block_size=args.kv_block_size,
+            student_dtype=args.dtype,
             teacher_dtype=args.dtype, distributed_optimizer=args.distributed_optimizer,
             recompute=args.recompute or None, reserve_gib=args.reserve,
             teacher_offload=args.teacher_offload, stream_window=args.stream_window,
@@ -184,6 +186,12 @@ def _add_plan_parser(sub) -> None:
     p.add_argument("--group-size", type=int)
     p.add_argument("--rollout-batch", type=int, help="sequences generated together per GPU "
                    "(KV cache); 0 = all of a GPU's")
+    p.add_argument("--rollout-engine", choices=("static", "continuous"), help="continuous: "
+                   "size the KV block pool (rollout.engine; default: the config's, else static)")
+    p.add_argument("--max-live-rows", type=int, help="continuous: rows in flight per GPU "
+                   "(0 = --rollout-batch)")
+    p.add_argument("--kv-block-size", type=int, help="continuous: tokens per KV block "
+                   "(default 256)")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), help="both models (default bf16)")
     p.add_argument("--distributed-optimizer", action=argparse.BooleanOptionalAction,
                    default=None, help="shard the optimizer state over DP (default on)")

@@ -17,7 +17,9 @@ Student and teacher share one Megatron layout (TP x PP x DP, runtime/parallel.py
                                                input, and one layer's activations while recomputing)
   logits           b*s * V/tp * 2 * b_S        the student's logits of one micro-batch + their grad
   log-prob chunk   c * V/tp * 4                the chunked vocab-parallel log-prob workspace (fp32)
-  KV cache         2 * L_S/pp * g_S/tp * d_head * (prompt + response) * B_roll * b_S
+  KV cache         2 * L_S/pp * g_S/tp * d_head * (prompt + response) * B_roll * b_S; with
+                   rollout.engine=continuous the block pool: (max_live_rows * ceil((prompt +
+                   response) / block) + 2) * block tokens in place of (prompt + response) * B_roll
   reserve          CUDA context, NCCL buffers, allocator fragmentation (a flat amount)
 
 With the teacher streamed from host memory (teacher.offload=stream, models/teacher_stream.py)
@@ -86,6 +88,13 @@ class Workload:
     rollout_micro_batch: int = 0
     """rollout.micro_batch_size: sequences generated together (the KV cache); 0 = all of a
     rank's."""
+    rollout_engine: str = "static"
+    """rollout.engine: static (a KV cache of rollout_batch rows x seq_len) or continuous (a pool
+    of KV blocks: max_live_rows rows x seq_len rounded up to kv_block_size, + 2 blocks)."""
+    max_live_rows: int = 0
+    """rollout.max_live_rows (continuous); 0 = rollout_batch."""
+    kv_block_size: int = 256
+    """rollout.kv_block_size (continuous): tokens per KV block."""
     student_dtype: str = "bf16"
     """student.dtype (the GPU default here, not the run config's CPU-safe fp32)."""
     teacher_dtype: str = "bf16"
@@ -122,7 +131,9 @@ class Workload:
             response_len=r.max_new_tokens, micro_batch_size=t.micro_batch_size,
             mini_batches=t.mini_batches, max_tokens_per_micro_batch=t.max_tokens_per_micro_batch,
             prompts_per_step=r.prompts_per_step, group_size=r.group_size,
-            rollout_micro_batch=r.micro_batch_size, student_dtype=cfg.student.dtype,
+            rollout_micro_batch=r.micro_batch_size, rollout_engine=r.engine,
+            max_live_rows=r.max_live_rows, kv_block_size=r.kv_block_size,
+            student_dtype=cfg.student.dtype,
             teacher_dtype=cfg.teacher.dtype, distributed_optimizer=cfg.optimizer.distributed,
             sequence_parallel=cfg.parallel.sequence_parallel, teacher_offload=cfg.teacher.offload,
             stream_window=cfg.teacher.stream_window), **explicit})
@@ -136,6 +147,15 @@ class Workload:
 
     def rollout_batch(self, dp: int) -> int:
         return self.rollout_micro_batch or self.sequences_per_rank(dp)
+
+    def kv_cache_tokens(self, dp: int) -> int:
+        """Token slots of the rollout's KV cache per rank: rows x seq_len (static), or the
+        continuous engine's block pool (rollout/continuous.py ContinuousStages)."""
+        if self.rollout_engine != "continuous":
+            return self.seq_len * self.rollout_batch(dp)
+        live = min(self.max_live_rows or self.rollout_batch(dp), self.sequences_per_rank(dp))
+        blocks = live * -(-self.seq_len // self.kv_block_size) + 2
+        return blocks * self.kv_block_size
 
     @property
     def micro_rows(self) -> float:
@@ -256,7 +276,6 @@ def estimate(teacher: ModelSpec, student: ModelSpec, tp: int, pp: int, dp: int,
         teacher_activations=(w.sequences_per_rank(dp) * w.seq_len * teacher.hidden_size * b_t
                              // (tp if w.sequence_parallel else 1)
                              if w.teacher_offload == "stream" else 0),
-        kv_cache=(2 * layers * kv_heads * student.head_dim * w.seq_len
-                  * w.rollout_batch(dp) * b_s),
+        kv_cache=2 * layers * kv_heads * student.head_dim * w.kv_cache_tokens(dp) * b_s,
         reserve=int(w.reserve_gib * GIB),
     )

@@ -178,6 +178,9 @@ def build_request(*, nodes: int, gpus_per_node: int, gpu_memory_gib: float = 80.
             raise ValueError(f"{name}: {value:g} must be > 0")
     if min_headroom_gib < 0:
         raise ValueError(f"--min-headroom: {min_headroom_gib:g} must be >= 0")
+    if workload.get("rollout_engine") not in (None, "static", "continuous"):
+        raise ValueError(f"--rollout-engine: {workload['rollout_engine']!r} is not one of "
+                         "static, continuous")
     if workload.get("teacher_offload") not in (None, "none", "stream"):
         raise ValueError(f"--teacher-offload: {workload['teacher_offload']!r} is not one of "
                          "none, stream")
@@ -220,6 +223,8 @@ WORKLOAD_FLAGS = {
     "max_tokens_per_micro_batch": ("--max-tokens-per-micro-batch",
                                    "train.max_tokens_per_micro_batch", 0),
     "rollout_micro_batch": ("--rollout-batch", "rollout.micro_batch_size", 0),
+    "max_live_rows": ("--max-live-rows", "rollout.max_live_rows", 0),
+    "kv_block_size": ("--kv-block-size", "rollout.kv_block_size", 1),
     "reserve_gib": ("--reserve", None, 0),
 }
 """Workload field -> (its flag, its run-config key, the least value allowed)."""

@@ -107,14 +107,21 @@ def stream_seed(seed: int, step: int, row: int) -> int:
     return x
 
 
-def row_keys(row_ids: Tensor, step: int, seed: int) -> Tensor:
-    """[b] int64 keys (stream_seed's bits) of the rows' streams, on row_ids' device."""
-    base = _splitmix64(_splitmix64(seed & _MASK64) ^ (step & _MASK64))
-    x = row_ids.to(torch.int64).bitwise_xor(_signed(base)).add_(_GOLDEN)
+def row_keys(row_ids: Tensor, step: int | Tensor, seed: int) -> Tensor:
+    """[b] int64 keys (stream_seed's bits) of the rows' streams, on row_ids' device. step: one
+    for every row, or [b] int64 (rows at different positions: continuous batching); the same
+    bits either way."""
+    first = _splitmix64(seed & _MASK64)
+    if isinstance(step, Tensor):  # splitmix64(first ^ step) in int64 tensor ops
+        base = _fmix_(step.to(torch.int64).bitwise_xor(_signed(first)).add_(_GOLDEN))
+        x = row_ids.to(torch.int64).bitwise_xor(base).add_(_GOLDEN)
+    else:
+        base = _splitmix64(first ^ (step & _MASK64))
+        x = row_ids.to(torch.int64).bitwise_xor(_signed(base)).add_(_GOLDEN)
     return _fmix_(x)
 
 
-def uniforms_at(row_ids: Tensor, step: int, seed: int, ids: Tensor) -> Tensor:
+def uniforms_at(row_ids: Tensor, step: int | Tensor, seed: int, ids: Tensor) -> Tensor:
     """[b, n] float64 uniforms in [0, 1) at global token ids `ids` ([n], the same for every row,
     or [b, n]), on row_ids' device: u[i, j] depends only on (seed, step, row_ids[i], id), and is
     bit-identical on every device (module docstring)."""
@@ -301,7 +308,8 @@ def _scaled(logits: Tensor, temperature: float) -> Tensor:
     return x if temperature == 1.0 else x / temperature
 
 
-def sample_next(logits: Tensor, *, temperature: float, seed: int, step: int, row_ids: Tensor,
+def sample_next(logits: Tensor, *, temperature: float, seed: int, step: int | Tensor,
+                row_ids: Tensor,
                 vocab_size: int, top_k: int = 0, top_p: float = 1.0,
                 tp_group: Optional[dist.ProcessGroup] = None,
                 top_p_candidates: int = TOP_P_CANDIDATES, defer_retry: bool = False) -> Sampled:
@@ -312,6 +320,8 @@ def sample_next(logits: Tensor, *, temperature: float, seed: int, step: int, row
     temperature: 0 means greedy (argmax; filters ignored).
     row_ids: [b] int64, the rows' identities for the noise (global row index under DP), on the
         logits' device.
+    step: the position of the token drawn (0 for a row's first new token): one for every row, or
+        [b] int64 on the logits' device.
     defer_retry: top-p without top-k decides on the host whether its candidates held the nucleus;
         with defer_retry that read is left to the caller (Sampled.retry, a device flag it can
         read with its own, e.g. the stop check: one host read per decode step); when it is True
@@ -331,8 +341,8 @@ def sample_next(logits: Tensor, *, temperature: float, seed: int, step: int, row
         ids = torch.arange(shard.start, shard.start + shard.n_valid, device=logits.device)
         for lo in range(0, logits.shape[0], rows):
             z = _scaled(logits[lo:lo + rows, :shard.n_valid], temperature)
-            mine.append(_local_pick(z, uniforms_at(row_ids[lo:lo + rows], step, seed, ids),
-                                    shard))
+            at = step[lo:lo + rows] if isinstance(step, Tensor) else step
+            mine.append(_local_pick(z, uniforms_at(row_ids[lo:lo + rows], at, seed, ids), shard))
         return _sample_unfiltered(torch.cat(mine), shard)
     z = _scaled(logits[:, :shard.n_valid], temperature)
 

@@ -67,6 +67,9 @@ from rlad_megatron.runtime.devices import compute_device
 from rlad_megatron.ops.sampling import TOP_P_CANDIDATES, sample_next
 
 
+ENGINES = ("static", "continuous")
+
+
 @dataclass
 class GenerationConfig:
     """How to sample; one per rollout (student) or trace generation (teacher)."""
@@ -101,6 +104,15 @@ class GenerationConfig:
     synchronisation: k > 1 lets a GPU run k steps ahead of the host, at the cost of up to k - 1
     forwards after the last row ended. The samples do not depend on it (ended rows get padding).
     Top-p alone reads its candidate check every step, with the stop flag."""
+    engine: str = "static"
+    """"static": generation micro-batches, each run until its longest row ends; "continuous":
+    at most max_live_rows rows in flight, a stopped row's slot taken by the next waiting row
+    (rollout/continuous.py, megatron's DynamicInferenceContext)."""
+    max_live_rows: int = 0
+    """continuous: rows in flight at most; 0 = micro_batch_size, or every row."""
+    kv_block_size: int = 256
+    """continuous: tokens per KV-cache block (flash-attn 2's paged kernel needs a multiple of
+    256)."""
 
     def validate(self, prefix: str = "rollout") -> None:
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -121,6 +133,14 @@ class GenerationConfig:
         if self.stop_check_every < 1:
             raise ValueError(f"{prefix}.stop_check_every must be >= 1, got "
                              f"{self.stop_check_every}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"{prefix}.engine must be one of {', '.join(ENGINES)}, got "
+                             f"{self.engine!r}")
+        if self.max_live_rows < 0 or self.kv_block_size < 1:
+            raise ValueError(f"{prefix}.max_live_rows must be >= 0 and {prefix}.kv_block_size "
+                             f">= 1, got {self.max_live_rows} and {self.kv_block_size}")
+        if self.engine == "continuous" and not self.use_cache:
+            raise ValueError(f"{prefix}.engine=continuous keeps a KV cache: use_cache must be on")
         if self.top_p_candidates < 1:
             raise ValueError(f"{prefix}.top_p_candidates must be >= 1, got "
                              f"{self.top_p_candidates}")
@@ -183,6 +203,10 @@ def generate_detailed(model: BuiltModel, prompts: PromptsIn, cfg: GenerationConf
     device = compute_device()
     inputs = inputs.to(device)
     group_ids = (torch.arange(b, device=device) + offset) // cfg.samples_per_prompt
+    if cfg.engine == "continuous":
+        return _generate_continuous(model, inputs, cfg, seed=cfg.seed if seed is None else seed,
+                                    row_ids=torch.arange(b, device=device) + offset,
+                                    group_ids=group_ids, on_micro_batch=on_micro_batch)
     runner = StageRunner(model)
     modes = [chunk.training for chunk in runner.chunks]
     try:
@@ -209,6 +233,42 @@ def generate_detailed(model: BuiltModel, prompts: PromptsIn, cfg: GenerationConf
         for chunk, mode in zip(runner.chunks, modes):
             chunk.train(mode)
     out = _assemble(inputs, seq, lp, flp, resp_len, steps, cfg, group_ids=group_ids)
+    return dataclasses.replace(out, kv_cache_bytes=kv_bytes)
+
+
+def _generate_continuous(model: BuiltModel, inputs: LeftPadded, cfg: GenerationConfig, *,
+                         seed: int, row_ids: Tensor, group_ids: Tensor,
+                         on_micro_batch: Optional[OnMicroBatch]) -> Generation:
+    """generate_detailed with rollout/continuous.py's engine; on_micro_batch is called per group
+    of samples_per_prompt rows as soon as the group has stopped."""
+    from rlad_megatron.rollout.continuous import decode_continuous
+
+    if len(model.modules) > 1:
+        raise ValueError("rollout.engine=continuous: megatron's dynamic inference does not support "
+                         "virtual pipeline stages (parallel.virtual_pipeline); use "
+                         "rollout.engine=static")
+    chunks = model.modules
+    modes = [chunk.training for chunk in chunks]
+    state = {}
+
+    def group_done(rows: slice) -> None:
+        seq, lp, flp, made = state["buffers"]
+        part = LeftPadded(inputs.tokens[rows], inputs.lengths[rows])
+        on_micro_batch(rows, _assemble(part, seq[rows], lp[rows], flp[rows], made[rows], 0, cfg,
+                                       group_ids=group_ids[rows]).batch)
+
+    try:
+        for chunk in chunks:
+            chunk.eval()
+        live = cfg.max_live_rows or cfg.micro_batch_size or inputs.tokens.shape[0]
+        seq, lp, flp, made, steps, kv_bytes = decode_continuous(
+            model, inputs, cfg, seed=seed, row_ids=row_ids, live=live,
+            block_size=cfg.kv_block_size, group_size=cfg.samples_per_prompt, state=state,
+            on_group_done=group_done if on_micro_batch is not None else None)
+    finally:
+        for chunk, mode in zip(chunks, modes):
+            chunk.train(mode)
+    out = _assemble(inputs, seq, lp, flp, made, steps, cfg, group_ids=group_ids)
     return dataclasses.replace(out, kv_cache_bytes=kv_bytes)
 
 

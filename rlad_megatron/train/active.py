@@ -51,6 +51,10 @@ RULES: tuple[Rule, ...] = (
     Rule("data.check_steps", lambda c: c.data.format == "compact", "data.format=compact"),
     Rule("optimizer.adam_", lambda c: c.optimizer.name == "adam", "optimizer.name=adam"),
     Rule("optimizer.sgd_", lambda c: c.optimizer.name == "sgd", "optimizer.name=sgd"),
+    Rule("rollout.max_live_rows", lambda c: c.rollout.engine == "continuous",
+         "rollout.engine=continuous"),
+    Rule("rollout.kv_block_size", lambda c: c.rollout.engine == "continuous",
+         "rollout.engine=continuous"),
 )
 for _key in ("question_field", "answer_field", "answer_format", "heldout_fraction"):
     RULES += (Rule(f"data.{_key}", lambda c: c.data.source != "reasoning_gym",

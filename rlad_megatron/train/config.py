@@ -42,6 +42,8 @@ TRAJECTORY_ALGORITHMS = ("rlad", "grpo")
 """Algorithms whose RL loss can be joined with imitation of teacher trajectories."""
 REFERENCE_KL_ALGORITHMS = ("rlad", "grpo")
 """Algorithms whose loss takes the reference KL (loss.<name>.kl_beta)."""
+ROLLOUT_ENGINES = ("static", "continuous")
+"""rollout.engine values (rollout/generate.py ENGINES)."""
 LR_DECAY_STYLES = ("constant", "linear", "cosine")
 """megatron's OptimizerParamScheduler lr_decay_style values this trainer passes through."""
 
@@ -171,6 +173,18 @@ class RolloutConfig:
     loop's one synchronisation with the host (rollout/generate.py): k > 1 lets a GPU run k steps
     ahead, at the cost of up to k - 1 forwards after the last row ended. The samples do not
     depend on it."""
+    engine: str = choice("static", ROLLOUT_ENGINES)
+    """static: generation micro-batches, each run until its longest row ends; continuous: at
+    most rollout.max_live_rows rows in flight on megatron's dynamic inference context (a paged KV
+    cache), a stopped row's slot taken by the next waiting row at the next step
+    (rollout/continuous.py). Same tokens; log-probs within fp32 round-off (another attention
+    kernel). No virtual pipeline stages; on a GPU it needs flash-attn >= 2.7.3 or FA3."""
+    max_live_rows: int = 0
+    """continuous: rows in flight at most (their KV blocks are reserved; rlad plan sizes the
+    pool); 0 = rollout.micro_batch_size, or all of this rank's rows."""
+    kv_block_size: int = 256
+    """continuous: tokens per paged KV-cache block (flash-attn 2's paged kernel needs a multiple
+    of 256; the CPU's torch attention takes any size)."""
     teacher_samples: int = 0
     """Teacher trajectories per prompt (algorithms rlad and grpo; the three-step reading of RLAD:
     teacher trajectories, selective gates, a joint loss; `imitation.*`): the teacher samples

@@ -62,7 +62,10 @@ def generation_config(run: Run, *, samples: int, temperature: float, top_p: floa
                             eos_token_id=run.tokenizer.eos_id,
                             pad_token_id=run.tokenizer.pad_id or 0, samples_per_prompt=samples,
                             micro_batch_size=run.cfg.rollout.micro_batch_size,
-                            stop_check_every=run.cfg.rollout.stop_check_every, progress=False)
+                            stop_check_every=run.cfg.rollout.stop_check_every,
+                            engine=run.cfg.rollout.engine,
+                            max_live_rows=run.cfg.rollout.max_live_rows,
+                            kv_block_size=run.cfg.rollout.kv_block_size, progress=False)
 
 
 def rollout(run: Run, items: list[PromptItem], step: int, model=None,

@@ -74,14 +74,15 @@ def validate_run_config(cfg: RunConfig, world_size: int = 1, check_files: bool =
     _positive(cfg, "train.steps", "train.micro_batch_size", "train.mini_batches",
               "train.sft_batch_size", "train.max_consecutive_bad_steps", "rollout.prompts_per_step",
               "rollout.group_size", "rollout.max_new_tokens", "rollout.stop_check_every",
-              "eval.k",
+              "rollout.kv_block_size", "eval.k",
               "checkpoint.keep_last", "optimizer.lr", "logging.log_every")
     _positive(cfg, "rollout.temperature", "eval.temperature", "rollout.top_k",
               "rollout.micro_batch_size", "checkpoint.save_every", "eval.every",
               "optimizer.warmup_steps", "optimizer.weight_decay", "optimizer.clip_grad",
               "data.heldout_size", "data.validation_size", "eval.max_new_tokens",
               "eval.num_prompts", "eval.seed", "train.max_tokens_per_micro_batch",
-              allow_zero=True)
+              "rollout.max_live_rows", allow_zero=True)
+    _rollout_engine(cfg)
     if not 0 < cfg.rollout.top_p <= 1:
         raise ValueError(f"rollout.top_p must be in (0, 1], got {cfg.rollout.top_p}")
     if cfg.is_rl and cfg.rollout.group_size < 2:
@@ -183,6 +184,19 @@ def _losses(cfg: RunConfig) -> None:
                          f"= {k.beta_init}]")
     if k.anneal_steps < 0:
         raise ValueError(f"loss.kdrl.anneal_steps: {k.anneal_steps} must be >= 0")
+
+
+def _rollout_engine(cfg: RunConfig) -> None:
+    """rollout.engine=continuous runs on megatron's dynamic inference context: no virtual
+    pipeline stages there, and on a GPU its flash-attn kernels (runtime/paged_attention.py)."""
+    if cfg.rollout.engine != "continuous":
+        return
+    if cfg.parallel.virtual_pipeline:
+        raise ValueError("rollout.engine=continuous: megatron's dynamic inference does not support "
+                         "parallel.virtual_pipeline; use rollout.engine=static")
+    from rlad_megatron.runtime.paged_attention import check_dynamic_attention
+
+    check_dynamic_attention()
 
 
 def _imitation(cfg: RunConfig) -> None:

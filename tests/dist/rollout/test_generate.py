@@ -9,6 +9,9 @@ Where a failure points: greedy tokens wrong with use_cache=True only -> cache/ma
 tp2 -> vocab-parallel sampling; only at pp2 -> stage p2p or the token broadcast; tokens right but
 log-probs off -> the alignment of RolloutBatch (position t holds the value for tokens[:, t]).
 The model has a padded vocabulary (250 real ids of 256), so padding ids must never be sampled.
+The continuous engine (rollout.engine=continuous: megatron's dynamic context, rows admitted as
+others stop, paged KV blocks of 4 tokens so that rows cross blocks) is held to the same
+reference at every layout, with at most 2 live rows so that rows wait and take freed slots.
 """
 
 import dataclasses
@@ -36,6 +39,8 @@ NEW = 10
 # fp32 megatron (KV cache) against the float64 reference: round-off ~1e-6 on log-probs ~ -3;
 # 1e-5 (10x that) bounds sampler vs teacher-forced log-probs.
 LOGPROB_ATOL = 1e-5
+CONTINUOUS = dict(engine="continuous", max_live_rows=2, kv_block_size=4)
+ENGINES = {"static": {}, "continuous": CONTINUOUS}
 
 
 def _spec():
@@ -156,14 +161,19 @@ def test_kv_cached_greedy_equals_no_cache_and_float64_reference(parallel, side):
 @pytest.mark.parametrize("temperature,top_k,top_p,candidates", [
     (1.0, 0, 1.0, 256), (0.7, 40, 0.9, 256), (1.3, 0, 0.8, 4)],
     ids=["plain", "topk40-topp0.9", "topp0.8-fallback"])
+@pytest.mark.parametrize("engine", ENGINES)
 def test_seeded_sampling_is_layout_invariant_and_matches_float64_reference(
-        parallel, temperature, top_k, top_p, candidates):
+        parallel, temperature, top_k, top_p, candidates, engine):
     model = _load(build_teacher(_spec(), parallel))
     mine = _my_prompts(parallel)
     samples, seed = 2, 1234
     cfg = GenerationConfig(max_new_tokens=NEW, temperature=temperature, top_k=top_k, top_p=top_p,
                            samples_per_prompt=samples, seed=seed, progress=False,
-                           top_p_candidates=candidates)
+                           top_p_candidates=candidates, **ENGINES[engine])
+    if engine == "continuous" and parallel.vpp:  # megatron's dynamic inference has no VPP
+        with pytest.raises(ValueError, match="virtual pipeline"):
+            generate_detailed(model, [PROMPTS[i] for i in mine], cfg)
+        return
     out = generate_detailed(model, [PROMPTS[i] for i in mine], cfg)
     rows = [i * samples + g for i in mine for g in range(samples)]  # global rows (row_offset)
     ref = reference(temperature, top_k, top_p, seed, samples)
@@ -203,12 +213,13 @@ def test_near_zero_temperature_equals_greedy(parallel):
 
 
 @pytest.mark.parametrize("parallel", [(2, 1), (1, 2)], indirect=True, ids=["tp2", "pp2"])
-def test_eos_stops_each_row_and_the_mask_excludes_what_follows(parallel):
+@pytest.mark.parametrize("engine", ENGINES)
+def test_eos_stops_each_row_and_the_mask_excludes_what_follows(parallel, engine):
     model = _load(build_teacher(_spec(), parallel))
     free = reference()
     eos = free[0][0][2]  # row 0's third greedy token
     cfg = GenerationConfig(max_new_tokens=NEW, temperature=0.0, eos_token_id=eos, pad_token_id=0,
-                           progress=False)
+                           progress=False, **ENGINES[engine])
     out = generate_detailed(model, PROMPTS, cfg)
     batch = out.batch
     what = f"{parallel.describe()} eos={eos}"
@@ -224,7 +235,7 @@ def test_eos_stops_each_row_and_the_mask_excludes_what_follows(parallel):
     # every row's second token as EOS: all rows stop by step 2, so the loop stops early
     eos_all = sorted({resp[1] for resp, _, _ in free})
     early = generate_detailed(model, PROMPTS, GenerationConfig(
-        max_new_tokens=NEW, temperature=0.0, eos_token_id=eos_all, progress=False))
+        max_new_tokens=NEW, temperature=0.0, eos_token_id=eos_all, progress=False))  # static
     assert_all_ranks(early.steps <= 2 and int(early.batch.response_lengths.max()) <= 2,
                      f"{what}: steps {early.steps}, lengths {early.batch.response_lengths.tolist()}")
     _check_against_reference(early.batch, reference(eos=tuple(eos_all)), range(len(PROMPTS)),
@@ -276,6 +287,17 @@ def test_kv_cache_held_matches_the_planner(parallel):
         planned = estimate(spec, spec, parallel.tp, parallel.pp, 1, w).kv_cache
         assert_all_ranks(out.kv_cache_bytes == planned,
                          f"micro {micro or rows}: held {out.kv_cache_bytes} bytes, planned {planned}")
+    # the continuous engine's block pool (megatron's DynamicInferenceContext memory buffer)
+    cfg = GenerationConfig(max_new_tokens=NEW, temperature=1.0, samples_per_prompt=2,
+                           progress=False, **CONTINUOUS)
+    out = generate_detailed(model, PROMPTS, cfg, seed=3)
+    w = Workload(prompt_len=width, response_len=NEW, prompts_per_step=len(PROMPTS), group_size=2,
+                 student_dtype="fp32", rollout_engine="continuous",
+                 max_live_rows=CONTINUOUS["max_live_rows"],
+                 kv_block_size=CONTINUOUS["kv_block_size"])
+    planned = estimate(spec, spec, parallel.tp, parallel.pp, 1, w).kv_cache
+    assert_all_ranks(out.kv_cache_bytes == planned,
+                     f"continuous: held {out.kv_cache_bytes} bytes, planned {planned}")
 
 
 @pytest.mark.parametrize("parallel", [(2, 1), (1, 2)], indirect=True, ids=["tp2", "pp2"])
@@ -301,3 +323,39 @@ def test_reading_the_stop_flag_every_k_steps_gives_the_same_samples(parallel, fi
     assert_all_ranks(all(torch.equal(getattr(a, k), getattr(b, k)) for k in (
         "tokens", "response_lengths", "loss_mask", "sampler_logprobs")) and torch.equal(
         every.filtered_logprobs, third.filtered_logprobs), f"{what}: samples differ")
+
+
+@pytest.mark.parametrize("parallel", [(1, 1), (2, 1), (1, 2)], indirect=True,
+                         ids=["dp2", "tp2", "pp2"])
+@pytest.mark.parametrize("live", [1, 3])
+def test_continuous_engine_equals_static_and_reports_each_group_once_when_it_stops(parallel,
+                                                                                   live):
+    """rollout.engine=continuous with `live` rows in flight (the others wait for a slot) gives
+    the static engine's tokens, lengths and masks, log-probs within fp32 round-off (another
+    attention kernel), and calls on_micro_batch once per group of G rows, as soon as the group has
+    stopped, with those rows as they stand in the final batch."""
+    model = _load(build_teacher(_spec(), parallel))
+    eos = reference()[0][0][2]
+    prompts = [PROMPTS[i] for i in _my_prompts(parallel)]
+    cfg = GenerationConfig(max_new_tokens=NEW, temperature=1.0, top_k=40, eos_token_id=eos,
+                           samples_per_prompt=2, progress=False)
+    static = generate_detailed(model, prompts, cfg, seed=7)
+    groups = []
+    cont = generate_detailed(model, prompts, dataclasses.replace(
+        cfg, engine="continuous", max_live_rows=live, kv_block_size=4), seed=7,
+        on_micro_batch=lambda rows, part: groups.append((rows, part)))
+    what = f"{parallel.describe()} continuous, {live} live rows"
+    a, b = static.batch, cont.batch
+    assert_all_ranks(torch.equal(a.tokens, b.tokens) and torch.equal(a.response_lengths,
+                                                                      b.response_lengths)
+                     and torch.equal(a.loss_mask, b.loss_mask),
+                     f"{what}: {a.tokens.tolist()} vs {b.tokens.tolist()}")
+    assert_close_all_ranks(a.sampler_logprobs, b.sampler_logprobs, rtol=0, atol=LOGPROB_ATOL,
+                           what=f"{what}: log-probs")
+    assert_close_all_ranks(static.filtered_logprobs, cont.filtered_logprobs, rtol=0,
+                           atol=LOGPROB_ATOL, what=f"{what}: filtered log-probs")
+    starts = sorted(rows.start for rows, _ in groups)
+    parts_ok = all(torch.equal(part.tokens, b.tokens[rows, :part.seq_len]) and
+                   torch.equal(part.group_ids, b.group_ids[rows]) for rows, part in groups)
+    assert_all_ranks(starts == list(range(0, b.batch_size, 2)) and parts_ok,
+                     f"{what}: groups reported {[(r.start, r.stop) for r, _ in groups]}")

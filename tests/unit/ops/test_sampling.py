@@ -180,6 +180,30 @@ def test_noise_is_the_integer_hash_computed_in_int64_tensor_ops():
     assert 0.0 <= float(u.min()) and float(u.max()) < 1.0
 
 
+def test_a_step_per_row_draws_each_row_the_noise_of_its_own_step():
+    """Continuous batching samples rows at different positions in one call (step: [b] int64):
+    row i gets, bit for bit, the uniforms of the Python-integer hash at its own step, and
+    sample_next draws what the same row draws alone at that step."""
+    from rlad_megatron.ops.sampling import uniforms
+
+    rows = torch.tensor([0, 1, 12345, 2 ** 40 + 7])
+    steps = torch.tensor([0, 3, 255, 2 ** 33 + 1])
+    for seed in (0, 2 ** 62 + 11):
+        u = uniforms(rows, steps, seed, 300)
+        for i, (row, step) in enumerate(zip(rows.tolist(), steps.tolist())):
+            for token in (0, 17, 299):
+                assert u[i, token].item() == _splitmix_uniform(seed, step, row, token)
+    logits = torch.randn(4, 300, generator=torch.Generator().manual_seed(0))
+    for top_k in (0, 20):  # the unfiltered (row-blocked) and the filtered sampler
+        together = sample_next(logits, temperature=1.0, seed=5, step=steps, row_ids=rows,
+                               vocab_size=300, top_k=top_k)
+        for i in range(4):
+            alone = sample_next(logits[i:i + 1], temperature=1.0, seed=5, step=int(steps[i]),
+                                row_ids=rows[i:i + 1], vocab_size=300, top_k=top_k)
+            assert int(alone.tokens[0]) == int(together.tokens[i])
+            assert alone.logprobs[0].item() == together.logprobs[i].item()
+
+
 def test_left_and_right_padded_and_list_prompts_normalise_alike():
     rows = [[5, 6, 7], [1], [2, 3, 4, 8, 9]]
     right = torch.tensor([[5, 6, 7, 0, 0], [1, 0, 0, 0, 0], [2, 3, 4, 8, 9]])
