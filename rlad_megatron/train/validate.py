@@ -264,9 +264,10 @@ def _teacher_during_rollout(cfg: RunConfig) -> None:
     if not cfg.needs_teacher or cfg.algorithm == "sft_distill":
         raise ValueError(f"teacher.score_during_rollout: algorithm {cfg.algorithm} has no "
                          "teacher scoring pass")
-    if not cfg.rollout.micro_batch_size:
+    if not cfg.rollout.micro_batch_size and cfg.rollout.engine == "static":
         raise ValueError("teacher.score_during_rollout needs rollout.micro_batch_size > 0 "
-                         "(the teacher scores each generation micro-batch)")
+                         "(the teacher scores each generation micro-batch) or "
+                         "rollout.engine=continuous (it scores each group as it stops)")
     if t.offload == "stream":
         raise ValueError("teacher.score_during_rollout: a streamed teacher (teacher.offload="
                          "stream) scores the whole batch layer-major; use one or the other")

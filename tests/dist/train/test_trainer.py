@@ -245,41 +245,46 @@ def test_token_budgets_and_teacher_scoring_during_rollout_train_like_the_plain_r
     finishes) runs the same RLAD training as fixed micro-batches scored after the rollout: the
     same rollouts (response lengths and rewards equal at every step), teacher statistics and
     losses within fp32 round-off, final weights within REL_WEIGHT_BOUND of the distance they
-    moved (SGD: see above), and it logs how much of each pass was real tokens."""
+    moved (SGD: see above), and it logs how much of each pass was real tokens. The continuous
+    rollout engine (3 rows in flight, KV blocks of 8 tokens; the teacher scores each group as it
+    stops) samples the same tokens, so it trains alike too."""
     name = layout[0].split("=")[0].split(".")[1] if layout else "dp"
-    variants = {"plain": [], "budget": ["train.max_tokens_per_micro_batch=40",
-                                        "rollout.micro_batch_size=4",
-                                        "teacher.score_during_rollout=true"]}
+    during = ["train.max_tokens_per_micro_batch=40", "teacher.score_during_rollout=true"]
+    variants = {"plain": [], "budget": [*during, "rollout.micro_batch_size=4"],
+                "continuous": [*during, "rollout.engine=continuous", "rollout.max_live_rows=3",
+                               "rollout.kv_block_size=8"]}
     start = _trained_weights(_config(shared_tmp_path, f"budget_start_{name}", "rlad", *layout,
                                      *SGD, "eval.teacher=false"), steps=False)
     students = {variant: _trained_weights(_config(
         shared_tmp_path, f"budget_{variant}_{name}", "rlad", *layout, *extra, *SGD,
         "eval.teacher=false")) for variant, extra in variants.items()}
     moved = max((p - s).abs().max().item() for p, s in zip(students["plain"], start))
-    diff = max((a - b).abs().max().item() for a, b in zip(students["plain"], students["budget"]))
-    assert_all_ranks(moved > 1e-3 and diff <= REL_WEIGHT_BOUND * moved,
-                     f"final student weights: budget vs plain differ by {diff:.3e}, the weights "
-                     f"moved {moved:.3e} (bound {REL_WEIGHT_BOUND} of it)")
+    for variant in ("budget", "continuous"):
+        diff = max((a - b).abs().max().item() for a, b in zip(students["plain"],
+                                                               students[variant]))
+        assert_all_ranks(moved > 1e-3 and diff <= REL_WEIGHT_BOUND * moved,
+                         f"final student weights: {variant} vs plain differ by {diff:.3e}, the "
+                         f"weights moved {moved:.3e} (bound {REL_WEIGHT_BOUND} of it)")
     ok, detail = True, ""
     if torch.distributed.get_rank() == 0:
         runs = {v: [m for m in _metrics(shared_tmp_path / f"budget_{v}_{name}")
                     if "loss/trrd" in m] for v in variants}
         exact = ("rollout/reward_mean", "rollout/response_len")
         keys = [k for k in runs["plain"][0] if k.split("/")[0] in ("loss", "trrd", "teacher")]
-        diffs = [(m["step"], k, m[k], n[k]) for m, n in zip(runs["budget"], runs["plain"])
-                 for k in keys if abs(m[k] - n[k]) > 1e-4 * max(1.0, abs(n[k]))]
-        diffs += [(m["step"], k, m[k], n[k]) for m, n in zip(runs["budget"], runs["plain"])
-                  for k in exact if m[k] != n[k]]
-        fracs = [(m["throughput/useful_token_frac_logprobs"],
-                  n["throughput/useful_token_frac_logprobs"],
-                  m["throughput/useful_token_frac_update"],
-                  m["throughput/useful_token_frac_teacher"]) for m, n in
-                 zip(runs["budget"], runs["plain"])]
-        ok = not diffs and len(runs["budget"]) == 2 and all(
-            0 < plain <= budget <= 1 and 0 < update <= 1 and 0 < teacher <= 1
-            for budget, plain, update, teacher in fracs) and all(
-            m["time/teacher_during_rollout_s"] > 0 for m in runs["budget"])
-        detail = f"differing (step, key, budget, plain): {diffs[:5]}; fractions {fracs}"
+        for variant in ("budget", "continuous"):
+            pairs = list(zip(runs[variant], runs["plain"]))
+            diffs = [(m["step"], k, m[k], n[k]) for m, n in pairs
+                     for k in keys if abs(m[k] - n[k]) > 1e-4 * max(1.0, abs(n[k]))]
+            diffs += [(m["step"], k, m[k], n[k]) for m, n in pairs for k in exact if m[k] != n[k]]
+            fracs = [(m["throughput/useful_token_frac_logprobs"],
+                      n["throughput/useful_token_frac_logprobs"],
+                      m["throughput/useful_token_frac_update"],
+                      m["throughput/useful_token_frac_teacher"]) for m, n in pairs]
+            ok &= not diffs and len(runs[variant]) == 2 and all(
+                0 < plain <= budget <= 1 and 0 < update <= 1 and 0 < teacher <= 1
+                for budget, plain, update, teacher in fracs) and all(
+                m["time/teacher_during_rollout_s"] > 0 for m in runs[variant])
+            detail += f"{variant}: differing (step, key, it, plain): {diffs[:5]}; fractions {fracs}. "
     assert_all_ranks(ok, detail)
 
 
