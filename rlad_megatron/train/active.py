@@ -58,6 +58,8 @@ RULES: tuple[Rule, ...] = (
          "imitation.gate_explore=true"),
     Rule("teacher.stream_", lambda c: c.teacher.offload == "stream", "teacher.offload=stream"),
     Rule("data.check_steps", lambda c: c.data.format == "compact", "data.format=compact"),
+    Rule("data.system_prompt", lambda c: c.data.format == "chat", "data.format=chat"),
+    Rule("data.answer_prefill", lambda c: c.data.format == "chat", "data.format=chat"),
     Rule("optimizer.adam_", lambda c: c.optimizer.name == "adam", "optimizer.name=adam"),
     Rule("optimizer.sgd_", lambda c: c.optimizer.name == "sgd", "optimizer.name=sgd"),
 )

@@ -14,6 +14,7 @@ from rlad_megatron.train.schema import get, walk
 from rlad_megatron.train.validate import validate_run_config
 
 BASES = ([], ["algorithm=grpo"], ["algorithm=sft"], ["optimizer.name=sgd"],
+         ["data.format=compact"],
          ["rollout.teacher_samples=2", "imitation.gate_aligned=false",
           "imitation.gate_advantage=false", "imitation.gate_explore=false"])
 """Runs in which to look for a field that takes no effect (the defaults use rlad, a resident
@@ -33,6 +34,8 @@ def _other(info):
         return d / 2 + 0.25 if d != 0.5 else 0.375
     if d is None and "float" in info.type:
         return 2.0
+    if d is None and "str" in info.type:
+        return "x"
     if isinstance(d, str):
         return d + "_x"
     raise AssertionError(f"{info.key}: no other value for type {info.type}")
