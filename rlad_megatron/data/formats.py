@@ -18,6 +18,10 @@ read back for the reward.
            requires exactly that chain; the answer code is mapped back to reasoning-gym's
            sentence ("Ann is a knight, Bob is a knave, and ...") for its own scorer.
 
+  answer_prefill (chat): data.answer_prefill, e.g. "<answer>", opens the model's turn, after the
+           rendered prompt; the reward reads prefill + completion. For models that do not write
+           the reward's answer format on their own (docs/own_model.md).
+
 `steps_ok(completion, item)` (compact format) says whether a completion's whole chain is right:
 evaluation reports it as its own row next to the configured (outcome) reward.
 """
@@ -190,6 +194,9 @@ class PromptFormat:
     use_chat_template: bool
     steps_ok: Optional[Callable[[str, PromptItem], bool]] = None
     """(completion, item) -> whether every step of the chain is right; None: not checkable."""
+    prefill: str = ""
+    """chat: text that opens the model's turn after the rendered prompt (data.answer_prefill):
+    the model continues from it; to_reward_text puts it back in front of the completion."""
 
 
 def _compact_reward_text(completion: str, item: PromptItem, check_steps: bool = True) -> str:
@@ -209,22 +216,40 @@ FORMATS = {
 }
 
 
-def get_format(name: str, *, check_steps: bool = True) -> PromptFormat:
+def _prefilled_solution(item: PromptItem, prefill: str) -> str:
+    gold = FORMATS["chat"].solution(item)
+    if not gold.startswith(prefill):
+        raise ValueError(f"data.answer_prefill: {prefill!r} does not begin the gold solution "
+                         f"{gold[:40]!r}, so it has no gold continuation to train on")
+    return gold[len(prefill):]
+
+
+def get_format(name: str, *, check_steps: bool = True, answer_prefill: str = "") -> PromptFormat:
     """The named format; check_steps=False lets the compact format pass any completion's answer
-    to the reward (outcome reward only)."""
+    to the reward (outcome reward only). answer_prefill (chat only): the model's turn opens with
+    it (encode_prompt); the reward reads answer_prefill + completion, and the gold solution
+    (sft) is what follows it."""
     if name not in FORMATS:
         raise ValueError(f"data.format: {name!r} is not one of {', '.join(FORMATS)}")
     fmt = FORMATS[name]
     if name == "compact" and not check_steps:
         fmt = dataclasses.replace(fmt, to_reward_text=functools.partial(
             _compact_reward_text, check_steps=False))
+    if answer_prefill:
+        if not fmt.use_chat_template:
+            raise ValueError(f"data.answer_prefill needs data.format=chat, not {name}")
+        fmt = dataclasses.replace(
+            fmt, prefill=answer_prefill,
+            solution=functools.partial(_prefilled_solution, prefill=answer_prefill),
+            to_reward_text=lambda completion, item: answer_prefill + completion)
     return fmt
 
 
 def encode_prompt(fmt: PromptFormat, tokenizer, item: PromptItem,
                   system: Optional[str] = None) -> list[int]:
-    """Prompt token ids: the chat/plain template for `chat`, bos + raw text for `compact`."""
+    """Prompt token ids: the chat/plain template for `chat` (followed by the prefill, encoded as
+    one text), bos + raw text for `compact`."""
     if fmt.use_chat_template:
-        return tokenizer.encode_prompt(fmt.prompt(item), system)
+        return tokenizer.encode_prompt(fmt.prompt(item), system, prefill=fmt.prefill)
     ids = tokenizer.encode(fmt.prompt(item))
     return ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) + ids

@@ -82,9 +82,11 @@ class Tokenizer(abc.ABC):
     def render_prompt(self, question: str, system: Optional[str] = None) -> str:
         return render_plain_prompt(question, system)
 
-    def encode_prompt(self, question: str, system: Optional[str] = None) -> list[int]:
-        """ids of render_prompt(...), bos first for the plain template (see module docstring)."""
-        text = self.render_prompt(question, system)
+    def encode_prompt(self, question: str, system: Optional[str] = None,
+                      prefill: str = "") -> list[int]:
+        """ids of render_prompt(...) + prefill (text opening the model's turn), bos first for
+        the plain template (see module docstring)."""
+        text = self.render_prompt(question, system) + prefill
         add_bos = not self.has_chat_template and self.bos_id is not None
         return self.encode(text, add_bos=add_bos)
 

@@ -115,8 +115,12 @@ class DataConfig:
     """compact format: a completion reaches the reward only if every step of its chain is right
     (no reward for lucky answers); false = outcome reward on the answer alone."""
     system_prompt: Optional[str] = None
-    """A system message put before every prompt (chat format; compact ignores it); None: the
-    template's default."""
+    """A system message put before every prompt (chat format); None: the template's default."""
+    answer_prefill: str = ""
+    """chat format: text that opens the model's turn after the rendered prompt, e.g. "<answer>":
+    the model continues from it, and it is put back in front of each completion before the reward
+    reads it (sft trains on what follows it in the gold solution). For a model that does not
+    write the reward's answer format by itself (docs/own_model.md). Empty: none."""
     train_size: int = 2000
     """reasoning-gym prompts in the train split (over all levels)."""
     heldout_size: int = 128

@@ -38,7 +38,8 @@ def zero_reward_warning(cfg, steps: int) -> str:
     d = cfg.data
     reward = (f"the reward {d.reward!r} reads the answer from <answer>...</answer> or the last "
               f"\\boxed{{...}} of a completion (data/rewards.py): with data.format=chat the "
-              f"model must be asked for it (data.system_prompt, or a chat template that does)"
+              f"model must be asked for it (data.system_prompt, data.answer_prefill, or a chat "
+              f"template that does)"
               if d.format == "chat" else
               f"with data.format={d.format} only completions that follow the format's steps "
               f"score" + (" (data.check_steps=true)" if d.check_steps else ""))

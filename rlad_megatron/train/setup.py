@@ -282,7 +282,8 @@ def _build(cfg: RunConfig, env: DistEnv, resume_at: Optional[int],
     student_spec = resolve_spec(cfg.student, "student", tok)
     teacher_spec = resolve_spec(cfg.teacher, "teacher", tok) if teacher_needed else None
     check_vocab_fits(student_spec, tok, "student")
-    fmt = get_format(cfg.data.format, check_steps=cfg.data.check_steps)
+    fmt = get_format(cfg.data.format, check_steps=cfg.data.check_steps,
+                     answer_prefill=cfg.data.answer_prefill)
     reward_fn = get_reward(cfg.data.reward)
     splits = load_splits(cfg)
     splits = drop_long_prompts(cfg, splits, tok, fmt, [student_spec, teacher_spec])

@@ -52,3 +52,24 @@ def test_outcome_only_mode_passes_any_answer_to_the_reward():
     lucky = "0+0=0,0+0=0#" + item.answer
     outcome = get_format("compact", check_steps=False)
     assert get_reward("reasoning_gym")(outcome.to_reward_text(lucky, item), item) == 1.0
+
+
+def test_answer_prefill_is_put_back_before_the_reward_and_taken_off_the_gold():
+    """data.answer_prefill: a completion that only closes the prefilled tag scores like one that
+    wrote the whole answer; the gold continuation (sft) is the gold solution after the prefill."""
+    items = reasoning_gym_items("chain_sum", 8, seed=2, config=dict(min_terms=2, max_terms=2,
+                                                                     min_digits=1, max_digits=1))
+    plain, pre = get_format("chat"), get_format("chat", answer_prefill="<answer>")
+    reward = get_reward("reasoning_gym")
+    for item in items:
+        closing = f"{item.answer}</answer>"
+        assert reward(pre.to_reward_text(closing, item), item) == 1.0
+        assert reward(plain.to_reward_text(closing, item), item) == 0.0
+        assert reward(pre.to_reward_text(f"{int(item.answer) + 1}</answer>", item), item) == 0.0
+        assert pre.solution(item) == closing
+        assert pre.solution(item) != plain.solution(item)
+    assert pre.prefill == "<answer>" and plain.prefill == ""
+    with pytest.raises(ValueError, match="data.answer_prefill: 'The answer' does not begin"):
+        get_format("chat", answer_prefill="The answer").solution(items[0])
+    with pytest.raises(ValueError, match="data.answer_prefill needs data.format=chat"):
+        get_format("compact", answer_prefill="<answer>")

@@ -138,6 +138,8 @@ def test_hf_directory_specials_and_chat_template(hf_dir):
         "<|system|>Be brief.\n<|user|>2+2?\n<|assistant|>"
     ids = tok.encode_prompt("2+2?")
     assert ids[0] != tok.bos_id and tok.decode(ids) == "<|user|>2+2?\n<|assistant|>"
+    ids = tok.encode_prompt("2+2?", prefill="<answer>")  # data.answer_prefill
+    assert ids[0] != tok.bos_id and tok.decode(ids) == "<|user|>2+2?\n<|assistant|><answer>"
 
 
 def test_chat_template_that_refuses_system_gets_it_in_the_user_turn(tmp_path, hf_json):
@@ -157,6 +159,8 @@ def test_plain_template_and_bos(mistral):
     assert mistral.render_prompt("2+2?") == PLAIN_PROMPT_TEMPLATE.format(question="2+2?")
     ids = mistral.encode_prompt("2+2?")
     assert ids[0] == 1 and ids[1:] == mistral.encode("Question: 2+2?\nAnswer:")
+    ids = mistral.encode_prompt("2+2?", prefill=" <answer>")
+    assert ids[0] == 1 and mistral.decode(ids) == "Question: 2+2?\nAnswer: <answer>"
 
 
 def test_kind_is_detected_by_content(tmp_path, hf_json, trained_spm):

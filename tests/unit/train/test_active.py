@@ -13,8 +13,12 @@ from rlad_megatron.train.config import RunConfig, load_config
 from rlad_megatron.train.schema import get, walk
 from rlad_megatron.train.validate import validate_run_config
 
-BASES = ([], ["algorithm=grpo"], ["algorithm=sft"], ["optimizer.name=sgd"])
-"""Runs in which to look for a field that takes no effect (the defaults use rlad)."""
+BASES = ([], ["algorithm=grpo"], ["algorithm=sft"], ["optimizer.name=sgd"],
+         ["data.format=compact"],
+         ["rollout.teacher_samples=2", "imitation.gate_aligned=false",
+          "imitation.gate_advantage=false", "imitation.gate_explore=false"])
+"""Runs in which to look for a field that takes no effect (the defaults use rlad, a resident
+teacher and no teacher trajectories)."""
 
 
 def _other(info):
@@ -30,6 +34,8 @@ def _other(info):
         return d / 2 + 0.25 if d != 0.5 else 0.375
     if d is None and "float" in info.type:
         return 2.0
+    if d is None and "str" in info.type:
+        return "x"
     if isinstance(d, str):
         return d + "_x"
     raise AssertionError(f"{info.key}: no other value for type {info.type}")
@@ -60,6 +66,13 @@ def test_every_rule_covers_fields_and_the_loss_selection_imitation_sections_are_
             assert rules_of(info.key), f"{info.key} has no rule saying when it takes effect"
 
 
+def test_every_rule_is_the_one_that_switches_a_field_off_in_some_base_run():
+    """Each rule, not only an outer one (imitation.* without teacher trajectories hides the gates'
+    own rules), is what the parametrized test below sees refusing a field."""
+    seen = {rule.prefix for base in BASES for _, rule in inactive_fields(_config(base))}
+    assert seen == {rule.prefix for rule in RULES}, {r.prefix for r in RULES} - seen
+
+
 @pytest.mark.parametrize("info", COVERED, ids=lambda i: i.key)
 def test_an_option_that_would_be_ignored_is_refused_naming_what_makes_it_count(info):
     refused = 0
@@ -81,13 +94,22 @@ def test_the_issues_cases_are_refused_and_the_active_ones_pass():
                         (["loss.grpo.kl_beta=0.5"], "algorithm=grpo"),
                         (["imitation.weight=5"], r"rollout.teacher_samples > 0 \(here "
                                                  r"rollout.teacher_samples=0\)"),
-                        (["imitation.distill_loss=ratio"], "rollout.teacher_samples > 0")):
+                        (["imitation.distill_loss=ratio"], "rollout.teacher_samples > 0"),
+                        (["rollout.teacher_samples=2", "imitation.gate_aligned=false",
+                          "imitation.tau_align=0.15"], r"imitation.gate_aligned=true \(here "
+                                                       r"imitation.gate_aligned=False\)"),
+                        (["teacher.stream_window=1"], r"teacher.offload=stream \(here "
+                                                      r"teacher.offload=none\)")):
         with pytest.raises(ValueError, match=needs):
             check_active(_config(over))
     for over in (["loss.trrd.kl_beta=0.5"], ["algorithm=grpo", "loss.grpo.kl_beta=0.5"],
                  ["rollout.teacher_samples=2", "imitation.weight=5",
                   "imitation.distill_loss=ratio", "imitation.importance_cap=.inf"],
-                 ["selection.policy=both", "selection.tau_adv=0.2", "selection.tau_align=-1"]):
+                 ["selection.policy=both", "selection.tau_adv=0.2", "selection.tau_align=-1"],
+                 ["rollout.teacher_samples=2", "imitation.tau_align=0.15", "imitation.tau_adv=0",
+                  "imitation.tau_success=1", "imitation.success_reward=0.5"],
+                 ["teacher.offload=stream", "teacher.stream_window=1",
+                  "teacher.stream_activations=host"]):
         check_active(_config(over))
 
 

@@ -132,7 +132,7 @@ def test_missing_config_file_is_named(tmp_path):
      r"loss.kdrl.beta_min: 0.1 must be in \[0"),
     ({"data.source": "/no/such.jsonl"}, 1, r"data.source: /no/such.jsonl is neither"),
     ({"teacher.offload": "disk"}, 1, r"teacher.offload: 'disk' is not one of none, stream"),
-    ({"teacher.stream_window": 0}, 1,
+    ({"teacher.offload": "stream", "teacher.stream_window": 0}, 1,
      r"teacher.stream_window must be >= 1, got 0"),
     ({"teacher.stream_activations": "nvme"}, 1, r"teacher.stream_activations: 'nvme' is not"),
     ({"teacher.offload": "stream", "rollout.teacher_samples": 2, "eval.teacher": False,
