@@ -94,10 +94,13 @@ def model_state_key(index: int, num_chunks: int) -> str:
     return "model" if num_chunks == 1 else f"model{index}"
 
 
-def model_sharded_state_dict(chunks) -> dict:
-    """{"model": ...} or {"model0": ..., "model1": ...} of megatron sharded tensors."""
+def model_sharded_state_dict(chunks, dp_group=None) -> dict:
+    """{"model": ...} or {"model0": ..., "model1": ...} of megatron sharded tensors. dp_group:
+    the model's data-parallel group when it is not megatron's global one (a teacher on its own
+    layout); it sets the replica ids, which megatron otherwise reads from the globals."""
     modules = [getattr(c, "module", c) for c in chunks]
-    return {model_state_key(i, len(modules)): m.sharded_state_dict()
+    meta = {} if dp_group is None else {"metadata": {"dp_cp_group": dp_group}}
+    return {model_state_key(i, len(modules)): m.sharded_state_dict(**meta)
             for i, m in enumerate(modules)}
 
 
@@ -207,10 +210,12 @@ def load(path: str | Path, sharded_state_dict: dict, *, iteration: Optional[int]
     return dist_checkpointing.load(sharded_state_dict, str(folder), strict=strict)
 
 
-def load_model(path: str | Path, chunks, *, iteration: Optional[int] = None) -> Path:
-    """Load model weights (any TP/PP/VPP of the writer) into `chunks`; returns the folder."""
+def load_model(path: str | Path, chunks, *, iteration: Optional[int] = None,
+               dp_group=None) -> Path:
+    """Load model weights (any TP/PP/VPP of the writer) into `chunks`; returns the folder.
+    dp_group: see model_sharded_state_dict."""
     folder = resolve(path, iteration)
-    state = load(folder, model_sharded_state_dict(chunks))
+    state = load(folder, model_sharded_state_dict(chunks, dp_group))
     modules = [getattr(c, "module", c) for c in chunks]
     for i, module in enumerate(modules):
         module.load_state_dict(state[model_state_key(i, len(modules))], strict=True)

@@ -27,6 +27,7 @@ from rlad_megatron.models.build import OptimizerSettings
 from rlad_megatron.models.config import DTYPES
 from rlad_megatron.models.teacher_stream import ACTIVATION_PLACES, OFFLOAD_MODES
 from rlad_megatron.runtime.parallel import ParallelConfig
+from rlad_megatron.runtime.teacher_parallel import TeacherParallelConfig
 from rlad_megatron.train.algorithm_config import (AdvantageConfig, ImitationConfig, LossConfig,
                                                   SelectionConfig, choice)
 from rlad_megatron.train.on_policy import OLD_LOGPROBS_MODES
@@ -88,6 +89,13 @@ class TeacherConfig(ModelConfig):
     second CUDA stream beside the next micro-batch's decoding; on CPU the two interleave. The
     log-probs are the same. Needs rollout.micro_batch_size > 0; not with offload=stream (scored
     layer-major over the whole batch) or rollout.teacher_samples (teacher rows come later)."""
+    parallel: TeacherParallelConfig = field(default_factory=TeacherParallelConfig)
+    """The teacher's own TP / PP / VPP sizes (runtime/teacher_parallel.py), e.g. a wide-TP teacher
+    beside a student with little model parallelism; 0 / null: the student's (the default: both
+    share one layout and its groups). On its own layout the teacher only scores the student's
+    rows, exchanged between the layouts by models/teacher_layout.py; validated: not with
+    teacher.offload=stream, teacher.score_during_rollout, rollout.teacher_samples, sft_distill
+    or eval.teacher (all of which run the teacher on the student's layout)."""
 
 
 @dataclass

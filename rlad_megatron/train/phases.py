@@ -27,6 +27,7 @@ from rlad_megatron.data.selection import gate_trajectories, select_teacher_token
 from rlad_megatron.data.tasks import PromptItem
 from rlad_megatron.losses import check_teacher_logprobs, kdrl_beta
 from rlad_megatron.models.forward import forward_logprobs
+from rlad_megatron.models.teacher_layout import layout_logprobs
 from rlad_megatron.models.teacher_stream import StreamedTeacher, streamed_logprobs
 from rlad_megatron.rollout import GenerationConfig, generate
 from rlad_megatron.runtime import agree_or_raise, devices
@@ -205,6 +206,11 @@ def logprobs(run: Run, model, tokens: torch.Tensor, *, fused: bool,
     over the micro-batches of `plan` (micro_batches). A teacher streamed from host memory
     (teacher.offload=stream) is scored layer-major."""
     temperature = run.cfg.rollout.temperature
+    if model.par.detached:  # a teacher on its own layout (teacher.parallel): every stage gets it
+        t = run.cfg.train
+        return layout_logprobs(model, run.par, tokens, plan=plan, temperature=temperature,
+                               micro_batch_size=t.micro_batch_size,
+                               max_tokens=t.max_tokens_per_micro_batch)
     if isinstance(model, StreamedTeacher):
         lp = streamed_logprobs(model, tokens, plan=plan, temperature=temperature)
     else:

@@ -68,6 +68,8 @@ def validate_run_config(cfg: RunConfig, world_size: int = 1, check_files: bool =
     _imitation(cfg)
     _teacher_offload(cfg)
     _teacher_during_rollout(cfg)
+    if cfg.needs_teacher:
+        _teacher_parallel(cfg, world_size)
     _old_logprobs(cfg)
     if cfg.needs_teacher:
         _model(cfg, "teacher", check_files)
@@ -281,3 +283,39 @@ def _teacher_offload(cfg: RunConfig) -> None:
     if cfg.eval.teacher and cfg.eval.at_start:
         raise ValueError("teacher.offload=stream: eval.teacher=true evaluates the teacher by "
                          "generation, which a streamed teacher does not do; set eval.teacher=false")
+
+
+def _teacher_parallel(cfg: RunConfig, world_size: int) -> None:
+    """teacher.parallel: a teacher on its own layout only scores the student's rows
+    (models/teacher_layout.py); whatever would run it on the student's layout is refused."""
+    tp = cfg.teacher.parallel
+    tp.validate(cfg.parallel, world_size)
+    if not tp.is_own(cfg.parallel):
+        return
+    mine = tp.resolve(cfg.parallel)
+    why = "runs the teacher on the student's layout; leave teacher.parallel at the student's"
+    for on, what in ((cfg.teacher.offload == "stream", "teacher.offload=stream"),
+                     (cfg.teacher.score_during_rollout, "teacher.score_during_rollout=true"),
+                     (cfg.rollout.teacher_samples > 0,
+                      f"rollout.teacher_samples={cfg.rollout.teacher_samples}"),
+                     (cfg.algorithm == "sft_distill", "algorithm=sft_distill"),
+                     (cfg.eval.teacher and cfg.eval.at_start, "eval.teacher=true")):
+        if on:
+            raise ValueError(f"teacher.parallel (teacher tensor={mine.tensor} pipeline="
+                             f"{mine.pipeline}, student tensor={cfg.parallel.tensor} pipeline="
+                             f"{cfg.parallel.pipeline}): {what} {why}, or turn it off")
+    rows = cfg.rollout.prompts_per_step * cfg.rollout.group_size
+    teacher_dp = world_size // (mine.tensor * mine.pipeline)
+    _raise(data_parallel_problem("rollout.prompts_per_step * rollout.group_size", rows,
+                                 teacher_dp, " of the teacher (teacher.parallel)"))
+    if (mine.virtual_pipeline or 1) > 1:
+        if cfg.train.max_tokens_per_micro_batch:
+            raise ValueError("teacher.parallel.virtual_pipeline: not with "
+                             "train.max_tokens_per_micro_batch (see train/step.py "
+                             "micro_batch_plan)")
+        count = -(-(rows // teacher_dp) // cfg.train.micro_batch_size)
+        if count % mine.pipeline:
+            raise ValueError(f"teacher.parallel.virtual_pipeline: the teacher's {count} "
+                             f"micro-batches per rank (rollout rows / teacher data-parallel "
+                             f"size / train.micro_batch_size) must be a multiple of "
+                             f"teacher.parallel.pipeline={mine.pipeline}")

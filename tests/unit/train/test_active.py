@@ -30,6 +30,8 @@ def _other(info):
         return d / 2 + 0.25 if d != 0.5 else 0.375
     if d is None and "float" in info.type:
         return 2.0
+    if d is None and "int" in info.type:
+        return 2
     if isinstance(d, str):
         return d + "_x"
     raise AssertionError(f"{info.key}: no other value for type {info.type}")
