@@ -1,0 +1,78 @@
+"""`rlad train` with the teacher on its own layout (teacher.parallel) against the same run with
+the teacher on the student's layout: the same rollouts (rewards and response lengths equal at
+every step), teacher and loss statistics within fp32 round-off, and final student weights within
+REL_WEIGHT_BOUND of the distance they moved (SGD, for the reason given in test_trainer.py).
+
+A failure here with tests/dist/models/test_teacher_layout.py passing points at the wiring in
+train/ (setup building the teacher's groups, phases.logprobs routing through the row exchange)."""
+
+import json
+
+import pytest
+import torch
+
+from distributed_helpers import assert_all_ranks
+from tiny_runs import char_tokenizer, tiny_overrides
+from rlad_megatron.runtime import destroy_parallel
+from rlad_megatron.train.config import load_config
+from rlad_megatron.train.loop import train
+from rlad_megatron.train.setup import setup
+
+SGD = ["optimizer.name=sgd", "optimizer.lr=0.5"]
+REL_WEIGHT_BOUND = 1e-4
+"""max |w_own - w_shared| / max |w_shared - w_start|: fp32 round-off through SGD steps (the
+teacher's log-probs differ between TP=1 and TP=2 by ~1e-6, test_teacher_layout.py)."""
+
+
+def _run(tmp, name, *extra, steps=True):
+    cfg = load_config(None, tiny_overrides(char_tokenizer(tmp), tmp / name, "rlad")
+                      + [*SGD, "eval.teacher=false", *extra])
+    run = setup(cfg)
+    if steps:
+        train(cfg, run)
+    weights = [p.detach().clone() for m in run.student.modules for p in m.parameters()]
+    detached = run.teacher.par.detached
+    destroy_parallel()
+    return weights, detached
+
+
+def _metrics(run_dir):
+    return [m for m in (json.loads(line) for line in
+                        (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss/trrd" in m]
+
+
+@pytest.mark.parametrize("student,teacher", [
+    ([], ["teacher.parallel.tensor=2"]),
+    (["parallel.tensor=2"], ["teacher.parallel.tensor=1"]),
+], ids=["student-dp2_teacher-tp2", "student-tp2_teacher-tp1"])
+def test_rlad_with_teacher_on_its_own_layout_trains_like_the_shared_layout(
+        shared_tmp_path, student, teacher):
+    name = "own_" + "_".join(s.replace("teacher.parallel.", "teacher_").replace("parallel.", "")
+                             .replace("=", "") for s in student + teacher)
+    start, _ = _run(shared_tmp_path, f"{name}_start", *student, steps=False)
+    shared, shared_detached = _run(shared_tmp_path, f"{name}_shared", *student)
+    own, own_detached = _run(shared_tmp_path, f"{name}_own", *student, *teacher)
+    assert_all_ranks(own_detached and not shared_detached,
+                     f"teacher groups: own layout detached={own_detached}, shared "
+                     f"detached={shared_detached}")
+    moved = max((p - s).abs().max().item() for p, s in zip(shared, start))
+    diff = max((a - b).abs().max().item() for a, b in zip(shared, own))
+    assert_all_ranks(moved > 1e-3 and diff <= REL_WEIGHT_BOUND * moved,
+                     f"final student weights: own vs shared teacher layout differ by {diff:.3e}, "
+                     f"the weights moved {moved:.3e} (bound {REL_WEIGHT_BOUND} of it)")
+    ok, detail = True, ""
+    if torch.distributed.get_rank() == 0:
+        runs = {v: _metrics(shared_tmp_path / f"{name}_{v}") for v in ("shared", "own")}
+        exact = ("rollout/reward_mean", "rollout/response_len")
+        keys = [k for k in runs["shared"][0] if k.split("/")[0] in ("loss", "trrd", "teacher")]
+        diffs = [(m["step"], k, m[k], n[k]) for m, n in zip(runs["own"], runs["shared"])
+                 for k in keys if abs(m[k] - n[k]) > 1e-4 * max(1.0, abs(n[k]))]
+        diffs += [(m["step"], k, m[k], n[k]) for m, n in zip(runs["own"], runs["shared"])
+                  for k in exact if m[k] != n[k]]
+        worst = max((abs(m[k] - n[k]) for m, n in zip(runs["own"], runs["shared"])
+                     for k in keys), default=0.0)
+        ok = not diffs and len(runs["own"]) == 2 and "teacher/logprob_mean" in keys
+        detail = (f"differing (step, key, own, shared): {diffs[:5]}; max |diff| over "
+                  f"{len(keys)} logged statistics {worst:.2e}; weights {diff:.2e} of {moved:.2e}")
+        print(f"[{name}] {detail}")
+    assert_all_ranks(ok, detail)
