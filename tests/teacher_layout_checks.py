@@ -17,6 +17,7 @@ from distributed_helpers import assert_all_ranks, assert_close_all_ranks
 from model_checks import LOGPROB_ATOL, LOGPROB_RTOL, load_weights, random_tokens, tiny_spec
 from reference_llama import random_hf_weights, token_logprobs_and_entropy
 from rlad_megatron.data.micro_batches import token_budget_plan
+from rlad_megatron.models import checkpoint as mckpt
 from rlad_megatron.models.build import build_teacher
 from rlad_megatron.models.forward import forward_logprobs
 from rlad_megatron.models.teacher_layout import layout_logprobs
@@ -87,3 +88,26 @@ def check_teacher_layout(student, teacher_cfg: TeacherParallelConfig, *, arch="t
     assert_close_all_ranks(lp, base, rtol=LOGPROB_RTOL, atol=LOGPROB_ATOL,
                            what=f"{what}: own layout vs shared layout")
     return lp, ref
+
+
+def check_teacher_checkpoint(student, teacher_cfg: TeacherParallelConfig, root, *,
+                             arch="tiny-qwen3", vocab=250, temperature=1.0):
+    """Save a teacher at the student's layout, load it into the teacher's own layout (globals
+    unset), and compare its log-probs of the student's rows with float64."""
+    spec = tiny_spec(arch, vocab_size=vocab)
+    weights = random_hf_weights(spec, seed=11)
+    writer = build_teacher(spec, student)
+    load_weights(writer, weights)
+    mckpt.save(root, 1, mckpt.model_sharded_state_dict(writer.chunks), spec=spec)
+    student_cfg = ParallelConfig(tensor=student.tp, pipeline=student.pp,
+                                 virtual_pipeline=student.vpp)
+    tpar = init_teacher_parallel(teacher_cfg, student_cfg, student)
+    own = build_teacher(spec, tpar)
+    rows = student_rows(spec, student)
+    with globals_unset():
+        mckpt.load_model(root, own.chunks, par=tpar)
+        lp = layout_logprobs(own, student, rows, micro_batch_size=1, temperature=temperature)
+    ref, _ = token_logprobs_and_entropy(spec, weights, rows, temperature)
+    assert_close_all_ranks(lp, ref, rtol=LOGPROB_RTOL, atol=LOGPROB_ATOL,
+                           what=f"teacher {tpar.describe()} loaded from a checkpoint saved at "
+                                f"{student.describe()}: log-probs vs float64")

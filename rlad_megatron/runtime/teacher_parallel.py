@@ -20,6 +20,7 @@ Not yet here: sequence parallelism and context parallelism for the teacher (size
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -128,3 +129,19 @@ def init_teacher_parallel(cfg: TeacherParallelConfig, student_cfg: ParallelConfi
                     dp_rank=dp_rank, tp_group=groups["tp"], pp_group=groups["pp"],
                     dp_group=groups["dp"], pg_collection=pgs, sequence_parallel=False,
                     seed=student.seed, detached=True)
+
+
+@contextlib.contextmanager
+def replica_ids_of(par: Parallel):
+    """Checkpoint replica ids from `par`'s data-parallel rank, for a model on its own groups:
+    megatron-core 0.16.1 reads the global DP rank for the replica id of a tied output weight on
+    the last pipeline stage (LanguageModule.tie_embeddings_and_output_weights_state_dict), so
+    megatron's own override (set_data_parallel_rank) holds the teacher's rank meanwhile."""
+    from megatron.core import parallel_state as ps
+
+    before = ps._MPU_DATA_PARALLEL_RANK
+    ps.set_data_parallel_rank(par.dp_rank)
+    try:
+        yield
+    finally:
+        ps.set_data_parallel_rank(before)

@@ -153,8 +153,7 @@ def check_vocab_fits(spec: ModelSpec, tok: Tokenizer, role: str) -> None:
 def init_weights(model: BuiltModel, m: ModelConfig, seed: int) -> Optional[str]:
     """Load the configured checkpoint, or layout-invariant random weights (random_init)."""
     if m.checkpoint:
-        own = model.par.dp_group if model.par.detached else None  # teacher.parallel
-        return str(mckpt.load_model(m.checkpoint, model.chunks, dp_group=own))
+        return str(mckpt.load_model(m.checkpoint, model.chunks, par=model.par))
     weights = random_hf_weights(model.spec, seed=seed)
     load_hf_tensors(model.chunks, weights.__getitem__, spec=model.spec, tp=model.par.tp,
                     tp_rank=model.par.tp_rank, padded_vocab=model.padded_vocab_size)

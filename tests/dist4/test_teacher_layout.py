@@ -5,7 +5,7 @@ teacher's pass (tests/teacher_layout_checks.py)."""
 
 import pytest
 
-from teacher_layout_checks import check_teacher_layout
+from teacher_layout_checks import check_teacher_checkpoint, check_teacher_layout
 from rlad_megatron.runtime.teacher_parallel import TeacherParallelConfig
 
 # TP=4 needs 4 query groups (the tiny presets have 2): 8 heads of 16, 4 query groups
@@ -29,3 +29,9 @@ def test_teacher_tp1_pp2_vpp2_beside_student_tp2_pp2(parallel):
     # 4 rows over the teacher's 2 DP ranks: 2 micro-batches each, a multiple of its PP
     check_teacher_layout(parallel, TeacherParallelConfig(tensor=1, pipeline=2, virtual_pipeline=2),
                          b_per_rank=4)
+
+
+@pytest.mark.parametrize("parallel", [(1, 1)], indirect=True, ids=["student-dp4"])
+def test_teacher_pp2_tp2_loads_a_checkpoint_saved_at_tp1_pp1(parallel, shared_tmp_path):
+    check_teacher_checkpoint(parallel, TeacherParallelConfig(tensor=2, pipeline=2),
+                             shared_tmp_path / "teacher_tp1")

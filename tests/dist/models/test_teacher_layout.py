@@ -9,7 +9,7 @@ usually means the row exchange (models/teacher_layout.py) put rows in the wrong 
 import pytest
 
 from distributed_helpers import assert_all_ranks
-from teacher_layout_checks import check_teacher_layout
+from teacher_layout_checks import check_teacher_checkpoint, check_teacher_layout
 from rlad_megatron.runtime import ParallelConfig
 from rlad_megatron.runtime.teacher_parallel import TeacherParallelConfig, init_teacher_parallel
 
@@ -38,3 +38,13 @@ def test_teacher_layout_equal_to_student_shares_its_parallel(parallel):
                                      ParallelConfig(tensor=1, pipeline=2), parallel)
     assert_all_ranks(same is parallel and explicit is parallel,
                      "a teacher layout equal to the student's must share its Parallel")
+
+
+@pytest.mark.parametrize("parallel", [(1, 1)], indirect=True, ids=["student-dp2"])
+@pytest.mark.parametrize("teacher", [TeacherParallelConfig(tensor=2),
+                                     TeacherParallelConfig(pipeline=2)], ids=["tp2", "pp2"])
+def test_teacher_loads_a_checkpoint_saved_at_another_layout(parallel, teacher, shared_tmp_path):
+    """A torch_dist checkpoint written at TP=1 / PP=1 (the student's layout here) reshards on load
+    into the teacher's own TP=2 or PP=2 chunks, with megatron's globals unset (checkpoint replica
+    ids are one of the traps that read them)."""
+    check_teacher_checkpoint(parallel, teacher, shared_tmp_path / f"ckpt_{teacher.tensor}")
