@@ -286,20 +286,21 @@ def _teacher_offload(cfg: RunConfig) -> None:
 
 
 def _teacher_parallel(cfg: RunConfig, world_size: int) -> None:
-    """teacher.parallel: a teacher on its own layout only scores the student's rows
-    (models/teacher_layout.py); whatever would run it on the student's layout is refused."""
+    """teacher.parallel: a teacher on its own layout scores the student's rows
+    (models/teacher_layout.py) and evaluates itself; the teacher's other passes (streaming,
+    scoring during the rollout, generating trajectories or traces) are refused."""
     tp = cfg.teacher.parallel
     tp.validate(cfg.parallel, world_size)
     if not tp.is_own(cfg.parallel):
         return
     mine = tp.resolve(cfg.parallel)
-    why = "runs the teacher on the student's layout; leave teacher.parallel at the student's"
+    why = ("is not supported with a teacher on its own layout yet; leave teacher.parallel at "
+           "the student's")
     for on, what in ((cfg.teacher.offload == "stream", "teacher.offload=stream"),
                      (cfg.teacher.score_during_rollout, "teacher.score_during_rollout=true"),
                      (cfg.rollout.teacher_samples > 0,
                       f"rollout.teacher_samples={cfg.rollout.teacher_samples}"),
-                     (cfg.algorithm == "sft_distill", "algorithm=sft_distill"),
-                     (cfg.eval.teacher and cfg.eval.at_start, "eval.teacher=true")):
+                     (cfg.algorithm == "sft_distill", "algorithm=sft_distill")):
         if on:
             raise ValueError(f"teacher.parallel (teacher tensor={mine.tensor} pipeline="
                              f"{mine.pipeline}, student tensor={cfg.parallel.tensor} pipeline="

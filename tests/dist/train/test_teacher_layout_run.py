@@ -6,6 +6,7 @@ REL_WEIGHT_BOUND of the distance they moved (SGD, for the reason given in test_t
 A failure here with tests/dist/models/test_teacher_layout.py passing points at the wiring in
 train/ (setup building the teacher's groups, phases.logprobs routing through the row exchange)."""
 
+import contextlib
 import json
 
 import pytest
@@ -76,3 +77,27 @@ def test_rlad_with_teacher_on_its_own_layout_trains_like_the_shared_layout(
                   f"{len(keys)} logged statistics {worst:.2e}; weights {diff:.2e} of {moved:.2e}")
         print(f"[{name}] {detail}")
     assert_all_ranks(ok, detail)
+
+
+def test_teacher_evaluation_on_its_own_layout_draws_the_same_samples(shared_tmp_path):
+    """eval.teacher with teacher.parallel: the teacher generates on its own groups (its DP ranks
+    split the prompts, its TP group samples; megatron's globals unset meanwhile) and draws the
+    same samples for every prompt as on the student's layout."""
+    from teacher_layout_checks import globals_unset
+    from rlad_megatron.train.evaluate import eval_items, evaluate
+
+    out = {}
+    for name, extra in (("shared", []), ("own", ["teacher.parallel.tensor=2"])):
+        cfg = load_config(None, tiny_overrides(char_tokenizer(shared_tmp_path),
+                                               shared_tmp_path / f"teacher_eval_{name}", "rlad")
+                          + ["eval.num_prompts=0", "data.heldout_size=6", *extra])
+        run = setup(cfg)
+        with globals_unset() if extra else contextlib.nullcontext():
+            metrics, _, records = evaluate(run, run.teacher, eval_items(run), prefix="t")
+        out[name] = (metrics, records, run.teacher.par.detached)
+        destroy_parallel()
+    (m_s, r_s, d_s), (m_o, r_o, d_o) = out["shared"], out["own"]
+    assert_all_ranks(d_o and not d_s and len(r_s) == 6 and r_s == r_o and m_s == m_o,
+                     f"teacher evaluation differs between its own and the shared layout: "
+                     f"{r_o} vs {r_s}")
+    assert_all_ranks(0 < m_s["t/response_len"] < 10, f"{m_s}")

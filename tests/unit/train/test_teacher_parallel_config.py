@@ -17,7 +17,7 @@ def _config(*over):
     return load_config(None, ["student.preset=tiny-llama", "student.random_init=true",
                               "teacher.preset=tiny-llama", "teacher.random_init=true",
                               "rollout.prompts_per_step=8", "rollout.group_size=2",
-                              "eval.teacher=false", "train.micro_batch_size=2", *over])
+                              "train.micro_batch_size=2", *over])
 
 
 def test_default_is_the_students_layout_and_zero_fields_take_the_students_values():
@@ -60,7 +60,6 @@ def test_own_layout_accepted_where_it_divides_the_world():
       "rollout.micro_batch_size=2"], 2, "teacher.score_during_rollout"),
     (["teacher.parallel.tensor=2", "rollout.teacher_samples=1"], 2, "rollout.teacher_samples"),
     (["teacher.parallel.tensor=2", "algorithm=sft_distill"], 2, "algorithm=sft_distill"),
-    (["teacher.parallel.tensor=2", "eval.teacher=true"], 2, "eval.teacher"),
     (["parallel.tensor=2", "teacher.parallel.tensor=1", "rollout.prompts_per_step=6",
       "rollout.group_size=3", "train.micro_batch_size=1"], 4,
      r"rollout.prompts_per_step \* rollout.group_size = 18 is not divisible by the "
