@@ -21,6 +21,7 @@ from rlad_megatron.models import checkpoint as mckpt
 from rlad_megatron.models.build import build_teacher
 from rlad_megatron.models.forward import forward_logprobs
 from rlad_megatron.models.teacher_layout import layout_logprobs
+from rlad_megatron.models.teacher_stream import stream_teacher
 from rlad_megatron.runtime import ParallelConfig
 from rlad_megatron.runtime.teacher_parallel import TeacherParallelConfig, init_teacher_parallel
 
@@ -53,8 +54,10 @@ def student_rows(spec, student, *, b_per_rank=2, s=12):
 
 
 def check_teacher_layout(student, teacher_cfg: TeacherParallelConfig, *, arch="tiny-llama",
-                         vocab=250, temperature=0.9, spec_kw=None, max_tokens=0, b_per_rank=2):
-    """student: the `parallel` fixture's Parallel; teacher_cfg: the teacher's own sizes."""
+                         vocab=250, temperature=0.9, spec_kw=None, max_tokens=0, b_per_rank=2,
+                         streamed=False):
+    """student: the `parallel` fixture's Parallel; teacher_cfg: the teacher's own sizes;
+    streamed: the teacher's layers in host memory (teacher.offload=stream)."""
     spec = tiny_spec(arch, vocab_size=vocab, **(spec_kw or {}))
     weights = random_hf_weights(spec, seed=5)
     student_cfg = ParallelConfig(tensor=student.tp, pipeline=student.pp,
@@ -64,6 +67,8 @@ def check_teacher_layout(student, teacher_cfg: TeacherParallelConfig, *, arch="t
                      f"teacher layout {teacher_cfg} should have groups of its own")
     own = build_teacher(spec, tpar)
     load_weights(own, weights)
+    if streamed:
+        own = stream_teacher(own, window=1)
     shared = build_teacher(spec, student)
     load_weights(shared, weights)
 

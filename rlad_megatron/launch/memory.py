@@ -237,6 +237,8 @@ def estimate(teacher: ModelSpec, student: ModelSpec, tp: int, pp: int, dp: int,
     teacher at teacher_tp x teacher_pp when it has its own layout, teacher.parallel)."""
     t_tp, t_pp = teacher_tp or tp, teacher_pp or pp
     own = (t_tp, t_pp) != (tp, pp)
+    t_rows = (w.prompts_per_step * w.group_size // (tp * pp * dp // (t_tp * t_pp)) if own
+              else w.sequences_per_rank(dp))  # rows the teacher scores on this rank
     b_s, b_t = DTYPE_BYTES[w.student_dtype], DTYPE_BYTES[w.teacher_dtype]
     p_s, p_t = stage_parameters(student, tp, pp), teacher_device_parameters(teacher, t_tp, t_pp, w)
     optimizer_bytes = (12 if b_s == 2 else 8) / (dp if w.distributed_optimizer else 1)
@@ -260,8 +262,8 @@ def estimate(teacher: ModelSpec, student: ModelSpec, tp: int, pp: int, dp: int,
         activations_recompute=layers * in_flight * kept_input + a_layer,
         logits=tokens * vocab_shard * 2 * b_s,
         logprob_chunk=min(chunk, tokens) * vocab_shard * 4,
-        teacher_activations=(w.sequences_per_rank(dp) * w.seq_len * teacher.hidden_size * b_t
-                             // (tp if w.sequence_parallel else 1)
+        teacher_activations=(t_rows * w.seq_len * teacher.hidden_size * b_t
+                             // (tp if w.sequence_parallel and not own else 1)
                              if w.teacher_offload == "stream" else 0),
         kv_cache=(2 * layers * kv_heads * student.head_dim * w.seq_len
                   * w.rollout_batch(dp) * b_s),

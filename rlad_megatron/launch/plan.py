@@ -29,8 +29,8 @@ the teacher's TP x PP separately from the student's, beside the shared layouts, 
 best shared layout next to the chosen one; `--teacher-tp/--teacher-pp` (or the run config's
 teacher.parallel) fix the teacher's. Each model is then checked against its own sizes, the
 teacher's DP must divide the step's rows (prompts_per_step * group_size), its weights count at
-its own TP x PP, and the step adds the row exchange (launch/step_time.py). A streamed teacher
-keeps the student's layout.
+its own TP x PP (a streamed one's host copies too), and the step adds the row exchange
+(launch/step_time.py).
 """
 
 from __future__ import annotations
@@ -242,9 +242,6 @@ def _own_teacher_problems(req: PlanRequest, tp: int, pp: int, t_tp: int, t_pp: i
             problems.append(data_parallel_problem(
                 "rollout.prompts_per_step * rollout.group_size", rows,
                 req.world // (size * stages), " of the teacher (teacher.parallel)"))
-    if req.workload.teacher_offload == "stream":
-        problems.append("teacher.parallel: a streamed teacher (teacher.offload=stream) shares "
-                        "the student's layout")
     return [p for p in problems if p]
 
 

@@ -135,10 +135,10 @@ def estimate_step(teacher: ModelSpec, student: ModelSpec, tp: int, pp: int, dp: 
     student_compute = passes * p_s * tokens / (tp * pp) / rate
     teacher_compute = 2 * p_t * t_rows * w.seq_len / (t_tp * t_pp) / rate
     if w.teacher_offload == "stream":
-        layer_bytes = layer_parameters(teacher, tp) * b_t
-        copy = teacher.num_layers // pp * layer_bytes / (hw.host_to_device_gbps * 1e9)
+        layer_bytes = layer_parameters(teacher, t_tp) * b_t
+        copy = teacher.num_layers // t_pp * layer_bytes / (hw.host_to_device_gbps * 1e9)
         one = layer_bytes / (hw.host_to_device_gbps * 1e9)
-        teacher_forward = pp * (max(teacher_compute, copy) + one)
+        teacher_forward = t_pp * (max(teacher_compute, copy) + one)
         pipelined = student_compute
     else:
         teacher_forward = teacher_compute
@@ -154,7 +154,7 @@ def estimate_step(teacher: ModelSpec, student: ModelSpec, tp: int, pp: int, dp: 
             tp_comm += spec.num_layers / stages * count * n_micro * one_ar
 
     pp_bubble = (pp - 1) / m * pipelined if pp > 1 else 0.0
-    if own and t_pp > 1:
+    if own and t_pp > 1 and w.teacher_offload != "stream":  # streamed: stages in turn above
         pp_bubble += (t_pp - 1) / max(1.0, t_rows / w.micro_rows) * teacher_compute
     gbps = hw.inter_node_gbps if tp * dp > gpus_per_node else hw.intra_node_gbps
     dp_allreduce = w.mini_batches * _allreduce_s(p_s / (tp * pp) * 4, dp, gbps, hw)

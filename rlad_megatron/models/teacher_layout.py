@@ -9,7 +9,8 @@ rows move:
              the world, padded to the largest [b, s]); the global row order is student DP rank 0's
              rows, then rank 1's, ...
     score    teacher DP rank e scores the contiguous slice e of the B global rows through its own
-             model-parallel group (forward_logprobs, fused: no [b, s, V] logits)
+             model-parallel group (forward_logprobs, fused: no [b, s, V] logits; a streamed
+             teacher, teacher.offload=stream, layer-major with streamed_logprobs)
     scatter  the teacher's last pipeline stage, TP rank 0, of each teacher DP rank writes its
              slice into a zero [B, S] fp32 buffer; one all-reduce (sum) over the world completes
              it (each row written by exactly one rank: exact), and every student rank keeps its
@@ -17,7 +18,8 @@ rows move:
 
 Only token ids and [b, s] log-probs cross ranks, never logits. Cost per step: an all-gather of
 world x B_max x S_max int64 ids and an all-reduce of B x S fp32 (a point-to-point exchange would
-move less; this keeps one collective each way).
+move less; this keeps one collective each way). With teacher.score_during_rollout the exchange
+runs once per generation micro-batch (every student DP rank generates as many).
 
 Micro-batches: the teacher cuts its own rows (fixed micro_batch_size rows at the widest row's
 width, or token budgets over the rows' widths); positions at or past a row's width in the
@@ -34,6 +36,7 @@ import torch.distributed as dist
 from rlad_megatron.data.micro_batches import MicroBatchPlan, fixed_plan, token_budget_plan
 from rlad_megatron.models.build import BuiltModel
 from rlad_megatron.models.forward import forward_logprobs
+from rlad_megatron.models.teacher_stream import StreamedTeacher, streamed_logprobs
 from rlad_megatron.runtime import devices
 from rlad_megatron.runtime.parallel import Parallel
 
@@ -96,11 +99,14 @@ def layout_logprobs(teacher: BuiltModel, student: Parallel, tokens: torch.Tensor
     n = total // tpar.dp
     lo = tpar.dp_rank * n
     mine = all_tokens[lo:lo + n]
-    lp = forward_logprobs(teacher, mine,
-                          plan=_teacher_plan(all_widths[lo:lo + n], s_max,
-                                             micro_batch_size=micro_batch_size,
-                                             max_tokens=max_tokens),
-                          temperature=temperature, fused=True, chunk_size=chunk_size)
+    plan = _teacher_plan(all_widths[lo:lo + n], s_max, micro_batch_size=micro_batch_size,
+                         max_tokens=max_tokens)
+    if isinstance(teacher, StreamedTeacher):  # teacher.offload=stream: layer-major, same numbers
+        lp = streamed_logprobs(teacher, mine, plan=plan, temperature=temperature,
+                               chunk_size=chunk_size)
+    else:
+        lp = forward_logprobs(teacher, mine, plan=plan, temperature=temperature, fused=True,
+                              chunk_size=chunk_size)
     out = torch.zeros(total, s_max, dtype=torch.float32)
     if tpar.is_last_stage and tpar.tp_rank == 0:
         out[lo:lo + n] = lp.to(out.device)

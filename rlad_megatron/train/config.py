@@ -93,10 +93,10 @@ class TeacherConfig(ModelConfig):
     """The teacher's own TP / PP / VPP sizes (runtime/teacher_parallel.py), e.g. a wide-TP teacher
     beside a student with little model parallelism; 0 / null: the student's (the default: both
     share one layout and its groups). On its own layout the teacher only scores the student's
-    rows, exchanged between the layouts by models/teacher_layout.py, and evaluates itself
-    (eval.teacher) on its own groups; validated: not with teacher.offload=stream,
-    teacher.score_during_rollout, rollout.teacher_samples or sft_distill (not supported there
-    yet)."""
+    rows, exchanged between the layouts by models/teacher_layout.py (resident or streamed, after
+    or during the rollout), and evaluates itself (eval.teacher) on its own groups; validated:
+    not with rollout.teacher_samples or sft_distill (generation of teacher trajectories or
+    traces, not supported there yet)."""
 
 
 @dataclass

@@ -116,9 +116,12 @@ class TeacherDuringRollout:
         if self.stream is not None:
             self.stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(self.stream) if self.stream else contextlib.nullcontext():
-            lp = forward_logprobs(self.run.teacher, part.tokens, plan=plan,
-                                  temperature=self.run.cfg.rollout.temperature, fused=True,
-                                  on_device=True)
+            if self.run.teacher.par.detached:  # its own layout: every stage gets the result
+                lp = logprobs(self.run, self.run.teacher, part.tokens, fused=True, plan=plan)
+            else:
+                lp = forward_logprobs(self.run.teacher, part.tokens, plan=plan,
+                                      temperature=self.run.cfg.rollout.temperature, fused=True,
+                                      on_device=True)
         self.parts.append((rows, lp))
         self.pairs.append((plan, part))
         self.seconds += time.perf_counter() - t0

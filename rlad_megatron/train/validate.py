@@ -287,8 +287,8 @@ def _teacher_offload(cfg: RunConfig) -> None:
 
 def _teacher_parallel(cfg: RunConfig, world_size: int) -> None:
     """teacher.parallel: a teacher on its own layout scores the student's rows
-    (models/teacher_layout.py) and evaluates itself; the teacher's other passes (streaming,
-    scoring during the rollout, generating trajectories or traces) are refused."""
+    (models/teacher_layout.py; resident or streamed, after or during the rollout) and evaluates
+    itself; generating trajectories or traces with it is refused."""
     tp = cfg.teacher.parallel
     tp.validate(cfg.parallel, world_size)
     if not tp.is_own(cfg.parallel):
@@ -296,9 +296,7 @@ def _teacher_parallel(cfg: RunConfig, world_size: int) -> None:
     mine = tp.resolve(cfg.parallel)
     why = ("is not supported with a teacher on its own layout yet; leave teacher.parallel at "
            "the student's")
-    for on, what in ((cfg.teacher.offload == "stream", "teacher.offload=stream"),
-                     (cfg.teacher.score_during_rollout, "teacher.score_during_rollout=true"),
-                     (cfg.rollout.teacher_samples > 0,
+    for on, what in ((cfg.rollout.teacher_samples > 0,
                       f"rollout.teacher_samples={cfg.rollout.teacher_samples}"),
                      (cfg.algorithm == "sft_distill", "algorithm=sft_distill")):
         if on:

@@ -20,6 +20,13 @@ def test_teacher_tp2_beside_student_dp2_matches_float64_and_shared_layout(parall
     check_teacher_layout(parallel, TeacherParallelConfig(tensor=2), arch=arch)
 
 
+@pytest.mark.parametrize("parallel", [(1, 1)], indirect=True, ids=["student-dp2"])
+@pytest.mark.parametrize("teacher", [TeacherParallelConfig(tensor=2),
+                                     TeacherParallelConfig(pipeline=2)], ids=["tp2", "pp2"])
+def test_streamed_teacher_on_its_own_layout_matches_float64_and_shared_layout(parallel, teacher):
+    check_teacher_layout(parallel, teacher, streamed=True)
+
+
 @pytest.mark.parametrize("parallel", [(2, 1)], indirect=True, ids=["student-tp2"])
 def test_teacher_tp1_beside_student_tp2_matches_float64_and_shared_layout(parallel):
     check_teacher_layout(parallel, TeacherParallelConfig(tensor=1), arch="tiny-qwen2")

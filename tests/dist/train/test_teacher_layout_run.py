@@ -45,14 +45,18 @@ def _metrics(run_dir):
 @pytest.mark.parametrize("student,teacher", [
     ([], ["teacher.parallel.tensor=2"]),
     (["parallel.tensor=2"], ["teacher.parallel.tensor=1"]),
-], ids=["student-dp2_teacher-tp2", "student-tp2_teacher-tp1"])
+    ([], ["teacher.parallel.pipeline=2", "teacher.offload=stream", "teacher.stream_window=1"]),
+    (["parallel.tensor=2"], ["teacher.parallel.tensor=1", "teacher.score_during_rollout=true",
+                             "rollout.micro_batch_size=4"]),
+], ids=["student-dp2_teacher-tp2", "student-tp2_teacher-tp1", "student-dp2_teacher-pp2-streamed",
+        "student-tp2_teacher-tp1-during-rollout"])
 def test_rlad_with_teacher_on_its_own_layout_trains_like_the_shared_layout(
         shared_tmp_path, student, teacher):
-    name = "own_" + "_".join(s.replace("teacher.parallel.", "teacher_").replace("parallel.", "")
-                             .replace("=", "") for s in student + teacher)
+    name = "own_" + "_".join(s.split(".")[-1].replace("=", "") for s in student + teacher)
     start, _ = _run(shared_tmp_path, f"{name}_start", *student, steps=False)
     shared, shared_detached = _run(shared_tmp_path, f"{name}_shared", *student)
-    own, own_detached = _run(shared_tmp_path, f"{name}_own", *student, *teacher)
+    stream = ["eval.teacher=false"] if "teacher.offload=stream" in teacher else []
+    own, own_detached = _run(shared_tmp_path, f"{name}_own", *student, *teacher, *stream)
     assert_all_ranks(own_detached and not shared_detached,
                      f"teacher groups: own layout detached={own_detached}, shared "
                      f"detached={shared_detached}")

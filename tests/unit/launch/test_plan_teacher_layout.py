@@ -82,7 +82,6 @@ def test_the_recipe_layout_student_tp2_teacher_tp8_fits_on_one_node():
     (1, 1, {"prompts_per_step": 4, "group_size": 1},
      r"rollout.prompts_per_step \* rollout.group_size = 4 is not divisible by the data-parallel "
      "size 8 of the teacher"),
-    (8, 1, {"teacher_offload": "stream"}, "teacher.offload=stream"),
 ])
 def test_teacher_layout_problems_name_teacher_parallel(t_tp, t_pp, work, match):
     req = PlanRequest(TEACHER, STUDENT, nodes=1, gpus_per_node=8, workload=Workload(**work))
@@ -96,3 +95,17 @@ def test_the_run_configs_teacher_parallel_fixes_the_teachers_layout():
                                    "parallel.tensor=2", "teacher.parallel.tensor=8"])
     assert (req.tp, req.teacher_tp, req.teacher_pp) == (2, 8, 1)
     assert plan(req).chosen.t_tp == 8
+
+
+def test_a_streamed_teacher_on_its_own_layout_counts_its_host_copies_at_its_sizes():
+    req = build_request(nodes=1, gpus_per_node=8, teacher="llama3.1-405b",
+                        student="llama3.1-8b", tp=2, teacher_tp=8, teacher_offload="stream",
+                        prompts_per_step=8)
+    p = plan(req)
+    own = p.chosen
+    assert own.own_teacher and own.t_tp == 8
+    shared_tp2 = [lp for lp in p.layouts if lp.key == (2, 1, 2, 1)]
+    # every rank holds its TP shard of the layers: 1/8 at the teacher's TP=8 against 1/2
+    assert own.host_per_node * 4 == pytest.approx(shared_tp2[0].host_per_node, rel=1e-3)
+    # the hidden states of the teacher's rows: all 64 on its single DP rank
+    assert own.memory.teacher_activations == 8 * 8 * 2048 * 16384 * 2

@@ -47,6 +47,10 @@ def test_own_layout_accepted_where_it_divides_the_world():
                         check_files=False)
     validate_run_config(_config("teacher.parallel.tensor=2", "teacher.parallel.pipeline=2"),
                         world_size=4, check_files=False)
+    validate_run_config(_config("teacher.parallel.tensor=2", "teacher.offload=stream",
+                                "eval.teacher=false"), world_size=2, check_files=False)
+    validate_run_config(_config("teacher.parallel.tensor=2", "teacher.score_during_rollout=true",
+                                "rollout.micro_batch_size=2"), world_size=2, check_files=False)
 
 
 @pytest.mark.parametrize("over,world,match", [
@@ -55,9 +59,6 @@ def test_own_layout_accepted_where_it_divides_the_world():
     (["teacher.parallel.tensor=-1"], 2, "teacher.parallel.tensor must be 0"),
     (["teacher.parallel.virtual_pipeline=2"], 2, "teacher.parallel.virtual_pipeline=2 needs "
                                                  "teacher.parallel.pipeline >= 2"),
-    (["teacher.parallel.tensor=2", "teacher.offload=stream"], 2, "teacher.offload=stream"),
-    (["teacher.parallel.tensor=2", "teacher.score_during_rollout=true",
-      "rollout.micro_batch_size=2"], 2, "teacher.score_during_rollout"),
     (["teacher.parallel.tensor=2", "rollout.teacher_samples=1"], 2, "rollout.teacher_samples"),
     (["teacher.parallel.tensor=2", "algorithm=sft_distill"], 2, "algorithm=sft_distill"),
     (["parallel.tensor=2", "teacher.parallel.tensor=1", "rollout.prompts_per_step=6",
