@@ -94,9 +94,9 @@ class TeacherConfig(ModelConfig):
     beside a student with little model parallelism; 0 / null: the student's (the default: both
     share one layout and its groups). On its own layout the teacher only scores the student's
     rows, exchanged between the layouts by models/teacher_layout.py (resident or streamed, after
-    or during the rollout), and evaluates itself (eval.teacher) on its own groups; validated:
-    not with rollout.teacher_samples or sft_distill (generation of teacher trajectories or
-    traces, not supported there yet)."""
+    or during the rollout), generates its trajectories (rollout.teacher_samples) and sft_distill's
+    traces there (rollout/on_layout.py), and evaluates itself (eval.teacher) on its own groups.
+    Validated: its TP x PP divides the world and its DP size the rows and prompts it handles."""
 
 
 @dataclass

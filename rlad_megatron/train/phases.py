@@ -30,6 +30,7 @@ from rlad_megatron.models.forward import forward_logprobs
 from rlad_megatron.models.teacher_layout import layout_logprobs
 from rlad_megatron.models.teacher_stream import StreamedTeacher, streamed_logprobs
 from rlad_megatron.rollout import GenerationConfig, generate
+from rlad_megatron.rollout.on_layout import generate_on_layout
 from rlad_megatron.runtime import agree_or_raise, devices
 from rlad_megatron.runtime.devices import compute_device
 from rlad_megatron.train.setup import Run
@@ -150,8 +151,11 @@ def with_teacher_trajectories(run: Run, items: list[PromptItem], step: int,
     r = run.cfg.rollout
     gen = generation_config(run, samples=r.teacher_samples, temperature=r.temperature,
                             top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens)
-    teacher = generate(run.teacher, prompt_ids(run, items), gen,
-                       seed=run.cfg.seed * 1_000_003 + step + TEACHER_SEED_OFFSET)
+    seed = run.cfg.seed * 1_000_003 + step + TEACHER_SEED_OFFSET
+    if run.teacher.par.detached:  # a teacher on its own layout generates for every DP rank
+        teacher = generate_on_layout(run.teacher, run.par, prompt_ids(run, items), gen, seed=seed)
+    else:
+        teacher = generate(run.teacher, prompt_ids(run, items), gen, seed=seed)
     return interleave_groups(student, teacher, group_size=r.group_size,
                              teacher_samples=r.teacher_samples,
                              pad_token_id=run.tokenizer.pad_id or 0)

@@ -287,26 +287,29 @@ def _teacher_offload(cfg: RunConfig) -> None:
 
 def _teacher_parallel(cfg: RunConfig, world_size: int) -> None:
     """teacher.parallel: a teacher on its own layout scores the student's rows
-    (models/teacher_layout.py; resident or streamed, after or during the rollout) and evaluates
-    itself; generating trajectories or traces with it is refused."""
+    (models/teacher_layout.py; resident or streamed, after or during the rollout), generates its
+    trajectories and sft_distill's traces (rollout/on_layout.py) and evaluates itself; its data-
+    parallel ranks must split the rows (and the prompts it generates for) evenly."""
     tp = cfg.teacher.parallel
     tp.validate(cfg.parallel, world_size)
     if not tp.is_own(cfg.parallel):
         return
     mine = tp.resolve(cfg.parallel)
-    why = ("is not supported with a teacher on its own layout yet; leave teacher.parallel at "
-           "the student's")
-    for on, what in ((cfg.rollout.teacher_samples > 0,
-                      f"rollout.teacher_samples={cfg.rollout.teacher_samples}"),
-                     (cfg.algorithm == "sft_distill", "algorithm=sft_distill")):
-        if on:
-            raise ValueError(f"teacher.parallel (teacher tensor={mine.tensor} pipeline="
-                             f"{mine.pipeline}, student tensor={cfg.parallel.tensor} pipeline="
-                             f"{cfg.parallel.pipeline}): {what} {why}, or turn it off")
-    rows = cfg.rollout.prompts_per_step * cfg.rollout.group_size
     teacher_dp = world_size // (mine.tensor * mine.pipeline)
-    _raise(data_parallel_problem("rollout.prompts_per_step * rollout.group_size", rows,
-                                 teacher_dp, " of the teacher (teacher.parallel)"))
+    if cfg.algorithm == "sft_distill":  # the teacher's DP ranks split the prompts of its traces
+        _raise(data_parallel_problem("train.sft_batch_size", cfg.train.sft_batch_size,
+                                     teacher_dp, " of the teacher (teacher.parallel), which "
+                                     "generates the traces"))
+        return
+    r = cfg.rollout
+    rows = r.prompts_per_step * (r.group_size + r.teacher_samples)
+    _raise(data_parallel_problem("rollout.prompts_per_step * (rollout.group_size + "
+                                 "rollout.teacher_samples)", rows, teacher_dp,
+                                 " of the teacher (teacher.parallel)"))
+    if r.teacher_samples:  # the teacher's DP ranks split the prompts to generate its rows
+        _raise(data_parallel_problem("rollout.prompts_per_step", r.prompts_per_step, teacher_dp,
+                                     " of the teacher (teacher.parallel), which generates "
+                                     "rollout.teacher_samples"))
     if (mine.virtual_pipeline or 1) > 1:
         if cfg.train.max_tokens_per_micro_batch:
             raise ValueError("teacher.parallel.virtual_pipeline: not with "

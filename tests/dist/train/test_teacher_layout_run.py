@@ -39,7 +39,14 @@ def _run(tmp, name, *extra, steps=True):
 
 def _metrics(run_dir):
     return [m for m in (json.loads(line) for line in
-                        (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss/trrd" in m]
+                        (run_dir / "metrics.jsonl").read_text().splitlines())
+            if "rollout/reward_mean" in m]
+
+
+TRAJECTORIES = ["rollout.teacher_samples=2", "imitation.gate_aligned=false",
+                "imitation.gate_advantage=false", "imitation.gate_explore=false",
+                "imitation.weight=0.5"]
+"""Teacher trajectories, every one imitated (the gates off): the teacher generates too."""
 
 
 @pytest.mark.parametrize("student,teacher", [
@@ -48,10 +55,12 @@ def _metrics(run_dir):
     ([], ["teacher.parallel.pipeline=2", "teacher.offload=stream", "teacher.stream_window=1"]),
     (["parallel.tensor=2"], ["teacher.parallel.tensor=1", "teacher.score_during_rollout=true",
                              "rollout.micro_batch_size=4"]),
+    (TRAJECTORIES, ["teacher.parallel.tensor=2"]),
 ], ids=["student-dp2_teacher-tp2", "student-tp2_teacher-tp1", "student-dp2_teacher-pp2-streamed",
-        "student-tp2_teacher-tp1-during-rollout"])
+        "student-tp2_teacher-tp1-during-rollout", "student-dp2_teacher-tp2-trajectories"])
 def test_rlad_with_teacher_on_its_own_layout_trains_like_the_shared_layout(
         shared_tmp_path, student, teacher):
+    """student: the run's settings (both runs); teacher: the own-layout run's additions."""
     name = "own_" + "_".join(s.split(".")[-1].replace("=", "") for s in student + teacher)
     start, _ = _run(shared_tmp_path, f"{name}_start", *student, steps=False)
     shared, shared_detached = _run(shared_tmp_path, f"{name}_shared", *student)
@@ -69,7 +78,8 @@ def test_rlad_with_teacher_on_its_own_layout_trains_like_the_shared_layout(
     if torch.distributed.get_rank() == 0:
         runs = {v: _metrics(shared_tmp_path / f"{name}_{v}") for v in ("shared", "own")}
         exact = ("rollout/reward_mean", "rollout/response_len")
-        keys = [k for k in runs["shared"][0] if k.split("/")[0] in ("loss", "trrd", "teacher")]
+        keys = [k for k in runs["shared"][0]
+                if k.split("/")[0] in ("loss", "trrd", "teacher", "imitation", "distill")]
         diffs = [(m["step"], k, m[k], n[k]) for m, n in zip(runs["own"], runs["shared"])
                  for k in keys if abs(m[k] - n[k]) > 1e-4 * max(1.0, abs(n[k]))]
         diffs += [(m["step"], k, m[k], n[k]) for m, n in zip(runs["own"], runs["shared"])
@@ -105,3 +115,31 @@ def test_teacher_evaluation_on_its_own_layout_draws_the_same_samples(shared_tmp_
                      f"teacher evaluation differs between its own and the shared layout: "
                      f"{r_o} vs {r_s}")
     assert_all_ranks(0 < m_s["t/response_len"] < 10, f"{m_s}")
+
+
+def test_sft_distill_with_teacher_traces_from_its_own_layout_trains_like_the_shared_layout(
+        shared_tmp_path):
+    """sft_distill: the teacher's traces, generated on its own groups (rollout/on_layout.py), are
+    the shared layout's: the same traces kept, the same losses, the same final weights."""
+    out = {}
+    for name, extra in (("shared", []), ("own", ["teacher.parallel.tensor=2"])):
+        cfg = load_config(None, tiny_overrides(char_tokenizer(shared_tmp_path),
+                                               shared_tmp_path / f"sftd_{name}", "sft_distill")
+                          + [*SGD, "eval.teacher=false", *extra])
+        run = setup(cfg)
+        train(cfg, run)
+        out[name] = [p.detach().clone() for m in run.student.modules for p in m.parameters()]
+        destroy_parallel()
+    diff = max((a - b).abs().max().item() for a, b in zip(out["shared"], out["own"]))
+    ok, detail = diff <= 1e-6, f"final weights differ by {diff:.3e}"
+    if torch.distributed.get_rank() == 0:
+        runs = {n: [m for m in (json.loads(line) for line in (
+            shared_tmp_path / f"sftd_{n}" / "metrics.jsonl").read_text().splitlines())
+            if "loss/sft" in m] for n in ("shared", "own")}
+        same = [(m["sft/kept_frac"], m["loss/sft"]) for m in runs["own"]]
+        ref = [(m["sft/kept_frac"], m["loss/sft"]) for m in runs["shared"]]
+        ok = ok and len(same) == 2 and all(a[0] == b[0] and abs(a[1] - b[1]) <= 1e-5
+                                           for a, b in zip(same, ref))
+        detail += f"; (kept_frac, loss) own {same} vs shared {ref}"
+        ok = ok and any(kept > 0 for kept, _ in ref)  # some traces kept: real updates
+    assert_all_ranks(ok, detail)

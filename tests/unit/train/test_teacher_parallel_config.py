@@ -51,6 +51,8 @@ def test_own_layout_accepted_where_it_divides_the_world():
                                 "eval.teacher=false"), world_size=2, check_files=False)
     validate_run_config(_config("teacher.parallel.tensor=2", "teacher.score_during_rollout=true",
                                 "rollout.micro_batch_size=2"), world_size=2, check_files=False)
+    validate_run_config(_config("teacher.parallel.tensor=2", "rollout.teacher_samples=2",
+                                "imitation.weight=0.5"), world_size=2, check_files=False)
 
 
 @pytest.mark.parametrize("over,world,match", [
@@ -59,11 +61,16 @@ def test_own_layout_accepted_where_it_divides_the_world():
     (["teacher.parallel.tensor=-1"], 2, "teacher.parallel.tensor must be 0"),
     (["teacher.parallel.virtual_pipeline=2"], 2, "teacher.parallel.virtual_pipeline=2 needs "
                                                  "teacher.parallel.pipeline >= 2"),
-    (["teacher.parallel.tensor=2", "rollout.teacher_samples=1"], 2, "rollout.teacher_samples"),
-    (["teacher.parallel.tensor=2", "algorithm=sft_distill"], 2, "algorithm=sft_distill"),
+    (["parallel.tensor=2", "teacher.parallel.tensor=1", "rollout.prompts_per_step=2",
+      "rollout.teacher_samples=2", "rollout.group_size=4"], 4,
+     r"rollout.prompts_per_step = 2 is not divisible by the data-parallel size 4 of the teacher"),
+    (["parallel.tensor=2", "teacher.parallel.tensor=1", "algorithm=sft_distill",
+      "train.sft_batch_size=6"], 4, r"train.sft_batch_size = 6 is not divisible by the "
+                                    r"data-parallel size 4 of the teacher"),
     (["parallel.tensor=2", "teacher.parallel.tensor=1", "rollout.prompts_per_step=6",
       "rollout.group_size=3", "train.micro_batch_size=1"], 4,
-     r"rollout.prompts_per_step \* rollout.group_size = 18 is not divisible by the "
+     r"rollout.prompts_per_step \* \(rollout.group_size \+ rollout.teacher_samples\) = 18 is "
+     r"not divisible by the "
      r"data-parallel size 4 of the teacher"),
     (["parallel.tensor=2", "teacher.parallel.tensor=1", "teacher.parallel.pipeline=2",
       "teacher.parallel.virtual_pipeline=2", "train.micro_batch_size=16"], 2,
