@@ -144,7 +144,8 @@ def _plan(args) -> int:
         request = build_request(
             nodes=args.nodes, gpus_per_node=args.gpus_per_node, gpu_memory_gib=args.gpu_memory,
             config=args.config, overrides=args.overrides, teacher=args.teacher,
-            student=args.student, tp=args.tp, pp=args.pp, prompt_len=args.prompt_len,
+            student=args.student, tp=args.tp, pp=args.pp, teacher_tp=args.teacher_tp,
+            teacher_pp=args.teacher_pp, joint=args.joint, prompt_len=args.prompt_len,
             response_len=args.response_len, micro_batch_size=args.micro_batch_size,
             max_tokens_per_micro_batch=args.max_tokens_per_micro_batch,
             prompts_per_step=args.prompts_per_step, group_size=args.group_size,
@@ -176,6 +177,12 @@ def _add_plan_parser(sub) -> None:
     p.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU (default 80)")
     p.add_argument("--tp", type=int, help="check this tensor-parallel size only")
     p.add_argument("--pp", type=int, help="check this pipeline-parallel size only")
+    p.add_argument("--teacher-tp", type=int, help="the teacher's own tensor-parallel size "
+                   "(teacher.parallel.tensor; default: the student's)")
+    p.add_argument("--teacher-pp", type=int, help="the teacher's own pipeline-parallel size "
+                   "(teacher.parallel.pipeline; default: the student's)")
+    p.add_argument("--joint", action="store_true", help="search the teacher's TP x PP "
+                   "separately from the student's (teacher.parallel), beside the shared layouts")
     p.add_argument("--prompt-len", type=int, help="prompt tokens (default 1024)")
     p.add_argument("--response-len", type=int, help="response tokens (default: "
                    "rollout.max_new_tokens, else 1024)")

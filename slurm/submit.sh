@@ -10,6 +10,10 @@
 #   llama31_405b_to_8b   examples/configs/llama31_405b_to_8b.yaml   8
 #   llama31_405b_to_8b_1node  examples/configs/llama31_405b_to_8b_1node.yaml  1 (teacher streamed
 #                        from host memory: set HOST_MEMORY_GIB to check it here too)
+#   llama31_405b_to_8b_2node  examples/configs/llama31_405b_to_8b_2node.yaml  2 (teacher TP=8 x
+#                        PP=2 on its own layout, student TP=8 x DP=2)
+#   llama31_70b_to_8b    examples/configs/llama31_70b_to_8b.yaml    1 (teacher TP=8 on its own
+#                        layout, student TP=2 x DP=4)
 #
 # Refuses to submit (exit 2) when the layout does not divide the models or does not fit the
 # GPUs; the job checks again on its first node before it starts (PLAN=0 skips both checks).
@@ -34,7 +38,7 @@ PROMPT_LEN=${PROMPT_LEN:-1024}
 PLAN=${PLAN:-1}
 
 if (( $# < 1 )); then
-    sed -n '2,12p' "$0" >&2
+    sed -n '2,16p' "$0" >&2
     exit 2
 fi
 case "$1" in
@@ -43,6 +47,9 @@ case "$1" in
     llama31_405b_to_8b) CONFIG=$REPO/examples/configs/llama31_405b_to_8b.yaml; : "${NODES:=8}" ;;
     llama31_405b_to_8b_1node)
                         CONFIG=$REPO/examples/configs/llama31_405b_to_8b_1node.yaml; : "${NODES:=1}" ;;
+    llama31_405b_to_8b_2node)
+                        CONFIG=$REPO/examples/configs/llama31_405b_to_8b_2node.yaml; : "${NODES:=2}" ;;
+    llama31_70b_to_8b)  CONFIG=$REPO/examples/configs/llama31_70b_to_8b.yaml;  : "${NODES:=1}" ;;
     *.yaml|*.yml)       CONFIG=$1;                                             : "${NODES:=1}" ;;
     *) echo "submit.sh: $1 is neither a recipe nor a .yaml config" >&2; exit 2 ;;
 esac

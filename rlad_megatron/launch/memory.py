@@ -185,6 +185,9 @@ class MemoryEstimate:
     teacher_activations: int
     kv_cache: int
     reserve: int
+    teacher_exchange: int = 0
+    """A teacher on its own layout (teacher.parallel): the step's gathered token ids and
+    log-probs, B x s x (8 + 4) bytes (models/teacher_layout.py)."""
 
     def total(self, recompute: bool = False) -> int:
         parts = asdict(self)
@@ -248,10 +251,16 @@ def layer_activation_bytes(spec: ModelSpec, w: Workload, tp: int) -> int:
 
 
 def estimate(teacher: ModelSpec, student: ModelSpec, tp: int, pp: int, dp: int,
-             w: Workload) -> MemoryEstimate:
-    """Per-GPU memory of RLAD with `teacher` and `student` under layout tp x pp x dp."""
+             w: Workload, *, teacher_tp: Optional[int] = None,
+             teacher_pp: Optional[int] = None) -> MemoryEstimate:
+    """Per-GPU memory of RLAD with `teacher` and `student` under layout tp x pp x dp (the
+    teacher at teacher_tp x teacher_pp when it has its own layout, teacher.parallel)."""
+    t_tp, t_pp = teacher_tp or tp, teacher_pp or pp
+    own = (t_tp, t_pp) != (tp, pp)
+    t_rows = (w.prompts_per_step * w.group_size // (tp * pp * dp // (t_tp * t_pp)) if own
+              else w.sequences_per_rank(dp))  # rows the teacher scores on this rank
     b_s, b_t = DTYPE_BYTES[w.student_dtype], DTYPE_BYTES[w.teacher_dtype]
-    p_s, p_t = stage_parameters(student, tp, pp), teacher_device_parameters(teacher, tp, pp, w)
+    p_s, p_t = stage_parameters(student, tp, pp), teacher_device_parameters(teacher, t_tp, t_pp, w)
     optimizer_bytes = (12 if b_s == 2 else 8) / (dp if w.distributed_optimizer else 1)
 
     layers, in_flight = student.num_layers // pp, min(pp, w.micro_batches(dp))
@@ -259,8 +268,8 @@ def estimate(teacher: ModelSpec, student: ModelSpec, tp: int, pp: int, dp: int,
     kept_input = int(w.seq_len * w.micro_rows * student.hidden_size * b_s)
     kept_input //= tp if w.sequence_parallel else 1
 
-    vocab_shard = max(padded_vocab_size(m.vocab_size, m.make_vocab_size_divisible_by, tp)
-                      for m in (teacher, student)) // tp
+    vocab_shard = max(padded_vocab_size(m.vocab_size, m.make_vocab_size_divisible_by, t) // t
+                      for m, t in ((teacher, t_tp), (student, tp)))
     tokens = int(w.micro_rows * w.seq_len)
     chunk = w.logprob_chunk_tokens or max(1, LOGPROB_CHUNK_BYTES // (4 * vocab_shard))
     kv_heads = student.num_query_groups // tp
@@ -273,9 +282,10 @@ def estimate(teacher: ModelSpec, student: ModelSpec, tp: int, pp: int, dp: int,
         activations_recompute=layers * in_flight * kept_input + a_layer,
         logits=tokens * vocab_shard * 2 * b_s,
         logprob_chunk=min(chunk, tokens) * vocab_shard * 4,
-        teacher_activations=(w.sequences_per_rank(dp) * w.seq_len * teacher.hidden_size * b_t
-                             // (tp if w.sequence_parallel else 1)
+        teacher_activations=(t_rows * w.seq_len * teacher.hidden_size * b_t
+                             // (tp if w.sequence_parallel and not own else 1)
                              if w.teacher_offload == "stream" else 0),
         kv_cache=2 * layers * kv_heads * student.head_dim * w.kv_cache_tokens(dp) * b_s,
         reserve=int(w.reserve_gib * GIB),
+        teacher_exchange=(w.prompts_per_step * w.group_size * w.seq_len * 12 if own else 0),
     )

@@ -45,7 +45,9 @@ from rlad_megatron.train.config import RunConfig, resolve_run_config
 
 RECIPES = {"qwen3_8b_to_1_7b": "qwen3_8b_to_1.7b.yaml", "qwen3_32b_to_8b": "qwen3_32b_to_8b.yaml",
            "llama31_405b_to_8b": "llama31_405b_to_8b.yaml",
-           "llama31_405b_to_8b_1node": "llama31_405b_to_8b_1node.yaml"}
+           "llama31_405b_to_8b_1node": "llama31_405b_to_8b_1node.yaml",
+           "llama31_405b_to_8b_2node": "llama31_405b_to_8b_2node.yaml",
+           "llama31_70b_to_8b": "llama31_70b_to_8b.yaml"}
 """factory name -> its YAML in the recipe folder (slurm/README.md gives their node counts)."""
 
 
@@ -126,6 +128,18 @@ def llama31_405b_to_8b_1node(config_dir: Optional[str] = None):
     """Llama-3.1-405B teacher streamed from host memory -> Llama-3.1-8B student, 1 node x 8 GPUs
     (TP=4, DP=2; 1.5 TiB of host memory for the teacher's layers)."""
     return from_yaml(recipe_path("llama31_405b_to_8b_1node", config_dir))
+
+
+def llama31_405b_to_8b_2node(config_dir: Optional[str] = None):
+    """Llama-3.1-405B teacher on its own layout (TP=8, PP=2) -> Llama-3.1-8B student (TP=8,
+    DP=2), 2 nodes x 8 GPUs."""
+    return from_yaml(recipe_path("llama31_405b_to_8b_2node", config_dir))
+
+
+def llama31_70b_to_8b(config_dir: Optional[str] = None):
+    """Llama-3.1-70B teacher on its own layout (TP=8) -> Llama-3.1-8B student (TP=2, DP=4),
+    1 node x 8 GPUs."""
+    return from_yaml(recipe_path("llama31_70b_to_8b", config_dir))
 
 
 # ----------------------------------------------------------------------------- executors

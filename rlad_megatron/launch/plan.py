@@ -3,6 +3,7 @@
     rlad plan --teacher llama3.1-405b --student llama3.1-8b --nodes 8 --gpus-per-node 8
     rlad plan --config examples/configs/qwen3_32b_to_8b.yaml --nodes 4 --gpus-per-node 8 [key=value]
     rlad plan --teacher /models/Qwen3-8B --student ckpts/qwen3-1.7b ... --json
+    rlad plan --teacher llama3.1-70b --student llama3.1-8b --nodes 1 --gpus-per-node 8 --joint
 
 A model is a preset name (models/spec.py), a Hugging Face directory or its config.json, or a
 Megatron checkpoint written by `rlad convert import` / `rlad train` (its rlad_model.json).
@@ -21,13 +22,19 @@ the fastest, not the most sharded (more TP and PP buy memory with communication 
 bubbles). A layout fixed by the run config (parallel.tensor / pipeline) or by --tp / --pp is
 checked as is; the request is refused, with the reason, when that layout does not divide the
 models or does not fit, or, with no fixed layout, when no valid layout fits. The tables and the
-JSON form are in launch/plan_report.py.
+JSON form are in launch/plan_report.py; the model and workload inputs in launch/plan_inputs.py.
+
+A teacher on its own layout (teacher.parallel, runtime/teacher_parallel.py): `--joint` searches
+the teacher's TP x PP separately from the student's, beside the shared layouts, and prints the
+best shared layout next to the chosen one; `--teacher-tp/--teacher-pp` (or the run config's
+teacher.parallel) fix the teacher's. Each model is then checked against its own sizes, the
+teacher's DP must divide the step's rows (prompts_per_step * group_size), its weights count at
+its own TP x PP (a streamed one's host copies too), and the step adds the row exchange
+(launch/step_time.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,17 +42,20 @@ from typing import Optional
 
 from rlad_megatron.launch.memory import (GIB, MemoryEstimate, Workload, estimate,
                                          teacher_host_bytes)
+from rlad_megatron.launch.plan_inputs import (WORKLOAD_FLAGS, check_workload,  # noqa: F401
+                                              load_model_spec, spec_from_model_config)
 from rlad_megatron.launch.step_time import Hardware, StepTime, estimate_step
-from rlad_megatron.models.layout_check import (data_parallel_problem, model_layout_problems,
+from rlad_megatron.models.layout_check import (CONFIG_NAMES, TEACHER_NAMES,
+                                               data_parallel_problem, model_layout_problems,
                                                possible_tp)
-from rlad_megatron.models.spec import PRESETS, ModelSpec, get_preset
+from rlad_megatron.models.spec import ModelSpec
 
 LABELS = {"teacher_weights": "teacher weights", "student_weights": "student weights",
           "student_grads": "student grads", "optimizer_state": "optimizer",
           "activations": "activations", "activations_recompute": "activations (recompute)",
           "logits": "logits", "logprob_chunk": "log-prob chunk", "kv_cache": "KV cache",
           "teacher_activations": "teacher activations (streamed)",
-          "reserve": "reserve"}
+          "reserve": "reserve", "teacher_exchange": "row exchange"}
 
 
 @dataclass
@@ -66,6 +76,13 @@ class PlanRequest:
     """A layout is recommended only with at least this much GPU memory to spare."""
     hardware: Hardware = field(default_factory=Hardware)
     """Assumptions of the step-time estimate (launch/step_time.py)."""
+    teacher_tp: Optional[int] = None
+    """The teacher's own fixed layout (teacher.parallel, or --teacher-tp/--teacher-pp); None:
+    the student's, unless `joint`."""
+    teacher_pp: Optional[int] = None
+    joint: bool = False
+    """Search the teacher's TP x PP separately from the student's (teacher.parallel) as well as
+    the shared layouts (--joint)."""
 
     @property
     def world(self) -> int:
@@ -85,6 +102,13 @@ class LayoutPlan:
     host_per_node: int = 0
     """Host bytes per node of a streamed teacher's layers (every rank holds its own copy)."""
     host_limit: Optional[int] = None
+    t_tp: int = 0
+    """The teacher's own TP and PP (teacher.parallel); 0: the student's."""
+    t_pp: int = 0
+
+    @property
+    def own_teacher(self) -> bool:
+        return bool(self.t_tp) and (self.t_tp, self.t_pp) != (self.tp, self.pp)
 
     @property
     def fits(self) -> bool:
@@ -93,7 +117,15 @@ class LayoutPlan:
 
     @property
     def name(self) -> str:
-        return f"TP={self.tp} PP={self.pp} DP={self.dp}"
+        base = f"TP={self.tp} PP={self.pp} DP={self.dp}"
+        if not self.own_teacher:
+            return base
+        t_dp = self.tp * self.pp * self.dp // (self.t_tp * self.t_pp)
+        return f"{base} / teacher TP={self.t_tp} PP={self.t_pp} DP={t_dp}"
+
+    @property
+    def key(self) -> tuple:
+        return (self.tp, self.pp, self.t_tp or self.tp, self.t_pp or self.pp)
 
 
 @dataclass
@@ -107,59 +139,9 @@ class Plan:
     ok: bool
     reason: Optional[str] = None
     """Why the request is refused (None when ok)."""
-
-
-# ----------------------------------------------------------------------------- models
-def load_model_spec(source: str, role: str = "model") -> ModelSpec:
-    """A preset name, an HF directory or config.json, or a Megatron checkpoint -> ModelSpec."""
-    from rlad_megatron.convert.hf_config import read_hf_config, spec_from_hf_config
-    from rlad_megatron.models import checkpoint as mckpt
-
-    path = Path(source)
-    if not path.exists():
-        if source in PRESETS:
-            return get_preset(source)
-        raise ValueError(f"{role}: {source!r} is neither a preset ({', '.join(sorted(PRESETS))}) "
-                         "nor an existing path (HF model directory, config.json or Megatron "
-                         "checkpoint)")
-    if path.is_file():
-        data = json.loads(path.read_text())
-        if "spec" in data:                                    # a checkpoint's rlad_model.json
-            return ModelSpec.from_dict(data["spec"], prefix=f"{role} ({path})")
-        return spec_from_hf_config(data, source=str(path))
-    if (path / "config.json").exists():
-        return spec_from_hf_config(read_hf_config(path)[0], source=str(path / "config.json"))
-    return mckpt.read_spec(path)
-
-
-def spec_from_model_config(m, role: str) -> ModelSpec:
-    """The ModelSpec a run config's student/teacher section describes (as train/setup.py:
-    preset + spec fields, else the checkpoint's spec + spec fields, else the spec alone)."""
-    from rlad_megatron.models import checkpoint as mckpt
-
-    fields_ = dict(m.spec)
-    if fields_.get("vocab_size") == 0:
-        fields_["vocab_size"] = _tokenizer_vocab(m, role)
-    if m.preset:
-        spec = get_preset(m.preset, **fields_)
-    elif m.checkpoint and not fields_.get("arch"):
-        if not Path(m.checkpoint).exists():
-            raise ValueError(f"{role}.checkpoint: {m.checkpoint} does not exist (set "
-                             f"{role}.preset to plan before the checkpoint is converted)")
-        spec = dataclasses.replace(mckpt.read_spec(m.checkpoint), **fields_)
-    else:
-        spec = ModelSpec.from_dict(fields_, prefix=f"{role}.spec")
-    spec.validate(prefix=role)
-    return spec
-
-
-def _tokenizer_vocab(m, role: str) -> int:
-    from rlad_megatron.data.tokenizer import load_tokenizer
-
-    if not m.tokenizer:
-        raise ValueError(f"{role}.spec.vocab_size is 0 (the tokenizer's) but {role}.tokenizer "
-                         "is not set")
-    return load_tokenizer(m.tokenizer).vocab_size
+    shared: Optional[LayoutPlan] = None
+    """With --joint: the best layout where the teacher shares the student's, shown beside the
+    chosen one."""
 
 
 def build_request(*, nodes: int, gpus_per_node: int, gpu_memory_gib: float = 80.0,
@@ -167,7 +149,8 @@ def build_request(*, nodes: int, gpus_per_node: int, gpu_memory_gib: float = 80.
                   student: Optional[str] = None, tp: Optional[int] = None,
                   pp: Optional[int] = None, host_memory_gib: Optional[float] = None,
                   min_headroom_gib: float = 2.0, hardware: Optional[Hardware] = None,
-                  **workload) -> PlanRequest:
+                  teacher_tp: Optional[int] = None, teacher_pp: Optional[int] = None,
+                  joint: bool = False, **workload) -> PlanRequest:
     """A PlanRequest from a run config (a YAML path + dotted overrides, or a RunConfig) and/or
     explicit models and sizes.
 
@@ -197,6 +180,9 @@ def build_request(*, nodes: int, gpus_per_node: int, gpu_memory_gib: float = 80.
         tp = cfg.parallel.tensor if tp is None else tp
         pp = cfg.parallel.pipeline if pp is None else pp
         vpp = cfg.parallel.virtual_pipeline
+        if cfg.teacher.parallel.is_own(cfg.parallel) and teacher_tp is None and teacher_pp is None:
+            mine = cfg.teacher.parallel.resolve(cfg.parallel)
+            teacher_tp, teacher_pp = mine.tensor, mine.pipeline
     else:
         built = Workload(**workload)
         t_spec = s_spec = None
@@ -209,41 +195,17 @@ def build_request(*, nodes: int, gpus_per_node: int, gpu_memory_gib: float = 80.
     return PlanRequest(teacher=t_spec, student=s_spec, nodes=nodes, gpus_per_node=gpus_per_node,
                        gpu_memory_gib=gpu_memory_gib, workload=built, tp=tp,
                        pp=pp, vpp=vpp, host_memory_gib=host_memory_gib,
-                       min_headroom_gib=min_headroom_gib, hardware=hardware or Hardware())
-
-
-WORKLOAD_FLAGS = {
-    "prompt_len": ("--prompt-len", None, 1), "response_len": ("--response-len",
-                                                                "rollout.max_new_tokens", 1),
-    "micro_batch_size": ("--micro-batch-size", "train.micro_batch_size", 1),
-    "mini_batches": (None, "train.mini_batches", 1),
-    "prompts_per_step": ("--prompts-per-step", "rollout.prompts_per_step", 1),
-    "group_size": ("--group-size", "rollout.group_size", 1),
-    "stream_window": ("--stream-window", "teacher.stream_window", 1),
-    "max_tokens_per_micro_batch": ("--max-tokens-per-micro-batch",
-                                   "train.max_tokens_per_micro_batch", 0),
-    "rollout_micro_batch": ("--rollout-batch", "rollout.micro_batch_size", 0),
-    "max_live_rows": ("--max-live-rows", "rollout.max_live_rows", 0),
-    "kv_block_size": ("--kv-block-size", "rollout.kv_block_size", 1),
-    "reserve_gib": ("--reserve", None, 0),
-}
-"""Workload field -> (its flag, its run-config key, the least value allowed)."""
-
-
-def check_workload(w: Workload) -> None:
-    """A ValueError naming the flag (and the config key) of the first size below its least
-    value: a negative length would print a layout that "fits" with negative step times, a zero
-    batch a ZeroDivisionError."""
-    for name, (flag, key, least) in WORKLOAD_FLAGS.items():
-        value = getattr(w, name)
-        if value < least:
-            where = " or ".join(n for n in (flag, key) if n)
-            raise ValueError(f"{where}: {value:g} must be >= {least}")
+                       min_headroom_gib=min_headroom_gib, hardware=hardware or Hardware(),
+                       teacher_tp=teacher_tp, teacher_pp=teacher_pp, joint=joint)
 
 
 # ----------------------------------------------------------------------------- layouts
-def layout_problems(req: PlanRequest, tp: int, pp: int) -> list[str]:
-    """Why layout tp x pp cannot hold the two models on this many GPUs (empty: it can)."""
+def layout_problems(req: PlanRequest, tp: int, pp: int, t_tp: Optional[int] = None,
+                    t_pp: Optional[int] = None) -> list[str]:
+    """Why layout tp x pp (the teacher at t_tp x t_pp when it has its own, teacher.parallel)
+    cannot hold the two models on this many GPUs (empty: it can)."""
+    if (t_tp or tp, t_pp or pp) != (tp, pp):
+        return _own_teacher_problems(req, tp, pp, t_tp or tp, t_pp or pp)
     problems = []
     if tp > req.gpus_per_node or req.gpus_per_node % tp:
         problems.append(f"parallel.tensor: {tp} does not divide the GPUs per node "
@@ -260,20 +222,50 @@ def layout_problems(req: PlanRequest, tp: int, pp: int) -> list[str]:
     return [p for p in problems if p]
 
 
+def _own_teacher_problems(req: PlanRequest, tp: int, pp: int, t_tp: int, t_pp: int) -> list[str]:
+    """layout_problems with the teacher on its own layout: each model against its own sizes."""
+    problems = []
+    rows = req.workload.prompts_per_step * req.workload.group_size
+    for role, spec, size, stages, vpp, names, key in (
+            ("student", req.student, tp, pp, req.vpp, CONFIG_NAMES, "parallel"),
+            ("teacher", req.teacher, t_tp, t_pp, None, TEACHER_NAMES, "teacher.parallel")):
+        if size > req.gpus_per_node or req.gpus_per_node % size:
+            problems.append(f"{key}.tensor: {size} does not divide the GPUs per node "
+                            f"{req.gpus_per_node} (a TP group must stay inside one node)")
+        problems += model_layout_problems(spec, tp=size, pp=stages, vpp=vpp, role=role,
+                                          names=names)
+        if req.world % (size * stages):
+            problems.append(f"{key}.tensor * {key}.pipeline = {size * stages} does not divide "
+                            f"the world size {req.world}")
+        elif role == "student":
+            problems.append(data_parallel_problem(
+                "rollout.prompts_per_step", req.workload.prompts_per_step,
+                req.world // (size * stages), " (a prompt's group of samples stays on one rank)"))
+        else:
+            problems.append(data_parallel_problem(
+                "rollout.prompts_per_step * rollout.group_size", rows,
+                req.world // (size * stages), " of the teacher (teacher.parallel)"))
+    return [p for p in problems if p]
+
+
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def evaluate(req: PlanRequest, tp: int, pp: int) -> LayoutPlan:
+def evaluate(req: PlanRequest, tp: int, pp: int, t_tp: Optional[int] = None,
+             t_pp: Optional[int] = None) -> LayoutPlan:
     dp = req.world // (tp * pp)
-    memory = estimate(req.teacher, req.student, tp, pp, dp, req.workload)
+    t_tp, t_pp = t_tp or tp, t_pp or pp
+    teacher = {"teacher_tp": t_tp, "teacher_pp": t_pp}
+    memory = estimate(req.teacher, req.student, tp, pp, dp, req.workload, **teacher)
     total = memory.total(recompute=req.workload.recompute)
     time = estimate_step(req.teacher, req.student, tp, pp, dp, req.workload,
-                         gpus_per_node=req.gpus_per_node, hw=req.hardware)
-    host = teacher_host_bytes(req.teacher, tp, pp, req.workload) * req.gpus_per_node
+                         gpus_per_node=req.gpus_per_node, hw=req.hardware, **teacher)
+    host = teacher_host_bytes(req.teacher, t_tp, t_pp, req.workload) * req.gpus_per_node
     limit = None if req.host_memory_gib is None else int(req.host_memory_gib * GIB)
+    own = (t_tp, t_pp) != (tp, pp)
     return LayoutPlan(tp, pp, dp, memory, total, int(req.gpu_memory_gib * GIB) - total, time,
-                      host, limit)
+                      host, limit, t_tp if own else 0, t_pp if own else 0)
 
 
 def recommendable(req: PlanRequest, lp: LayoutPlan) -> bool:
@@ -281,11 +273,29 @@ def recommendable(req: PlanRequest, lp: LayoutPlan) -> bool:
     return lp.fits and lp.headroom >= req.min_headroom_gib * GIB
 
 
-def valid_layouts(req: PlanRequest) -> list[LayoutPlan]:
-    """Every valid (tp, pp): the recommendable ones fastest first, then the others by headroom."""
+def _candidates(req: PlanRequest) -> list[tuple[int, int, int, int]]:
+    """(tp, pp, teacher tp, teacher pp) to consider: the shared layouts; with a fixed teacher
+    layout, every student layout beside it; with --joint, the shared layouts and every pair of
+    a student layout (the fixed one, if any) and a different teacher layout."""
+    gpus = _divisors(req.gpus_per_node)
     layers = math.gcd(req.teacher.num_layers, req.student.num_layers)
-    plans = [evaluate(req, tp, pp) for tp in _divisors(req.gpus_per_node)
-             for pp in _divisors(layers) if not layout_problems(req, tp, pp)]
+    shared = [(tp, pp, tp, pp) for tp in gpus for pp in _divisors(layers)]
+    students = [(tp, pp) for tp in ([req.tp or 1] if req.tp or req.pp else gpus)
+                for pp in ([req.pp or 1] if req.tp or req.pp else
+                           _divisors(req.student.num_layers))]
+    if req.teacher_tp or req.teacher_pp:
+        return [(tp, pp, req.teacher_tp or tp, req.teacher_pp or pp)
+                for tp, pp in students if (tp, pp) != (req.teacher_tp or tp,
+                                                       req.teacher_pp or pp)] + shared
+    if not req.joint:
+        return shared
+    return shared + [(tp, pp, t_tp, t_pp) for tp, pp in students for t_tp in gpus
+                     for t_pp in _divisors(req.teacher.num_layers) if (t_tp, t_pp) != (tp, pp)]
+
+
+def valid_layouts(req: PlanRequest) -> list[LayoutPlan]:
+    """Every valid layout: the recommendable ones fastest first, then the others by headroom."""
+    plans = [evaluate(req, *c) for c in _candidates(req) if not layout_problems(req, *c)]
     return sorted(plans, key=lambda p: (0, p.time.total, p.tp * p.pp) if recommendable(req, p)
                   else (1, -p.headroom, p.tp * p.pp))
 
@@ -296,27 +306,42 @@ def plan(req: PlanRequest) -> Plan:
         if getattr(req, key) < 1:
             raise ValueError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(req, key)}")
     layouts = valid_layouts(req)
-    if req.tp is not None or req.pp is not None:
+    fixed_teacher = req.teacher_tp is not None or req.teacher_pp is not None
+    shared = None
+    if req.joint or fixed_teacher:  # the best layout without a teacher layout of its own
+        shared = next((lp for lp in layouts if not lp.own_teacher and recommendable(req, lp)),
+                      None)
+    if (req.tp is not None or req.pp is not None) and (fixed_teacher or not req.joint):
         tp, pp = req.tp or 1, req.pp or 1
-        problems = layout_problems(req, tp, pp)
+        t_tp, t_pp = req.teacher_tp or tp, req.teacher_pp or pp
+        problems = layout_problems(req, tp, pp, t_tp, t_pp)
         if problems:
-            return Plan(req, layouts, None, False, f"TP={tp} PP={pp} on {req.world} GPUs: "
-                        + "; ".join(problems) + _alternative(layouts))
-        chosen = evaluate(req, tp, pp)
+            name = evaluate_name(req, tp, pp, t_tp, t_pp)
+            return Plan(req, layouts, None, False, f"{name} on {req.world} GPUs: "
+                        + "; ".join(problems) + _alternative(layouts), shared)
+        chosen = evaluate(req, tp, pp, t_tp, t_pp)
         if not chosen.fits:
-            return Plan(req, layouts, chosen, False, _over(req, chosen) + _alternative(layouts))
-        return Plan(req, layouts, chosen, True)
+            return Plan(req, layouts, chosen, False, _over(req, chosen) + _alternative(layouts),
+                        shared)
+        return Plan(req, layouts, chosen, True, shared=shared)
     if not layouts:
         return Plan(req, layouts, None, False, _no_layout(req))
     best = layouts[0]
     if not best.fits:
-        return Plan(req, layouts, best, False, "no layout fits; the best, " + _over(req, best))
+        return Plan(req, layouts, best, False, "no layout fits; the best, " + _over(req, best),
+                    shared)
     if not recommendable(req, best):
         return Plan(req, layouts, best, False,
                     f"no layout leaves the minimum headroom of {req.min_headroom_gib:g} GiB: "
                     f"{best.name} fits with {gib(best.headroom)} GiB to spare (lower "
-                    "--min-headroom to accept it)")
-    return Plan(req, layouts, best, True)
+                    "--min-headroom to accept it)", shared)
+    return Plan(req, layouts, best, True, shared=shared)
+
+
+def evaluate_name(req: PlanRequest, tp: int, pp: int, t_tp: int, t_pp: int) -> str:
+    """A layout's name without estimating it (it may not divide the world)."""
+    base = f"TP={tp} PP={pp}"
+    return base if (t_tp, t_pp) == (tp, pp) else f"{base} / teacher TP={t_tp} PP={t_pp}"
 
 
 def _over(req: PlanRequest, lp: LayoutPlan) -> str:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Optional
 
 from rlad_megatron.launch.memory import DTYPE_BYTES, Workload, layer_parameters
 from rlad_megatron.models.spec import ModelSpec
@@ -84,6 +85,8 @@ class StepTime:
     tp_comm: float
     pp_bubble: float
     dp_allreduce: float
+    teacher_exchange: float = 0.0
+    """A teacher on its own layout: the all-gather of token ids and all-reduce of log-probs."""
 
     @property
     def total(self) -> float:
@@ -100,14 +103,25 @@ def _allreduce_s(nbytes: float, ranks: int, gbps: float, hw: Hardware) -> float:
 
 
 def estimate_step(teacher: ModelSpec, student: ModelSpec, tp: int, pp: int, dp: int,
-                  w: Workload, *, gpus_per_node: int, hw: Hardware = Hardware()) -> StepTime:
-    """Seconds of one RL step on one GPU of layout tp x pp x dp (see the module docstring)."""
+                  w: Workload, *, gpus_per_node: int, hw: Hardware = Hardware(),
+                  teacher_tp: Optional[int] = None,
+                  teacher_pp: Optional[int] = None) -> StepTime:
+    """Seconds of one RL step on one GPU of layout tp x pp x dp (see the module docstring); the
+    teacher at teacher_tp x teacher_pp when it has its own layout (teacher.parallel): its DP
+    ranks then score B / t_dp rows each, with their own TP all-reduces and pipeline bubble, and
+    the row exchange adds an all-gather of the B x s token ids and an all-reduce of the B x s
+    fp32 log-probs over the whole world (models/teacher_layout.py)."""
+    t_tp, t_pp = teacher_tp or tp, teacher_pp or pp
+    own = (t_tp, t_pp) != (tp, pp)
+    world = tp * pp * dp
+    t_dp = world // (t_tp * t_pp)
     rate = hw.peak_tflops * 1e12 * hw.mfu
     b_s, b_t = DTYPE_BYTES[w.student_dtype], DTYPE_BYTES[w.teacher_dtype]
     p_s, p_t = student.num_parameters(), teacher.num_parameters()
     rows = w.sequences_per_rank(dp)
     tokens = rows * w.seq_len
     m = w.micro_batches(dp)
+    t_rows = w.prompts_per_step * w.group_size / t_dp if own else rows
 
     batches = -(-rows // w.rollout_batch(dp))
     kv = (2 * student.num_layers * student.num_query_groups * student.head_dim / tp
@@ -119,29 +133,37 @@ def estimate_step(teacher: ModelSpec, student: ModelSpec, tp: int, pp: int, dp: 
 
     passes = 8 if w.old_logprobs_pass else 6  # forward of the old-policy pass + fwd/bwd
     student_compute = passes * p_s * tokens / (tp * pp) / rate
-    teacher_compute = 2 * p_t * tokens / (tp * pp) / rate
+    teacher_compute = 2 * p_t * t_rows * w.seq_len / (t_tp * t_pp) / rate
     if w.teacher_offload == "stream":
-        layer_bytes = layer_parameters(teacher, tp) * b_t
-        copy = teacher.num_layers // pp * layer_bytes / (hw.host_to_device_gbps * 1e9)
+        layer_bytes = layer_parameters(teacher, t_tp) * b_t
+        copy = teacher.num_layers // t_pp * layer_bytes / (hw.host_to_device_gbps * 1e9)
         one = layer_bytes / (hw.host_to_device_gbps * 1e9)
-        teacher_forward = pp * (max(teacher_compute, copy) + one)
+        teacher_forward = t_pp * (max(teacher_compute, copy) + one)
         pipelined = student_compute
     else:
         teacher_forward = teacher_compute
-        pipelined = student_compute + teacher_compute
+        pipelined = student_compute + (0.0 if own else teacher_compute)
 
     mb_tokens = w.micro_rows * w.seq_len
     tp_comm = 0.0
-    if tp > 1:
-        n_micro = rows / w.micro_rows
-        for spec, b, count in ((student, b_s, 6 if w.old_logprobs_pass else 4),
-                               (teacher, b_t, 2)):
-            one_ar = _allreduce_s(mb_tokens * spec.hidden_size * b, tp, hw.intra_node_gbps, hw)
-            tp_comm += spec.num_layers / pp * count * n_micro * one_ar
+    for spec, b, count, size, stages, n_micro in (
+            (student, b_s, 6 if w.old_logprobs_pass else 4, tp, pp, rows / w.micro_rows),
+            (teacher, b_t, 2, t_tp, t_pp, t_rows / w.micro_rows)):
+        if size > 1:
+            one_ar = _allreduce_s(mb_tokens * spec.hidden_size * b, size, hw.intra_node_gbps, hw)
+            tp_comm += spec.num_layers / stages * count * n_micro * one_ar
 
     pp_bubble = (pp - 1) / m * pipelined if pp > 1 else 0.0
+    if own and t_pp > 1 and w.teacher_offload != "stream":  # streamed: stages in turn above
+        pp_bubble += (t_pp - 1) / max(1.0, t_rows / w.micro_rows) * teacher_compute
     gbps = hw.inter_node_gbps if tp * dp > gpus_per_node else hw.intra_node_gbps
     dp_allreduce = w.mini_batches * _allreduce_s(p_s / (tp * pp) * 4, dp, gbps, hw)
+    exchange = 0.0
+    if own:
+        cells = w.prompts_per_step * w.group_size * w.seq_len
+        world_gbps = hw.inter_node_gbps if world > gpus_per_node else hw.intra_node_gbps
+        exchange = (_allreduce_s(cells * 4, world, world_gbps, hw) + (world - 1) / world
+                    * cells * 8 / (world_gbps * 1e9) + hw.collective_latency_us * 1e-6)
     return StepTime(rollout=rollout, student_compute=student_compute,
                     teacher_forward=teacher_forward, tp_comm=tp_comm, pp_bubble=pp_bubble,
-                    dp_allreduce=dp_allreduce)
+                    dp_allreduce=dp_allreduce, teacher_exchange=exchange)

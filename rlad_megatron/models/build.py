@@ -22,7 +22,7 @@ import torch
 
 from rlad_megatron.models.config import (check_same_vocab, layer_spec, padded_vocab_size,
                                          transformer_config)
-from rlad_megatron.models.layout_check import check_model_layout
+from rlad_megatron.models.layout_check import CONFIG_NAMES, TEACHER_NAMES, check_model_layout
 from rlad_megatron.models.spec import ModelSpec, RopeScaling
 from rlad_megatron.runtime import mcore_compat
 from rlad_megatron.runtime.cpu_shims import cuda_to_cpu
@@ -130,7 +130,8 @@ def build_chunks(spec: ModelSpec, par: Parallel, *, dtype: str = "fp32", role: s
 
     spec.validate(prefix=role)
     check_model_layout(spec, tp=par.tp, pp=par.pp, vpp=par.vpp,
-                       sequence_parallel=par.sequence_parallel, role=role)
+                       sequence_parallel=par.sequence_parallel, role=role,
+                       names=TEACHER_NAMES if par.detached else CONFIG_NAMES)
     config = transformer_config(spec, par, dtype=dtype, on_host=on_host)
     vocab = padded_vocab_size(spec.vocab_size, spec.make_vocab_size_divisible_by, par.tp)
     rope = spec.rope_scaling

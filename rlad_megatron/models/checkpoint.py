@@ -41,6 +41,8 @@ from rlad_megatron.models import checkpoint_files
 from rlad_megatron.models.checkpoint_files import MANIFEST, write_manifest  # noqa: F401
 from rlad_megatron.models.spec import ModelSpec
 from rlad_megatron.runtime.cpu_shims import cuda_to_cpu
+from rlad_megatron.runtime.parallel import Parallel
+from rlad_megatron.runtime.teacher_parallel import replica_ids_of
 
 POINTER = "latest_checkpointed_iteration.txt"
 MODEL_META = "rlad_model.json"
@@ -94,11 +96,19 @@ def model_state_key(index: int, num_chunks: int) -> str:
     return "model" if num_chunks == 1 else f"model{index}"
 
 
-def model_sharded_state_dict(chunks) -> dict:
-    """{"model": ...} or {"model0": ..., "model1": ...} of megatron sharded tensors."""
+def model_sharded_state_dict(chunks, par: Optional[Parallel] = None) -> dict:
+    """{"model": ...} or {"model0": ..., "model1": ...} of megatron sharded tensors. par: the
+    model's layout when its groups are not megatron's globals (a teacher on its own layout,
+    par.detached): its data-parallel group and rank set the replica ids, which megatron otherwise
+    reads from the globals."""
     modules = [getattr(c, "module", c) for c in chunks]
-    return {model_state_key(i, len(modules)): m.sharded_state_dict()
-            for i, m in enumerate(modules)}
+    if par is None or not par.detached:
+        return {model_state_key(i, len(modules)): m.sharded_state_dict()
+                for i, m in enumerate(modules)}
+    with replica_ids_of(par):
+        return {model_state_key(i, len(modules)):
+                m.sharded_state_dict(metadata={"dp_cp_group": par.dp_group})
+                for i, m in enumerate(modules)}
 
 
 def write_model_meta(folder: Path, spec: ModelSpec, **extra) -> None:
@@ -207,10 +217,12 @@ def load(path: str | Path, sharded_state_dict: dict, *, iteration: Optional[int]
     return dist_checkpointing.load(sharded_state_dict, str(folder), strict=strict)
 
 
-def load_model(path: str | Path, chunks, *, iteration: Optional[int] = None) -> Path:
-    """Load model weights (any TP/PP/VPP of the writer) into `chunks`; returns the folder."""
+def load_model(path: str | Path, chunks, *, iteration: Optional[int] = None,
+               par: Optional[Parallel] = None) -> Path:
+    """Load model weights (any TP/PP/VPP of the writer) into `chunks`; returns the folder.
+    par: see model_sharded_state_dict."""
     folder = resolve(path, iteration)
-    state = load(folder, model_sharded_state_dict(chunks))
+    state = load(folder, model_sharded_state_dict(chunks, par))
     modules = [getattr(c, "module", c) for c in chunks]
     for i, module in enumerate(modules):
         module.load_state_dict(state[model_state_key(i, len(modules))], strict=True)

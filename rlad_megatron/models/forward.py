@@ -131,8 +131,6 @@ def run_schedule(model: BuiltModel, micro_batches: list[MicroBatch],
 
     forward_step(chunk, micro_batch) -> (output_tensor, loss_func) as megatron expects; the data
     iterator (one per virtual stage) yields MicroBatch objects."""
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
     par, n = model.par, len(micro_batches)
     if par.vpp and n % par.pp:
         raise ValueError(f"interleaved pipeline: the number of micro-batches ({n}) must be a "
@@ -145,7 +143,7 @@ def run_schedule(model: BuiltModel, micro_batches: list[MicroBatch],
 
     iterators = [iter(micro_batches) for _ in chunks]
     with cuda_to_cpu(), _shapes_for(model, micro_batches):
-        return get_forward_backward_func()(
+        return par.forward_backward_func(model.config)(  # explicit layout: runtime/parallel.py
             forward_step_func=step,
             data_iterator=iterators if len(chunks) > 1 else iterators[0],
             model=chunks if len(chunks) > 1 else chunks[0],

@@ -27,6 +27,8 @@ CONFIG_NAMES = {"tp": "parallel.tensor", "pp": "parallel.pipeline",
                 "pp_vpp": "parallel.pipeline * virtual_pipeline",
                 "sp": "parallel.sequence_parallel"}
 """The knobs as a run config spells them."""
+TEACHER_NAMES = {key: "teacher." + name for key, name in CONFIG_NAMES.items()}
+"""The same knobs of a teacher on its own layout (teacher.parallel, runtime/teacher_parallel.py)."""
 CLI_NAMES = {"tp": "--tp", "pp": "--pp", "pp_vpp": "--pp * --vpp", "sp": "--sequence-parallel"}
 """The knobs as a command line spells them."""
 TP_KEYS = ("num_attention_heads", "num_query_groups", "ffn_hidden_size")

@@ -12,6 +12,7 @@ outermost dimension. The data-parallel size is derived: world_size / (tensor * p
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -84,6 +85,9 @@ class Parallel:
     pg_collection: object  # megatron.core.process_groups_config.ProcessGroupCollection
     sequence_parallel: bool = False
     seed: int = 1234
+    detached: bool = False
+    """Groups of its own, not megatron's globals (a teacher on its own layout,
+    runtime/teacher_parallel.py): megatron calls must then be given them explicitly."""
 
     @property
     def is_first_stage(self) -> bool:
@@ -97,6 +101,21 @@ class Parallel:
     def last_stage_global_rank(self) -> int:
         """Global rank of the last pipeline stage in this rank's pipeline group."""
         return dist.get_global_rank(self.pp_group, self.pp - 1)
+
+    def forward_backward_func(self, config):
+        """megatron's schedule for this layout, chosen from these sizes (not the global PP
+        size), and given this layout's groups when they are not megatron's globals."""
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        func = get_forward_backward_func(pp_size=self.pp, vp_size=self.vpp)
+        if not self.detached:
+            return func
+        from megatron.core.pipeline_parallel.p2p_communication import P2PCommunicator
+
+        extra = {"pg_collection": self.pg_collection}
+        if self.pp > 1:
+            extra["p2p_communicator"] = P2PCommunicator(pp_group=self.pp_group, config=config)
+        return functools.partial(func, **extra)
 
     def describe(self) -> str:
         vpp = f" vpp={self.vpp}" if self.vpp else ""

@@ -44,6 +44,8 @@ RULES: tuple[Rule, ...] = (
     Rule("selection.tau_align", lambda c: c.selection.policy in ("alignment", "both"),
          "selection.policy=alignment or both"),
     Rule("imitation.", lambda c: c.rollout.teacher_samples > 0, "rollout.teacher_samples > 0"),
+    Rule("teacher.parallel.", lambda c: c.needs_teacher,
+         "algorithm=rlad, kdrl or sft_distill, or rollout.teacher_samples > 0"),
     Rule("imitation.importance_cap", lambda c: c.imitation.distill_loss == "ratio",
          "imitation.distill_loss=ratio"),
     Rule("imitation.weight_steps", lambda c: c.imitation.weight_end is not None,

@@ -27,6 +27,7 @@ from rlad_megatron.models.build import OptimizerSettings
 from rlad_megatron.models.config import DTYPES
 from rlad_megatron.models.teacher_stream import ACTIVATION_PLACES, OFFLOAD_MODES
 from rlad_megatron.runtime.parallel import ParallelConfig
+from rlad_megatron.runtime.teacher_parallel import TeacherParallelConfig
 from rlad_megatron.train.algorithm_config import (AdvantageConfig, ImitationConfig, LossConfig,
                                                   SelectionConfig, choice)
 from rlad_megatron.train.on_policy import OLD_LOGPROBS_MODES
@@ -90,6 +91,14 @@ class TeacherConfig(ModelConfig):
     second CUDA stream beside the next micro-batch's decoding; on CPU the two interleave. The
     log-probs are the same. Needs rollout.micro_batch_size > 0; not with offload=stream (scored
     layer-major over the whole batch) or rollout.teacher_samples (teacher rows come later)."""
+    parallel: TeacherParallelConfig = field(default_factory=TeacherParallelConfig)
+    """The teacher's own TP / PP / VPP sizes (runtime/teacher_parallel.py), e.g. a wide-TP teacher
+    beside a student with little model parallelism; 0 / null: the student's (the default: both
+    share one layout and its groups). On its own layout the teacher only scores the student's
+    rows, exchanged between the layouts by models/teacher_layout.py (resident or streamed, after
+    or during the rollout), generates its trajectories (rollout.teacher_samples) and sft_distill's
+    traces there (rollout/on_layout.py), and evaluates itself (eval.teacher) on its own groups.
+    Validated: its TP x PP divides the world and its DP size the rows and prompts it handles."""
 
 
 @dataclass

@@ -60,7 +60,8 @@ def evaluate(run, model, items, *, prefix: str = "eval") -> tuple[dict[str, floa
     A record is {"id", "level", "correct", "reward", "steps_correct"}: counts (and the reward
     sum) over the eval.k samples of one prompt; steps_correct is None without a step check."""
     e = run.cfg.eval
-    start, stop = rank_slice(len(items), run.par.dp, run.par.dp_rank)
+    par = model.par  # the student's layout, or a teacher's own (teacher.parallel)
+    start, stop = rank_slice(len(items), par.dp, par.dp_rank)
     mine = items[start:stop]
     gen = generation_config(run, samples=e.k, temperature=e.temperature, top_p=e.top_p, top_k=0,
                             max_new_tokens=e.max_new_tokens or run.cfg.rollout.max_new_tokens)
@@ -80,12 +81,12 @@ def evaluate(run, model, items, *, prefix: str = "eval") -> tuple[dict[str, floa
                         "steps_correct": (sum(bool(steps_ok(t, item)) for t in rows)
                                           if steps_ok else None)})
     length = float(batch.response_lengths.sum()) if mine else 0.0
-    if run.par.dp > 1:
-        gathered = [None] * run.par.dp
-        dist.all_gather_object(gathered, records, group=run.par.dp_group)
+    if par.dp > 1:
+        gathered = [None] * par.dp
+        dist.all_gather_object(gathered, records, group=par.dp_group)
         records = [r for part in gathered for r in part]
         total = torch.tensor([length], dtype=torch.float64)
-        devices.all_reduce(total, group=run.par.dp_group)
+        devices.all_reduce(total, group=par.dp_group)
         length = float(total[0])
     metrics = summarize(records, e.k, prefix)
     metrics[f"{prefix}/response_len"] = length / max(len(records) * e.k, 1)

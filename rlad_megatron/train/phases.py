@@ -34,8 +34,10 @@ from rlad_megatron.data.selection import gate_trajectories, select_teacher_token
 from rlad_megatron.data.tasks import PromptItem
 from rlad_megatron.losses import check_teacher_logprobs, kdrl_beta
 from rlad_megatron.models.forward import forward_logprobs
+from rlad_megatron.models.teacher_layout import layout_logprobs
 from rlad_megatron.models.teacher_stream import StreamedTeacher, streamed_logprobs
 from rlad_megatron.rollout import GenerationConfig, generate
+from rlad_megatron.rollout.on_layout import generate_on_layout
 from rlad_megatron.runtime import agree_or_raise, devices
 from rlad_megatron.runtime.devices import compute_device
 from rlad_megatron.train.setup import Run
@@ -125,8 +127,11 @@ class TeacherDuringRollout:
         if self.stream is not None:
             self.stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(self.stream) if self.stream else contextlib.nullcontext():
-            lp = forward_logprobs(self.run.teacher, part.tokens, plan=plan,
-                                  temperature=self.run.cfg.rollout.temperature, fused=True)
+            if self.run.teacher.par.detached:  # its own layout: every stage gets the result
+                lp = logprobs(self.run, self.run.teacher, part.tokens, fused=True, plan=plan)
+            else:
+                lp = forward_logprobs(self.run.teacher, part.tokens, plan=plan,
+                                      temperature=self.run.cfg.rollout.temperature, fused=True)
         self.parts.append((rows, lp))
         self.pairs.append((plan, part))
         self.seconds += time.perf_counter() - t0
@@ -155,8 +160,11 @@ def with_teacher_trajectories(run: Run, items: list[PromptItem], step: int,
     r = run.cfg.rollout
     gen = generation_config(run, samples=r.teacher_samples, temperature=r.temperature,
                             top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens)
-    teacher = generate(run.teacher, prompt_ids(run, items), gen,
-                       seed=run.cfg.seed * 1_000_003 + step + TEACHER_SEED_OFFSET)
+    seed = run.cfg.seed * 1_000_003 + step + TEACHER_SEED_OFFSET
+    if run.teacher.par.detached:  # a teacher on its own layout generates for every DP rank
+        teacher = generate_on_layout(run.teacher, run.par, prompt_ids(run, items), gen, seed=seed)
+    else:
+        teacher = generate(run.teacher, prompt_ids(run, items), gen, seed=seed)
     return interleave_groups(student, teacher, group_size=r.group_size,
                              teacher_samples=r.teacher_samples,
                              pad_token_id=run.tokenizer.pad_id or 0)
@@ -217,6 +225,11 @@ def logprobs(run: Run, model, tokens: torch.Tensor, *, fused: bool,
     over the micro-batches of `plan` (micro_batches). A teacher streamed from host memory
     (teacher.offload=stream) is scored layer-major."""
     temperature = run.cfg.rollout.temperature
+    if model.par.detached:  # a teacher on its own layout (teacher.parallel): every stage gets it
+        t = run.cfg.train
+        return layout_logprobs(model, run.par, tokens, plan=plan, temperature=temperature,
+                               micro_batch_size=t.micro_batch_size,
+                               max_tokens=t.max_tokens_per_micro_batch)
     if isinstance(model, StreamedTeacher):
         lp = streamed_logprobs(model, tokens, plan=plan, temperature=temperature)
     else:

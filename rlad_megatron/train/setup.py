@@ -34,6 +34,7 @@ from rlad_megatron.models.spec import ModelSpec, get_preset
 from rlad_megatron.models.teacher_stream import stream_teacher
 from rlad_megatron.runtime import (DistEnv, Parallel, agree_or_raise, init_distributed,
                                    init_parallel, print0)
+from rlad_megatron.runtime.teacher_parallel import init_teacher_parallel
 from rlad_megatron.train import checkpoint as tckpt
 from rlad_megatron.models.reference import ReferenceWeights
 from rlad_megatron.train.config import ModelConfig, RunConfig, to_yaml
@@ -152,7 +153,7 @@ def check_vocab_fits(spec: ModelSpec, tok: Tokenizer, role: str) -> None:
 def init_weights(model: BuiltModel, m: ModelConfig, seed: int) -> Optional[str]:
     """Load the configured checkpoint, or layout-invariant random weights (random_init)."""
     if m.checkpoint:
-        return str(mckpt.load_model(m.checkpoint, model.chunks))
+        return str(mckpt.load_model(m.checkpoint, model.chunks, par=model.par))
     weights = random_hf_weights(model.spec, seed=seed)
     load_hf_tensors(model.chunks, weights.__getitem__, spec=model.spec, tp=model.par.tp,
                     tp_rank=model.par.tp_rank, padded_vocab=model.padded_vocab_size)
@@ -294,7 +295,8 @@ def _build(cfg: RunConfig, env: DistEnv, resume_at: Optional[int],
     teacher = None
     if teacher_needed:
         streamed = cfg.teacher.offload == "stream"
-        teacher = build_teacher(teacher_spec, par, dtype=cfg.teacher.dtype,
+        teacher_par = init_teacher_parallel(cfg.teacher.parallel, cfg.parallel, par)
+        teacher = build_teacher(teacher_spec, teacher_par, dtype=cfg.teacher.dtype,
                                 student_spec=student_spec, on_host=streamed)
         init_weights(teacher, cfg.teacher, seed=cfg.seed + 1)
         if streamed:  # decoder layers stay in host memory, the rest moves to the device
@@ -335,6 +337,8 @@ def _build(cfg: RunConfig, env: DistEnv, resume_at: Optional[int],
            f"student {student_spec.name or student_spec.arch} {student.parameter_count():,} "
            f"params/rank" + (f", teacher {teacher_spec.name or teacher_spec.arch} "
                              f"{teacher.parameter_count():,} params/rank" if teacher else "")
+           + (f" on its own layout {teacher.par.describe()}"
+              if teacher is not None and teacher.par.detached else "")
            + "; " + ", ".join(f"{k.split('/')[1]}={v:.1f}MiB" for k, v in mem.items())
            + (f"; resumed from {resumed} at step {state.step}" if resumed else ""))
     return run

@@ -68,6 +68,8 @@ def validate_run_config(cfg: RunConfig, world_size: int = 1, check_files: bool =
     _imitation(cfg)
     _teacher_offload(cfg)
     _teacher_during_rollout(cfg)
+    if cfg.needs_teacher:
+        _teacher_parallel(cfg, world_size)
     _old_logprobs(cfg)
     if cfg.needs_teacher:
         _model(cfg, "teacher", check_files)
@@ -296,3 +298,41 @@ def _teacher_offload(cfg: RunConfig) -> None:
     if cfg.eval.teacher and cfg.eval.at_start:
         raise ValueError("teacher.offload=stream: eval.teacher=true evaluates the teacher by "
                          "generation, which a streamed teacher does not do; set eval.teacher=false")
+
+
+def _teacher_parallel(cfg: RunConfig, world_size: int) -> None:
+    """teacher.parallel: a teacher on its own layout scores the student's rows
+    (models/teacher_layout.py; resident or streamed, after or during the rollout), generates its
+    trajectories and sft_distill's traces (rollout/on_layout.py) and evaluates itself; its data-
+    parallel ranks must split the rows (and the prompts it generates for) evenly."""
+    tp = cfg.teacher.parallel
+    tp.validate(cfg.parallel, world_size)
+    if not tp.is_own(cfg.parallel):
+        return
+    mine = tp.resolve(cfg.parallel)
+    teacher_dp = world_size // (mine.tensor * mine.pipeline)
+    if cfg.algorithm == "sft_distill":  # the teacher's DP ranks split the prompts of its traces
+        _raise(data_parallel_problem("train.sft_batch_size", cfg.train.sft_batch_size,
+                                     teacher_dp, " of the teacher (teacher.parallel), which "
+                                     "generates the traces"))
+        return
+    r = cfg.rollout
+    rows = r.prompts_per_step * (r.group_size + r.teacher_samples)
+    _raise(data_parallel_problem("rollout.prompts_per_step * (rollout.group_size + "
+                                 "rollout.teacher_samples)", rows, teacher_dp,
+                                 " of the teacher (teacher.parallel)"))
+    if r.teacher_samples:  # the teacher's DP ranks split the prompts to generate its rows
+        _raise(data_parallel_problem("rollout.prompts_per_step", r.prompts_per_step, teacher_dp,
+                                     " of the teacher (teacher.parallel), which generates "
+                                     "rollout.teacher_samples"))
+    if (mine.virtual_pipeline or 1) > 1:
+        if cfg.train.max_tokens_per_micro_batch:
+            raise ValueError("teacher.parallel.virtual_pipeline: not with "
+                             "train.max_tokens_per_micro_batch (see train/step.py "
+                             "micro_batch_plan)")
+        count = -(-(rows // teacher_dp) // cfg.train.micro_batch_size)
+        if count % mine.pipeline:
+            raise ValueError(f"teacher.parallel.virtual_pipeline: the teacher's {count} "
+                             f"micro-batches per rank (rollout rows / teacher data-parallel "
+                             f"size / train.micro_batch_size) must be a multiple of "
+                             f"teacher.parallel.pipeline={mine.pipeline}")

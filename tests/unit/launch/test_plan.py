@@ -24,7 +24,8 @@ from rlad_megatron.train.validate import validate_run_config
 
 REPO = Path(__file__).resolve().parents[3]
 RECIPES = {"qwen3_8b_to_1.7b": (1, (2, 1, 4)), "qwen3_32b_to_8b": (4, (4, 1, 8)),
-           "llama31_405b_to_8b": (8, (8, 2, 4)), "llama31_405b_to_8b_1node": (1, (4, 1, 2))}
+           "llama31_405b_to_8b": (8, (8, 2, 4)), "llama31_405b_to_8b_1node": (1, (4, 1, 2)),
+           "llama31_405b_to_8b_2node": (2, (8, 1, 2)), "llama31_70b_to_8b": (1, (2, 1, 4))}
 """recipe -> (nodes, its configured (TP, PP, DP) on 8-GPU nodes)."""
 
 

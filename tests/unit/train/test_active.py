@@ -36,6 +36,8 @@ def _other(info):
         return 2.0
     if d is None and "str" in info.type:
         return "x"
+    if d is None and "int" in info.type:
+        return 2
     if isinstance(d, str):
         return d + "_x"
     raise AssertionError(f"{info.key}: no other value for type {info.type}")

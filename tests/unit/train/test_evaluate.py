@@ -45,6 +45,13 @@ def _run(setting, dp=1, dp_rank=0, **eval_over):
                                  reward_fn=get_reward("reasoning_gym"))
 
 
+class _Model(dict):
+    """The fake generate's model: its tokenizer and texts, on a single-rank layout (evaluate()
+    splits the prompts over the evaluated model's own data-parallel ranks)."""
+
+    par = types.SimpleNamespace(dp=1, dp_rank=0, dp_group=None)
+
+
 def _fake_generate(calls, answer):
     """Records (config, seed, row_offset); row j of prompt p answers answer(p_item_text, j)."""
     def generate(model, prompts, gen, *, seed, row_offset):
@@ -75,7 +82,7 @@ def test_default_protocol_is_the_papers_and_is_passed_to_generation(setting, mon
     monkeypatch.setattr(ev, "generate", _fake_generate(calls, lambda i, j: fmt.solution(i)))
     run = _run(setting)
     assert ev.protocol_label(run.cfg.eval) == "mean@4 (T=0.6, top-p 0.95)"
-    model = {"tok": tok, "texts": items}
+    model = _Model(tok=tok, texts=items)
     metrics, _, records = ev.evaluate(run, model, items)
     gen, seed, offset, n = calls[0]
     assert (gen.temperature, gen.top_p, gen.top_k, gen.samples_per_prompt) == (0.6, 0.95, 0, 4)
@@ -105,10 +112,10 @@ def test_row_ids_are_global_whatever_the_layout_and_run_seed(setting, monkeypatc
     for seed in (1, 2):
         run = _run(setting)
         run.cfg.seed = seed  # the run's seed never enters the evaluation's noise
-        ev.evaluate(run, {"tok": tok, "texts": items}, items)
+        ev.evaluate(run, _Model(tok=tok, texts=items), items)
     assert [(c[1], c[2]) for c in calls] == [(2**31 - 1, 0)] * 2
     run = _run(setting, seed=5)
-    ev.evaluate(run, {"tok": tok, "texts": items}, items)
+    ev.evaluate(run, _Model(tok=tok, texts=items), items)
     assert calls[-1][1] == 2**31 - 1 - 5
 
 
@@ -128,7 +135,7 @@ def test_metrics_by_hand(setting, monkeypatch):
         return "#999"                                        # 0/4
 
     monkeypatch.setattr(ev, "generate", _fake_generate([], answer))
-    metrics, _, records = ev.evaluate(_run(setting), {"tok": tok, "texts": items}, items)
+    metrics, _, records = ev.evaluate(_run(setting), _Model(tok=tok, texts=items), items)
     assert [r["correct"] for r in records] == [4, 2, 1, 0]
     assert [r["steps_correct"] for r in records] == [4, 0, 1, 0]
     assert metrics["eval/accuracy"] == pytest.approx(7 / 16)
