@@ -115,6 +115,33 @@ def rl_loop(out: Path, local_spec: bool, *, dtype: str = "bf16", steps: int = RL
             "reward_mean": [r["rollout/reward_mean"] for r in steps]}
 
 
+def continuous_section(student) -> dict:
+    """bench/skewed.py's workload on the GPU: 128 rows, 256 new tokens, 88 EOS ids (a geometric
+    tail of lengths), 32 rows at a time: the static engine against rollout.engine=continuous
+    (megatron's flash-attn paged kernels; reported as not run where flash-attn is missing)."""
+    import dataclasses
+
+    from rlad_megatron.rollout import GenerationConfig, generate_detailed
+    from rlad_megatron.runtime.paged_attention import check_dynamic_attention
+
+    try:
+        check_dynamic_attention()
+    except ValueError as e:
+        return {"continuous": f"not run: {e}"}
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(200, 32000, (32,), generator=g).tolist() for _ in range(128)]
+    gen = GenerationConfig(max_new_tokens=256, eos_token_id=list(range(100, 188)),
+                           micro_batch_size=32, progress=False)
+    out = {}
+    for engine, cfg in (("static", gen), ("continuous", dataclasses.replace(
+            gen, engine="continuous", max_live_rows=32, kv_block_size=256))):
+        result, secs = _timed(lambda c=cfg: generate_detailed(student, prompts, c, seed=1))
+        out[f"skewed_{engine}_tokens_per_s"] = float(result.batch.response_lengths.sum()) / secs
+    out["skewed_continuous_over_static"] = (out["skewed_continuous_tokens_per_s"] /
+                                            out["skewed_static_tokens_per_s"])
+    return out
+
+
 def rl_section(report: dict, out: Path) -> None:
     from rlad_megatron.models.config import use_transformer_engine
 
@@ -210,6 +237,7 @@ def main() -> int:
         gen = GenerationConfig(max_new_tokens=256, samples_per_prompt=1, progress=False)
         _, secs = _timed(lambda: generate(student, prompts, gen, seed=0), reps=2)
         report[f"rollout_b{batch}_tokens_per_s"] = batch * 256 / secs
+    report.update(continuous_section(student))
 
     # 4. teacher scoring during the rollout (train/phases.py TeacherDuringRollout's streams)
     teacher = _build(spec, par, weights, "bf16")

@@ -16,5 +16,5 @@ if [ -f "$EXCLUDE" ] && ! grep -qx "/.whl/" "$EXCLUDE"; then echo "/.whl/" >> "$
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
     --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d "$DIR" \
-    megatron-core==0.16.1 omegaconf==2.4.0 antlr4-python3-runtime==4.13.2
+    megatron-core==0.16.1 omegaconf==2.4.0 antlr4-python3-runtime==4.13.2 einops==0.8.2
 ls -la "$DIR"

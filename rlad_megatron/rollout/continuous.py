@@ -169,7 +169,7 @@ def decode_continuous(model, inputs: LeftPadded, cfg, *, seed: int, row_ids: Ten
                          prompt_tokens=live * p)
     waiting, in_flight, steps = deque(range(b)), 0, 0
     left_in_group = [group_size] * math.ceil(b / group_size)
-    with torch.inference_mode(), dynamic_attention():
+    with torch.inference_mode(), dynamic_attention(live, p + n):
         while waiting or in_flight:
             while waiting and in_flight < live:
                 row = waiting.popleft()

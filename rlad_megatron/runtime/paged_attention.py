@@ -42,36 +42,97 @@ def _scale(attn, d: int) -> float:
     return scale if scale is not None else d ** -0.5
 
 
+class SlotCache:
+    """Per-row contiguous copies of the paged keys and values, for decode steps on the CPU.
+
+    Gathering every live row's blocks into one batch at every layer and step copies the whole
+    cache (that made the continuous engine 2x slower than the static one here). Instead each
+    live row owns a slot of [slots, g, max_length, d] buffers per layer, in the per-head layout
+    of the static engine's cache (runtime/mcore_compat.decode_kv_cache); each attention call
+    copies only the step's new keys and values from megatron's blocks into it (a prefill: the
+    whole prompt). A decode step then multiplies each slot's [r, d] queries with its keys where
+    they are, over all slots (free ones masked), as the static engine does.
+    A row's slot is keyed by its first KV block, which megatron gives it on admission and keeps
+    until the row is released; a key no longer among the live rows frees its slot."""
+
+    def __init__(self, slots: int, max_length: int):
+        self.slots, self.max_length = slots, max_length
+        self.owner: dict[int, int] = {}  # first block id -> slot
+        self.buffers: dict[tuple, tuple[Tensor, Tensor]] = {}  # (layer, k's memory) -> K, V
+        self.first_layer = None
+
+    def slots_of(self, layer: int, first_blocks: list[int]) -> list[int]:
+        """The slot of each live row (first_blocks: their first KV block ids), assigned at the
+        stage's first layer, where a step starts."""
+        if self.first_layer is None:
+            self.first_layer = layer
+        if layer == self.first_layer:
+            live = set(first_blocks)
+            self.owner = {b: s for b, s in self.owner.items() if b in live}
+            free = sorted(set(range(self.slots)) - set(self.owner.values()))
+            for b in first_blocks:
+                if b not in self.owner:
+                    self.owner[b] = free.pop(0)
+        return [self.owner[b] for b in first_blocks]
+
+    def store(self, attn, k: Tensor, v: Tensor, table: Tensor, new_from: Tensor,
+              lengths: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
+        """Copy positions [new_from_i, lengths_i) of each live row i from the blocks into its
+        slot; returns this layer's (K, V) [slots, g, max_length, d]."""
+        key = (attn.layer_number, k.data_ptr())
+        if key not in self.buffers:
+            shape = (self.slots, k.shape[2], self.max_length, k.shape[3])
+            self.buffers[key] = (k.new_zeros(shape), v.new_zeros(shape))
+        keys, values = self.buffers[key]
+        counts = lengths - new_from
+        row = torch.repeat_interleave(torch.arange(len(lengths), device=k.device), counts)
+        pos = new_from[row] + torch.arange(len(row), device=k.device) - \
+            (torch.cumsum(counts, 0) - counts)[row]
+        block = table[row, pos // k.shape[1]].to(torch.long)
+        keys[slots[row], :, pos] = k[block, pos % k.shape[1]]
+        values[slots[row], :, pos] = v[block, pos % k.shape[1]]
+        return keys, values
+
+
+_SLOTS: list[SlotCache] = []
+
+
+def _record(attn, k: Tensor, v: Tensor, seqlens_k: Tensor, new_counts: Tensor,
+            block_table: Tensor):
+    """SlotCache.store for this call's live rows: (n, slots [n], K, V, lengths [n])."""
+    n = int((seqlens_k > 0).sum())  # live rows first, CUDA-graph padding after
+    lengths = seqlens_k[:n].to(torch.long)
+    table = block_table[:n].to(torch.long)
+    cache = _SLOTS[-1]
+    slots = torch.tensor(cache.slots_of(attn.layer_number, table[:, 0].tolist()),
+                         dtype=torch.long, device=k.device)
+    keys, values = cache.store(attn, k, v, table, lengths - new_counts[:n].to(torch.long),
+                               lengths, slots)
+    return n, slots, keys, values, lengths
+
+
 def _decode_only(attn, q: Tensor, k: Tensor, v: Tensor, seqlens_k: Tensor,
                  block_table: Tensor) -> Tensor:
     """q [n_pad, 1, h, d] (one query per request) -> [n_pad, 1, h, d]; rows past the live
     requests (CUDA-graph padding) are 0."""
-    n = min(q.shape[0], seqlens_k.shape[0])
-    heads, d = q.shape[-2], q.shape[-1]
-    block, groups = k.shape[1], k.shape[2]
-    per_group = heads // groups
     out = torch.zeros_like(q)
+    heads, d = q.shape[-2], q.shape[-1]
+    groups = k.shape[2]
+    n, slots, keys, values, lengths = _record(attn, k, v, seqlens_k,
+                                              torch.ones_like(seqlens_k), block_table)
     if n == 0:
         return out
-    lengths = seqlens_k[:n].to(torch.long)
-    blocks = max(1, int(math.ceil(int(lengths.max()) / block)))  # one host read per layer call
-    # unused table entries (-1) read block 0: masked below, and finite (the buffers start
-    # zeroed, rollout/continuous.py, and no NaN is ever stored: see the padding rows below)
-    table = block_table[:n, :blocks].reshape(-1).to(torch.long).clamp(min=0)
-    past = torch.arange(blocks * block, device=q.device)[None] >= lengths[:, None]  # [n, L]
-
-    def gathered(cache: Tensor) -> Tensor:  # [n, g, L, d], each (row, group) contiguous
-        rows = cache.index_select(0, table).view(n, blocks * block, groups, d)
-        return rows.permute(0, 2, 1, 3).contiguous()
-
-    keys, values = gathered(k), gathered(v)
-    query = q[:n, 0].reshape(n, groups, per_group, d)
-    scores = torch.matmul(query, keys.transpose(-1, -2)) * _scale(attn, d)  # [n, g, r, L]
+    cache = _SLOTS[-1]
+    longest = int(lengths.max())
+    query = q.new_zeros(cache.slots, groups, heads // groups, d)
+    query[slots] = q[:n, 0].reshape(n, groups, heads // groups, d)
+    held = torch.zeros(cache.slots, dtype=torch.long, device=q.device)
+    held[slots] = lengths
+    scores = torch.matmul(query, keys[:, :, :longest].transpose(-1, -2)) * _scale(attn, d)
+    past = torch.arange(longest, device=q.device)[None] >= held[:, None]  # free slots: all
     scores.masked_fill_(past[:, None, None], float("-inf"))
-    context = torch.matmul(scores.softmax(-1), values)  # [n, g, r, d]
-    # CUDA-graph padding requests (length 0) attend to nothing: 0, not the softmax's NaN
-    context = context.masked_fill((lengths == 0)[:, None, None, None], 0.0)
-    out[:n, 0] = context.reshape(n, heads, d)
+    context = torch.matmul(scores.softmax(-1), values[:, :, :longest])  # [slots, g, r, d]
+    out[:n, 0] = context[slots].reshape(n, heads, d)  # free slots (NaN rows) are not read
     return out
 
 
@@ -83,6 +144,8 @@ def _with_prefill(attn, q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor,
     heads, d = q.shape[-2], q.shape[-1]
     block, groups = k.shape[1], k.shape[2]
     per_group = heads // groups
+    _record(attn, k, v, seqlens_k, cu_seqlens_q[1:len(seqlens_k) + 1] -
+            cu_seqlens_q[:len(seqlens_k)], block_table)
     starts = cu_seqlens_q.tolist()  # one host read per layer call
     lengths = seqlens_k.tolist()
     for i, length in enumerate(lengths[:len(starts) - 1]):
@@ -113,9 +176,11 @@ def paged_attention(attn, q: Tensor, k: Tensor, v: Tensor, max_seqlen_q, max_seq
 
 
 @contextlib.contextmanager
-def dynamic_attention():
-    """Megatron attention with a dynamic inference context runs here: on a CPU-only torch, the
-    torch paged attention in place of flash-attn (restored on exit); on a GPU, nothing changes."""
+def dynamic_attention(slots: int, max_length: int):
+    """Megatron attention with a dynamic inference context runs here, for one generation of at
+    most `slots` live rows of `max_length` tokens: on a CPU-only torch, the torch paged attention
+    in place of flash-attn, with its SlotCache (restored and dropped on exit); on a GPU, nothing
+    changes."""
     if not cpu_shims.needed():
         yield
         return
@@ -124,9 +189,11 @@ def dynamic_attention():
     saved = (attention.Attention.flash_decode_and_prefill, attention.HAVE_FA3)
     attention.Attention.flash_decode_and_prefill = paged_attention
     attention.HAVE_FA3 = True  # only read by the version assert and the kernel we replace
+    _SLOTS.append(SlotCache(slots, max_length))
     try:
         yield
     finally:
+        _SLOTS.pop()
         attention.Attention.flash_decode_and_prefill, attention.HAVE_FA3 = saved
 
 
