@@ -80,7 +80,7 @@ def transformers(hf, prompts, eos) -> dict:
 def summary(lengths: list[int]) -> dict:
     t = torch.tensor(lengths, dtype=torch.float64)
     return {"median": float(t.median()), "mean": float(t.mean()), "max": int(t.max()),
-            "share_at_max": float((t == NEW).mean()),
+            "share_at_max": float((t == NEW).double().mean()),
             "slot_utilisation_static": float(t.sum() / (len(lengths) * t.max()))}
 
 

@@ -44,7 +44,7 @@ from rlad_megatron.rollout.layout import LeftPadded
 from rlad_megatron.rollout.pipeline import StageRunner
 from rlad_megatron.runtime import mcore_compat
 from rlad_megatron.runtime.devices import compute_device
-from rlad_megatron.runtime.paged_attention import dynamic_attention
+from rlad_megatron.runtime.paged_attention import context_class, dynamic_attention
 
 
 def kv_block_bytes(config, layers: int, tp: int, block_size: int) -> int:
@@ -61,15 +61,13 @@ class ContinuousStages(StageRunner):
 
     def start_dynamic(self, model, *, live: int, max_length: int, prompt_tokens: int,
                       block_size: int) -> None:
-        from megatron.core.inference.contexts.dynamic_context import DynamicInferenceContext
-
         cfg = model.config
         blocks = live * math.ceil(max_length / block_size) + 2  # + megatron's dummy block
         self.contexts = []
         for chunk in self.chunks:
             layers = len(chunk.decoder.layers)
             one = kv_block_bytes(cfg, layers, model.par.tp, block_size)
-            self.contexts.append(DynamicInferenceContext(
+            self.contexts.append(context_class()(
                 num_layers=layers, params_dtype=self.dtype, kv_channels=cfg.kv_channels,
                 num_attention_heads=cfg.num_query_groups or cfg.num_attention_heads,
                 max_sequence_length=max_length,

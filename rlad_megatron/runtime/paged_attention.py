@@ -16,20 +16,21 @@ and this machine:
     one stage's layers serves them. Virtual pipeline stages are not supported by megatron's
     dynamic inference (that method asserts it), and refused in train/validate.py.
 
-The paged attention (`paged_attention`): queries are the step's packed tokens [T, 1, h, d] (or
-one per request in a decode-only step), keys and values the cache's blocks [n_blocks, block, g,
-d] with each request's block table. Decode-only steps (every live row adds one token) run as
-one batched product per step: each request's blocks are gathered into [n, g, L_max, d] and the
-r = h / g queries of a group multiply its keys in place (no expansion per head), positions past
-a request's length masked. Steps with prefill run request by request, causal within the new
-tokens. Softmax scale as megatron's (`softmax_scale`, else 1 / sqrt(d)); float32 throughout.
-tests/unit/rollout/test_continuous.py checks it against a plain causal forward of the same model.
+The paged attention (`paged_attention`): queries are the step's packed tokens [T, 1, h, d]
+(one per row in a decode-only step), keys and values megatron's blocks [n_blocks, block, g, d]
+with each row's block table. Gathering every row's blocks at every layer and step copies the
+whole cache, so `SlotCache` keeps a per-row copy in the static engine's per-head layout, into
+which each call copies only the step's new tokens; rows with one new token then attend in one
+batched product over the slots (free slots masked), rows with a prompt one by one, causal
+within their new tokens. On the CPU the context is also built unpadded (`context_class`).
+Softmax scale as megatron's (`softmax_scale`, else 1 / sqrt(d)); float32 throughout.
+tests/dist/rollout/test_generate.py holds the engine to a float64 reference at DP=2, TP=2,
+PP=2 and to the static engine.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
 from torch import Tensor
@@ -111,68 +112,68 @@ def _record(attn, k: Tensor, v: Tensor, seqlens_k: Tensor, new_counts: Tensor,
     return n, slots, keys, values, lengths
 
 
-def _decode_only(attn, q: Tensor, k: Tensor, v: Tensor, seqlens_k: Tensor,
-                 block_table: Tensor) -> Tensor:
-    """q [n_pad, 1, h, d] (one query per request) -> [n_pad, 1, h, d]; rows past the live
-    requests (CUDA-graph padding) are 0."""
-    out = torch.zeros_like(q)
-    heads, d = q.shape[-2], q.shape[-1]
-    groups = k.shape[2]
-    n, slots, keys, values, lengths = _record(attn, k, v, seqlens_k,
-                                              torch.ones_like(seqlens_k), block_table)
-    if n == 0:
-        return out
-    cache = _SLOTS[-1]
+def _one_query_each(attn, query: Tensor, slots: Tensor, lengths: Tensor, keys: Tensor,
+                    values: Tensor) -> Tensor:
+    """query [m, h, d]: the last token of each of m rows (slots [m], keys up to lengths [m])
+    -> [m, h, d]; one batched product over all slots, free ones masked, as the static engine's
+    decode step."""
+    m, heads, d = query.shape
+    groups, size = keys.shape[1], keys.shape[0]
     longest = int(lengths.max())
-    query = q.new_zeros(cache.slots, groups, heads // groups, d)
-    query[slots] = q[:n, 0].reshape(n, groups, heads // groups, d)
-    held = torch.zeros(cache.slots, dtype=torch.long, device=q.device)
+    placed = query.new_zeros(size, groups, heads // groups, d)
+    placed[slots] = query.reshape(m, groups, heads // groups, d)
+    held = torch.zeros(size, dtype=torch.long, device=query.device)
     held[slots] = lengths
-    scores = torch.matmul(query, keys[:, :, :longest].transpose(-1, -2)) * _scale(attn, d)
-    past = torch.arange(longest, device=q.device)[None] >= held[:, None]  # free slots: all
+    scores = torch.matmul(placed, keys[:, :, :longest].transpose(-1, -2)) * _scale(attn, d)
+    past = torch.arange(longest, device=query.device)[None] >= held[:, None]  # free: all
     scores.masked_fill_(past[:, None, None], float("-inf"))
     context = torch.matmul(scores.softmax(-1), values[:, :, :longest])  # [slots, g, r, d]
-    out[:n, 0] = context[slots].reshape(n, heads, d)  # free slots (NaN rows) are not read
-    return out
+    return context[slots].reshape(m, heads, d)  # free slots (NaN rows) are not read
 
 
-def _with_prefill(attn, q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor,
-                  seqlens_k: Tensor, block_table: Tensor) -> Tensor:
-    """q [T, 1, h, d] packed (each request's new tokens, a prefill or one decode token) ->
-    [T, 1, h, d], causal within each request's new tokens."""
-    out = torch.zeros_like(q)
-    heads, d = q.shape[-2], q.shape[-1]
-    block, groups = k.shape[1], k.shape[2]
-    per_group = heads // groups
-    _record(attn, k, v, seqlens_k, cu_seqlens_q[1:len(seqlens_k) + 1] -
-            cu_seqlens_q[:len(seqlens_k)], block_table)
-    starts = cu_seqlens_q.tolist()  # one host read per layer call
-    lengths = seqlens_k.tolist()
-    for i, length in enumerate(lengths[:len(starts) - 1]):
-        a, b = starts[i], starts[i + 1]
-        if length == 0 or b == a:
-            continue
-        blocks = block_table[i, :math.ceil(length / block)].to(torch.long)
-        keys = k[blocks].reshape(-1, groups, d)[:length].transpose(0, 1)  # [g, L, d]
-        values = v[blocks].reshape(-1, groups, d)[:length].transpose(0, 1)
-        query = q[a:b, 0].reshape(b - a, groups, per_group, d).permute(1, 2, 0, 3)  # [g, r, s, d]
-        scores = torch.matmul(query, keys[:, None].transpose(-1, -2)) * _scale(attn, d)
-        q_pos = torch.arange(length - (b - a), length, device=q.device)[:, None]
-        future = torch.arange(length, device=q.device)[None] > q_pos  # [s, L]
-        scores.masked_fill_(future, float("-inf"))
-        context = torch.matmul(scores.softmax(-1), values[:, None])  # [g, r, s, d]
-        out[a:b, 0] = context.permute(2, 0, 1, 3).reshape(b - a, heads, d)
-    return out
+def _causal(attn, query: Tensor, keys: Tensor, values: Tensor) -> Tensor:
+    """One row's s new tokens query [s, h, d] against its L cached tokens keys/values [g, L, d]
+    (the new ones last) -> [s, h, d], causal."""
+    s, heads, d = query.shape
+    groups, length = keys.shape[0], keys.shape[1]
+    q = query.reshape(s, groups, heads // groups, d).permute(1, 2, 0, 3)  # [g, r, s, d]
+    scores = torch.matmul(q, keys[:, None].transpose(-1, -2)) * _scale(attn, d)
+    q_pos = torch.arange(length - s, length, device=query.device)[:, None]
+    scores.masked_fill_(torch.arange(length, device=query.device)[None] > q_pos,
+                        float("-inf"))
+    context = torch.matmul(scores.softmax(-1), values[:, None])  # [g, r, s, d]
+    return context.permute(2, 0, 1, 3).reshape(s, heads, d)
 
 
 def paged_attention(attn, q: Tensor, k: Tensor, v: Tensor, max_seqlen_q, max_seqlen_k,
                     cu_seqlens_q: Tensor, cu_seqlens_k: Tensor, seqlens_k: Tensor,
                     block_table: Tensor, is_decode_only: bool) -> Tensor:
-    """Attention.flash_decode_and_prefill's contract (module docstring), in torch."""
+    """Attention.flash_decode_and_prefill's contract (module docstring), in torch: q [T, 1, h,
+    d] packed (a decode-only step: one token per row) -> [T, 1, h, d]; padding rows 0. Rows with
+    one new token (decodes) go through one batched product over the slots; rows with more (a
+    prefill) one by one, causal within their new tokens."""
     assert not attn.training and block_table is not None
+    n_rows = len(seqlens_k)
+    counts = (torch.ones_like(seqlens_k) if is_decode_only else
+              cu_seqlens_q[1:n_rows + 1] - cu_seqlens_q[:n_rows])
+    n, slots, keys, values, lengths = _record(attn, k, v, seqlens_k, counts, block_table)
+    out = torch.zeros_like(q)
+    if n == 0:
+        return out
     if is_decode_only:
-        return _decode_only(attn, q, k, v, seqlens_k, block_table)
-    return _with_prefill(attn, q, k, v, cu_seqlens_q, seqlens_k, block_table)
+        out[:n, 0] = _one_query_each(attn, q[:n, 0], slots, lengths, keys, values)
+        return out
+    counts_n = counts[:n].tolist()  # host reads: the step's shape, once per layer call
+    starts = cu_seqlens_q[:n].tolist()
+    single = [i for i in range(n) if counts_n[i] == 1]
+    if single:
+        rows = torch.tensor(single, dtype=torch.long, device=q.device)
+        at = torch.tensor([starts[i] for i in single], dtype=torch.long, device=q.device)
+        out[at, 0] = _one_query_each(attn, q[at, 0], slots[rows], lengths[rows], keys, values)
+    for i in (i for i in range(n) if counts_n[i] > 1):
+        a, b, slot, length = starts[i], starts[i] + counts_n[i], slots[i], int(lengths[i])
+        out[a:b, 0] = _causal(attn, q[a:b, 0], keys[slot, :, :length], values[slot, :, :length])
+    return out
 
 
 @contextlib.contextmanager
@@ -195,6 +196,23 @@ def dynamic_attention(slots: int, max_length: int):
     finally:
         _SLOTS.pop()
         attention.Attention.flash_decode_and_prefill, attention.HAVE_FA3 = saved
+
+
+def context_class():
+    """The DynamicInferenceContext class to build: megatron's on a GPU; on the CPU a subclass that
+    pads a step's tokens and requests to no multiple (megatron rounds them up to 64 tokens and 4
+    requests for its CUDA graphs and kernels: at the tail of a rollout, one live row would be
+    computed as 32 or 64 tokens)."""
+    from megatron.core.inference.contexts.dynamic_context import DynamicInferenceContext
+
+    if not cpu_shims.needed():
+        return DynamicInferenceContext
+
+    class UnpaddedContext(DynamicInferenceContext):
+        TOKEN_ROUNDER = 1
+        REQUEST_ROUNDER = 1
+
+    return UnpaddedContext
 
 
 def check_dynamic_attention() -> None:
