@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from rlad_megatron.ops.sampling import sample_next
-from rlad_megatron.rollout.layout import LeftPadded
+from rlad_megatron.rollout.layout import LeftPadded, working_buffers
 from rlad_megatron.rollout.pipeline import StageRunner
 from rlad_megatron.runtime import mcore_compat
 from rlad_megatron.runtime.devices import compute_device
@@ -152,10 +152,7 @@ def decode_continuous(model, inputs: LeftPadded, cfg, *, seed: int, row_ids: Ten
     b, p = inputs.tokens.shape
     n = cfg.max_new_tokens
     device = inputs.tokens.device
-    seq = torch.full((b, p + n), cfg.pad_token_id, dtype=torch.long, device=device)
-    seq[:, :p] = inputs.tokens
-    lp = torch.zeros((b, p + n), dtype=torch.float64, device=device)
-    flp = torch.zeros_like(lp)
+    seq, lp, flp = working_buffers(inputs, n, cfg.pad_token_id)
     made = torch.zeros(b, dtype=torch.long, device=device)  # new tokens so far, per row
     if state is not None:
         state["buffers"] = (seq, lp, flp, made)

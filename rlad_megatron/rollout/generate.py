@@ -60,7 +60,8 @@ from tqdm import tqdm
 from rlad_megatron.data.batch import RolloutBatch
 from rlad_megatron.models.build import BuiltModel
 from rlad_megatron.rollout.layout import (LeftPadded, PromptsIn, decode_mask, left_padded,
-                                          positions, prefill_mask, right_padded)
+                                          positions, prefill_mask, right_padded,
+                                          working_buffers)
 from rlad_megatron.rollout.pipeline import StageRunner
 from rlad_megatron.runtime import mcore_compat
 from rlad_megatron.runtime.devices import compute_device
@@ -281,12 +282,9 @@ def _decode(runner: StageRunner, model: BuiltModel, inputs: LeftPadded, cfg: Gen
     b, p = inputs.tokens.shape
     n = cfg.max_new_tokens
     device = inputs.tokens.device
-    seq = torch.full((b, p + n), cfg.pad_token_id, dtype=torch.long, device=device)
-    seq[:, :p] = inputs.tokens
+    seq, lp, flp = working_buffers(inputs, n, cfg.pad_token_id)
     valid = torch.ones((b, p + n), dtype=torch.bool, device=device)
     valid[:, :p] = inputs.valid
-    lp = torch.zeros((b, p + n), dtype=torch.float64, device=device)
-    flp = torch.zeros_like(lp)
     done = torch.zeros(b, dtype=torch.bool, device=device)
     resp_len = torch.zeros(b, dtype=torch.long, device=device)
     eos = cfg.eos_ids().to(device)

@@ -100,6 +100,17 @@ def decode_mask(valid: Tensor) -> Tensor:
     return ~valid[:, None, None, :]
 
 
+def working_buffers(prompts: LeftPadded, new_tokens: int, pad_id: int):
+    """The decode loops' outputs in the working layout, on the prompts' device: seq [b, P + N]
+    int64 (the left-padded prompts, then pad_id), log-probs and filtered log-probs [b, P + N]
+    float64 zeros."""
+    b, p = prompts.tokens.shape
+    seq = torch.full((b, p + new_tokens), pad_id, dtype=torch.long, device=prompts.tokens.device)
+    seq[:, :p] = prompts.tokens
+    lp = torch.zeros((b, p + new_tokens), dtype=torch.float64, device=prompts.tokens.device)
+    return seq, lp, torch.zeros_like(lp)
+
+
 def right_padded(values: Tensor, start: Tensor, lengths: Tensor, fill) -> Tensor:
     """Row i of `values` [b, L] from column start[i], lengths[i] entries, moved to column 0 and
     followed by `fill`: [b, max(lengths)], on values' device (one host read: the width)."""
