@@ -196,5 +196,9 @@ def decode_continuous(model, inputs: LeftPadded, cfg, *, seed: int, row_ids: Ten
                 group = row // group_size
                 left_in_group[group] -= 1
                 if on_group_done is not None and left_in_group[group] == 0:
-                    on_group_done(slice(group * group_size, min((group + 1) * group_size, b)))
+                    # outside inference mode: what the hook makes (the teacher's log-probs)
+                    # meets the update's autograd later (as the static engine's hook does)
+                    with torch.inference_mode(False):
+                        on_group_done(slice(group * group_size,
+                                            min((group + 1) * group_size, b)))
     return seq, lp, flp, made, steps, runner.kv_cache_bytes()
