@@ -16,10 +16,11 @@ rows move:
              it (each row written by exactly one rank: exact), and every student rank keeps its
              own rows [b_d, s_d]
 
-Only token ids and [b, s] log-probs cross ranks, never logits. Cost per step: an all-gather of
-world x B_max x S_max int64 ids and an all-reduce of B x S fp32 (a point-to-point exchange would
-move less; this keeps one collective each way). With teacher.score_during_rollout the exchange
-runs once per generation micro-batch (every student DP rank generates as many).
+Only token ids and [b, s] log-probs cross ranks, never logits, and they stay on the compute device
+(the [b] widths and the per-rank counts are read on the host). Cost per step: an all-gather of world
+x B_max x S_max int64 ids and an all-reduce of B x S fp32 (a point-to-point exchange would move
+less; this keeps one collective each way). With teacher.score_during_rollout the exchange runs once
+per generation micro-batch (every student DP rank generates as many).
 
 Micro-batches: the teacher cuts its own rows (fixed micro_batch_size rows at the widest row's
 width, or token budgets over the rows' widths); positions at or past a row's width in the
@@ -62,16 +63,16 @@ def _gather_rows(student: Parallel, tokens: torch.Tensor, widths: torch.Tensor):
     devices.all_gather(metas, meta)
     metas = torch.stack(metas)
     b_max, s_max = int(metas[:, 2].max()), int(metas[:, 3].max())
-    packed = torch.zeros(b_max, s_max + 1, dtype=torch.int64)
-    packed[:b, :s] = tokens.cpu()
-    packed[:b, s_max] = widths
+    packed = torch.zeros(b_max, s_max + 1, dtype=torch.int64, device=tokens.device)
+    packed[:b, :s] = tokens
+    packed[:b, s_max] = widths.to(tokens.device)
     parts = [torch.empty_like(packed) for _ in range(world)]
     devices.all_gather(parts, packed)
     owners = sorted((int(m[0]), r) for r, m in enumerate(metas) if int(m[1]))
     rows = [parts[r][:int(metas[r, 2])] for _, r in owners]
     counts = torch.tensor([0] + [int(metas[r, 2]) for _, r in owners])
-    all_rows = torch.cat(rows)
-    return all_rows[:, :s_max], all_rows[:, s_max], counts.cumsum(0)
+    all_rows = torch.cat(rows)  # on the compute device, like the rollout's tokens
+    return all_rows[:, :s_max], all_rows[:, s_max].cpu(), counts.cumsum(0)
 
 
 def _teacher_plan(widths: torch.Tensor, s: int, *, micro_batch_size: int,
@@ -107,13 +108,13 @@ def layout_logprobs(teacher: BuiltModel, student: Parallel, tokens: torch.Tensor
     else:
         lp = forward_logprobs(teacher, mine, plan=plan, temperature=temperature, fused=True,
                               chunk_size=chunk_size)
-    out = torch.zeros(total, s_max, dtype=torch.float32)
+    out = torch.zeros(total, s_max, dtype=torch.float32, device=tokens.device)
     if tpar.is_last_stage and tpar.tp_rank == 0:
-        out[lo:lo + n] = lp.to(out.device)
+        out[lo:lo + n] = lp
     devices.all_reduce(out)
     b, s = tokens.shape
     start = int(offsets[student.dp_rank])
     result = out[start:start + b, :s].clone()
-    columns = torch.arange(s)[None, :]
-    result[columns >= widths[:, None]] = 0.0
+    columns = torch.arange(s, device=result.device)[None, :]
+    result[columns >= widths.to(result.device)[:, None]] = 0.0
     return result

@@ -15,7 +15,9 @@ The teacher's DP ranks are other sets of ranks, so:
               rank keeps its own prompts' rows, right-padded to the longest of them
 
 A step's generated rows cross the world once (token ids, masks and the sampler's log-probs; no
-logits). Objects, not tensors: the rows are small beside the models, and their widths differ.
+logits). Objects, not tensors: the rows are small beside the models, and their widths differ;
+they go through the host once per step and come back on the compute device, beside the
+caller's own rollout.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torch.distributed as dist
 from rlad_megatron.data.batch import PER_ROW_FIELDS, RolloutBatch, fit_columns
 from rlad_megatron.models.build import BuiltModel
 from rlad_megatron.rollout.generate import GenerationConfig, generate
+from rlad_megatron.runtime.devices import compute_device
 from rlad_megatron.runtime.parallel import Parallel
 
 
@@ -78,4 +81,7 @@ def generate_on_layout(model: BuiltModel, caller: Parallel, prompts: list[list[i
     start = sum(len(s) for s in shards[:caller.dp_rank]) * k
     mine = full.select_rows(slice(start, start + len(prompts) * k))
     longest = int((mine.prompt_lengths + mine.response_lengths).max()) if mine.batch_size else 0
-    return _fit(mine, max(longest, 1), cfg.pad_token_id)
+    mine = _fit(mine, max(longest, 1), cfg.pad_token_id)
+    device = compute_device()  # where the caller's own rollout is (rollout/generate.py)
+    return dataclasses.replace(mine, **{f.name: getattr(mine, f.name).to(device)
+                                        for f in dataclasses.fields(mine)})
