@@ -9,8 +9,9 @@ the next token is drawn from the vocab-parallel logits (ops/sampling.py); genera
 at EOS and for the batch when every row has stopped or max_new_tokens is reached.
 
 Why not megatron's inference engines (megatron-core 0.16.1, docs/megatron_inference_cpu.md):
-the dynamic engine (DynamicInferenceContext) needs flash-attn kernels (attention.py asserts
-flash-attn >= 2.7.3 or FA3); the legacy static engine (StaticInferenceEngine(legacy=True) +
+the dynamic engine's controller samples with torch.multinomial on gathered logits and its context
+needs flash-attn kernels (rollout.engine=continuous, rollout/continuous.py, uses that context
+with this project's sampler and, on CPU, a torch attention); the legacy static engine (StaticInferenceEngine(legacy=True) +
 TextGenerationController) needs extra CPU shims (torch.cuda.Event, communication_utils._is_cuda,
 a scoped cuda_to_cpu around generate), gathers the full-vocabulary logits on every TP rank
 (broadcasting them over PP each step), samples with torch.multinomial (not TP-invariant) and
