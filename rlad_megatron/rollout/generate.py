@@ -8,15 +8,16 @@ prefill over the left-padded prompts, then one forward of [b, 1] per new token (
 the next token is drawn from the vocab-parallel logits (ops/sampling.py); generation stops per row
 at EOS and for the batch when every row has stopped or max_new_tokens is reached.
 
-Why not megatron's inference engines (megatron-core 0.16.1, docs/megatron_inference_cpu.md):
-the dynamic engine's controller samples with torch.multinomial on gathered logits and its context
-needs flash-attn kernels (rollout.engine=continuous, rollout/continuous.py, uses that context
-with this project's sampler and, on CPU, a torch attention); the legacy static engine
-(StaticInferenceEngine(legacy=True) + TextGenerationController) needs extra CPU shims (torch.cuda.Event, communication_utils._is_cuda,
-a scoped cuda_to_cpu around generate), gathers the full-vocabulary logits on every TP rank
-(broadcasting them over PP each step), samples with torch.multinomial (not TP-invariant) and
-prefills only up to the SHORTEST prompt, feeding longer prompts one token per step. This loop
-needs only the shims init_parallel applies (current_device, the CPU RNG tracker).
+Why not megatron's inference engines (megatron-core 0.16.1, docs/megatron_inference_cpu.md): the
+dynamic engine's controller samples with torch.multinomial on gathered logits and its context needs
+flash-attn kernels (rollout.engine=continuous, rollout/continuous.py, uses that context with this
+project's sampler and, on CPU, a torch attention); the legacy static engine
+(StaticInferenceEngine(legacy=True) + TextGenerationController) needs extra CPU shims
+(torch.cuda.Event, communication_utils._is_cuda, a scoped cuda_to_cpu around generate), gathers the
+full-vocabulary logits on every TP rank (broadcasting them over PP each step), samples with
+torch.multinomial (not TP-invariant) and prefills only up to the SHORTEST prompt, feeding longer
+prompts one token per step. This loop needs only the shims init_parallel applies (current_device,
+the CPU RNG tracker).
 
 Contract:
   * Every rank of a model-parallel group (TP x PP) calls generate with the same prompts and
