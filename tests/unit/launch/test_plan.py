@@ -69,6 +69,25 @@ def test_405b_recipe_layout_fits_and_pp8_is_refused_with_the_layer_count():
     assert "layouts that fit: TP=8 PP=2 DP=4" in bad.reason
 
 
+def test_the_continuous_engine_plans_its_block_pool_by_hand():
+    """rollout.engine=continuous: the KV cache is the block pool, (live rows x ceil((prompt +
+    response) / block) + 2) blocks of `block` tokens (the + 2: megatron's dummy block and the
+    rounding margin rollout/continuous.py reserves), not rollout batch x (prompt + response);
+    a wrong engine name is refused by its flag."""
+    base = dict(prompt_len=1024, response_len=2048, micro_batch_size=4, prompts_per_step=64,
+                group_size=8, rollout_micro_batch=64)
+    static = estimate(get_preset("qwen3-8b"), get_preset("qwen3-1.7b"), 2, 1, 4,
+                      Workload(**base)).kv_cache
+    pool = estimate(get_preset("qwen3-8b"), get_preset("qwen3-1.7b"), 2, 1, 4, Workload(
+        **base, rollout_engine="continuous", max_live_rows=16, kv_block_size=256)).kv_cache
+    per_token = 2 * 28 * (8 // 2) * 128 * 2  # K and V, 28 layers, 4 kv heads per rank, bf16
+    assert static == per_token * 3072 * 64
+    assert pool == per_token * (16 * 12 + 2) * 256  # 3072 tokens = 12 blocks of 256
+    with pytest.raises(ValueError, match="--rollout-engine"):
+        build_request(nodes=1, gpus_per_node=8, teacher="qwen3-8b", student="qwen3-1.7b",
+                      prompt_len=1024, rollout_engine="paged")
+
+
 def test_qwen3_8b_to_1_7b_at_tp2_by_hand():
     w = Workload(prompt_len=1024, response_len=2048, micro_batch_size=4, mini_batches=2,
                  prompts_per_step=64, group_size=8, rollout_micro_batch=64)
