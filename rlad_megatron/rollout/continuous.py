@@ -43,7 +43,6 @@ from rlad_megatron.ops.sampling import sample_next
 from rlad_megatron.rollout.layout import LeftPadded, working_buffers
 from rlad_megatron.rollout.pipeline import StageRunner
 from rlad_megatron.runtime import mcore_compat
-from rlad_megatron.runtime.devices import compute_device
 from rlad_megatron.runtime.paged_attention import context_class, dynamic_attention
 
 
@@ -75,42 +74,26 @@ class ContinuousStages(StageRunner):
                 max_tokens=prompt_tokens + live, block_size_tokens=block_size,
                 tensor_model_parallel_size=model.par.tp, pipeline_model_parallel_size=1,
                 materialize_only_last_token_logits=False))
-            self.contexts[-1].memory_buffer.zero_()  # finite everywhere (paged_attention.py)
 
     def step_forward(self) -> Optional[Tensor]:
         """One forward of the live rows' new tokens: [n_live, V/tp] logits of each row's last
         new token on the last stage, None elsewhere."""
-        import torch.distributed as dist
-
         for ctx in self.contexts:
             ctx.initialize_attention_state()
-        first = self.contexts[0]
-        ids, pos = first.current_input_and_position_ids()  # [1, T]
-        device = compute_device()
-        sends, out = [], None
-        for v, chunk in enumerate(self.chunks):
-            stage = v * self.pp + self.pp_rank
-            if stage > 0:
-                buf = torch.empty((ids.shape[1], 1, self.hidden), dtype=self.dtype, device=device)
-                dist.recv(buf, src=self.prev)
-                chunk.set_input_tensor(buf)
+        ids, pos = self.contexts[0].current_input_and_position_ids()  # [1, T]
+
+        def run_chunk(v, chunk):
             ctx = self.contexts[v]
             kwargs = dict(inference_context=ctx, runtime_gather_output=True)
-            if chunk.post_process:
-                with mcore_compat.hidden_states_only(chunk):
-                    hidden = chunk(ids, pos, None, **kwargs)  # [T, 1, h]
-                live = slice(ctx.paused_request_count, ctx.total_request_count)
-                last = ctx.request_query_lengths[live].cumsum(0) - 1
-                logits, _ = chunk.output_layer(hidden[last], runtime_gather_output=False,
-                                               weight=mcore_compat.output_weight(chunk))
-                out = logits[:, 0]
-            else:
-                out = chunk(ids, pos, None, **kwargs)
-            if stage < self.stages - 1:
-                out = out.contiguous()
-                sends.append((dist.isend(out, dst=self.next), out))
-        for handle, _ in sends:
-            handle.wait()
+            if not chunk.post_process:
+                return chunk(ids, pos, None, **kwargs)
+            with mcore_compat.hidden_states_only(chunk):
+                hidden = chunk(ids, pos, None, **kwargs)  # [T, 1, h]
+            live = slice(ctx.paused_request_count, ctx.total_request_count)
+            last = ctx.request_query_lengths[live].cumsum(0) - 1
+            return self.vocab_logits(chunk, hidden[last])[:, 0]
+
+        out = self.through_stages((ids.shape[1], 1, self.hidden), run_chunk)
         return out if self.is_last_stage else None
 
     def live_rows(self) -> Tensor:

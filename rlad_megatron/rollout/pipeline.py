@@ -80,9 +80,35 @@ class StageRunner:
             return chunk(tokens, pos, mask, **kwargs)
         with mcore_compat.hidden_states_only(chunk):
             hidden = chunk(tokens, pos, mask, **kwargs)  # [s, b, h], final norm applied
-        weight = mcore_compat.output_weight(chunk)
-        logits, _ = chunk.output_layer(hidden[-1:], weight=weight, runtime_gather_output=False)
-        return logits[0]  # [b, V/tp]
+        return self.vocab_logits(chunk, hidden[-1:])[0]  # [b, V/tp]
+
+    @staticmethod
+    def vocab_logits(chunk, hidden: Tensor) -> Tensor:
+        """The last chunk's output layer on `hidden` [s, b, h] (final norm applied): this TP
+        rank's block of the vocabulary, [s, b, V/tp], never gathered."""
+        logits, _ = chunk.output_layer(hidden, weight=mcore_compat.output_weight(chunk),
+                                       runtime_gather_output=False)
+        return logits
+
+    def through_stages(self, shape: tuple[int, ...], run_chunk) -> Tensor:
+        """This rank's chunks in pipeline order (module docstring): a chunk that is not the first
+        stage receives its input hidden states of `shape` from the previous PP rank, one that is
+        not the last sends its output on. run_chunk(v, chunk) runs chunk v; returns the last
+        chunk's output."""
+        sends, out = [], None
+        for v, chunk in enumerate(self.chunks):
+            stage = v * self.pp + self.pp_rank
+            if stage > 0:
+                buf = torch.empty(shape, dtype=self.dtype, device=compute_device())
+                dist.recv(buf, src=self.prev)
+                chunk.set_input_tensor(buf)
+            out = run_chunk(v, chunk)
+            if stage < self.stages - 1:
+                out = out.contiguous()
+                sends.append((dist.isend(out, dst=self.next), out))
+        for handle, _ in sends:
+            handle.wait()
+        return out
 
     def forward(self, tokens: Tensor, pos: Tensor, mask: Tensor) -> Optional[Tensor]:
         """tokens, pos: [b, s] int64; mask: [b, 1, s, L] bool. Returns the last position's
@@ -90,20 +116,8 @@ class StageRunner:
         b, s = tokens.shape
         device = compute_device()  # a no-op move: the decode loop's tensors live there
         tokens, pos, mask = tokens.to(device), pos.to(device), mask.to(device)
-        sends, out = [], None
-        for v, chunk in enumerate(self.chunks):
-            stage = v * self.pp + self.pp_rank
-            if stage > 0:
-                buf = torch.empty((s, b, self.hidden), dtype=self.dtype, device=device)
-                dist.recv(buf, src=self.prev)
-                chunk.set_input_tensor(buf)
-            ctx = self.contexts[v] if self.contexts is not None else None
-            out = self._chunk_forward(chunk, ctx, tokens, pos, mask)
-            if stage < self.stages - 1:
-                out = out.contiguous()
-                sends.append((dist.isend(out, dst=self.next), out))
-        for handle, _ in sends:
-            handle.wait()
+        out = self.through_stages((s, b, self.hidden), lambda v, chunk: self._chunk_forward(
+            chunk, self.contexts[v] if self.contexts is not None else None, tokens, pos, mask))
         for ctx in self.contexts or ():
             first = ctx.sequence_len_offset == 0
             ctx.increment_sequence_len_offset(s)

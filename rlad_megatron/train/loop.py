@@ -38,8 +38,6 @@ import torch
 from rlad_megatron.data.batch import TrainBatch
 from rlad_megatron.losses import distill_share
 from rlad_megatron.models.teacher_stream import StreamedTeacher, stream_metrics
-from rlad_megatron.rollout import generate
-from rlad_megatron.rollout.on_layout import generate_on_layout
 from rlad_megatron.runtime import print0
 from rlad_megatron.train import phases
 from rlad_megatron.train.checkpoint import save_train_checkpoint
@@ -144,10 +142,7 @@ def sft_step(run: Run, step: int) -> StepResult:
             gen = phases.generation_config(run, samples=1, temperature=cfg.rollout.temperature,
                                            top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
                                            max_new_tokens=cfg.rollout.max_new_tokens)
-            seed = cfg.seed * 1_000_003 + step
-            traces = (generate_on_layout(run.teacher, run.par, prompts, gen, seed=seed)
-                      if run.teacher.par.detached  # a teacher on its own layout
-                      else generate(run.teacher, prompts, gen, seed=seed))
+            traces = phases.teacher_generate(run, prompts, gen, seed=cfg.seed * 1_000_003 + step)
             # the teacher's own log-probs of its samples: NaN/Inf or uniform (weights not
             # loaded) stops the run, as the teacher pass does under rlad/kdrl
             phases.teacher_guard(run, traces.sampler_logprobs, traces.loss_mask)

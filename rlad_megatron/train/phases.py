@@ -12,7 +12,7 @@ returns its batch there; the log-prob passes, the pipeline broadcast, rewards, a
 selection stay there). The host reads, per step: the response token ids once, to decode them
 for the reward (a Python function of text); the [b] row lengths for micro-batch planning; and
 the metrics at the step's end. No [b, s] log-prob or [b, V] logit tensor crosses
-(tests/unit/rollout/test_fake_device.py runs these phases on a fake CUDA device).
+(tests/unit/train/test_fake_device_step.py runs these phases on a fake CUDA device).
 """
 
 from __future__ import annotations
@@ -148,6 +148,15 @@ class TeacherDuringRollout:
         return _pp_broadcast(self.run, out, tuple(shape))
 
 
+def teacher_generate(run: Run, prompts: list[list[int]], gen: GenerationConfig, *,
+                     seed: int) -> RolloutBatch:
+    """The teacher's samples of this DP rank's prompts (teacher trajectories, sft_distill's
+    traces); a teacher on its own layout (teacher.parallel) generates them for every DP rank."""
+    if run.teacher.par.detached:
+        return generate_on_layout(run.teacher, run.par, prompts, gen, seed=seed)
+    return generate(run.teacher, prompts, gen, seed=seed)
+
+
 TEACHER_SEED_OFFSET = 500_000_009
 """Teacher trajectories draw their own noise stream (seed offset), never the student's."""
 
@@ -160,11 +169,8 @@ def with_teacher_trajectories(run: Run, items: list[PromptItem], step: int,
     r = run.cfg.rollout
     gen = generation_config(run, samples=r.teacher_samples, temperature=r.temperature,
                             top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens)
-    seed = run.cfg.seed * 1_000_003 + step + TEACHER_SEED_OFFSET
-    if run.teacher.par.detached:  # a teacher on its own layout generates for every DP rank
-        teacher = generate_on_layout(run.teacher, run.par, prompt_ids(run, items), gen, seed=seed)
-    else:
-        teacher = generate(run.teacher, prompt_ids(run, items), gen, seed=seed)
+    teacher = teacher_generate(run, prompt_ids(run, items), gen,
+                               seed=run.cfg.seed * 1_000_003 + step + TEACHER_SEED_OFFSET)
     return interleave_groups(student, teacher, group_size=r.group_size,
                              teacher_samples=r.teacher_samples,
                              pad_token_id=run.tokenizer.pad_id or 0)
