@@ -206,20 +206,31 @@ def layout_problems(req: PlanRequest, tp: int, pp: int, t_tp: Optional[int] = No
     cannot hold the two models on this many GPUs (empty: it can)."""
     if (t_tp or tp, t_pp or pp) != (tp, pp):
         return _own_teacher_problems(req, tp, pp, t_tp or tp, t_pp or pp)
-    problems = []
-    if tp > req.gpus_per_node or req.gpus_per_node % tp:
-        problems.append(f"parallel.tensor: {tp} does not divide the GPUs per node "
-                        f"{req.gpus_per_node} (a TP group must stay inside one node)")
+    problems = [_node_problem(req, "parallel", tp)]
     for role, spec in (("teacher", req.teacher), ("student", req.student)):
         problems += model_layout_problems(spec, tp=tp, pp=pp, vpp=req.vpp, role=role)
-    if req.world % (tp * pp):
-        problems.append(f"parallel.tensor * parallel.pipeline = {tp * pp} does not divide the "
-                        f"world size {req.nodes} nodes * {req.gpus_per_node} GPUs = {req.world}")
-    else:
+    problems.append(_world_problem(req, "parallel", tp, pp))
+    if not req.world % (tp * pp):
         problems.append(data_parallel_problem(
             "rollout.prompts_per_step", req.workload.prompts_per_step, req.world // (tp * pp),
             " (a prompt's group of samples stays on one rank)"))
     return [p for p in problems if p]
+
+
+def _node_problem(req: PlanRequest, key: str, tp: int) -> str:
+    """A model's TP group (config section `key`) must stay inside one node ("" when it does)."""
+    if tp > req.gpus_per_node or req.gpus_per_node % tp:
+        return (f"{key}.tensor: {tp} does not divide the GPUs per node {req.gpus_per_node} "
+                "(a TP group must stay inside one node)")
+    return ""
+
+
+def _world_problem(req: PlanRequest, key: str, tp: int, pp: int) -> str:
+    """A model's TP x PP (config section `key`) must divide the world ("" when it does)."""
+    if req.world % (tp * pp):
+        return (f"{key}.tensor * {key}.pipeline = {tp * pp} does not divide the world size "
+                f"{req.nodes} nodes * {req.gpus_per_node} GPUs = {req.world}")
+    return ""
 
 
 def _own_teacher_problems(req: PlanRequest, tp: int, pp: int, t_tp: int, t_pp: int) -> list[str]:
@@ -229,15 +240,13 @@ def _own_teacher_problems(req: PlanRequest, tp: int, pp: int, t_tp: int, t_pp: i
     for role, spec, size, stages, vpp, names, key in (
             ("student", req.student, tp, pp, req.vpp, CONFIG_NAMES, "parallel"),
             ("teacher", req.teacher, t_tp, t_pp, None, TEACHER_NAMES, "teacher.parallel")):
-        if size > req.gpus_per_node or req.gpus_per_node % size:
-            problems.append(f"{key}.tensor: {size} does not divide the GPUs per node "
-                            f"{req.gpus_per_node} (a TP group must stay inside one node)")
+        problems.append(_node_problem(req, key, size))
         problems += model_layout_problems(spec, tp=size, pp=stages, vpp=vpp, role=role,
                                           names=names)
+        problems.append(_world_problem(req, key, size, stages))
         if req.world % (size * stages):
-            problems.append(f"{key}.tensor * {key}.pipeline = {size * stages} does not divide "
-                            f"the world size {req.world}")
-        elif role == "student":
+            continue
+        if role == "student":
             problems.append(data_parallel_problem(
                 "rollout.prompts_per_step", req.workload.prompts_per_step,
                 req.world // (size * stages), " (a prompt's group of samples stays on one rank)"))
