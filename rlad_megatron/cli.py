@@ -194,7 +194,8 @@ def _add_plan_parser(sub) -> None:
     p.add_argument("--rollout-batch", type=int, help="sequences generated together per GPU "
                    "(KV cache); 0 = all of a GPU's")
     p.add_argument("--rollout-engine", choices=("static", "continuous"), help="continuous: "
-                   "size the KV block pool (rollout.engine; default: the config's, else static)")
+                   "size the KV block pool (rollout.engine; default: the config's, else "
+                   "continuous)")
     p.add_argument("--max-live-rows", type=int, help="continuous: rows in flight per GPU "
                    "(0 = --rollout-batch)")
     p.add_argument("--kv-block-size", type=int, help="continuous: tokens per KV block "

@@ -88,9 +88,10 @@ class Workload:
     rollout_micro_batch: int = 0
     """rollout.micro_batch_size: sequences generated together (the KV cache); 0 = all of a
     rank's."""
-    rollout_engine: str = "static"
-    """rollout.engine: static (a KV cache of rollout_batch rows x seq_len) or continuous (a pool
-    of KV blocks: max_live_rows rows x seq_len rounded up to kv_block_size, + 2 blocks)."""
+    rollout_engine: str = "continuous"
+    """rollout.engine: continuous (the default: a pool of KV blocks, max_live_rows rows x seq_len
+    rounded up to kv_block_size, + 2 blocks) or static (a KV cache of rollout_batch rows x
+    seq_len)."""
     max_live_rows: int = 0
     """rollout.max_live_rows (continuous); 0 = rollout_batch."""
     kv_block_size: int = 256

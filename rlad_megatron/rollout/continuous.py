@@ -73,7 +73,8 @@ class ContinuousStages(StageRunner):
                 buffer_size_gb=(blocks + 0.5) * one / 1024 ** 3, max_requests=live,
                 max_tokens=prompt_tokens + live, block_size_tokens=block_size,
                 tensor_model_parallel_size=model.par.tp, pipeline_model_parallel_size=1,
-                materialize_only_last_token_logits=False))
+                pg_collection=model.par.pg_collection,  # the model's groups, not megatron's
+                materialize_only_last_token_logits=False))  # globals (a teacher's own layout)
 
     def step_forward(self) -> Optional[Tensor]:
         """One forward of the live rows' new tokens: [n_live, V/tp] logits of each row's last
@@ -105,10 +106,12 @@ class ContinuousStages(StageRunner):
         from megatron.core.inference.inference_request import DynamicInferenceRequest
         from megatron.core.inference.sampling_params import SamplingParams
 
+        # the engine stops rows itself (EOS ids, max_new_tokens: `update`'s mask), so megatron's
+        # own stop token is none (-1; left unset, megatron warns once per request)
         for ctx in self.contexts:
             ctx.add_request(DynamicInferenceRequest(
-                request_id=row, prompt_tokens=prompt,
-                sampling_params=SamplingParams(num_tokens_to_generate=new_tokens)))
+                request_id=row, prompt_tokens=prompt, sampling_params=SamplingParams(
+                    num_tokens_to_generate=new_tokens, termination_id=-1)))
 
     def update(self, keep: Tensor, tokens: Tensor) -> None:
         for ctx in self.contexts:
@@ -147,7 +150,7 @@ def decode_continuous(model, inputs: LeftPadded, cfg, *, seed: int, row_ids: Ten
                          prompt_tokens=live * p)
     waiting, in_flight, steps = deque(range(b)), 0, 0
     left_in_group = [group_size] * math.ceil(b / group_size)
-    with torch.inference_mode(), dynamic_attention(live, p + n):
+    with torch.inference_mode(), dynamic_attention(runner.chunks, live, p + n):
         while waiting or in_flight:
             while waiting and in_flight < live:
                 row = waiting.popleft()

@@ -103,14 +103,17 @@ class GenerationConfig:
     """Rows generated together (their KV cache and logits); 0 = all rows at once. The noise is
     keyed by row id (ops/sampling.py), so the samples do not depend on it."""
     stop_check_every: int = 1
-    """Decode steps between two reads of the stop flag (has every row ended?), the loop's one host
-    synchronisation: k > 1 lets a GPU run k steps ahead of the host, at the cost of up to k - 1
-    forwards after the last row ended. The samples do not depend on it (ended rows get padding).
-    Top-p alone reads its candidate check every step, with the stop flag."""
-    engine: str = "static"
-    """"static": generation micro-batches, each run until its longest row ends; "continuous":
-    at most max_live_rows rows in flight, a stopped row's slot taken by the next waiting row
-    (rollout/continuous.py, megatron's DynamicInferenceContext)."""
+    """engine=static: decode steps between two reads of the stop flag (has every row ended?),
+    the loop's one host synchronisation (the continuous engine reads which rows stopped every
+    step: it admits waiting rows into their slots): k > 1 lets a GPU run k steps ahead of the
+    host, at the cost of up to k - 1 forwards after the last row ended. The samples do not depend
+    on it (ended rows get padding). Top-p alone reads its candidate check every step, with the
+    stop flag."""
+    engine: str = "continuous"
+    """"continuous" (the default): at most max_live_rows rows in flight, a stopped row's slot
+    taken by the next waiting row (rollout/continuous.py, megatron's DynamicInferenceContext);
+    "static": generation micro-batches, each run until its longest row ends. The same tokens;
+    log-probs within fp32 round-off (another attention kernel)."""
     max_live_rows: int = 0
     """continuous: rows in flight at most; 0 = micro_batch_size, or every row."""
     kv_block_size: int = 256
@@ -144,6 +147,10 @@ class GenerationConfig:
                              f">= 1, got {self.max_live_rows} and {self.kv_block_size}")
         if self.engine == "continuous" and not self.use_cache:
             raise ValueError(f"{prefix}.engine=continuous keeps a KV cache: use_cache must be on")
+        if self.engine == "continuous" and self.stop_check_every != 1:
+            raise ValueError(f"{prefix}.stop_check_every={self.stop_check_every} applies to "
+                             f"{prefix}.engine=static (the continuous engine reads which rows "
+                             f"stopped every step, to admit waiting rows)")
         if self.top_p_candidates < 1:
             raise ValueError(f"{prefix}.top_p_candidates must be >= 1, got "
                              f"{self.top_p_candidates}")
@@ -246,10 +253,6 @@ def _generate_continuous(model: BuiltModel, inputs: LeftPadded, cfg: GenerationC
     of samples_per_prompt rows as soon as the group has stopped."""
     from rlad_megatron.rollout.continuous import decode_continuous
 
-    if len(model.modules) > 1:
-        raise ValueError("rollout.engine=continuous: megatron's dynamic inference does not support "
-                         "virtual pipeline stages (parallel.virtual_pipeline); use "
-                         "rollout.engine=static")
     chunks = model.modules
     modes = [chunk.training for chunk in chunks]
     state = {}

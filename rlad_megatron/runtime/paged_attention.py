@@ -61,71 +61,106 @@ class SlotCache:
         self.owner: dict[int, int] = {}  # first block id -> slot
         self.buffers: dict[tuple, tuple[Tensor, Tensor]] = {}  # (layer, k's memory) -> K, V
         self.first_layer = None
+        self.index = None  # this step's placement (step_index)
+        self.masks: dict[str, tuple] = {}  # this step's decode masks (decode_mask)
 
-    def slots_of(self, layer: int, first_blocks: list[int]) -> list[int]:
-        """The slot of each live row (first_blocks: their first KV block ids), assigned at the
-        stage's first layer, where a step starts."""
+    def step_index(self, layer: int, seqlens_k: Tensor, new_counts: Tensor,
+                   block_table: Tensor, block_size: int) -> tuple:
+        """The step's placement, made at the stage's first layer (where a step starts) and
+        reused by its other layers, which see the same rows: (n live rows, slots [n], lengths
+        [n], and for each new token its slot, position, block and offset in the block)."""
         if self.first_layer is None:
             self.first_layer = layer
-        if layer == self.first_layer:
-            live = set(first_blocks)
-            self.owner = {b: s for b, s in self.owner.items() if b in live}
-            free = sorted(set(range(self.slots)) - set(self.owner.values()))
-            for b in first_blocks:
-                if b not in self.owner:
-                    self.owner[b] = free.pop(0)
-        return [self.owner[b] for b in first_blocks]
+        if layer != self.first_layer and self.index is not None:
+            return self.index
+        n = int((seqlens_k > 0).sum())  # live rows first, CUDA-graph padding after
+        lengths = seqlens_k[:n].to(torch.long)
+        table = block_table[:n].to(torch.long)
+        first_blocks = table[:, 0].tolist()
+        live = set(first_blocks)
+        self.owner = {b: s for b, s in self.owner.items() if b in live}
+        free = sorted(set(range(self.slots)) - set(self.owner.values()))
+        for b in first_blocks:
+            if b not in self.owner:
+                self.owner[b] = free.pop(0)
+        device = seqlens_k.device
+        slots = torch.tensor([self.owner[b] for b in first_blocks], dtype=torch.long,
+                             device=device)
+        counts = new_counts[:n].to(torch.long)
+        new_from = lengths - counts
+        row = torch.repeat_interleave(torch.arange(n, device=device), counts)
+        pos = new_from[row] + torch.arange(len(row), device=device) - \
+            (torch.cumsum(counts, 0) - counts)[row]
+        block = table[row, pos // block_size]
+        self.index = (n, slots, lengths, slots[row], pos, block, pos % block_size)
+        self.masks = {}
+        return self.index
 
-    def store(self, attn, k: Tensor, v: Tensor, table: Tensor, new_from: Tensor,
-              lengths: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
-        """Copy positions [new_from_i, lengths_i) of each live row i from the blocks into its
-        slot; returns this layer's (K, V) [slots, g, max_length, d]."""
+    def decode_mask(self, which: str, slots: Tensor, lengths: Tensor) -> tuple[int, Tensor]:
+        """(longest, past [slots, longest] bool: the key positions each slot does not attend)
+        for this step's decoding rows (`which` names the row set: the same at every layer)."""
+        if which not in self.masks:
+            longest = int(lengths.max())
+            held = torch.zeros(self.slots, dtype=torch.long, device=lengths.device)
+            held[slots] = lengths
+            past = torch.arange(longest, device=lengths.device)[None] >= held[:, None]
+            self.masks[which] = (longest, past)  # free slots: all masked
+        return self.masks[which]
+
+    def store(self, attn, k: Tensor, v: Tensor, index: tuple) -> tuple[Tensor, Tensor]:
+        """Copy the step's new keys and values of each live row from the blocks into its slot
+        (index: step_index's); returns this layer's (K, V) [slots, g, max_length, d]."""
         key = (attn.layer_number, k.data_ptr())
         if key not in self.buffers:
             shape = (self.slots, k.shape[2], self.max_length, k.shape[3])
             self.buffers[key] = (k.new_zeros(shape), v.new_zeros(shape))
         keys, values = self.buffers[key]
-        counts = lengths - new_from
-        row = torch.repeat_interleave(torch.arange(len(lengths), device=k.device), counts)
-        pos = new_from[row] + torch.arange(len(row), device=k.device) - \
-            (torch.cumsum(counts, 0) - counts)[row]
-        block = table[row, pos // k.shape[1]].to(torch.long)
-        keys[slots[row], :, pos] = k[block, pos % k.shape[1]]
-        values[slots[row], :, pos] = v[block, pos % k.shape[1]]
+        _, _, _, slot, pos, block, offset = index
+        keys[slot, :, pos] = k[block, offset]
+        values[slot, :, pos] = v[block, offset]
         return keys, values
 
 
-_SLOTS: list[SlotCache] = []
+class _Generation:
+    """One generation's slot caches, one per dynamic context (keyed by the context's KV memory:
+    a rank with virtual pipeline stages holds one context per chunk)."""
+
+    def __init__(self, slots: int, max_length: int):
+        self.slots, self.max_length = slots, max_length
+        self.caches: dict[int, SlotCache] = {}
+
+    def cache_of(self, k: Tensor) -> SlotCache:
+        key = k.untyped_storage().data_ptr()
+        if key not in self.caches:
+            self.caches[key] = SlotCache(self.slots, self.max_length)
+        return self.caches[key]
+
+
+_SLOTS: list[_Generation] = []
 
 
 def _record(attn, k: Tensor, v: Tensor, seqlens_k: Tensor, new_counts: Tensor,
             block_table: Tensor):
-    """SlotCache.store for this call's live rows: (n, slots [n], K, V, lengths [n])."""
-    n = int((seqlens_k > 0).sum())  # live rows first, CUDA-graph padding after
-    lengths = seqlens_k[:n].to(torch.long)
-    table = block_table[:n].to(torch.long)
-    cache = _SLOTS[-1]
-    slots = torch.tensor(cache.slots_of(attn.layer_number, table[:, 0].tolist()),
-                         dtype=torch.long, device=k.device)
-    keys, values = cache.store(attn, k, v, table, lengths - new_counts[:n].to(torch.long),
-                               lengths, slots)
-    return n, slots, keys, values, lengths
+    """SlotCache.store for this call's live rows: (n, slots [n], K, V, lengths [n], its
+    SlotCache)."""
+    cache = _SLOTS[-1].cache_of(k)
+    index = cache.step_index(attn.layer_number, seqlens_k, new_counts, block_table, k.shape[1])
+    keys, values = cache.store(attn, k, v, index)
+    n, slots, lengths = index[:3]
+    return n, slots, keys, values, lengths, cache
 
 
 def _one_query_each(attn, query: Tensor, slots: Tensor, lengths: Tensor, keys: Tensor,
-                    values: Tensor) -> Tensor:
+                    values: Tensor, masks: tuple[int, Tensor]) -> Tensor:
     """query [m, h, d]: the last token of each of m rows (slots [m], keys up to lengths [m])
     -> [m, h, d]; one batched product over all slots, free ones masked, as the static engine's
     decode step."""
     m, heads, d = query.shape
     groups, size = keys.shape[1], keys.shape[0]
-    longest = int(lengths.max())
+    longest, past = masks  # SlotCache.decode_mask
     placed = query.new_zeros(size, groups, heads // groups, d)
     placed[slots] = query.reshape(m, groups, heads // groups, d)
-    held = torch.zeros(size, dtype=torch.long, device=query.device)
-    held[slots] = lengths
     scores = torch.matmul(placed, keys[:, :, :longest].transpose(-1, -2)) * _scale(attn, d)
-    past = torch.arange(longest, device=query.device)[None] >= held[:, None]  # free: all
     scores.masked_fill_(past[:, None, None], float("-inf"))
     context = torch.matmul(scores.softmax(-1), values[:, :, :longest])  # [slots, g, r, d]
     return context[slots].reshape(m, heads, d)  # free slots (NaN rows) are not read
@@ -156,12 +191,14 @@ def paged_attention(attn, q: Tensor, k: Tensor, v: Tensor, max_seqlen_q, max_seq
     n_rows = len(seqlens_k)
     counts = (torch.ones_like(seqlens_k) if is_decode_only else
               cu_seqlens_q[1:n_rows + 1] - cu_seqlens_q[:n_rows])
-    n, slots, keys, values, lengths = _record(attn, k, v, seqlens_k, counts, block_table)
+    n, slots, keys, values, lengths, cache = _record(attn, k, v, seqlens_k, counts,
+                                                     block_table)
     out = torch.zeros_like(q)
     if n == 0:
         return out
     if is_decode_only:
-        out[:n, 0] = _one_query_each(attn, q[:n, 0], slots, lengths, keys, values)
+        out[:n, 0] = _one_query_each(attn, q[:n, 0], slots, lengths, keys, values,
+                                     cache.decode_mask("all", slots, lengths))
         return out
     counts_n = counts[:n].tolist()  # host reads: the step's shape, once per layer call
     starts = cu_seqlens_q[:n].tolist()
@@ -169,33 +206,59 @@ def paged_attention(attn, q: Tensor, k: Tensor, v: Tensor, max_seqlen_q, max_seq
     if single:
         rows = torch.tensor(single, dtype=torch.long, device=q.device)
         at = torch.tensor([starts[i] for i in single], dtype=torch.long, device=q.device)
-        out[at, 0] = _one_query_each(attn, q[at, 0], slots[rows], lengths[rows], keys, values)
+        out[at, 0] = _one_query_each(attn, q[at, 0], slots[rows], lengths[rows], keys, values,
+                                     cache.decode_mask("decoding", slots[rows], lengths[rows]))
     for i in (i for i in range(n) if counts_n[i] > 1):
         a, b, slot, length = starts[i], starts[i] + counts_n[i], slots[i], int(lengths[i])
         out[a:b, 0] = _causal(attn, q[a:b, 0], keys[slot, :, :length], values[slot, :, :length])
     return out
 
 
+def _chunk_layer_offset(attn) -> int:
+    """Attention._get_pp_layer_offset_for_inference for a layer of a virtual pipeline chunk: the
+    number of layers before its chunk (set by `dynamic_attention`), so that each chunk's
+    context is indexed from 0 by its own layers."""
+    return attn._rlad_chunk_layer_offset
+
+
 @contextlib.contextmanager
-def dynamic_attention(slots: int, max_length: int):
+def dynamic_attention(chunks, slots: int, max_length: int):
     """Megatron attention with a dynamic inference context runs here, for one generation of at
-    most `slots` live rows of `max_length` tokens: on a CPU-only torch, the torch paged attention
-    in place of flash-attn, with its SlotCache (restored and dropped on exit); on a GPU, nothing
-    changes."""
-    if not cpu_shims.needed():
-        yield
-        return
+    most `slots` live rows of `max_length` tokens on this rank's model chunks:
+      * on a CPU-only torch, the torch paged attention in place of flash-attn, with its slot
+        caches (dropped on exit); on a GPU megatron's kernels run;
+      * with virtual pipeline stages (more than one chunk), each chunk holds a context of its
+        own layers: megatron asserts that there are no virtual stages where it computes a
+        stage's layer offset, so that offset is each chunk's own for the generation (its first
+        layer's number - 1: what megatron computes for a plain pipeline stage).
+    Everything is restored on exit."""
     from megatron.core.transformer import attention
 
-    saved = (attention.Attention.flash_decode_and_prefill, attention.HAVE_FA3)
-    attention.Attention.flash_decode_and_prefill = paged_attention
-    attention.HAVE_FA3 = True  # only read by the version assert and the kernel we replace
-    _SLOTS.append(SlotCache(slots, max_length))
+    Attention = attention.Attention
+    saved = (Attention.flash_decode_and_prefill, attention.HAVE_FA3,
+             Attention._get_pp_layer_offset_for_inference)
+    tagged = []
+    if len(chunks) > 1:
+        Attention._get_pp_layer_offset_for_inference = _chunk_layer_offset
+        for chunk in chunks:
+            layers = chunk.decoder.layers
+            offset = layers[0].layer_number - 1 if len(layers) else 0
+            for module in chunk.modules():
+                if isinstance(module, Attention):
+                    module._rlad_chunk_layer_offset = offset
+                    tagged.append(module)
+    if cpu_shims.needed():
+        Attention.flash_decode_and_prefill = paged_attention
+        attention.HAVE_FA3 = True  # only read by the version assert and the kernel we replace
+    _SLOTS.append(_Generation(slots, max_length))
     try:
         yield
     finally:
         _SLOTS.pop()
-        attention.Attention.flash_decode_and_prefill, attention.HAVE_FA3 = saved
+        for module in tagged:
+            del module._rlad_chunk_layer_offset
+        (Attention.flash_decode_and_prefill, attention.HAVE_FA3,
+         Attention._get_pp_layer_offset_for_inference) = saved
 
 
 def context_class():

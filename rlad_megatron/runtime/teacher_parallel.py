@@ -122,6 +122,9 @@ def init_teacher_parallel(cfg: TeacherParallelConfig, student_cfg: ParallelConfi
     pgs.tp, pgs.pp, pgs.mp, pgs.dp = groups["tp"], groups["pp"], groups["mp"], groups["dp"]
     # no context parallelism: cp is this rank alone (the student's cp group has that membership)
     pgs.cp = student.pg_collection.cp
+    # no expert parallelism either: ep is this rank alone (megatron's dynamic inference context
+    # reads it, rollout.engine=continuous)
+    pgs.ep = student.pg_collection.ep
     pgs.tp_cp, pgs.dp_cp, pgs.intra_dp_cp = groups["tp"], groups["dp"], groups["dp"]
     pgs.embd = embd
     pgs.pos_embd = pos_embd  # None off the first stage, as in megatron

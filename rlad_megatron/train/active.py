@@ -64,6 +64,8 @@ RULES: tuple[Rule, ...] = (
     Rule("data.answer_prefill", lambda c: c.data.format == "chat", "data.format=chat"),
     Rule("optimizer.adam_", lambda c: c.optimizer.name == "adam", "optimizer.name=adam"),
     Rule("optimizer.sgd_", lambda c: c.optimizer.name == "sgd", "optimizer.name=sgd"),
+    Rule("rollout.stop_check_every", lambda c: c.rollout.engine == "static",
+         "rollout.engine=static"),
     Rule("rollout.max_live_rows", lambda c: c.rollout.engine == "continuous",
          "rollout.engine=continuous"),
     Rule("rollout.kv_block_size", lambda c: c.rollout.engine == "continuous",

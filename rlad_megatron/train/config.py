@@ -186,12 +186,13 @@ class RolloutConfig:
     loop's one synchronisation with the host (rollout/generate.py): k > 1 lets a GPU run k steps
     ahead, at the cost of up to k - 1 forwards after the last row ended. The samples do not
     depend on it."""
-    engine: str = choice("static", ROLLOUT_ENGINES)
-    """static: generation micro-batches, each run until its longest row ends; continuous: at
-    most rollout.max_live_rows rows in flight on megatron's dynamic inference context (a paged KV
-    cache), a stopped row's slot taken by the next waiting row at the next step
-    (rollout/continuous.py). Same tokens; log-probs within fp32 round-off (another attention
-    kernel). No virtual pipeline stages; on a GPU it needs flash-attn >= 2.7.3 or FA3."""
+    engine: str = choice("continuous", ROLLOUT_ENGINES)
+    """continuous (the default): at most rollout.max_live_rows rows in flight on megatron's
+    dynamic inference context (a paged KV cache), a stopped row's slot taken by the next waiting
+    row at the next step (rollout/continuous.py); static: generation micro-batches, each run
+    until its longest row ends. Same tokens; log-probs within fp32 round-off (another attention
+    kernel). On a GPU continuous needs flash-attn >= 2.7.3 or FA3 (refused before any work
+    without; static runs anywhere)."""
     max_live_rows: int = 0
     """continuous: rows in flight at most (their KV blocks are reserved; rlad plan sizes the
     pool); 0 = rollout.micro_batch_size, or all of this rank's rows."""

@@ -189,13 +189,10 @@ def _losses(cfg: RunConfig) -> None:
 
 
 def _rollout_engine(cfg: RunConfig) -> None:
-    """rollout.engine=continuous runs on megatron's dynamic inference context: no virtual
-    pipeline stages there, and on a GPU its flash-attn kernels (runtime/paged_attention.py)."""
+    """rollout.engine=continuous runs on megatron's dynamic inference context: on a GPU its
+    flash-attn kernels (runtime/paged_attention.py)."""
     if cfg.rollout.engine != "continuous":
         return
-    if cfg.parallel.virtual_pipeline:
-        raise ValueError("rollout.engine=continuous: megatron's dynamic inference does not support "
-                         "parallel.virtual_pipeline; use rollout.engine=static")
     from rlad_megatron.runtime.paged_attention import check_dynamic_attention
 
     check_dynamic_attention()

@@ -11,7 +11,8 @@ log-probs off -> the alignment of RolloutBatch (position t holds the value for t
 The model has a padded vocabulary (250 real ids of 256), so padding ids must never be sampled.
 The continuous engine (rollout.engine=continuous: megatron's dynamic context, rows admitted as
 others stop, paged KV blocks of 4 tokens so that rows cross blocks) is held to the same
-reference at every layout, with at most 2 live rows so that rows wait and take freed slots.
+reference at every layout, with at most 2 live rows so that rows wait and take freed slots;
+at PP=2 x VPP=2 each rank's two chunks hold a context each (runtime/paged_attention.py).
 """
 
 import dataclasses
@@ -40,7 +41,7 @@ NEW = 10
 # 1e-5 (10x that) bounds sampler vs teacher-forced log-probs.
 LOGPROB_ATOL = 1e-5
 CONTINUOUS = dict(engine="continuous", max_live_rows=2, kv_block_size=4)
-ENGINES = {"static": {}, "continuous": CONTINUOUS}
+ENGINES = {"static": {"engine": "static"}, "continuous": CONTINUOUS}
 
 
 def _spec():
@@ -144,7 +145,7 @@ def test_kv_cached_greedy_equals_no_cache_and_float64_reference(parallel, side):
     model = _load(build_teacher(_spec(), parallel))
     mine = _my_prompts(parallel)
     tokens, lengths = _padded(mine, side)
-    cfg = GenerationConfig(max_new_tokens=NEW, temperature=0.0, progress=False)
+    cfg = GenerationConfig(max_new_tokens=NEW, temperature=0.0, progress=False, engine="static")
     cached = generate(model, tokens, cfg, prompt_lengths=lengths, padding_side=side)
     recomputed = generate(model, tokens, dataclasses.replace(cfg, use_cache=False),
                           prompt_lengths=lengths, padding_side=side)
@@ -170,10 +171,6 @@ def test_seeded_sampling_is_layout_invariant_and_matches_float64_reference(
     cfg = GenerationConfig(max_new_tokens=NEW, temperature=temperature, top_k=top_k, top_p=top_p,
                            samples_per_prompt=samples, seed=seed, progress=False,
                            top_p_candidates=candidates, **ENGINES[engine])
-    if engine == "continuous" and parallel.vpp:  # megatron's dynamic inference has no VPP
-        with pytest.raises(ValueError, match="virtual pipeline"):
-            generate_detailed(model, [PROMPTS[i] for i in mine], cfg)
-        return
     out = generate_detailed(model, [PROMPTS[i] for i in mine], cfg)
     rows = [i * samples + g for i in mine for g in range(samples)]  # global rows (row_offset)
     ref = reference(temperature, top_k, top_p, seed, samples)
@@ -252,7 +249,7 @@ def test_generation_micro_batches_equal_one_batch(parallel, micro):
     model = _load(build_teacher(_spec(), parallel))
     eos = reference()[0][0][2]
     cfg = GenerationConfig(max_new_tokens=NEW, temperature=1.0, top_k=40, eos_token_id=eos,
-                           samples_per_prompt=2, progress=False)
+                           samples_per_prompt=2, progress=False, engine="static")
     whole = generate_detailed(model, PROMPTS, cfg, seed=7)
     parts = generate_detailed(model, PROMPTS, dataclasses.replace(cfg, micro_batch_size=micro),
                               seed=7)
@@ -279,11 +276,12 @@ def test_kv_cache_held_matches_the_planner(parallel):
     width = max(len(p) for p in PROMPTS)
     for micro in (0, 2):
         cfg = GenerationConfig(max_new_tokens=NEW, temperature=1.0, samples_per_prompt=2,
-                               micro_batch_size=micro, progress=False)
+                               micro_batch_size=micro, progress=False, engine="static")
         out = generate_detailed(model, PROMPTS, cfg, seed=3)
         rows = len(PROMPTS) * 2
         w = Workload(prompt_len=width, response_len=NEW, rollout_micro_batch=micro,
-                     prompts_per_step=len(PROMPTS), group_size=2, student_dtype="fp32")
+                     prompts_per_step=len(PROMPTS), group_size=2, student_dtype="fp32",
+                     rollout_engine="static")
         planned = estimate(spec, spec, parallel.tp, parallel.pp, 1, w).kv_cache
         assert_all_ranks(out.kv_cache_bytes == planned,
                          f"micro {micro or rows}: held {out.kv_cache_bytes} bytes, planned {planned}")
@@ -311,7 +309,7 @@ def test_reading_the_stop_flag_every_k_steps_gives_the_same_samples(parallel, fi
     model = _load(build_teacher(_spec(), parallel))
     eos = [i for i in range(VOCAB) if i % 4]  # 3/4 of the ids end a row: rows stop early
     cfg = GenerationConfig(max_new_tokens=NEW, temperature=1.0, eos_token_id=eos,
-                           samples_per_prompt=2, progress=False, **filters)
+                           samples_per_prompt=2, progress=False, engine="static", **filters)
     every = generate_detailed(model, PROMPTS, cfg, seed=5)
     third = generate_detailed(model, PROMPTS, dataclasses.replace(cfg, stop_check_every=3),
                               seed=5)
@@ -325,8 +323,7 @@ def test_reading_the_stop_flag_every_k_steps_gives_the_same_samples(parallel, fi
         every.filtered_logprobs, third.filtered_logprobs), f"{what}: samples differ")
 
 
-@pytest.mark.parametrize("parallel", [(1, 1), (2, 1), (1, 2)], indirect=True,
-                         ids=["dp2", "tp2", "pp2"])
+@pytest.mark.parametrize("parallel", LAYOUTS, indirect=True, ids=LAYOUT_IDS)
 @pytest.mark.parametrize("live", [1, 3])
 def test_continuous_engine_equals_static_and_reports_each_group_once_when_it_stops(parallel,
                                                                                    live):

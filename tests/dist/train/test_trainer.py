@@ -246,12 +246,14 @@ def test_token_budgets_and_teacher_scoring_during_rollout_train_like_the_plain_r
     finishes) runs the same RLAD training as fixed micro-batches scored after the rollout: the
     same rollouts (response lengths and rewards equal at every step), teacher statistics and
     losses within fp32 round-off, final weights within REL_WEIGHT_BOUND of the distance they
-    moved (SGD: see above), and it logs how much of each pass was real tokens. The continuous
-    rollout engine (3 rows in flight, KV blocks of 8 tokens; the teacher scores each group as it
-    stops) samples the same tokens, so it trains alike too."""
+    moved (SGD: see above), and it logs how much of each pass was real tokens (both with the
+    static engine). The continuous rollout engine, the default (3 rows in flight, KV blocks of 8
+    tokens; the teacher scores each group as it stops), samples the same tokens, so it trains
+    alike too."""
     name = layout[0].split("=")[0].split(".")[1] if layout else "dp"
     during = ["train.max_tokens_per_micro_batch=40", "teacher.score_during_rollout=true"]
-    variants = {"plain": [], "budget": [*during, "rollout.micro_batch_size=4"],
+    static = "rollout.engine=static"
+    variants = {"plain": [static], "budget": [*during, "rollout.micro_batch_size=4", static],
                 "continuous": [*during, "rollout.engine=continuous", "rollout.max_live_rows=3",
                                "rollout.kv_block_size=8"]}
     start = _trained_weights(_config(shared_tmp_path, f"budget_start_{name}", "rlad", *layout,

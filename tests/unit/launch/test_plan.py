@@ -58,8 +58,12 @@ def test_405b_recipe_layout_fits_and_pp8_is_refused_with_the_layer_count():
     m = ok.chosen.memory
     assert m.student_weights == p_s * 2 and m.student_grads == p_s * 4
     assert m.optimizer_state == p_s * 12 // 4                       # distributed over DP=4
-    # KV cache: 2 * 16 layers * (8 groups / 8) * 128 * (1024 + 2048) tokens * 32 seqs * 2 bytes
-    assert m.kv_cache == 2 * 16 * 1 * 128 * 3072 * 32 * 2
+    # KV cache (the continuous engine's block pool, the default): 2 * 16 layers * (8 groups / 8)
+    # * 128 * 256-token blocks * (32 live rows * 3072 / 256 blocks + megatron's 2) * 2 bytes
+    assert m.kv_cache == 2 * 16 * 1 * 128 * 256 * (32 * 3072 // 256 + 2) * 2
+    static = estimate(teacher, student, 8, 2, 4, dataclasses.replace(w, rollout_engine="static"))
+    # the static engine's cache: 2 * 16 layers * 1 group * 128 * 3072 tokens * 32 rows * 2 bytes
+    assert static.kv_cache == 2 * 16 * 1 * 128 * 3072 * 32 * 2
     # activations: 16 layers * min(PP=2, micro-batches=64) * s*b*h*(10 + 24/8) * 2/2 (flash attn)
     assert m.activations == 16 * 2 * int(3072 * 1 * 4096 * (10 + 24 / 8))
 
@@ -77,7 +81,7 @@ def test_the_continuous_engine_plans_its_block_pool_by_hand():
     base = dict(prompt_len=1024, response_len=2048, micro_batch_size=4, prompts_per_step=64,
                 group_size=8, rollout_micro_batch=64)
     static = estimate(get_preset("qwen3-8b"), get_preset("qwen3-1.7b"), 2, 1, 4,
-                      Workload(**base)).kv_cache
+                      Workload(**base, rollout_engine="static")).kv_cache
     pool = estimate(get_preset("qwen3-8b"), get_preset("qwen3-1.7b"), 2, 1, 4, Workload(
         **base, rollout_engine="continuous", max_live_rows=16, kv_block_size=256)).kv_cache
     per_token = 2 * 28 * (8 // 2) * 128 * 2  # K and V, 28 layers, 4 kv heads per rank, bf16
@@ -105,7 +109,8 @@ def test_qwen3_8b_to_1_7b_at_tp2_by_hand():
     assert m.logits == b * s * (152064 // 2) * 2 * 2                 # logits + grad, bf16
     chunk = (256 << 20) // (4 * 76032)                               # 882 tokens of V/tp fp32
     assert m.logprob_chunk == chunk * 76032 * 4
-    assert m.kv_cache == 2 * 28 * (8 // 2) * 128 * s * 64 * 2
+    # the continuous engine's block pool: 64 live rows x 12 blocks of 256 tokens (+ 2)
+    assert m.kv_cache == 2 * 28 * (8 // 2) * 128 * 256 * (64 * s // 256 + 2) * 2
     # Qwen3-8B teacher: h=4096, ffn=12288, 32 heads, 8 groups, 36 layers, untied
     h, f, q, kv = 4096, 12288, 32 * 128, 8 * 128
     p_t = (36 * ((h * (q + 2 * kv) + q * h + 3 * h * f) // 2 + 2 * h + 2 * d)

@@ -14,11 +14,11 @@ from rlad_megatron.train.schema import get, walk
 from rlad_megatron.train.validate import validate_run_config
 
 BASES = ([], ["algorithm=grpo"], ["algorithm=sft"], ["optimizer.name=sgd"],
-         ["data.format=compact"],
+         ["data.format=compact"], ["rollout.engine=static"],
          ["rollout.teacher_samples=2", "imitation.gate_aligned=false",
           "imitation.gate_advantage=false", "imitation.gate_explore=false"])
 """Runs in which to look for a field that takes no effect (the defaults use rlad, a resident
-teacher and no teacher trajectories)."""
+teacher, the continuous rollout engine and no teacher trajectories)."""
 
 
 def _other(info):

@@ -147,7 +147,7 @@ def test_missing_config_file_is_named(tmp_path):
     ({"train.max_tokens_per_micro_batch": 256, "parallel.pipeline": 2,
       "parallel.virtual_pipeline": 2}, 2,
      r"train.max_tokens_per_micro_batch is not supported with parallel.virtual_pipeline"),
-    ({"teacher.score_during_rollout": True}, 1,
+    ({"teacher.score_during_rollout": True, "rollout.engine": "static"}, 1,
      r"teacher.score_during_rollout needs rollout.micro_batch_size > 0"),
     ({"teacher.score_during_rollout": True, "rollout.micro_batch_size": 4,
       "teacher.offload": "stream", "eval.teacher": False}, 1,
@@ -158,13 +158,12 @@ def test_missing_config_file_is_named(tmp_path):
     ({"teacher.score_during_rollout": True, "rollout.micro_batch_size": 4,
       "algorithm": "grpo"}, 1, r"teacher.score_during_rollout: algorithm grpo has no teacher"),
     ({"rollout.engine": "paged"}, 1, r"rollout.engine: 'paged' is not one of static, continuous"),
-    ({"rollout.engine": "continuous", "parallel.pipeline": 2, "parallel.virtual_pipeline": 2}, 2,
-     r"rollout.engine=continuous: megatron's dynamic inference does not support "
-     r"parallel.virtual_pipeline"),
     ({"rollout.engine": "continuous", "rollout.kv_block_size": 0}, 1,
      r"rollout.kv_block_size must be > 0, got 0"),
-    ({"rollout.max_live_rows": 8}, 1,
+    ({"rollout.max_live_rows": 8, "rollout.engine": "static"}, 1,
      r"rollout.max_live_rows.*takes effect only with rollout.engine=continuous"),
+    ({"rollout.stop_check_every": 4}, 1,
+     r"rollout.stop_check_every.*takes effect only with rollout.engine=static"),
 ])
 def test_validate_names_the_key_and_values(tmp_path, over, world, message):
     cfg = _valid(tmp_path, **over)
@@ -179,6 +178,8 @@ def test_a_valid_config_passes(tmp_path):
     validate_run_config(_valid(tmp_path, **{"rollout.engine": "continuous",
                                             "rollout.max_live_rows": 8,
                                             "teacher.score_during_rollout": True}), 1)
+    validate_run_config(_valid(tmp_path, **{"parallel.pipeline": 2,  # the default engine
+                                            "parallel.virtual_pipeline": 2}), 2)
     validate_run_config(_valid(tmp_path, **{"algorithm": "grpo", "teacher.random_init": False}), 2)
 
 
