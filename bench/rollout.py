@@ -9,6 +9,8 @@ seed), left-padded inside generate. Sampling at temperature 1.0 with no EOS, so 
 generates every new token; both variants use the same seeded sampler and produce the same tokens
 (checked: `tokens_equal`).
 
+Both run the static engine (rollout.engine=static: the continuous engine keeps a KV cache by
+construction; bench/skewed.py times it against this one):
     kv       GenerationConfig(use_cache=True): one prefill, then one [b, 1] forward per token
     nocache  GenerationConfig(use_cache=False): every step recomputes the whole [b, P + t] prefix
              (the logits are still projected for the last position only)
@@ -152,7 +154,7 @@ def timed_generate(model, rows, new_tokens: int, use_cache: bool):
     from rlad_megatron.rollout import GenerationConfig, generate
 
     cfg = GenerationConfig(max_new_tokens=new_tokens, temperature=1.0, seed=SEED,
-                           use_cache=use_cache, progress=False)
+                           use_cache=use_cache, progress=False, engine="static")
     start = time.perf_counter()
     batch = generate(model, rows, cfg)
     return time.perf_counter() - start, batch
@@ -241,7 +243,8 @@ def device_transfers(steps: int = 16) -> dict[str, float]:
     for name, filters in (("plain", {}), ("top_k", {"top_k": 5}),
                           ("top_p", {"top_p": 0.5, "top_p_candidates": 40}),
                           ("top_k_top_p", {"top_k": 5, "top_p": 0.9})):
-        cfg = GenerationConfig(max_new_tokens=steps, eos_token_id=None, progress=False, **filters)
+        cfg = GenerationConfig(max_new_tokens=steps, eos_token_id=None, progress=False,
+                               engine="static", **filters)
         transfers, ran, _ = decode_transfers(cfg)
         out[name] = len(transfers) / ran
     return out

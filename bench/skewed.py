@@ -49,7 +49,7 @@ def ours(model, prompts, engine: str, eos) -> dict:
     from rlad_megatron.rollout import GenerationConfig, generate_detailed
 
     cfg = GenerationConfig(max_new_tokens=NEW, temperature=1.0, eos_token_id=eos, progress=False,
-                           micro_batch_size=LIVE)
+                           micro_batch_size=LIVE, engine="static")
     if engine == "continuous":
         cfg = dataclasses.replace(cfg, engine="continuous", max_live_rows=LIVE, kv_block_size=64)
     start = time.perf_counter()

@@ -19,7 +19,10 @@ The shared setup (written by this process into a temporary folder):
              both sides), group-normalised advantages, GRPO's clipped surrogate (eps 0.2 / 0.28,
              sequence-mean of token-means), no KL (beta 0), Adam lr 1e-6 without weight decay,
              grad-norm clip 1.0, one optimizer step over all P x G rows, fp32, 1 thread
-  this side  rollout/generate (KV cache) -> reward -> advantages -> train/step.py
+  this side  rollout/generate (KV cache; --engine: rollout.engine, default continuous, the
+             product's default; every response runs to N tokens here, the continuous engine's
+             worst case, and measured within 2% of --engine static) -> reward -> advantages
+             -> train/step.py
              forward_backward + optimizer_step on-policy (no old-log-prob pass: the loss reads
              its own forward's detached log-probs, train/on_policy.py), i.e. the phases rl_step
              runs at train.mini_batches=1, with micro-batches of 16 rows (8 and 64 were no
@@ -149,7 +152,8 @@ def build_ours(folder: Path, cfg: dict):
                     padded_vocab=student.padded_vocab_size)
     setup = json.loads((folder / "setup.json").read_text())
     gen = GenerationConfig(max_new_tokens=cfg["new_tokens"], temperature=1.0,
-                           samples_per_prompt=cfg["group"], progress=False)
+                           samples_per_prompt=cfg["group"], progress=False,
+                           engine=cfg.get("engine", "continuous"))
     loss = LossSpec("grpo", {"eps_low": EPS_LOW, "eps_high": EPS_HIGH})
 
     ids = torch.tensor([setup["prompt_ids"][0]])
@@ -271,9 +275,11 @@ def main() -> None:
     ap.add_argument("--workdir", help="the shared setup (--side trl)")
     ap.add_argument("--rounds", type=int, default=2,
                     help="rounds of (TRL's reps steps, then ours); the steps are pooled")
+    ap.add_argument("--engine", choices=("continuous", "static"), default="continuous",
+                    help="our rollout engine (rollout.engine; default: the product's default)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    cfg = sizes(args.quick)
+    cfg = {**sizes(args.quick), "engine": args.engine}
     if args.side == "trl":
         print(json.dumps(run_trl(Path(args.workdir), cfg)))
         return

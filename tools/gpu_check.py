@@ -91,7 +91,9 @@ def rl_loop(out: Path, local_spec: bool, *, dtype: str = "bf16", steps: int = RL
     cfg = load_config(None, tiny_overrides(tok, run_dir, "rlad", steps=steps) + list(sizes) + [
         f"student.dtype={dtype}", f"teacher.dtype={dtype}", "parallel.tensor=1",
         "rollout.temperature=1.0", "train.mini_batches=1", "eval.at_start=false",
-        "logging.tensorboard=false", "checkpoint.save_every=0"])
+        "logging.tensorboard=false", "checkpoint.save_every=0",
+        # the static engine runs without flash-attn; continuous_section times the default
+        "rollout.engine=static"])
     ctx = (mock.patch.object(mconfig, "use_transformer_engine", return_value=False)
            if local_spec else mock.patch.object(mconfig, "use_transformer_engine",
                                                 wraps=mconfig.use_transformer_engine))
@@ -131,7 +133,7 @@ def continuous_section(student) -> dict:
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(200, 32000, (32,), generator=g).tolist() for _ in range(128)]
     gen = GenerationConfig(max_new_tokens=256, eos_token_id=list(range(100, 188)),
-                           micro_batch_size=32, progress=False)
+                           micro_batch_size=32, progress=False, engine="static")
     out = {}
     for engine, cfg in (("static", gen), ("continuous", dataclasses.replace(
             gen, engine="continuous", max_live_rows=32, kv_block_size=256))):
@@ -234,7 +236,8 @@ def main() -> int:
     student = _build(s_spec, par, random_hf_weights(s_spec, seed=1), "bf16")
     for batch in (8, 32):
         prompts = [list(range(1, 65))] * batch
-        gen = GenerationConfig(max_new_tokens=256, samples_per_prompt=1, progress=False)
+        gen = GenerationConfig(max_new_tokens=256, samples_per_prompt=1, progress=False,
+                               engine="static")
         _, secs = _timed(lambda: generate(student, prompts, gen, seed=0), reps=2)
         report[f"rollout_b{batch}_tokens_per_s"] = batch * 256 / secs
     report.update(continuous_section(student))
@@ -243,7 +246,7 @@ def main() -> int:
     teacher = _build(spec, par, weights, "bf16")
     prompts = [list(range(1, 65))] * 32
     gen = GenerationConfig(max_new_tokens=256, samples_per_prompt=1, progress=False,
-                           micro_batch_size=8)
+                           micro_batch_size=8, engine="static")
     side = torch.cuda.Stream()
 
     def score_after():
