@@ -133,6 +133,21 @@ def _reproduce(args, demo: bool = False) -> int:
         return 130
 
 
+def _map(args) -> int:
+    _quiet()
+    from rlad_megatron.reproduce.grid import run_map
+
+    try:
+        return run_map(args.config, list(args.overrides), jobs=args.jobs)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"rlad: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nrlad map: interrupted; run the same command again to resume cell by cell",
+              file=sys.stderr)
+        return 130
+
+
 def _plan(args) -> int:
     import json
 
@@ -257,6 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--jobs", type=int, default=None, help="arms trained at once "
                        "(default: reproduce.jobs)")
         p.set_defaults(func=lambda a, d=demo: _reproduce(a, d))
+    p = sub.add_parser("map", help="where RLAD beats GRPO: a grid of reproductions (student "
+                                   "strength x training), the paired difference per cell")
+    p.add_argument("config", help="recipe YAML with a map section (reproduce/grid.py)")
+    p.add_argument("overrides", nargs="*", help="STAGE.key=value / reproduce.key=value")
+    p.add_argument("--jobs", type=int, default=None, help="arms trained at once in a cell "
+                   "(default: reproduce.jobs)")
+    p.set_defaults(func=_map)
     return parser
 
 

@@ -70,10 +70,11 @@ def load_recipe(path: str, overrides: list[str]) -> tuple[dict, dict[str, RunCon
     from omegaconf import OmegaConf
 
     raw = _load_with_parent(Path(path))
-    unknown = set(raw) - {"cache_dir", "run_dir", "base", "reproduce", *STAGES}
+    unknown = set(raw) - {"cache_dir", "run_dir", "base", "reproduce", "map", *STAGES}
     if unknown:
         raise ValueError(f"{path}: unknown top-level key(s) {sorted(unknown)}; expected "
-                         f"cache_dir, run_dir, base, {', '.join(STAGES)}, reproduce")
+                         f"cache_dir, run_dir, base, {', '.join(STAGES)}, reproduce, map "
+                         f"(reproduce/grid.py)")
     settings = {"cache_dir": str(raw.get("cache_dir", ".cache/rlad_demo")),
                 "run_dir": str(raw.get("run_dir", "runs/demo"))}
     by = split_overrides(overrides, settings, ("base", *STAGES, "reproduce"))
@@ -84,6 +85,15 @@ def load_recipe(path: str, overrides: list[str]) -> tuple[dict, dict[str, RunCon
     if repro is not None or by["reproduce"]:
         repro = OmegaConf.merge(repro or {}, OmegaConf.from_dotlist(by["reproduce"]))
     return settings, configs, repro
+
+
+def raw_section(path: str, key: str) -> Any:
+    """A top-level section of the recipe (with its `extends` parents) as a plain dict, or None."""
+    from omegaconf import OmegaConf
+
+    raw = _load_with_parent(Path(path))
+    node = raw.get(key)
+    return OmegaConf.to_container(node, resolve=True) if node is not None else None
 
 
 def _load_with_parent(path: Path, depth: int = 0):
@@ -100,7 +110,7 @@ def _load_with_parent(path: Path, depth: int = 0):
     if parent is None:
         return raw
     base = _load_with_parent(path.parent / str(parent), depth + 1)
-    for key in ["reproduce", *replace]:  # replaced whole, not merged key by key
+    for key in ["reproduce", "map", *replace]:  # replaced whole, not merged key by key
         head, _, leaf = str(key).rpartition(".")
         node = OmegaConf.select(base, head) if head else base
         if node is not None and leaf in node and OmegaConf.select(raw, str(key)) is not None:

@@ -88,3 +88,54 @@ def test_foreign_run_dir_refused_before_any_work(finished, tmp_path):
     bad = _reproduce(recipe, "reproduce.baseline=kdrl", f"run_dir={tmp_path / 'new'}")
     assert bad.returncode == 2 and "reproduce.baseline" in bad.stderr
     assert not (tmp_path / "new").exists()
+
+
+MAP = """extends: tiny.yaml
+run_dir: {run}
+reproduce:
+  seeds: [1, 2]
+  jobs: 2
+  prepare_procs: 1
+  arms:
+    grpo: {{algorithm: grpo}}
+    rlad: {{algorithm: rlad}}
+map:
+  arm: rlad
+  students:
+    s2: {{}}
+    s4: {{student_sft.train.steps: 4}}
+  training:
+    steps3: {{rl.train.steps: 3}}
+"""
+
+
+def test_map_runs_a_reproduction_per_cell_sharing_the_teacher_and_each_rows_student(finished):
+    """`rlad map`: 2 student strengths x 1 training setting, each cell a reproduction of grpo and
+    rlad x 2 seeds; every row's cache gets the recipe's teacher (hard-linked, not trained again)
+    and trains its own student once; map.json's cells are the paired differences that the cells'
+    own results.json report; map.md and map.png are written."""
+    root, _, _ = finished
+    recipe = root / "map.yaml"
+    recipe.write_text(MAP.format(run=root / "map"))
+    out = subprocess.run([sys.executable, "-m", "rlad_megatron.cli", "map", str(recipe)],
+                         cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    cache = root / "cache"
+    for row, steps in (("s2", 2), ("s4", 4)):
+        teacher = cache / "map_students" / row / "teacher"
+        model = next(p for p in (cache / "teacher").rglob("*") if p.is_file())
+        twin = teacher / model.relative_to(cache / "teacher")
+        assert twin.stat().st_ino == model.stat().st_ino  # the same file: not trained again
+        marker = (cache / "map_students" / row / "student" / "recipe_config.yaml").read_text()
+        assert f"steps: {steps}" in marker
+    m = json.loads((root / "map" / "map.json").read_text())
+    assert m["rows"] == ["s2", "s4"] and m["columns"] == ["steps3"]
+    assert sorted(m["cells"]) == ["s2__steps3", "s4__steps3"]
+    for name, cell in m["cells"].items():
+        r = json.loads((root / "map" / "cells" / name / "results.json").read_text())
+        assert cell["diff"] == r["diff"]["rlad"]["avg"] and cell["diff"]["n"] == 2
+        assert r["steps"] == 3  # the column's override
+        assert cell["student_before"] == r["reference"]["student_before"]["avg"]
+    md = (root / "map" / "map.md").read_text()
+    assert "| s2 |" in md and "| s4 |" in md and "rlad - grpo" in md
+    assert (root / "map" / "map.png").stat().st_size > 0

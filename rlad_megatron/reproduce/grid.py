@@ -1,0 +1,245 @@
+"""`rlad map RECIPE [overrides]`: where RLAD beats GRPO. A grid of reproductions, one per cell
+(student strength x training setting), each running the recipe's arms x seeds; the map is the
+paired difference of one arm to the baseline in every cell, as a table and a heatmap.
+
+    map:
+      arm: rlad                 # compared with reproduce.baseline in every cell
+      students:                 # rows: student strength; each its own student SFT
+        weak: {student_sft.train.steps: 150}
+        base: {}
+        strong: {student_sft.train.steps: 1200}
+      training:                 # columns: RL settings (any recipe override)
+        steps100: {rl.train.steps: 100}
+        steps200: {rl.train.steps: 200}
+
+A cell is `rlad reproduce` with the row's and the column's overrides, its run directory
+RUN_DIR/cells/ROW__COLUMN and its cache CACHE_DIR/map_students/ROW: a row trains its student
+once and its cells share it; every row shares the recipe's teacher (its cached folder and the
+tokenizer are hard-linked into the row's cache before the row's first cell, so the cache key,
+relative to the cache folder, matches and the teacher is not trained again). Cells run one after
+another, each with reproduce.jobs arms at once; an interrupted map resumes cell by cell as
+`rlad reproduce` does. Output: RUN_DIR/map.json, map.md (per cell: the arm's paired difference
+to the baseline with its 95% CI, both arms' gains over the student before RL, clip fractions
+and the teacher clamp share) and map.png.
+Why a grid of reproductions rather than arms of one: student strength changes the preparation
+(the student SFT), which one reproduction shares among its arms.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rlad_megatron.reproduce.plots import _figure
+from rlad_megatron.train.recipe import load_recipe, raw_section
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_KEYS = {"arm", "students", "training"}
+
+
+@dataclass
+class MapSpec:
+    arm: str = "rlad"
+    students: dict[str, list[str]] = field(default_factory=dict)
+    """row name -> recipe overrides (STAGE.key=value)."""
+    training: dict[str, list[str]] = field(default_factory=dict)
+    """column name -> recipe overrides."""
+
+
+def _dotted(d: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in (d or {}).items():
+        if isinstance(v, dict):
+            out += _dotted(v, f"{prefix}{k}.")
+        else:
+            out.append(f"{prefix}{k}={json.dumps(v) if isinstance(v, (list, bool)) else v}")
+    return out
+
+
+def parse_map(raw: Any, where: str = "map") -> MapSpec:
+    """The recipe's `map` section (a plain dict) -> MapSpec; errors name the key."""
+    if not raw:
+        raise ValueError(f"{where}: the recipe has no map section (map.students, map.training)")
+    unknown = set(raw) - _KEYS
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; expected {sorted(_KEYS)}")
+    spec = MapSpec(arm=str(raw.get("arm", "rlad")))
+    for axis in ("students", "training"):
+        levels = raw.get(axis) or {}
+        if not levels:
+            raise ValueError(f"{where}.{axis}: at least one level is needed")
+        for name, over in levels.items():
+            if not _NAME.fullmatch(str(name)) or "__" in str(name):
+                raise ValueError(f"{where}.{axis}: {name!r} is not a usable level name (letters, "
+                                 f"digits, '.', '_', '-'; no '__')")
+            getattr(spec, axis)[str(name)] = _dotted(over)
+    return spec
+
+
+def cell_name(row: str, column: str) -> str:
+    return f"{row}__{column}"
+
+
+def cell_overrides(settings: dict, spec: MapSpec, row: str, column: str) -> list[str]:
+    """The overrides that make a cell's reproduction (module docstring)."""
+    return [*spec.students[row], *spec.training[column],
+            f"cache_dir={Path(settings['cache_dir']) / 'map_students' / row}",
+            f"run_dir={Path(settings['run_dir']) / 'cells' / cell_name(row, column)}"]
+
+
+def share_teacher(cache: Path, row_cache: Path) -> None:
+    """Hard-link the recipe's cached teacher and tokenizer into a row's cache (module docstring);
+    what the row's cache already holds stays."""
+    row_cache.mkdir(parents=True, exist_ok=True)
+    if (cache / "tokenizer.model").exists() and not (row_cache / "tokenizer.model").exists():
+        os.link(cache / "tokenizer.model", row_cache / "tokenizer.model")
+    if (cache / "teacher").is_dir() and not (row_cache / "teacher").exists():
+        shutil.copytree(cache / "teacher", row_cache / "teacher", copy_function=os.link)
+
+
+def cell_summary(results: dict, arm: str) -> dict:
+    """One cell of the map from its reproduction's results.json."""
+    base = results["baseline"]
+    before = (results.get("reference", {}).get("student_before") or {}).get("avg", math.nan)
+    out = {"diff": results["diff"].get(arm, {}).get("avg"), "student_before": before,
+           "teacher": (results.get("reference", {}).get("teacher") or {}).get("avg", math.nan),
+           "seeds": results.get("seeds", [])}
+    for name, key in ((base, "baseline"), (arm, "arm")):
+        t = results["table1"].get(name, {}).get("avg")
+        out[key] = t
+        out[f"{key}_gain"] = (t["mean"] - before) if t else math.nan
+        out[f"{key}_diagnostics"] = results["diagnostics"].get(name, {})
+    return out
+
+
+def _pct(x: float) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:+.1f}"
+
+
+def _clip(diag: dict) -> str:
+    """Clipped shares at both bounds, for A > 0 / A < 0 (reproduce/results.py DIAGNOSTICS)."""
+    sides = [[diag[f"clip_frac_{b}_{sign}"] for b in ("low", "high")
+              if f"clip_frac_{b}_{sign}" in diag] for sign in ("pos", "neg")]
+    return " / ".join(f"{100 * sum(v):.2f}%" for v in sides) if all(sides) else "-"
+
+
+def markdown(m: dict) -> str:
+    arm, base = m["arm"], m["baseline"]
+    lines = [f"# Where {arm} beats {base}: the map", "",
+             f"Command: `{m['command']}`  ", f"Evaluation: {m['protocol']} on the {m['split']} "
+             f"split; seeds {m['seeds']}. Cell: {arm} - {base}, paired seed by seed, mean ± 95% "
+             "CI in points (`*`: the CI excludes 0).", "",
+             "| student \\ training | " + " | ".join(m["columns"]) + " |",
+             "|---|" + "---|" * len(m["columns"])]
+    for row in m["rows"]:
+        cells = []
+        for col in m["columns"]:
+            d = (m["cells"].get(cell_name(row, col)) or {}).get("diff")
+            if not d:
+                cells.append("not run")
+                continue
+            star = "*" if d["n"] > 1 and abs(d["mean"]) > d["ci95"] else ""
+            ci = f" ± {100 * d['ci95']:.1f}" if d["n"] > 1 else ""
+            cells.append(f"{100 * d['mean']:+.1f}{ci}{star}")
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    lines += ["", "Per cell: the student before RL and the teacher (%), each arm's gain over the "
+              "student (points), the share of response tokens clipped at either bound for "
+              f"A > 0 / A < 0, the teacher clamp share of {arm} and the training reward of the "
+              "last 10 steps.", "",
+              f"| cell | student before | teacher | {base} gain | {arm} gain | {base} clipped | "
+              f"{arm} clipped | {arm} teacher clamp | reward {base} / {arm} |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for name, c in m["cells"].items():
+        clamp = c["arm_diagnostics"].get("teacher/clamp_frac")
+        rewards = " / ".join(f"{d['rollout/reward_mean']:.2f}" if "rollout/reward_mean" in d
+                             else "-" for d in (c["baseline_diagnostics"], c["arm_diagnostics"]))
+        lines.append(f"| {name} | {100 * c['student_before']:.1f} | {100 * c['teacher']:.1f} | "
+                     f"{_pct(c['baseline_gain'])} | {_pct(c['arm_gain'])} | "
+                     f"{_clip(c['baseline_diagnostics'])} | {_clip(c['arm_diagnostics'])} | "
+                     f"{'-' if clamp is None else f'{100 * clamp:.1f}%'} | {rewards} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_map(m: dict, out: Path) -> Path:
+    import numpy as np
+
+    rows, cols = m["rows"], m["columns"]
+    grid = np.full((len(rows), len(cols)), np.nan)
+    text = [["" for _ in cols] for _ in rows]
+    for i, row in enumerate(rows):
+        for j, col in enumerate(cols):
+            d = (m["cells"].get(cell_name(row, col)) or {}).get("diff")
+            if d:
+                grid[i, j] = 100 * d["mean"]
+                text[i][j] = f"{100 * d['mean']:+.1f}" + (f"\n± {100 * d['ci95']:.1f}"
+                                                          if d["n"] > 1 else "")
+    fig, ax = _figure(1.6 * len(cols) + 2.5, 1.0 * len(rows) + 1.8)
+    span = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0
+    image = ax.imshow(grid, cmap="RdBu", vmin=-span, vmax=span, aspect="auto")
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            ax.text(j, i, text[i][j] or "not run", ha="center", va="center", fontsize=9)
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel("training")
+    ax.set_ylabel("student")
+    ax.set_title(f"{m['arm']} - {m['baseline']}, {m['split']} mean@k (points, 95% CI)")
+    fig.colorbar(image, ax=ax, label="points")
+    fig.savefig(out)
+    return out
+
+
+def run_map(path: str, overrides: list[str], *, jobs: int | None = None) -> int:
+    """Every cell's reproduction, then map.json / map.md / map.png (module docstring)."""
+    from rlad_megatron.reproduce.runner import prepare_stages, reproduce
+    from rlad_megatron.reproduce.spec import parse_spec
+
+    settings, _, node = load_recipe(path, overrides)
+    spec = parse_map(raw_section(path, "map"))
+    repro = parse_spec(node)
+    if spec.arm not in repro.arm_names or spec.arm == repro.baseline:
+        raise ValueError(f"map.arm: {spec.arm!r} must be one of reproduce.arms other than the "
+                         f"baseline {repro.baseline!r} ({', '.join(repro.arm_names)})")
+    cells = [(r, c) for r in spec.students for c in spec.training]
+    for row, col in cells:  # every cell's configs checked before any work
+        load_recipe(path, overrides + cell_overrides(settings, spec, row, col))
+    run_dir, cache = Path(settings["run_dir"]), Path(settings["cache_dir"])
+    code = prepare_stages(path, overrides, repro.prepare_procs)  # the shared teacher
+    if code != 0:
+        return 1
+    failed = 0
+    for row, col in cells:
+        share_teacher(cache, cache / "map_students" / row)
+        print(f"map: cell {cell_name(row, col)}", flush=True)
+        failed += reproduce(path, overrides + cell_overrides(settings, spec, row, col),
+                            jobs=jobs) != 0
+    m = collect_map(spec, repro.baseline, run_dir)
+    m["command"] = " ".join(["rlad", "map", path, *overrides])
+    (run_dir / "map.json").write_text(json.dumps(m, indent=1))
+    (run_dir / "map.md").write_text(markdown(m))
+    plot_map(m, run_dir / "map.png")
+    print("\n" + markdown(m), flush=True)
+    print(f"map: wrote {run_dir / 'map.md'}, map.json, map.png", flush=True)
+    return 1 if failed else 0
+
+
+def collect_map(spec: MapSpec, baseline: str, run_dir: Path) -> dict:
+    """Every cell's results.json -> the map's dict (cells not run are left out)."""
+    cells, first = {}, None
+    for row in spec.students:
+        for col in spec.training:
+            f = run_dir / "cells" / cell_name(row, col) / "results.json"
+            if f.exists():
+                results = json.loads(f.read_text())
+                first = first or results
+                cells[cell_name(row, col)] = cell_summary(results, spec.arm)
+    return {"arm": spec.arm, "baseline": baseline, "rows": list(spec.students),
+            "columns": list(spec.training), "cells": cells,
+            "protocol": first["protocol"] if first else "", "split": first["split"] if first
+            else "", "seeds": first["seeds"] if first else []}
