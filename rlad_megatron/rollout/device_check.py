@@ -75,7 +75,11 @@ def tiny_rollout(stage: TinyStage, prompts: list[list[int]], cfg: GenerationConf
     """generate()'s decode loop and layout with `stage` as the model, on compute_device() (the
     fake device inside FakeCuda): (RolloutBatch of len(prompts) x cfg.samples_per_prompt rows,
     consecutive groups; steps run; the host transfers the decode loop made, when FakeCuda is on).
-    Call it under no_grad (see the module docstring)."""
+    Call it under no_grad (see the module docstring). The static engine's loop only
+    (cfg.engine=static): the continuous engine runs on megatron's dynamic context, which
+    TinyStage is not."""
+    if cfg.engine != "static":
+        raise ValueError(f"tiny_rollout runs the static decode loop; got engine={cfg.engine!r}")
     runner, model = tiny_runner(stage)
     device = compute_device()
     padded = left_padded(prompts, pad_id=0).repeat(cfg.samples_per_prompt)

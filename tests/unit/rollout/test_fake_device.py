@@ -28,8 +28,14 @@ import torch
 from rlad_megatron.ops import token_logprobs
 from rlad_megatron.rollout.device_check import VOCAB, TinyStage, decode_transfers
 from rlad_megatron.rollout.generate import GenerationConfig
+
 from rlad_megatron.runtime.devices import compute_device
 from rlad_megatron.runtime.fake_cuda import FakeCuda, FakeCudaTensor, FakeDeviceMismatch
+
+
+def Static(**kw) -> GenerationConfig:  # noqa: N802 (reads as the config it makes)
+    """The static engine's config: tiny_rollout runs its decode loop."""
+    return GenerationConfig(engine="static", **kw)
 
 
 @pytest.mark.parametrize("filters", [{}, {"top_k": 5}, {"top_p": 0.5, "top_p_candidates": 40},
@@ -39,7 +45,7 @@ def test_a_decode_step_on_a_fake_cuda_device_moves_only_the_stop_flag_to_the_hos
     """Ten decode steps (no EOS) on cuda:0: no op mixes devices, and the host reads are the stop
     check, one [1] bool per step (top-p without top-k: read with its candidate check, one [2]);
     the tokens and log-probs are those of the same loop on the CPU, bit for bit."""
-    cfg = GenerationConfig(max_new_tokens=10, eos_token_id=None, progress=False,
+    cfg = Static(max_new_tokens=10, eos_token_id=None, progress=False,
                            **{"temperature": 1.0, **filters})
     transfers, steps, fake = decode_transfers(cfg)
     _, _, cpu = decode_transfers(cfg, fake=False)
@@ -54,10 +60,10 @@ def test_a_decode_step_on_a_fake_cuda_device_moves_only_the_stop_flag_to_the_hos
 def test_the_stop_flag_read_every_k_steps_is_one_host_read_per_k_steps():
     """GenerationConfig.stop_check_every = 4: 12 decode steps read the host 3 times, and sample
     what reading every step samples."""
-    cfg = GenerationConfig(max_new_tokens=12, progress=False, stop_check_every=4)
+    cfg = Static(max_new_tokens=12, progress=False, stop_check_every=4)
     transfers, steps, got = decode_transfers(cfg)
     assert steps == 12 and transfers == ["item"] * 3, transfers
-    _, _, want = decode_transfers(GenerationConfig(max_new_tokens=12, progress=False),
+    _, _, want = decode_transfers(Static(max_new_tokens=12, progress=False),
                                   fake=False)
     for key in want:
         assert torch.equal(got[key], want[key]), key
@@ -68,10 +74,10 @@ def test_top_p_reading_its_candidate_check_with_the_stop_flag_samples_the_exact_
     step samples again over all ids, one more host read) gives the tokens and log-probs of the
     sampler that gathers every id from the start."""
     few, every = ({"top_p": 0.5, "top_p_candidates": c} for c in (4, VOCAB))
-    transfers, steps, got = decode_transfers(GenerationConfig(max_new_tokens=10, progress=False,
+    transfers, steps, got = decode_transfers(Static(max_new_tokens=10, progress=False,
                                                               **few))
     assert transfers.count("tolist") == steps and transfers.count("item") > 0
-    _, _, want = decode_transfers(GenerationConfig(max_new_tokens=10, progress=False, **every),
+    _, _, want = decode_transfers(Static(max_new_tokens=10, progress=False, **every),
                                   fake=False)
     for key in want:
         assert torch.equal(got[key], want[key]), key

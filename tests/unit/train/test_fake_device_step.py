@@ -75,8 +75,9 @@ def rl_step_device_work(fake: bool) -> tuple[dict, FakeCuda | None, int]:
     items = [PromptItem(id=str(i), question="q", answer="1", task="chain_sum")
              for i in range(len(PROMPTS))]
     # extra ids end rows too, so that response lengths (and micro-batch widths) vary
-    gen = GenerationConfig(max_new_tokens=8, eos_token_id=[run.tokenizer.eos_id, 5, 9, 13],
-                           samples_per_prompt=G, progress=False)
+    gen = GenerationConfig(engine="static", max_new_tokens=8,
+                           eos_token_id=[run.tokenizer.eos_id, 5, 9, 13], samples_per_prompt=G,
+                           progress=False)
     mode = FakeCuda() if fake else contextlib.nullcontext()
     with no_grad_for_inference_mode(), mode:
         student = TinyStage(fake, requires_grad=True, seed=0)
