@@ -242,7 +242,7 @@ def main() -> int:
         report[f"rollout_b{batch}_tokens_per_s"] = batch * 256 / secs
     report.update(continuous_section(student))
 
-    # 4. teacher scoring during the rollout (train/phases.py TeacherDuringRollout's streams)
+    # 4. teacher scoring during the rollout (train/teacher_scoring.py DuringRollout's streams)
     teacher = _build(spec, par, weights, "bf16")
     prompts = [list(range(1, 65))] * 32
     gen = GenerationConfig(max_new_tokens=256, samples_per_prompt=1, progress=False,

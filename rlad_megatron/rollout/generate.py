@@ -175,7 +175,7 @@ OnMicroBatch = Callable[[slice, RolloutBatch], None]
 """on_micro_batch(rows, part): called once a generation micro-batch is complete, with the rows
 it holds in the final batch and those rows as a RolloutBatch of their own width (tokens equal to
 the final batch's tokens[rows, :part.seq_len]). The train loop scores them with the teacher
-while the next micro-batch is generated (train/phases.py TeacherDuringRollout)."""
+while the next micro-batch is generated (train/teacher_scoring.py DuringRollout)."""
 
 
 def generate(model: BuiltModel, prompts: PromptsIn, cfg: GenerationConfig, *,

@@ -28,16 +28,12 @@ import json
 import logging
 import os
 import sys
-import math
 import time
 from pathlib import Path
 from typing import Optional
 
-import torch
 
 from rlad_megatron.data.batch import TrainBatch
-from rlad_megatron.losses import distill_share
-from rlad_megatron.models.teacher_stream import StreamedTeacher, stream_metrics
 from rlad_megatron.runtime import print0
 from rlad_megatron.train import phases
 from rlad_megatron.train.checkpoint import save_train_checkpoint
@@ -46,8 +42,10 @@ from rlad_megatron.train.evaluate import eval_items, evaluate, write_eval_record
 from rlad_megatron.train.on_policy import reuses_update_forward
 from rlad_megatron.train.plots import plot_run
 from rlad_megatron.train.preemption import PreemptionHandler, write_preemption_marker
+from rlad_megatron.train.rl_metrics import rl_step_metrics
 from rlad_megatron.train.setup import Run, setup
 from rlad_megatron.train.sft_data import sft_batch
+from rlad_megatron.train.teacher_scoring import teacher_guard
 from rlad_megatron.train.timers import memory_stats, progress, throughput
 
 log = logging.getLogger("rlad_megatron.train")
@@ -63,11 +61,11 @@ class StepResult:
 
 def rl_step(run: Run, step: int) -> StepResult:
     cfg, timer = run.cfg, run.timer
-    teacher_rows, ref, teacher, streamed, fracs = None, None, None, {}, {}
-    during = phases.TeacherDuringRollout(run) if cfg.teacher.score_during_rollout else None
+    teacher_rows, ref, passes = None, None, {}
+    scoring = run.scorer.begin_step()  # the teacher's passes (train/teacher_scoring.py)
     with timer.phase("rollout"):
         items = phases.dp_shard(run, run.sampler.next(cfg.rollout.prompts_per_step))
-        rollout = phases.rollout(run, items, step, on_micro_batch=during)
+        rollout = phases.rollout(run, items, step, on_micro_batch=scoring.hook)
     if cfg.uses_trajectories:
         with timer.phase("teacher_rollout"):
             rollout, teacher_rows = phases.with_teacher_trajectories(run, items, step, rollout)
@@ -75,8 +73,8 @@ def rl_step(run: Run, step: int) -> StepResult:
         rewards, texts = phases.score(run, rollout, items)
         advantages, loss_mask = phases.advantages(run, rewards, rollout, teacher_rows)
     plan = phases.micro_batches(run, rollout)  # the log-prob passes' micro-batches
-    fracs["throughput/useful_token_frac_logprobs"] = phases.useful_token_frac(run,
-                                                                             [(plan, rollout)])
+    frac = phases.useful_token_frac(run, [(plan, rollout)])
+    passes["throughput/useful_token_frac_logprobs"] = frac
     old = None  # on-policy: the update's own forward gives lp_old (train/on_policy.py)
     if not reuses_update_forward(cfg):
         with timer.phase("old_logprobs"):
@@ -84,44 +82,18 @@ def rl_step(run: Run, step: int) -> StepResult:
     if run.reference is not None:
         with timer.phase("ref_logprobs"):
             ref = phases.reference_logprobs(run, rollout.tokens, plan)
-    if during is not None:  # scored micro-batch by micro-batch inside the rollout
-        teacher = during.result(tuple(rollout.tokens.shape))
-        fracs["throughput/useful_token_frac_teacher"] = phases.useful_token_frac(run, during.pairs)
-        fracs["time/teacher_during_rollout_s"] = during.seconds
-    elif run.teacher is not None:
-        with timer.phase("teacher_logprobs"):
-            teacher = phases.logprobs(run, run.teacher, rollout.tokens, fused=True, plan=plan)
-        fracs["throughput/useful_token_frac_teacher"] = fracs[
-            "throughput/useful_token_frac_logprobs"]
-    if teacher is not None:
-        phases.teacher_guard(run, teacher, rollout.loss_mask)
-        if isinstance(run.teacher, StreamedTeacher):  # this rank's bytes and copy time
-            streamed = stream_metrics(run.teacher)
+    teacher, teacher_metrics = scoring.finish(rollout, plan, frac)
+    passes.update(teacher_metrics)
     batch = phases.select(run, TrainBatch.from_rollout(
         dataclasses.replace(rollout, loss_mask=loss_mask), rewards=rewards,
         advantages=advantages, old_logprobs=old, teacher_logprobs=teacher,
         ref_logprobs=ref, teacher_rows=teacher_rows),
         rollout.loss_mask)
     with timer.phase("update"):
-        metrics = phases.update(run, batch, step, cfg.train.mini_batches)
-    student = ~teacher_rows if teacher_rows is not None else torch.ones_like(rewards, dtype=bool)
-    masked = float((loss_mask[student].sum(1) == 0).float().mean())  # rows without loss tokens
-    selected = batch.selected_frac
-    metrics.update(phases.dp_mean(run, {
-        "rollout/reward_mean": float(rewards[student].mean()),
-        "rollout/reward_all_zero": float((rewards[student] == 0).all()),
-        "rollout/reward_all_one": float((rewards[student] == 1).all()),
-        "rollout/response_len": float(rollout.response_lengths[student].float().mean()),
-        "rollout/masked_frac": masked,
-        "selection/selected_frac": 0.0 if selected is None or math.isnan(selected) else selected,
-        "throughput/tokens": float(rollout.tokens.numel()),
-        **(phases.imitation_metrics(run, batch) if batch.gates is not None else {}),
-    }))
-    if cfg.uses_trajectories:
-        metrics["joint/distill_share"] = distill_share(metrics)
-    metrics.update(streamed)
-    metrics.update(fracs)
-    metrics["train/old_logprobs_pass"] = float(old is not None)
+        update = phases.update(run, batch, step, cfg.train.mini_batches)
+    passes["train/old_logprobs_pass"] = float(old is not None)
+    metrics = rl_step_metrics(run, rollout, rewards, loss_mask, batch, teacher_rows, update,
+                              passes)
     warning = run.reward_watch.update(metrics["rollout/reward_all_zero"],
                                       metrics["rollout/reward_all_one"], cfg)
     if warning:
@@ -145,7 +117,7 @@ def sft_step(run: Run, step: int) -> StepResult:
             traces = phases.teacher_generate(run, prompts, gen, seed=cfg.seed * 1_000_003 + step)
             # the teacher's own log-probs of its samples: NaN/Inf or uniform (weights not
             # loaded) stops the run, as the teacher pass does under rlad/kdrl
-            phases.teacher_guard(run, traces.sampler_logprobs, traces.loss_mask)
+            teacher_guard(run, traces.sampler_logprobs, traces.loss_mask)
             rewards, texts = phases.score(run, traces, items)
             keep = (rewards >= 1.0).tolist()
             targets = [tok.encode(t) for t in texts]

@@ -17,12 +17,10 @@ the metrics at the step's end. No [b, s] log-prob or [b, V] logit tensor crosses
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
-import time
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
@@ -32,17 +30,17 @@ from rlad_megatron.data.formats import encode_prompt
 from rlad_megatron.data.micro_batches import MicroBatchPlan, row_lengths
 from rlad_megatron.data.selection import gate_trajectories, select_teacher_tokens
 from rlad_megatron.data.tasks import PromptItem
-from rlad_megatron.losses import check_teacher_logprobs, kdrl_beta
+from rlad_megatron.losses import kdrl_beta
 from rlad_megatron.models.forward import forward_logprobs
-from rlad_megatron.models.teacher_layout import layout_logprobs
-from rlad_megatron.models.teacher_stream import StreamedTeacher, streamed_logprobs
 from rlad_megatron.rollout import GenerationConfig, generate
 from rlad_megatron.rollout.on_layout import generate_on_layout
-from rlad_megatron.runtime import agree_or_raise, devices
+from rlad_megatron.runtime import devices
 from rlad_megatron.runtime.devices import compute_device
-from rlad_megatron.train.setup import Run
 from rlad_megatron.train.step import (LossSpec, forward_backward, grads_finite, micro_batch_plan,
                                       optimizer_step)
+
+if TYPE_CHECKING:  # the type only: setup builds the Run (and its teacher scorer, which uses
+    from rlad_megatron.train.setup import Run  # these phases)
 
 log = logging.getLogger("rlad_megatron.train")
 
@@ -73,7 +71,7 @@ def generation_config(run: Run, *, samples: int, temperature: float, top_p: floa
 def rollout(run: Run, items: list[PromptItem], step: int, model=None,
             on_micro_batch=None) -> RolloutBatch:
     """G samples per prompt of this DP rank from the student (or `model`); on_micro_batch is
-    rollout.generate's hook (TeacherDuringRollout)."""
+    rollout.generate's hook (train/teacher_scoring.py DuringRollout)."""
     r = run.cfg.rollout
     gen = generation_config(run, samples=r.group_size, temperature=r.temperature, top_p=r.top_p,
                             top_k=r.top_k, max_new_tokens=r.max_new_tokens)
@@ -98,54 +96,6 @@ def useful_token_frac(run: Run, pairs: list[tuple[MicroBatchPlan, RolloutBatch]]
                      dtype=torch.float64).sum(0)
     devices.all_reduce(t, group=run.par.dp_group)
     return float(t[0] / t[1].clamp(min=1))
-
-
-class TeacherDuringRollout:
-    """rollout.generate's on_micro_batch hook (teacher.score_during_rollout): the teacher's
-    log-probs of each generation micro-batch as soon as it is complete, so that they are ready
-    when the rollout ends instead of starting then.
-
-    What overlaps: on a GPU, the teacher's forward is queued on a second CUDA stream and its
-    result stays on the device (no host synchronisation), so it runs while the host already
-    launches the next micro-batch's decode steps on the default stream; `result` joins the
-    streams. On CPU the order is interleaved (micro-batch k scored before k+1 is generated) and
-    the time is the same. The numbers equal a pass over the whole batch: each row's log-probs
-    depend only on its own tokens. The pipeline broadcast of the result happens once, at the end.
-    """
-
-    def __init__(self, run: Run):
-        self.run = run
-        self.parts: list[tuple[slice, Optional[torch.Tensor]]] = []
-        self.pairs: list[tuple[MicroBatchPlan, RolloutBatch]] = []
-        self.seconds = 0.0
-        device = compute_device()
-        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-
-    def __call__(self, rows: slice, part: RolloutBatch) -> None:
-        t0 = time.perf_counter()
-        plan = micro_batches(self.run, part)
-        if self.stream is not None:
-            self.stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(self.stream) if self.stream else contextlib.nullcontext():
-            if self.run.teacher.par.detached:  # its own layout: every stage gets the result
-                lp = logprobs(self.run, self.run.teacher, part.tokens, fused=True, plan=plan)
-            else:
-                lp = forward_logprobs(self.run.teacher, part.tokens, plan=plan,
-                                      temperature=self.run.cfg.rollout.temperature, fused=True)
-        self.parts.append((rows, lp))
-        self.pairs.append((plan, part))
-        self.seconds += time.perf_counter() - t0
-
-    def result(self, shape) -> torch.Tensor:
-        """[b, s] teacher log-probs of the whole rollout, on every pipeline stage."""
-        if self.stream is not None:
-            torch.cuda.current_stream().wait_stream(self.stream)
-        out = None
-        if self.run.par.is_last_stage:
-            out = torch.zeros(shape, dtype=torch.float32, device=compute_device())
-            for rows, lp in self.parts:
-                out[rows, :lp.shape[1]] = lp
-        return _pp_broadcast(self.run, out, tuple(shape))
 
 
 def teacher_generate(run: Run, prompts: list[list[int]], gen: GenerationConfig, *,
@@ -214,7 +164,9 @@ def advantages(run: Run, rewards: torch.Tensor, batch: RolloutBatch,
     return adv, batch.loss_mask & (keep & ~rows)[:, None]
 
 
-def _pp_broadcast(run: Run, value: Optional[torch.Tensor], shape) -> torch.Tensor:
+def pp_broadcast(run: Run, value: Optional[torch.Tensor], shape) -> torch.Tensor:
+    """A [b, s] float32 result of the last pipeline stage (value; None elsewhere) on every
+    stage."""
     par = run.par
     if par.pp == 1:
         return value
@@ -227,29 +179,12 @@ def _pp_broadcast(run: Run, value: Optional[torch.Tensor], shape) -> torch.Tenso
 
 def logprobs(run: Run, model, tokens: torch.Tensor, *, fused: bool,
              plan: MicroBatchPlan) -> torch.Tensor:
-    """[b, s] log-probs of `tokens` under `model` at the rollout temperature, on every stage,
-    over the micro-batches of `plan` (micro_batches). A teacher streamed from host memory
-    (teacher.offload=stream) is scored layer-major."""
-    temperature = run.cfg.rollout.temperature
-    if model.par.detached:  # a teacher on its own layout (teacher.parallel): every stage gets it
-        t = run.cfg.train
-        return layout_logprobs(model, run.par, tokens, plan=plan, temperature=temperature,
-                               micro_batch_size=t.micro_batch_size,
-                               max_tokens=t.max_tokens_per_micro_batch)
-    if isinstance(model, StreamedTeacher):
-        lp = streamed_logprobs(model, tokens, plan=plan, temperature=temperature)
-    else:
-        lp = forward_logprobs(model, tokens, plan=plan, temperature=temperature, fused=fused)
-    return _pp_broadcast(run, lp, tuple(tokens.shape))
-
-
-def teacher_guard(run: Run, teacher_lp: torch.Tensor, loss_mask: torch.Tensor) -> None:
-    error = None
-    try:
-        check_teacher_logprobs(teacher_lp, loss_mask, run.teacher.spec.vocab_size)
-    except ValueError as e:
-        error = f"teacher log-probs ({run.cfg.teacher.checkpoint or 'random weights'}): {e}"
-    agree_or_raise(error)
+    """[b, s] log-probs of `tokens` under `model`, a model on the student's layout (the student,
+    or its reference weights swapped in), at the rollout temperature, on every stage, over the
+    micro-batches of `plan` (micro_batches). The teacher's passes: train/teacher_scoring.py."""
+    lp = forward_logprobs(model, tokens, plan=plan, temperature=run.cfg.rollout.temperature,
+                          fused=fused)
+    return pp_broadcast(run, lp, tuple(tokens.shape))
 
 
 def reference_logprobs(run: Run, tokens: torch.Tensor,

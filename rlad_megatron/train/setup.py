@@ -41,6 +41,7 @@ from rlad_megatron.train.config import ModelConfig, RunConfig, to_yaml
 from rlad_megatron.train.metrics import open_metrics
 from rlad_megatron.train.reward_watch import RewardWatch
 from rlad_megatron.train.run_lock import RunLocks
+from rlad_megatron.train.teacher_scoring import teacher_scorer
 from rlad_megatron.train.timers import PhaseTimer
 from rlad_megatron.train.validate import validate_run_config
 
@@ -74,6 +75,9 @@ class Run:
     """pi_ref of the reference KL (loss.*.kl_beta > 0): the student's starting weights."""
     reward_watch: RewardWatch = dataclasses.field(default_factory=RewardWatch)
     """Warns when every reward of several steps in a row is 0 (or 1): nothing to learn."""
+    scorer: object = None
+    """The teacher's log-prob passes (train/teacher_scoring.py), chosen for how the teacher is
+    held: resident, streamed from host memory, on its own layout, or none."""
 
     @property
     def is_logging_rank(self) -> bool:
@@ -325,6 +329,7 @@ def _build(cfg: RunConfig, env: DistEnv, resume_at: Optional[int],
               scheduler=scheduler, splits=splits, sampler=sampler, fmt=fmt, reward_fn=reward_fn,
               metrics=None, timer=PhaseTimer(), state=state, config_yaml=config_yaml,
               resumed_from=resumed, reference=reference, lock=lock)
+    run.scorer = teacher_scorer(run)
     run.metrics = open_metrics(
         run_dir, enabled=run.is_logging_rank, tensorboard=cfg.logging.tensorboard,
         wandb_project=cfg.logging.wandb_project, wandb_entity=cfg.logging.wandb_entity,
