@@ -101,7 +101,8 @@ def varied_lengths(student, teacher, prompts, cfg, restore, generate, Generation
     from rlad_megatron.data.micro_batches import fixed_plan, row_lengths, token_budget_plan
     from rlad_megatron.data.selection import select_teacher_tokens
     from rlad_megatron.models.forward import forward_logprobs
-    from rlad_megatron.train.step import LossSpec, forward_backward, optimizer_step
+    from rlad_megatron.train.algorithm_config import TRRDLossConfig
+    from rlad_megatron.train.step import forward_backward, optimizer_step
 
     longest = cfg["varied_max"]
     full = generate(student, prompts, GenerationConfig(
@@ -127,7 +128,7 @@ def varied_lengths(student, teacher, prompts, cfg, restore, generate, Generation
         batch = batch.with_selection(select_teacher_tokens(adv, old, teacher_lp,
                                                            batch.loss_mask))
         t = time.perf_counter()
-        metrics = forward_backward(student, batch, LossSpec("trrd", {}), plan=plan)
+        metrics = forward_backward(student, batch, TRRDLossConfig().build(step=1), plan=plan)
         optimizer_step(student)
         times["update_s"] = time.perf_counter() - t
         times["step_s"] = times["logprobs_s"] + times["update_s"]

@@ -136,7 +136,8 @@ def build_ours(folder: Path, cfg: dict):
     from rlad_megatron.data.batch import TrainBatch
     from rlad_megatron.rollout import GenerationConfig, generate
     from rlad_megatron.runtime import ParallelConfig, init_distributed, init_parallel
-    from rlad_megatron.train.step import LossSpec, forward_backward, optimizer_step
+    from rlad_megatron.train.algorithm_config import GRPOLossConfig
+    from rlad_megatron.train.step import forward_backward, optimizer_step
 
     init_distributed(timeout_s=600)
     par = init_parallel(ParallelConfig(seed=0))
@@ -154,7 +155,7 @@ def build_ours(folder: Path, cfg: dict):
     gen = GenerationConfig(max_new_tokens=cfg["new_tokens"], temperature=1.0,
                            samples_per_prompt=cfg["group"], progress=False,
                            engine=cfg.get("engine", "continuous"))
-    loss = LossSpec("grpo", {"eps_low": EPS_LOW, "eps_high": EPS_HIGH})
+    loss = GRPOLossConfig(eps_low=EPS_LOW, eps_high=EPS_HIGH).build(step=1)
 
     ids = torch.tensor([setup["prompt_ids"][0]])
     check_lp = forward_logprobs(student, ids, micro_batch_size=1)[0, 1:]

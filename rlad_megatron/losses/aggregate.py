@@ -69,7 +69,7 @@ def check_agg(agg: str) -> None:
         raise ValueError(f"unknown agg {agg!r}; known: {sorted(AGGREGATIONS)}")
 
 
-def aggregate(values: Tensor, loss_mask: Tensor, agg: str = "seq_mean_token_mean", *,
+def aggregate(values: Tensor, loss_mask: Tensor, agg: str, *,
               num_seqs: Count = None, num_tokens: Count = None) -> Tensor:
     """values [b, s], loss_mask [b, s] -> scalar, by the named aggregation (module docstring)."""
     check_agg(agg)

@@ -9,9 +9,8 @@ from rlad_megatron.losses.trrd import ratio_loss
 
 
 def grpo_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, loss_mask: Tensor, *,
-              eps_low: float = 0.2, eps_high: float = 0.28, agg: str = "seq_mean_token_mean",
-              dual_clip: float | None = None, ref_logprobs: Tensor | None = None,
-              kl_beta: float = 0.0, kl_estimator: str = "k3", num_seqs: Count = None,
+              eps_low: float, eps_high: float, agg: str, dual_clip: float | None, kl_beta: float,
+              kl_estimator: str, ref_logprobs: Tensor | None = None, num_seqs: Count = None,
               num_tokens: Count = None) -> tuple[Tensor, dict[str, Tensor]]:
     """GRPO loss -> (scalar loss, metrics); the same code as trrd_loss with alpha = 1.
 
@@ -19,9 +18,9 @@ def grpo_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, loss_m
         loss = -agg(min(r*A, clip(r, 1-eps_low, 1+eps_high)*A)) + kl_beta*agg(KL_est(lp, lp_ref))
 
     Inputs: logprobs lp [b, s] fp32 (with grad), old_logprobs lp_old [b, s] fp32, advantages A [b]
-    or [b, s], loss_mask [b, s], ref_logprobs [b, s] or None. Options, aggregation contract
-    (SUM contribution / GLOBAL num_seqs or num_tokens; None -> local counts) and metrics (area
-    "grpo") are those of trrd_loss.
+    or [b, s], loss_mask [b, s], ref_logprobs [b, s] or None. Options (loss.grpo holds their
+    defaults and ranges), aggregation contract (SUM contribution / GLOBAL num_seqs or num_tokens;
+    None -> local counts) and metrics (area "grpo") are those of trrd_loss.
     """
     return ratio_loss("grpo", logprobs, old_logprobs, None, advantages, loss_mask, alpha=1.0,
                       eps_low=eps_low, eps_high=eps_high, teacher_logratio_clamp=1.0, agg=agg,

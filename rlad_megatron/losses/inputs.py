@@ -1,26 +1,26 @@
-"""What a loss reads besides the student's log-probs: one typed record (prime-rl's LossInputs),
-bound to each registered loss by the names of its tensor parameters.
+"""What a loss reads besides the student's log-probs: one typed record of per-token inputs
+(prime-rl's LossInputs) and one of global normalisers.
 
-    inputs = LossInputs(old_logprobs=..., advantages=..., loss_mask=..., teacher_logprobs=...)
-    value, stats = fn(logprobs, **inputs.arguments_for(fn), **options, **normalisers)
+    value, metrics = loss(logprobs, inputs, norms)        (losses/bound.py)
 
-A loss parameter annotated as a Tensor (other than `logprobs`) must be a field of LossInputs:
-`check_loss_signature` refuses one that is not (LOSSES are checked when losses/ is imported), so a
-renamed input fails at once instead of silently never being passed. The trainer fills the record
-field by field from its batch (train/step.py), so a renamed batch field fails there.
+A bound loss names the LossInputs fields it needs and the Normalisers it reads; the trainer fills
+the record field by field from its batch (train/step.py), so a renamed batch field fails there,
+and refuses a batch without a needed field (`LossInputs.require`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
+import torch
 from torch import Tensor
 
+from rlad_megatron.losses.aggregate import Count
+
 NORMALISERS = ("num_seqs", "num_tokens", "distill_num_seqs", "distill_num_tokens")
-"""Count parameters a loss may take: global normalisers the caller computes over DP ranks."""
+"""The Normalisers fields: global counts the caller computes over DP ranks."""
 
 
 @dataclass(frozen=True)
@@ -42,32 +42,24 @@ class LossInputs:
         an attribute it lacks is an AttributeError naming it)."""
         return cls(**{f.name: getattr(record, f.name) for f in dataclasses.fields(cls)})
 
-    def arguments_for(self, fn: Callable) -> dict[str, Tensor]:
-        """The inputs `fn` takes, by parameter name; ValueError when a required one is None."""
-        params = inspect.signature(fn).parameters
-        out = {}
-        for name in input_parameters(fn):
-            value = getattr(self, name)
-            if value is None and params[name].default is inspect.Parameter.empty:
-                raise ValueError(f"loss {fn.__name__} needs {name}, which this batch does not have")
-            out[name] = value
-        return out
+    def require(self, needs: tuple[str, ...], loss: str) -> None:
+        """ValueError naming the first field of `needs` that is None (loss: the loss's name)."""
+        for name in needs:
+            if getattr(self, name) is None:
+                raise ValueError(f"loss {loss} needs {name}, which this batch does not have")
+
+    def to(self, device: torch.device) -> "LossInputs":
+        """The record with every set tensor on `device`."""
+        return LossInputs(**{f.name: None if (t := getattr(self, f.name)) is None
+                             else t.to(device) for f in dataclasses.fields(self)})
 
 
-INPUT_FIELDS = tuple(f.name for f in dataclasses.fields(LossInputs))
+@dataclass(frozen=True)
+class Normalisers:
+    """Global counts a loss divides by (losses/aggregate.py): over every micro-batch and DP rank
+    of the update; None: this call's own count (one call on the whole batch)."""
 
-
-def input_parameters(fn: Callable) -> list[str]:
-    """The LossInputs fields among fn's parameters."""
-    return [name for name in inspect.signature(fn).parameters if name in INPUT_FIELDS]
-
-
-def check_loss_signature(fn: Callable) -> None:
-    """TypeError when a tensor parameter of `fn` (besides the first, the student's log-probs) is
-    not a LossInputs field: it would never be passed."""
-    params = list(inspect.signature(fn).parameters.values())
-    for p in params[1:]:
-        if "Tensor" in str(p.annotation) and p.name not in INPUT_FIELDS:
-            raise TypeError(f"loss {fn.__name__}: tensor parameter {p.name!r} is not a "
-                            f"LossInputs field ({', '.join(INPUT_FIELDS)}); the trainer would "
-                            "never pass it")
+    num_seqs: Count = None              # sequences with a loss_mask token
+    num_tokens: Count = None            # loss_mask tokens
+    distill_num_seqs: Count = None      # sequences with a distill_mask token
+    distill_num_tokens: Count = None    # distill_mask tokens

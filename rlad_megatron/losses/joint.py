@@ -30,18 +30,15 @@ so the sum over micro-batches and DP ranks is the whole batch's loss, as for eve
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import torch
 from torch import Tensor
 
 from rlad_megatron.losses.aggregate import Count, aggregate
-from rlad_megatron.losses.grpo import grpo_loss
 from rlad_megatron.losses.metrics import stat
-from rlad_megatron.losses.trrd import CLAMP_GRAD, clipped_surrogate_loss, trrd_loss
+from rlad_megatron.losses.trrd import CLAMP_GRAD, clipped_surrogate_loss
 
-RL_LOSSES = {"trrd": trrd_loss, "grpo": grpo_loss}
 DISTILL_LOSSES = ("ratio", "nll")
 
 
@@ -69,60 +66,46 @@ def distill_ratio_terms(logprobs: Tensor, old_logprobs: Tensor, teacher_logprobs
     return per_token, ratio.detach(), weight
 
 
-def joint_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, loss_mask: Tensor,
-               distill_mask: Tensor, teacher_logprobs: Tensor | None = None,
-               teacher_mask: Tensor | None = None, ref_logprobs: Tensor | None = None, *,
-               rl: str = "trrd", rl_options: dict | None = None, distill: str = "ratio",
-               weight: float = 1.0, importance_cap: float = 1.0, num_seqs: Count = None,
-               num_tokens: Count = None, distill_num_seqs: Count = None,
-               distill_num_tokens: Count = None) -> tuple[Tensor, dict[str, Tensor]]:
-    """RL on the student's rows + weight * distillation on the selected teacher rows.
+def joint_loss(logprobs: Tensor, old_logprobs: Tensor, teacher_logprobs: Tensor | None,
+               advantages: Tensor, distill_mask: Tensor, *, rl: tuple[Tensor, dict[str, Tensor]],
+               distill: str, weight: float, importance_cap: float, agg: str, alpha: float,
+               eps_low: float, eps_high: float, teacher_logratio_clamp: float, clamp_grad: str,
+               distill_num_seqs: Count = None, distill_num_tokens: Count = None
+               ) -> tuple[Tensor, dict[str, Tensor]]:
+    """rl + weight * distillation on the selected teacher rows -> (scalar loss, metrics).
 
-    Inputs [b, s] (position t holds token t; data/batch.py): logprobs lp (with grad), old_logprobs,
-    teacher_logprobs lp_T (needed by rl="trrd" and by distill="ratio"),
-    advantages [b] or [b, s] (teacher rows hold A_T), loss_mask (student rows' loss tokens),
-    distill_mask (selected teacher rows' response tokens), teacher_mask and ref_logprobs as in
-    trrd_loss. rl_options: the RL loss's keyword options (alpha, eps_low, eps_high,
-    teacher_logratio_clamp, clamp_grad, agg, kl_beta, ...). Normalisers: see the module
-    docstring (None -> this call's counts).
+    rl: the RL loss's (value, metrics) on the student's rows (trrd_loss or grpo_loss over
+    loss_mask; losses/bound.py JointLoss calls it). Inputs [b, s] (position t holds token t;
+    data/batch.py): logprobs lp (with grad), old_logprobs, teacher_logprobs lp_T (needed by
+    distill="ratio"), advantages [b] or [b, s] (teacher rows hold A_T), distill_mask (selected
+    teacher rows' response tokens). Options: distill "ratio" | "nll", weight (lambda),
+    importance_cap, and the RL loss's own agg, alpha (1 for GRPO), eps_low, eps_high,
+    teacher_logratio_clamp and clamp_grad, which the "ratio" term reuses (module docstring);
+    imitation.* and loss.<rl> hold their defaults and ranges (train/algorithm_config.py).
+    Normalisers: distill_num_seqs / distill_num_tokens over distill_mask (None -> this call's).
     Metrics: the RL loss's, plus loss/joint, joint/rl_term, joint/distill_term, distill/*.
     """
-    if rl not in RL_LOSSES:
-        raise ValueError(f"unknown rl loss {rl!r}; known: {sorted(RL_LOSSES)}")
     if distill not in DISTILL_LOSSES:
         raise ValueError(f"unknown distill loss {distill!r}; known: {list(DISTILL_LOSSES)}")
-    if weight < 0 or not importance_cap > 0:
-        raise ValueError(f"weight: {weight} must be >= 0 and importance_cap: {importance_cap} > 0")
-    if distill_mask.shape != loss_mask.shape:
-        raise ValueError(f"distill_mask: shape {tuple(distill_mask.shape)} != loss_mask "
-                         f"{tuple(loss_mask.shape)}")
-    opts = dict(rl_options or {})
-    fn = RL_LOSSES[rl]
-    given = {"old_logprobs": old_logprobs, "teacher_logprobs": teacher_logprobs,
-             "advantages": advantages, "loss_mask": loss_mask, "teacher_mask": teacher_mask,
-             "ref_logprobs": ref_logprobs}
-    params = inspect.signature(fn).parameters
-    rl_value, metrics = fn(logprobs, **{k: v for k, v in given.items() if k in params}, **opts,
-                           num_seqs=num_seqs, num_tokens=num_tokens)
-
+    if distill_mask.shape != logprobs.shape:
+        raise ValueError(f"distill_mask: shape {tuple(distill_mask.shape)} != logprobs "
+                         f"{tuple(logprobs.shape)}")
+    rl_value, metrics = rl[0], dict(rl[1])
     mask = distill_mask.bool()
-    agg = opts.get("agg", params["agg"].default)
-    norms = {"num_seqs": distill_num_seqs, "num_tokens": distill_num_tokens}
     nll = -_masked(logprobs, mask)
     if distill == "nll":
         per_token = nll
     else:
-        alpha = opts.get("alpha", 1.0) if rl == "trrd" else 1.0
         if teacher_logprobs is None:
             raise ValueError("distill 'ratio' needs teacher_logprobs (the importance weight)")
         per_token, ratio, w = distill_ratio_terms(
             logprobs, old_logprobs, teacher_logprobs, advantages, mask, alpha=alpha,
-            eps_low=opts.get("eps_low", 0.2), eps_high=opts.get("eps_high", 0.28),
-            teacher_logratio_clamp=opts.get("teacher_logratio_clamp", 1.0),
-            clamp_grad=opts.get("clamp_grad", "detach"), importance_cap=importance_cap)
+            eps_low=eps_low, eps_high=eps_high, teacher_logratio_clamp=teacher_logratio_clamp,
+            clamp_grad=clamp_grad, importance_cap=importance_cap)
         metrics["distill/ratio_mean"] = stat(_masked(ratio, mask).sum())
         metrics["distill/is_weight_mean"] = stat(_masked(w, mask).sum())
-    distill_value = aggregate(per_token, mask, agg, **norms)
+    distill_value = aggregate(per_token, mask, agg, num_seqs=distill_num_seqs,
+                              num_tokens=distill_num_tokens)
     total = rl_value + weight * distill_value
     metrics.update({
         "distill/tokens": stat(mask.sum()), "distill/seqs": stat(mask.any(dim=-1).sum()),

@@ -43,7 +43,7 @@ def check_kl_estimator(estimator: str) -> None:
         raise ValueError(f"unknown kl_estimator {estimator!r}; known: {sorted(KL_ESTIMATORS)}")
 
 
-def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k3") -> Tensor:
+def kl_estimate(logprobs: Tensor, ref_logprobs: Tensor, estimator: str) -> Tensor:
     """[b, s] per-token estimate of KL(pi || pi_ref) by the named estimator."""
     check_kl_estimator(estimator)
     return KL_ESTIMATORS[estimator](logprobs, ref_logprobs)

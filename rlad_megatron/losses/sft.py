@@ -11,13 +11,13 @@ from rlad_megatron.losses.diagnostics import count_stats
 from rlad_megatron.losses.metrics import stat
 
 
-def sft_loss(logprobs: Tensor, loss_mask: Tensor, *, agg: str = "token_mean",
+def sft_loss(logprobs: Tensor, loss_mask: Tensor, *, agg: str,
              num_seqs: Count = None, num_tokens: Count = None) -> tuple[Tensor, dict[str, Tensor]]:
     """loss = -agg(lp) -> (scalar loss, metrics).
 
     logprobs lp [b, s] fp32 (with grad): the student's log-probs of the trace tokens; loss_mask
     [b, s] (1 on response tokens). Aggregation contract as in trrd_loss: SUM contribution /
-    GLOBAL num_seqs (seq_mean_token_mean) or num_tokens (token_mean, the default here);
+    GLOBAL num_seqs (seq_mean_token_mean) or num_tokens (token_mean, loss.sft's default);
     None -> this call's counts. Metrics: loss/sft, sft/nll_mean, count/tokens, count/seqs.
     """
     if logprobs.shape != loss_mask.shape:

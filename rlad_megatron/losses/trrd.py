@@ -55,7 +55,7 @@ CLAMP_GRAD: dict[str, Callable[[Tensor, float], Tensor]] = {
 
 
 def trrd_log_ratio(logprobs: Tensor, old_logprobs: Tensor, teacher_logprobs: Tensor | None, *,
-                   alpha: float = 0.5, clamp: float = 1.0, clamp_grad: str = "detach",
+                   alpha: float, clamp: float, clamp_grad: str,
                    teacher_mask: Tensor | None = None) -> Tensor:
     """[b, s] log r = alpha*(lp - lp_old) + (1-alpha)*clamp(lp - lp_T, -c, c).
 
@@ -85,18 +85,12 @@ def clipped_surrogate_loss(ratio: Tensor, advantages: Tensor, *, eps_low: float,
     return torch.where(advantages < 0, torch.minimum(loss, -dual_clip * advantages), loss)
 
 
-def _check_args(*, alpha, eps_low, eps_high, clamp, clamp_grad, dual_clip, agg, kl_beta,
-                ref_logprobs, kl_estimator) -> None:
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha: {alpha} is outside [0, 1]")
-    if not (0.0 <= eps_low < 1.0 and eps_high >= 0.0):
-        raise ValueError(f"eps_low: {eps_low} must be in [0, 1), eps_high: {eps_high} >= 0")
-    if not clamp > 0.0:
-        raise ValueError(f"teacher_logratio_clamp: {clamp} must be > 0 (math.inf: no clamp)")
+def _check_args(*, clamp_grad: str, agg: str, kl_estimator: str, kl_beta: float,
+                ref_logprobs: Tensor | None) -> None:
+    """The named choices (registry lookups) and the inputs the options need; the numeric ranges
+    of the options are the config's (train/algorithm_config.py `validate`)."""
     if clamp_grad not in CLAMP_GRAD:
         raise ValueError(f"unknown clamp_grad {clamp_grad!r}; known: {sorted(CLAMP_GRAD)}")
-    if dual_clip is not None and not dual_clip > 1.0:
-        raise ValueError(f"dual_clip: {dual_clip} must be > 1 (or None: off)")
     if kl_beta != 0.0 and ref_logprobs is None:
         raise ValueError(f"kl_beta: {kl_beta} needs ref_logprobs (got None)")
     check_agg(agg)
@@ -122,9 +116,8 @@ def ratio_loss(area: str, logprobs: Tensor, old_logprobs: Tensor,
                ref_logprobs: Tensor | None, kl_beta: float, kl_estimator: str,
                num_seqs: Count, num_tokens: Count) -> tuple[Tensor, dict[str, Tensor]]:
     """The shared body of trrd_loss and grpo_loss (see trrd_loss); `area` prefixes the metrics."""
-    _check_args(alpha=alpha, eps_low=eps_low, eps_high=eps_high, clamp=teacher_logratio_clamp,
-                clamp_grad=clamp_grad, dual_clip=dual_clip, agg=agg, kl_beta=kl_beta,
-                ref_logprobs=ref_logprobs, kl_estimator=kl_estimator)
+    _check_args(clamp_grad=clamp_grad, agg=agg, kl_estimator=kl_estimator, kl_beta=kl_beta,
+                ref_logprobs=ref_logprobs)
     check_shapes(loss_mask, advantages, logprobs=logprobs, old_logprobs=old_logprobs,
                   teacher_logprobs=teacher_logprobs, teacher_mask=teacher_mask,
                   ref_logprobs=ref_logprobs)
@@ -160,11 +153,10 @@ def ratio_loss(area: str, logprobs: Tensor, old_logprobs: Tensor,
 
 
 def trrd_loss(logprobs: Tensor, old_logprobs: Tensor, teacher_logprobs: Tensor,
-              advantages: Tensor, loss_mask: Tensor, *, alpha: float = 0.5, eps_low: float = 0.2,
-              eps_high: float = 0.28, teacher_logratio_clamp: float = 1.0,
-              agg: str = "seq_mean_token_mean", teacher_mask: Tensor | None = None,
-              clamp_grad: str = "detach", dual_clip: float | None = None,
-              ref_logprobs: Tensor | None = None, kl_beta: float = 0.0, kl_estimator: str = "k3",
+              advantages: Tensor, loss_mask: Tensor, *, alpha: float, eps_low: float,
+              eps_high: float, teacher_logratio_clamp: float, agg: str, clamp_grad: str,
+              dual_clip: float | None, kl_beta: float, kl_estimator: str,
+              teacher_mask: Tensor | None = None, ref_logprobs: Tensor | None = None,
               num_seqs: Count = None, num_tokens: Count = None
               ) -> tuple[Tensor, dict[str, Tensor]]:
     """RLAD's TRRD loss (paper Eq. 4-5, Appendix B clamp) -> (scalar loss, metrics).
@@ -177,7 +169,8 @@ def trrd_loss(logprobs: Tensor, old_logprobs: Tensor, teacher_logprobs: Tensor,
         teacher_logprobs lp_T [b, s] fp32, advantages A [b] or [b, s], loss_mask [b, s] bool/0-1,
         teacher_mask [b, s] bool/0-1 or None (all 1): where 0 the token uses the GRPO ratio,
         ref_logprobs [b, s] fp32 or None (needed when kl_beta != 0; KL metric when given).
-    Options: clamp_grad "detach" (torch.clamp: no gradient through the teacher term outside
+    Options (no defaults here: loss.trrd in train/algorithm_config.py holds them and their
+    ranges): clamp_grad "detach" (torch.clamp: no gradient through the teacher term outside
     [-c, c]) or "straight_through" (clamped value, unclamped gradient); dual_clip c > 1 bounds the
     A < 0 loss by -c*A; kl_estimator "k1" | "k2" | "k3" (losses/kl.py).
     Aggregation (losses/aggregate.py): agg "seq_mean_token_mean" | "token_mean". The loss is this

@@ -3,18 +3,40 @@ the losses (TRRD, GRPO, KDRL, SFT), where the teacher anchors the ratio (selecti
 imitation of teacher trajectories; and `choice`, how a field declares the registry its values
 come from. Split from train/config.py to keep each file readable; the schema is one
 (train/schema.py walks both).
+
+The loss sections (and imitation) are where the losses' defaults and ranges live: each
+`build(step)` returns its bound loss (losses/bound.py) with every option passed by name, and
+`validate()` checks the section's own ranges (train/validate.py calls it; the named choices are
+train/schema.py's).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Union
 
 from rlad_megatron.data.advantages import ADVANTAGES, TEACHER_ADVANTAGES
 from rlad_megatron.data.selection import ALIGN_METRICS, SELECTION_POLICIES
-from rlad_megatron.losses import AGGREGATIONS, KL_ESTIMATORS
+from rlad_megatron.losses import (AGGREGATIONS, KL_ESTIMATORS, GRPOLoss, JointLoss, KDRLLoss,
+                                  SFTLoss, TRRDLoss, kdrl_beta)
 from rlad_megatron.losses.joint import DISTILL_LOSSES
 from rlad_megatron.losses.trrd import CLAMP_GRAD
+
+
+def _check_clip(section: str, eps_low: float, eps_high: float, dual_clip: Optional[float]) -> None:
+    """The clipped surrogate's ranges, named under `section` (e.g. "loss.grpo")."""
+    if not 0 <= eps_low < 1:
+        raise ValueError(f"{section}.eps_low: {eps_low} must be in [0, 1) (the ratio's lower "
+                         f"bound 1 - eps_low must stay positive)")
+    if eps_high < 0:
+        raise ValueError(f"{section}.eps_high: {eps_high} must be >= 0")
+    if dual_clip is not None and dual_clip <= 1:
+        raise ValueError(f"{section}.dual_clip: {dual_clip} must be > 1 (or null)")
+
+
+def _check_kl_beta(section: str, kl_beta: float) -> None:
+    if kl_beta < 0:
+        raise ValueError(f"{section}.kl_beta: {kl_beta} must be >= 0")
 
 
 def choice(default: str, allowed: Iterable[str]):
@@ -74,6 +96,23 @@ class TRRDLossConfig:
     """Per-token estimator of the reference KL from x = lp - lp_ref on the student's tokens:
     k1: x, k2: x^2/2, k3: exp(-x)-1+x (losses/kl.py)."""
 
+    def build(self, step: int) -> TRRDLoss:
+        """The TRRD loss with these options (the same at every step)."""
+        return TRRDLoss(alpha=self.alpha, eps_low=self.eps_low, eps_high=self.eps_high,
+                        teacher_logratio_clamp=self.teacher_logratio_clamp,
+                        clamp_grad=self.clamp_grad, agg=self.agg, dual_clip=self.dual_clip,
+                        kl_beta=self.kl_beta, kl_estimator=self.kl_estimator)
+
+    def validate(self) -> None:
+        """ValueError naming the first option outside its range."""
+        if not 0 <= self.alpha <= 1:
+            raise ValueError(f"loss.trrd.alpha: {self.alpha} is outside [0, 1]")
+        _check_clip("loss.trrd", self.eps_low, self.eps_high, self.dual_clip)
+        if self.teacher_logratio_clamp <= 0:
+            raise ValueError(f"loss.trrd.teacher_logratio_clamp: {self.teacher_logratio_clamp} "
+                             f"must be > 0")
+        _check_kl_beta("loss.trrd", self.kl_beta)
+
 
 @dataclass
 class GRPOLossConfig:
@@ -91,6 +130,17 @@ class GRPOLossConfig:
     """beta * KL(pi_S || pi_ref), as loss.trrd.kl_beta."""
     kl_estimator: str = choice("k3", KL_ESTIMATORS)
     """Estimator of the reference KL, as loss.trrd.kl_estimator (losses/kl.py)."""
+
+    def build(self, step: int) -> GRPOLoss:
+        """The GRPO loss with these options (the same at every step)."""
+        return GRPOLoss(eps_low=self.eps_low, eps_high=self.eps_high, agg=self.agg,
+                        dual_clip=self.dual_clip, kl_beta=self.kl_beta,
+                        kl_estimator=self.kl_estimator)
+
+    def validate(self) -> None:
+        """ValueError naming the first option outside its range."""
+        _check_clip("loss.grpo", self.eps_low, self.eps_high, self.dual_clip)
+        _check_kl_beta("loss.grpo", self.kl_beta)
 
 
 @dataclass
@@ -115,14 +165,21 @@ class KDRLLossConfig:
     agg: str = choice("seq_mean_token_mean", AGGREGATIONS)
     """How token losses become the batch loss, for both terms, as loss.trrd.agg."""
 
-    def loss_kwargs(self, step: int) -> dict:
-        """The kdrl loss's keyword arguments at `step` (beta annealed)."""
-        from rlad_megatron.losses import kdrl_beta
-
+    def build(self, step: int) -> KDRLLoss:
+        """The KDRL loss at RL step `step`: beta annealed (anneal_steps 0: beta_init)."""
         beta = self.beta_init if self.anneal_steps == 0 else kdrl_beta(
             step, self.beta_init, self.beta_min, self.anneal_steps)
-        return {"beta": beta, "kl_estimator": self.kl_estimator, "eps_low": self.eps_low,
-                "eps_high": self.eps_high, "agg": self.agg}
+        return KDRLLoss(beta=beta, kl_estimator=self.kl_estimator, eps_low=self.eps_low,
+                        eps_high=self.eps_high, agg=self.agg)
+
+    def validate(self) -> None:
+        """ValueError naming the first option outside its range."""
+        _check_clip("loss.kdrl", self.eps_low, self.eps_high, None)
+        if not 0 <= self.beta_min <= self.beta_init:
+            raise ValueError(f"loss.kdrl.beta_min: {self.beta_min} must be in [0, "
+                             f"loss.kdrl.beta_init = {self.beta_init}]")
+        if self.anneal_steps < 0:
+            raise ValueError(f"loss.kdrl.anneal_steps: {self.anneal_steps} must be >= 0")
 
 
 @dataclass
@@ -131,6 +188,10 @@ class SFTLossConfig:
 
     agg: str = choice("token_mean", AGGREGATIONS)
     """How token losses become the batch loss, as loss.trrd.agg (losses/aggregate.py)."""
+
+    def build(self, step: int) -> SFTLoss:
+        """The SFT loss with these options (the same at every step; no ranges to validate)."""
+        return SFTLoss(agg=self.agg)
 
 
 @dataclass
@@ -145,6 +206,13 @@ class LossConfig:
     """algorithm kdrl."""
     sft: SFTLossConfig = field(default_factory=SFTLossConfig)
     """algorithms sft and sft_distill."""
+
+    def validate(self) -> None:
+        """Every section's ranges, whichever the algorithm uses (a bad value is a typo either
+        way; loss.sft has only a named choice)."""
+        self.trrd.validate()
+        self.grpo.validate()
+        self.kdrl.validate()
 
 
 @dataclass
@@ -222,3 +290,29 @@ class ImitationConfig:
     (the first is 1; weight_steps 0: weight_end at every step). None: `weight` throughout."""
     weight_steps: int = 0
     """Steps of the lambda anneal (weight_end), reaching weight_end at this step."""
+
+    def weight_at(self, step: int) -> float:
+        """lambda at RL step `step`: weight, or its anneal to weight_end."""
+        return self.weight if self.weight_end is None else kdrl_beta(
+            step, self.weight, self.weight_end, self.weight_steps)
+
+    def build(self, rl: Union[TRRDLoss, GRPOLoss], step: int) -> JointLoss:
+        """The joint loss at RL step `step`: `rl` (the algorithm's bound loss) on the student's
+        rows plus lambda times the distillation term on the selected teacher rows."""
+        return JointLoss(rl=rl, distill=self.distill_loss, weight=self.weight_at(step),
+                         importance_cap=self.importance_cap)
+
+    def validate(self) -> None:
+        """ValueError naming the first option outside its range."""
+        if self.weight < 0:
+            raise ValueError(f"imitation.weight (lambda) must be >= 0, got {self.weight}")
+        if self.weight_steps < 0:
+            raise ValueError(f"imitation.weight_steps must be >= 0, got {self.weight_steps}")
+        if self.weight_end is not None and self.weight_end < 0:
+            raise ValueError(f"imitation.weight_end (lambda at the end) must be >= 0, got "
+                             f"{self.weight_end}")
+        if not self.importance_cap > 0:
+            raise ValueError(f"imitation.importance_cap must be > 0 (.inf: no truncation), got "
+                             f"{self.importance_cap}")
+        if not 0 < self.tau_success <= 1:
+            raise ValueError(f"imitation.tau_success must be in (0, 1], got {self.tau_success}")

@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional
 
 from rlad_megatron.data.formats import FORMATS
 from rlad_megatron.data.tasks import ANSWER_FORMATS, EVAL_SPLITS, ON_BAD_ROW
+from rlad_megatron.losses import Loss
 from rlad_megatron.models.build import OptimizerSettings
 from rlad_megatron.models.config import DTYPES
 from rlad_megatron.models.teacher_stream import ACTIVATION_PLACES, OFFLOAD_MODES
@@ -33,7 +34,8 @@ from rlad_megatron.train.algorithm_config import (AdvantageConfig, ImitationConf
 from rlad_megatron.train.on_policy import OLD_LOGPROBS_MODES
 
 ALGORITHMS = {"rlad": "trrd", "grpo": "grpo", "kdrl": "kdrl", "sft_distill": "sft", "sft": "sft"}
-"""algorithm -> registered loss (losses/__init__.py)."""
+"""algorithm -> its loss: the loss.<name> section, whose `build` gives the bound loss of that name
+(losses/bound.py)."""
 RL_ALGORITHMS = ("rlad", "grpo", "kdrl")
 """Algorithms that roll out, reward and update with an RL loss (the rest are supervised)."""
 NEEDS_TEACHER = ("rlad", "kdrl", "sft_distill")
@@ -366,8 +368,8 @@ class RunConfig:
 
     @property
     def loss_name(self) -> str:
-        """The registered loss of the update: the algorithm's, or "joint" (RL + imitation of
-        teacher trajectories) when rollout.teacher_samples > 0."""
+        """The name of the update's loss (loss_for): the algorithm's, or "joint" (RL +
+        imitation of teacher trajectories) when rollout.teacher_samples > 0."""
         return "joint" if self.uses_trajectories else ALGORITHMS[self.algorithm]
 
     @property
@@ -398,8 +400,15 @@ class RunConfig:
         return self.checkpoint.dir or str(Path(self.run_dir) / "checkpoints")
 
     def section_of(self, loss: str):
-        """The loss.<name> section of a registered loss name."""
+        """The loss.<name> section of a loss name (ALGORITHMS' values)."""
         return getattr(self.loss, loss)
+
+    def loss_for(self, step: int) -> Loss:
+        """The update's bound loss at RL step `step` (losses/bound.py): the algorithm's section
+        built, and joined with the imitation of teacher trajectories when they are on (its name
+        is then loss_name's "joint")."""
+        rl = self.section_of(self.rl_loss_name).build(step)
+        return self.imitation.build(rl, step) if self.uses_trajectories else rl
 
 
 def merge_config(*layers, where: str, base: Optional[RunConfig] = None) -> RunConfig:

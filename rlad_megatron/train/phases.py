@@ -30,13 +30,12 @@ from rlad_megatron.data.formats import encode_prompt
 from rlad_megatron.data.micro_batches import MicroBatchPlan, row_lengths
 from rlad_megatron.data.selection import gate_trajectories, select_teacher_tokens
 from rlad_megatron.data.tasks import PromptItem
-from rlad_megatron.losses import kdrl_beta
 from rlad_megatron.models.forward import forward_logprobs
 from rlad_megatron.rollout import GenerationConfig, generate
 from rlad_megatron.rollout.on_layout import generate_on_layout
 from rlad_megatron.runtime import devices
 from rlad_megatron.runtime.devices import compute_device
-from rlad_megatron.train.step import (LossSpec, forward_backward, grads_finite, micro_batch_plan,
+from rlad_megatron.train.step import (forward_backward, grads_finite, micro_batch_plan,
                                       optimizer_step)
 
 if TYPE_CHECKING:  # the type only: setup builds the Run (and its teacher scorer, which uses
@@ -234,26 +233,11 @@ def imitation_metrics(run: Run, batch: TrainBatch) -> dict[str, float]:
     return out
 
 
-def loss_spec(run: Run, step: int) -> LossSpec:
-    """The update's loss at `step`: the algorithm's registered loss with its section's options
-    (a section with a schedule, loss.kdrl, turns itself into the loss's arguments), or "joint"."""
-    cfg, name = run.cfg, run.cfg.rl_loss_name
-    section = cfg.section_of(name)
-    kwargs = (section.loss_kwargs(step) if hasattr(section, "loss_kwargs") else
-              {k: getattr(section, k) for k in section.__dataclass_fields__})
-    if not cfg.uses_trajectories:
-        return LossSpec(name, kwargs)
-    im = cfg.imitation
-    weight = im.weight if im.weight_end is None else kdrl_beta(step, im.weight, im.weight_end,
-                                                               im.weight_steps)
-    return LossSpec("joint", {"rl": name, "rl_options": kwargs, "distill": im.distill_loss,
-                              "weight": weight, "importance_cap": im.importance_cap})
-
-
 def update(run: Run, batch: TrainBatch, step: int, mini_batches: int) -> dict[str, float]:
     """One optimizer step per mini-batch; a NaN/Inf loss or gradient skips the step (logged),
-    and max_consecutive_bad_steps of them in a row abort the run."""
-    loss = loss_spec(run, step)
+    and max_consecutive_bad_steps of them in a row abort the run. The loss is the run's at
+    `step` (RunConfig.loss_for: the algorithm's, or "joint" with teacher trajectories)."""
+    loss = run.cfg.loss_for(step)
     size = batch.batch_size // mini_batches
     merged: dict[str, list[float]] = {}
     pairs = []

@@ -18,9 +18,10 @@ rows; the schedule does not divide, DDP sums over DP, and finalize_model_grads d
 gradients by sum(r_local) = R. The gradient is therefore exactly that of the whole-batch loss,
 whatever normalisers the loss uses inside (R is never 0, unlike a loss-token count).
 
-A loss reads `logprobs`, computed here, and a typed LossInputs record (losses/inputs.py) filled
-field by field from the micro-batch's TrainBatch; a loss's tensor parameters are LossInputs
-fields (checked when losses/ is imported), so a renamed field fails loudly. Metrics are the losses'
+The loss is a bound loss (losses/bound.py; train/config.py RunConfig.loss_for builds it from the
+run's config). It reads `logprobs`, computed here, a typed LossInputs record (losses/inputs.py)
+filled field by field from the micro-batch's TrainBatch, and the Normalisers it names; a batch
+without an input the loss needs is refused with the field's name. Metrics are the losses'
 sufficient statistics (losses/metrics.py), merged over micro-batches, all-reduced over DP with
 each key's op, finalised, and shared with every pipeline stage.
 """
@@ -28,9 +29,7 @@ each key's op, finalised, and shared with every pipeline stage.
 from __future__ import annotations
 
 import dataclasses
-import inspect
-from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -39,8 +38,8 @@ from rlad_megatron import ops
 from rlad_megatron.data.batch import TrainBatch
 from rlad_megatron.data.micro_batches import (MicroBatchPlan, fixed_plan, token_budget_count,
                                               token_budget_plan)
-from rlad_megatron.losses import (NORMALISERS, LossInputs, finalize, get_loss, global_normalizers,
-                                  merge, reduce_op)
+from rlad_megatron.losses import (NORMALISERS, Loss, LossInputs, Normalisers, finalize,
+                                  global_normalizers, merge, reduce_op)
 from rlad_megatron.models.build import Student
 from rlad_megatron.runtime import Parallel
 from rlad_megatron.models.forward import (MicroBatch, align_to_tokens, planned_micro_batches,
@@ -50,31 +49,19 @@ from rlad_megatron.runtime.cpu_shims import cuda_to_cpu
 
 _DIST_OPS = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
 _NORMALISERS = dict(zip(NORMALISERS, ("loss_mask", "loss_mask", "distill_mask", "distill_mask")))
-"""Loss parameter -> the batch mask it counts (global_normalizers' key without the prefix)."""
+"""Normaliser -> the batch mask it counts (global_normalizers' key without the prefix)."""
 
 
-@dataclass
-class LossSpec:
-    """A registered loss and its keyword hyperparameters (losses/__init__.py LOSSES)."""
-
-    name: str = "trrd"
-    kwargs: dict = field(default_factory=dict)
-
-    def function(self) -> Callable:
-        return get_loss(self.name)
-
-
-def _local_counts(fn: Callable, batch: TrainBatch) -> dict[str, torch.Tensor]:
-    """This rank's counts of every normaliser `fn` takes (_NORMALISERS), and "rows"."""
-    params = inspect.signature(fn).parameters
+def _local_counts(loss: Loss, batch: TrainBatch) -> dict[str, torch.Tensor]:
+    """This rank's counts of every normaliser the loss reads (loss.normalisers), and "rows"."""
     out = {"rows": torch.tensor(batch.batch_size, dtype=torch.int64, device=batch.tokens.device)}
-    for name, mask_field in _NORMALISERS.items():
-        if name in params:
-            mask = getattr(batch, mask_field)
-            if mask is None:
-                raise ValueError(f"loss {fn.__name__} needs batch.{mask_field}, which is not set")
-            key = name.removeprefix("distill_")
-            out[name] = global_normalizers(mask)[key].to(torch.int64)
+    for name in loss.normalisers:
+        mask_field = _NORMALISERS[name]
+        mask = getattr(batch, mask_field)
+        if mask is None:
+            raise ValueError(f"loss {loss.name} needs batch.{mask_field}, which is not set")
+        key = name.removeprefix("distill_")
+        out[name] = global_normalizers(mask)[key].to(torch.int64)
     return out
 
 
@@ -128,7 +115,7 @@ def reduce_metrics(stats: dict, dp_group) -> dict:
     return out
 
 
-def forward_backward(student: Student, batch: TrainBatch, loss: LossSpec, *,
+def forward_backward(student: Student, batch: TrainBatch, loss: Loss, *,
                      micro_batch_size: Optional[int] = None, plan: Optional[MicroBatchPlan] = None,
                      temperature: float = 1.0) -> dict[str, float]:
     """Gradients of the loss over `batch` (this DP rank's rows) into the student's grad buffers.
@@ -143,11 +130,11 @@ def forward_backward(student: Student, batch: TrainBatch, loss: LossSpec, *,
             raise ValueError(f"micro_batch_size: {micro_batch_size} does not divide the per-rank "
                              f"batch of {batch.batch_size} sequences (pipeline shapes are fixed)")
         plan = fixed_plan(batch.batch_size, batch.seq_len, micro_batch_size)
-    fn = loss.function()
-    local = _local_counts(fn, batch)
+    local = _local_counts(loss, batch)
     totals = devices.all_reduce(torch.stack(list(local.values())), group=par.dp_group)
     counts = dict(zip(local, totals))
     rows = counts.pop("rows")
+    norms = Normalisers(**counts)
     vocab = student.spec.vocab_size
     parts = [batch.select_rows(rows).with_width(width)
              for rows, width in zip(plan.rows, plan.widths)]
@@ -165,9 +152,8 @@ def forward_backward(student: Student, batch: TrainBatch, loss: LossSpec, *,
             record = LossInputs.from_record(part)
             if record.old_logprobs is None:  # on-policy (train/on_policy.py): pi_old is this
                 record = dataclasses.replace(record, old_logprobs=lp.detach())  # very forward
-            inputs = {k: v.to(logits.device) if v is not None else v
-                      for k, v in record.arguments_for(fn).items()}
-            value, stats = fn(lp, **inputs, **loss.kwargs, **counts)
+            record.require(loss.needs, loss.name)
+            value, stats = loss(lp, record.to(logits.device), norms)
             stats = {**stats, "policy/entropy_mean": _entropy_sum(
                 logits, part.loss_mask, par.tp_group, temperature=temperature, vocab_size=vocab)}
             collected.append(stats)  # on the device: read once, in reduce_metrics

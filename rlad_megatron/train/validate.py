@@ -156,36 +156,13 @@ def validate_run_config(cfg: RunConfig, world_size: int = 1, check_files: bool =
 
 
 def _losses(cfg: RunConfig) -> None:
-    """Every loss option, whichever algorithm is chosen (a bad value is a typo either way; the
-    named choices, agg and kl_estimator among them, are checked by check_choices)."""
-    t = cfg.loss.trrd
-    if not 0 <= t.alpha <= 1:
-        raise ValueError(f"loss.trrd.alpha: {t.alpha} is outside [0, 1]")
-    for name in ("trrd", "grpo", "kdrl"):
-        sec = getattr(cfg.loss, name)
-        if not 0 <= sec.eps_low < 1:
-            raise ValueError(f"loss.{name}.eps_low: {sec.eps_low} must be in [0, 1) (the ratio's "
-                             f"lower bound 1 - eps_low must stay positive)")
-        if sec.eps_high < 0:
-            raise ValueError(f"loss.{name}.eps_high: {sec.eps_high} must be >= 0")
-        if getattr(sec, "dual_clip", None) is not None and sec.dual_clip <= 1:
-            raise ValueError(f"loss.{name}.dual_clip: {sec.dual_clip} must be > 1 (or null)")
-    if t.teacher_logratio_clamp <= 0:
-        raise ValueError(f"loss.trrd.teacher_logratio_clamp: {t.teacher_logratio_clamp} must "
-                         f"be > 0")
-    for name in ("trrd", "grpo"):
-        sec = getattr(cfg.loss, name)
-        if sec.kl_beta < 0:
-            raise ValueError(f"loss.{name}.kl_beta: {sec.kl_beta} must be >= 0")
+    """Every loss section's ranges, whichever algorithm is chosen (LossConfig.validate; the named
+    choices, agg and kl_estimator among them, are checked by check_choices), and the reference
+    KL's algorithms."""
+    cfg.loss.validate()
     if cfg.kl_beta and cfg.algorithm not in REFERENCE_KL_ALGORITHMS:
         raise ValueError(f"loss.{cfg.rl_loss_name}.kl_beta: the reference KL applies to "
                          f"algorithm {' or '.join(REFERENCE_KL_ALGORITHMS)}, not {cfg.algorithm}")
-    k = cfg.loss.kdrl
-    if not 0 <= k.beta_min <= k.beta_init:
-        raise ValueError(f"loss.kdrl.beta_min: {k.beta_min} must be in [0, loss.kdrl.beta_init "
-                         f"= {k.beta_init}]")
-    if k.anneal_steps < 0:
-        raise ValueError(f"loss.kdrl.anneal_steps: {k.anneal_steps} must be >= 0")
 
 
 def _rollout_engine(cfg: RunConfig) -> None:
@@ -199,9 +176,9 @@ def _rollout_engine(cfg: RunConfig) -> None:
 
 
 def _imitation(cfg: RunConfig) -> None:
-    """rollout.teacher_samples and the imitation.* options (checked whether or not they are used:
-    a bad value is a typo either way)."""
-    k, im = cfg.rollout.teacher_samples, cfg.imitation
+    """rollout.teacher_samples and the imitation.* options (ImitationConfig.validate; checked
+    whether or not they are used: a bad value is a typo either way)."""
+    k = cfg.rollout.teacher_samples
     if k < 0:
         raise ValueError(f"rollout.teacher_samples must be >= 0, got {k}")
     if k and cfg.algorithm not in TRAJECTORY_ALGORITHMS:
@@ -211,19 +188,7 @@ def _imitation(cfg: RunConfig) -> None:
     if k and not (t.preset or t.spec or t.checkpoint):
         raise ValueError(f"rollout.teacher_samples: {k} needs a teacher to generate the "
                          f"trajectories: set teacher.checkpoint (or teacher.preset)")
-    for key in ("weight", "weight_steps"):
-        if getattr(im, key) < 0:
-            raise ValueError(f"imitation.{key} (lambda) must be >= 0, got {getattr(im, key)}"
-                             if key == "weight" else
-                             f"imitation.{key} must be >= 0, got {getattr(im, key)}")
-    if im.weight_end is not None and im.weight_end < 0:
-        raise ValueError(f"imitation.weight_end (lambda at the end) must be >= 0, got "
-                         f"{im.weight_end}")
-    if not im.importance_cap > 0:
-        raise ValueError(f"imitation.importance_cap must be > 0 (.inf: no truncation), got "
-                         f"{im.importance_cap}")
-    if not 0 < im.tau_success <= 1:
-        raise ValueError(f"imitation.tau_success must be in (0, 1], got {im.tau_success}")
+    cfg.imitation.validate()
 
 
 def _optimizer(cfg: RunConfig) -> None:

@@ -7,6 +7,8 @@ and megatron's per-token loss scaling are exact. A failure limited to dp2 points
 normalisation; one limited to tp2 at the vocab-parallel log-probs; to pp2 at the last-stage loss.
 """
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -14,9 +16,11 @@ from distributed_helpers import assert_all_ranks
 from model_checks import dp_slice, load_weights, tiny_spec, assert_student_grads_match
 from reference_llama import random_hf_weights, token_logprobs_and_entropy
 from rlad_megatron.data.batch import TrainBatch
-from rlad_megatron.losses import get_loss
+from rlad_megatron.losses import LossInputs, Normalisers
 from rlad_megatron.models.build import OptimizerSettings, build_student
-from rlad_megatron.train.step import LossSpec, forward_backward, optimizer_step
+from rlad_megatron.train.algorithm_config import (GRPOLossConfig, ImitationConfig,
+                                                  KDRLLossConfig, SFTLossConfig, TRRDLossConfig)
+from rlad_megatron.train.step import forward_backward, optimizer_step
 
 LAYOUTS = [(1, 1), (2, 1), (1, 2), (1, 2, 2)]
 LAYOUT_IDS = ["dp2", "tp2", "pp2", "pp2-vpp2"]
@@ -25,16 +29,16 @@ LAYOUT_IDS = ["dp2", "tp2", "pp2", "pp2-vpp2"]
 LOSS_RTOL, LOSS_ATOL = 1e-5, 2e-6
 
 LOSSES = [
-    LossSpec("trrd", {}),
-    LossSpec("trrd", {"alpha": 0.3, "agg": "token_mean", "clamp_grad": "straight_through"}),
-    LossSpec("grpo", {"agg": "token_mean"}),
-    LossSpec("kdrl", {"beta": 0.1, "kl_estimator": "k3"}),
-    LossSpec("sft", {}),
-    LossSpec("trrd", {"kl_beta": 0.2, "kl_estimator": "k2"}),
-    LossSpec("joint", {"rl": "trrd", "rl_options": {"alpha": 0.4}, "distill": "ratio",
-                       "weight": 0.7, "importance_cap": 1.5}),
-    LossSpec("joint", {"rl": "grpo", "rl_options": {"agg": "token_mean", "kl_beta": 0.1},
-                       "distill": "nll", "weight": 0.3}),
+    TRRDLossConfig().build(step=1),
+    TRRDLossConfig(alpha=0.3, agg="token_mean", clamp_grad="straight_through").build(step=1),
+    GRPOLossConfig(agg="token_mean").build(step=1),
+    KDRLLossConfig(beta_init=0.1, kl_estimator="k3").build(step=1),
+    SFTLossConfig().build(step=1),
+    TRRDLossConfig(kl_beta=0.2, kl_estimator="k2").build(step=1),
+    ImitationConfig(distill_loss="ratio", weight=0.7, importance_cap=1.5).build(
+        TRRDLossConfig(alpha=0.4).build(step=1), step=1),
+    ImitationConfig(distill_loss="nll", weight=0.3).build(
+        GRPOLossConfig(agg="token_mean", kl_beta=0.1).build(step=1), step=1),
 ]
 LOSS_IDS = ["trrd", "trrd-a0.3-token-mean-st", "grpo-token-mean", "kdrl-k3", "sft",
             "trrd-refkl-k2", "joint-trrd-ratio", "joint-grpo-nll-refkl"]
@@ -63,16 +67,17 @@ def _batch(spec, weights, b=4, s=10, seed=0):
         distill_mask=mask & (torch.arange(b) < 2)[:, None])
 
 
+def _float64_inputs(batch, **replace) -> LossInputs:
+    """The batch's loss inputs, floating-point ones in float64, with `replace` substituted."""
+    record = dataclasses.replace(LossInputs.from_record(batch), **replace)
+    d = lambda t: t.double() if t is not None and t.is_floating_point() else t  # noqa: E731
+    return LossInputs(**{f.name: d(getattr(record, f.name)) for f in dataclasses.fields(record)})
+
+
 def _reference(spec, weights, batch, loss):
     w = {k: v.clone().requires_grad_(True) for k, v in weights.items()}
     lp, _ = token_logprobs_and_entropy(spec, w, batch.tokens)
-    fn = get_loss(loss.name)
-    d = lambda t: t.double() if t is not None and t.is_floating_point() else t  # noqa: E731
-    inputs = {k: d(getattr(batch, k)) for k in ("old_logprobs", "teacher_logprobs", "advantages",
-                                                "loss_mask", "teacher_mask", "ref_logprobs",
-                                                "distill_mask")
-              if k in fn.__code__.co_varnames}
-    value, _ = fn(lp, **inputs, **loss.kwargs)
+    value, _ = loss(lp, _float64_inputs(batch), Normalisers())
     value.backward()
     return value.item(), {k: v.grad for k, v in w.items()}
 
@@ -122,7 +127,7 @@ def test_micro_batch_must_divide_the_rank_batch(parallel):
     batch = _batch(spec, random_hf_weights(spec), b=3)
     with pytest.raises(ValueError,
                        match="micro_batch_size: 2 does not divide the per-rank batch of 3"):
-        forward_backward(student, batch, LossSpec("grpo"), micro_batch_size=2)
+        forward_backward(student, batch, GRPOLossConfig().build(step=1), micro_batch_size=2)
 
 
 def _varied_batch(spec, weights, seed=3):
@@ -137,7 +142,6 @@ def _varied_batch(spec, weights, seed=3):
     pos = torch.arange(s)[None]
     mask = (pos >= prompt[:, None]) & (pos < lengths[:, None])
     tokens = torch.where(pos < lengths[:, None], batch.tokens, 0)  # padding after each row
-    import dataclasses
     return dataclasses.replace(
         batch, tokens=tokens, prompt_lengths=prompt, response_lengths=lengths - prompt,
         loss_mask=mask, distill_mask=mask & (torch.arange(b) % 3 == 0)[:, None],
@@ -222,8 +226,6 @@ def test_on_policy_update_without_old_logprobs_equals_the_pass_and_float64(paral
     metrics and gradients as the existing path, the old-policy pass over the same micro-batches
     followed by the update: bit for bit here, as both compute lp_old with the same fp32 kernels
     on the same weights (a tolerance would hide a wrong lp_old near ratio 1)."""
-    import dataclasses
-
     from rlad_megatron.models.forward import forward_logprobs
 
     spec = tiny_spec("tiny-llama", vocab_size=250)
@@ -234,12 +236,7 @@ def test_on_policy_update_without_old_logprobs_equals_the_pass_and_float64(paral
     # float64 reference: lp_old is the reference's own lp, detached
     w = {k: v.clone().requires_grad_(True) for k, v in weights.items()}
     lp, _ = token_logprobs_and_entropy(spec, w, full.tokens)
-    fn = get_loss(loss.name)
-    d = lambda t: t.double() if t is not None and t.is_floating_point() else t  # noqa: E731
-    inputs = {k: d(getattr(full, k)) for k in ("teacher_logprobs", "advantages", "loss_mask",
-                                               "teacher_mask", "ref_logprobs")
-              if k in fn.__code__.co_varnames}
-    value, _ = fn(lp, old_logprobs=lp.detach(), **inputs, **loss.kwargs)
+    value, _ = loss(lp, _float64_inputs(full, old_logprobs=lp.detach()), Normalisers())
     value.backward()
     ref_value, ref_grads = value.item(), {k: v.grad for k, v in w.items()}
 

@@ -11,6 +11,7 @@ import torch
 
 from rlad_megatron.losses import (aggregate, finalize, global_normalizers, grpo_loss, kdrl_loss,
                                   merge, sft_loss, trrd_loss)
+from loss_options import grpo_opts, kdrl_opts, sft_opts, trrd_opts
 
 TOL = dict(rtol=1e-12, atol=1e-13)
 
@@ -27,11 +28,14 @@ def make_batch(b=8, s=9):
 
 
 LOSS_CALLS = {
-    "trrd": lambda lp, old, t, a, m, **kw: trrd_loss(lp, old, t, a, m, dual_clip=3.0,
-                                                     ref_logprobs=old, kl_beta=0.02, **kw),
-    "grpo": lambda lp, old, t, a, m, **kw: grpo_loss(lp, old, a, m, **kw),
-    "kdrl": lambda lp, old, t, a, m, **kw: kdrl_loss(lp, old, t, a, m, beta=0.1, **kw),
-    "sft": lambda lp, old, t, a, m, **kw: sft_loss(lp, m, **kw),
+    "trrd": lambda lp, old, t, a, m, agg, **norms: trrd_loss(
+        lp, old, t, a, m, **trrd_opts(dual_clip=3.0, kl_beta=0.02, agg=agg), ref_logprobs=old,
+        **norms),
+    "grpo": lambda lp, old, t, a, m, agg, **norms: grpo_loss(lp, old, a, m, **grpo_opts(agg=agg),
+                                                             **norms),
+    "kdrl": lambda lp, old, t, a, m, agg, **norms: kdrl_loss(
+        lp, old, t, a, m, **kdrl_opts(beta=0.1, agg=agg), **norms),
+    "sft": lambda lp, old, t, a, m, agg, **norms: sft_loss(lp, m, **sft_opts(agg=agg), **norms),
 }
 
 # rows per DP rank, then micro-batch boundaries inside each rank
@@ -84,8 +88,8 @@ def test_one_call_with_default_counts_is_the_plain_mean():
 def test_averaging_micro_batch_means_would_be_wrong_on_this_data():
     """Sensitivity check of the batch above: the naive alternative must differ."""
     lp, old, teacher, adv, mask = make_batch()
-    whole, _ = trrd_loss(lp, old, teacher, adv, mask)
-    parts = [trrd_loss(lp[r], old[r], teacher[r], adv[r], mask[r])[0]
+    whole, _ = trrd_loss(lp, old, teacher, adv, mask, **trrd_opts())
+    parts = [trrd_loss(lp[r], old[r], teacher[r], adv[r], mask[r], **trrd_opts())[0]
              for r in (torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5, 6, 7]))]
     assert not torch.allclose(torch.stack(parts).mean(), whole)
     assert not torch.allclose(torch.stack(parts).sum(), whole)
@@ -93,7 +97,7 @@ def test_averaging_micro_batch_means_would_be_wrong_on_this_data():
 
 def test_empty_batch_gives_zero_loss_and_nan_free_metrics():
     lp, old, teacher, adv, mask = make_batch()
-    loss, m = trrd_loss(lp, old, teacher, adv, torch.zeros_like(mask))
+    loss, m = trrd_loss(lp, old, teacher, adv, torch.zeros_like(mask), **trrd_opts())
     assert loss.item() == 0.0
     final = finalize(m)
     assert final["count/tokens"] == 0.0 and final["loss/trrd"] == 0.0

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from rlad_megatron.losses import check_teacher_logprobs, finalize, grpo_loss, trrd_loss
+from loss_options import grpo_opts, trrd_opts
 
 D = torch.float64
 
@@ -19,7 +20,7 @@ def test_clip_fractions_ratio_stats_by_bound_and_sign_hand_counted():
     mask = torch.ones(2, 6, dtype=torch.bool)
     mask[0, 5] = False
     old = torch.full_like(r, -2.0)
-    _, m = grpo_loss(old + r.log(), old, adv, mask, dual_clip=3.0)
+    _, m = grpo_loss(old + r.log(), old, adv, mask, **grpo_opts(dual_clip=3.0))
     f = finalize(m)
     # row 0 (A > 0): high 1.5; low 0.5, 0.7.  row 1 (A < 0): high 1.3, 4.0; low 0.6, 0.75, 0.01;
     # dual 4.0; the padding ratio 100 counts nowhere
@@ -39,7 +40,8 @@ def test_teacher_statistics_hand_counted():
     teacher = torch.tensor([[-0.5, -2.5, -3.0, -1.0]], dtype=D)     # lp - lp_T: -0.5 1.5 2 0
     mask = torch.tensor([[True, True, True, True]])
     selected = torch.tensor([[True, True, False, True]])
-    _, m = trrd_loss(lp, lp, teacher, torch.tensor([1.0], dtype=D), mask, teacher_mask=selected)
+    _, m = trrd_loss(lp, lp, teacher, torch.tensor([1.0], dtype=D), mask, **trrd_opts(),
+                     teacher_mask=selected)
     f = finalize(m)
     assert f["teacher/clamp_frac"] == pytest.approx(1 / 4)          # only 1.5 is anchored
     assert f["teacher/selected_frac"] == pytest.approx(3 / 4)

@@ -1,4 +1,5 @@
-"""The joint RL + distillation loss (losses/joint.py) against independent float64 token loops.
+"""The joint RL + distillation loss (losses/joint.py, bound as losses/bound.py JointLoss) against
+independent float64 token loops.
 
 Guards: total = RL term + lambda * distillation term with each term normalised over its own mask;
 the "ratio" term's off-policy weight (pi_old / pi_T)^alpha truncated at the cap and its clipped
@@ -12,7 +13,9 @@ import math
 import pytest
 import torch
 
-from rlad_megatron.losses import global_normalizers, grpo_loss, joint_loss, trrd_loss
+from loss_options import grpo_opts, trrd_opts
+from rlad_megatron.losses import (GRPOLoss, JointLoss, LossInputs, Normalisers, TRRDLoss,
+                                  global_normalizers, grpo_loss, trrd_loss)
 
 D = torch.float64
 TOL = dict(rtol=1e-12, atol=1e-12)
@@ -30,6 +33,15 @@ def make_batch(seed=0, b=6, s=7):
     loss_mask = response & ~teacher_rows[:, None]
     distill = response & torch.tensor([False, False, True, False, False, True])[:, None]
     return lp, old, teacher, adv, loss_mask, distill
+
+
+def joint(rl, lp, old, teacher, adv, loss_mask, distill_mask, *, distill, weight,
+          importance_cap=1.0, norms=Normalisers()):
+    """The JointLoss of the bound RL loss `rl` on these inputs."""
+    loss = JointLoss(rl=rl, distill=distill, weight=weight, importance_cap=importance_cap)
+    inputs = LossInputs(old_logprobs=old, advantages=adv, loss_mask=loss_mask,
+                        teacher_logprobs=teacher, distill_mask=distill_mask)
+    return loss(lp, inputs, norms)
 
 
 def ratio_term_reference(lp, old, teacher, adv, mask, *, alpha, eps_low=0.2, eps_high=0.28,
@@ -55,10 +67,9 @@ def ratio_term_reference(lp, old, teacher, adv, mask, *, alpha, eps_low=0.2, eps
 @pytest.mark.parametrize("alpha,cap", [(0.5, 1.0), (0.3, 2.5), (0.0, 1.0)])
 def test_ratio_term_matches_token_loop(alpha, cap):
     lp, old, teacher, adv, loss_mask, distill = make_batch()
-    value, m = joint_loss(lp, old, adv, loss_mask, distill, teacher, rl="trrd",
-                          rl_options={"alpha": alpha}, distill="ratio", weight=0.7,
-                          importance_cap=cap)
-    rl, _ = trrd_loss(lp, old, teacher, adv, loss_mask, alpha=alpha)
+    value, m = joint(TRRDLoss(**trrd_opts(alpha=alpha)), lp, old, teacher, adv, loss_mask,
+                     distill, distill="ratio", weight=0.7, importance_cap=cap)
+    rl, _ = trrd_loss(lp, old, teacher, adv, loss_mask, **trrd_opts(alpha=alpha))
     expected = rl.item() + 0.7 * ratio_term_reference(lp, old, teacher, adv, distill, alpha=alpha,
                                                       cap=cap)
     torch.testing.assert_close(value, torch.tensor(expected, dtype=D), **TOL)
@@ -68,9 +79,9 @@ def test_ratio_term_matches_token_loop(alpha, cap):
 
 def test_nll_term_is_token_negative_log_likelihood_per_sequence():
     lp, old, teacher, adv, loss_mask, distill = make_batch(seed=1)
-    value, m = joint_loss(lp, old, adv, loss_mask, distill, teacher, rl="grpo",
-                          rl_options={"agg": "seq_mean_token_mean"}, distill="nll", weight=0.25)
-    rl, _ = grpo_loss(lp, old, adv, loss_mask)
+    value, m = joint(GRPOLoss(**grpo_opts(agg="seq_mean_token_mean")), lp, old, teacher, adv,
+                     loss_mask, distill, distill="nll", weight=0.25)
+    rl, _ = grpo_loss(lp, old, adv, loss_mask, **grpo_opts(agg="seq_mean_token_mean"))
     rows = [i for i in range(distill.shape[0]) if distill[i].any()]
     nll = sum(-lp[i][distill[i]].mean().item() for i in rows) / len(rows)
     torch.testing.assert_close(value, torch.tensor(rl.item() + 0.25 * nll, dtype=D), **TOL)
@@ -84,9 +95,9 @@ def test_nll_term_is_token_negative_log_likelihood_per_sequence():
 def test_no_selected_teacher_row_leaves_exactly_the_rl_loss():
     lp, old, teacher, adv, loss_mask, distill = make_batch(seed=2)
     none = torch.zeros_like(distill)
-    value, m = joint_loss(lp, old, adv, loss_mask, none, teacher, rl="trrd",
-                          rl_options={"alpha": 0.5}, distill="ratio", weight=3.0)
-    rl, _ = trrd_loss(lp, old, teacher, adv, loss_mask, alpha=0.5)
+    value, m = joint(TRRDLoss(**trrd_opts(alpha=0.5)), lp, old, teacher, adv, loss_mask, none,
+                     distill="ratio", weight=3.0)
+    rl, _ = trrd_loss(lp, old, teacher, adv, loss_mask, **trrd_opts(alpha=0.5))
     assert value.item() == rl.item() and m["joint/distill_term"].item() == 0.0
 
 
@@ -95,9 +106,9 @@ def test_teacher_equal_to_student_makes_trrd_equal_to_grpo():
     old = -torch.rand(4, 6, generator=g, dtype=D) * 2 - 0.1
     lp = (old + 0.1 * torch.randn(4, 6, generator=g, dtype=D)).requires_grad_()
     adv, mask = torch.randn(4, generator=g, dtype=D), torch.rand(4, 6, generator=g) > 0.2
-    trrd, _ = trrd_loss(lp, old, old, adv, mask, alpha=0.3)
+    trrd, _ = trrd_loss(lp, old, old, adv, mask, **trrd_opts(alpha=0.3))
     (g_trrd,) = torch.autograd.grad(trrd, lp)
-    grpo, _ = grpo_loss(lp, old, adv, mask)
+    grpo, _ = grpo_loss(lp, old, adv, mask, **grpo_opts())
     (g_grpo,) = torch.autograd.grad(grpo, lp)
     torch.testing.assert_close(trrd, grpo, **TOL)
     torch.testing.assert_close(g_trrd, g_grpo, **TOL)
@@ -106,21 +117,22 @@ def test_teacher_equal_to_student_makes_trrd_equal_to_grpo():
 @pytest.mark.parametrize("agg", ["seq_mean_token_mean", "token_mean"])
 def test_halves_with_global_normalisers_add_up_to_the_whole(agg):
     lp, old, teacher, adv, loss_mask, distill = make_batch(seed=4)
-    opts = dict(rl="trrd", rl_options={"alpha": 0.5, "agg": agg}, distill="ratio", weight=0.5)
-    whole, _ = joint_loss(lp, old, adv, loss_mask, distill, teacher, **opts)
+    rl = TRRDLoss(**trrd_opts(alpha=0.5, agg=agg))
+    whole, _ = joint(rl, lp, old, teacher, adv, loss_mask, distill, distill="ratio", weight=0.5)
     n, d = global_normalizers(loss_mask), global_normalizers(distill)
-    norms = dict(num_seqs=n["num_seqs"], num_tokens=n["num_tokens"],
-                 distill_num_seqs=d["num_seqs"], distill_num_tokens=d["num_tokens"])
-    parts = [joint_loss(lp[h], old[h], adv[h], loss_mask[h], distill[h], teacher[h], **opts,
-                        **norms)[0] for h in (slice(0, 3), slice(3, 6))]
+    norms = Normalisers(num_seqs=n["num_seqs"], num_tokens=n["num_tokens"],
+                        distill_num_seqs=d["num_seqs"], distill_num_tokens=d["num_tokens"])
+    parts = [joint(rl, lp[h], old[h], teacher[h], adv[h], loss_mask[h], distill[h],
+                   distill="ratio", weight=0.5, norms=norms)[0]
+             for h in (slice(0, 3), slice(3, 6))]
     torch.testing.assert_close(parts[0] + parts[1], whole, **TOL)
 
 
-def test_bad_options_are_refused():
+def test_an_unknown_distill_loss_and_a_missing_teacher_are_refused():
+    """(weight and importance_cap's ranges are imitation's: ImitationConfig.validate.)"""
     lp, old, teacher, adv, loss_mask, distill = make_batch()
-    with pytest.raises(ValueError, match="weight: -1"):
-        joint_loss(lp, old, adv, loss_mask, distill, teacher, weight=-1.0)
+    grpo = GRPOLoss(**grpo_opts())
     with pytest.raises(ValueError, match="unknown distill loss"):
-        joint_loss(lp, old, adv, loss_mask, distill, teacher, distill="kl")
+        joint(grpo, lp, old, teacher, adv, loss_mask, distill, distill="kl", weight=1.0)
     with pytest.raises(ValueError, match="needs teacher_logprobs"):
-        joint_loss(lp, old, adv, loss_mask, distill, None, rl="grpo", distill="ratio")
+        joint(grpo, lp, old, None, adv, loss_mask, distill, distill="ratio", weight=1.0)

@@ -10,6 +10,7 @@ import torch
 
 from rlad_megatron.losses import (METRICS, REDUCE_OPS, finalize, global_normalizers, grpo_loss,
                                   kdrl_loss, merge, reduce_op, sft_loss, trrd_loss)
+from loss_options import grpo_opts, kdrl_opts, sft_opts, trrd_opts
 
 
 def make_batch(b=6, s=8):
@@ -24,11 +25,11 @@ def make_batch(b=6, s=8):
 
 def all_losses(lp, old, teacher, adv, mask, **norms):
     return [
-        trrd_loss(lp, old, teacher, adv, mask, dual_clip=2.0, ref_logprobs=old, kl_beta=0.1,
-                  **norms)[1],
-        grpo_loss(lp, old, adv, mask, **norms)[1],
-        kdrl_loss(lp, old, teacher, adv, mask, **norms)[1],
-        sft_loss(lp, mask, **norms)[1],
+        trrd_loss(lp, old, teacher, adv, mask, **trrd_opts(dual_clip=2.0, kl_beta=0.1),
+                  ref_logprobs=old, **norms)[1],
+        grpo_loss(lp, old, adv, mask, **grpo_opts(), **norms)[1],
+        kdrl_loss(lp, old, teacher, adv, mask, **kdrl_opts(), **norms)[1],
+        sft_loss(lp, mask, **sft_opts(), **norms)[1],
     ]
 
 

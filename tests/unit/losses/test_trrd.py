@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from rlad_megatron.losses import grpo_loss, trrd_log_ratio, trrd_loss
+from loss_options import grpo_opts, trrd_opts
 
 TOL = dict(rtol=1e-12, atol=1e-12)  # float64 on CPU; only summation order differs
 
@@ -66,7 +67,8 @@ def grad_of(loss, lp):
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 0.5, 1.0])
 def test_trrd_matches_per_token_float64_reference(alpha, clamp_grad):
     lp, old, teacher, adv, mask = make_batch(seed=1)
-    loss, _ = trrd_loss(lp, old, teacher, adv, mask, alpha=alpha, clamp_grad=clamp_grad)
+    loss, _ = trrd_loss(lp, old, teacher, adv, mask,
+                        **trrd_opts(alpha=alpha, clamp_grad=clamp_grad))
     ref_loss, ref_grad = reference(lp, old, teacher, adv, mask, alpha=alpha,
                                    clamp_grad=clamp_grad)
     torch.testing.assert_close(loss, ref_loss, **TOL)
@@ -76,7 +78,7 @@ def test_trrd_matches_per_token_float64_reference(alpha, clamp_grad):
 def test_trrd_reference_cases_exercise_every_branch():
     """The reference comparison above is only meaningful if the data hit clip and clamp."""
     lp, old, teacher, adv, mask = make_batch(seed=1)
-    _, m = trrd_loss(lp, old, teacher, adv, mask)
+    _, m = trrd_loss(lp, old, teacher, adv, mask, **trrd_opts())
     assert m["teacher/clamp_frac"] > 0 and m["teacher/clamp_frac"] < m["count/tokens"]
     assert m["trrd/clip_frac_high_pos"] + m["trrd/clip_frac_low_neg"] > 0
 
@@ -84,7 +86,7 @@ def test_trrd_reference_cases_exercise_every_branch():
 @pytest.mark.parametrize("dual_clip", [1.5, 3.0])
 def test_trrd_dual_clip_matches_reference(dual_clip):
     lp, old, teacher, adv, mask = make_batch(seed=2, spread=2.0)
-    loss, m = trrd_loss(lp, old, teacher, adv, mask, dual_clip=dual_clip)
+    loss, m = trrd_loss(lp, old, teacher, adv, mask, **trrd_opts(dual_clip=dual_clip))
     ref_loss, ref_grad = reference(lp, old, teacher, adv, mask, dual_clip=dual_clip)
     torch.testing.assert_close(loss, ref_loss, **TOL)
     torch.testing.assert_close(grad_of(loss, lp), ref_grad, **TOL)
@@ -93,8 +95,8 @@ def test_trrd_dual_clip_matches_reference(dual_clip):
 
 def test_trrd_alpha_one_equals_grpo_exactly():
     lp, old, teacher, adv, mask = make_batch(seed=3)
-    trrd, _ = trrd_loss(lp, old, teacher, adv, mask, alpha=1.0)
-    grpo, _ = grpo_loss(lp, old, adv, mask)
+    trrd, _ = trrd_loss(lp, old, teacher, adv, mask, **trrd_opts(alpha=1.0))
+    grpo, _ = grpo_loss(lp, old, adv, mask, **grpo_opts())
     assert torch.equal(trrd, grpo)
     assert torch.equal(grad_of(trrd, lp), grad_of(grpo, lp))
 
@@ -102,8 +104,8 @@ def test_trrd_alpha_one_equals_grpo_exactly():
 @pytest.mark.parametrize("alpha", [0.0, 0.25, 0.5, 0.9])
 def test_trrd_teacher_equal_to_old_student_is_grpo_for_any_alpha(alpha):
     lp, old, _, adv, mask = make_batch(seed=4, spread=0.3)  # |lp - lp_old| < c: clamp inactive
-    trrd, _ = trrd_loss(lp, old, old, adv, mask, alpha=alpha)
-    grpo, _ = grpo_loss(lp, old, adv, mask)
+    trrd, _ = trrd_loss(lp, old, old, adv, mask, **trrd_opts(alpha=alpha))
+    grpo, _ = grpo_loss(lp, old, adv, mask, **grpo_opts())
     torch.testing.assert_close(trrd, grpo, **TOL)
     torch.testing.assert_close(grad_of(trrd, lp), grad_of(grpo, lp), **TOL)
 
@@ -111,12 +113,12 @@ def test_trrd_teacher_equal_to_old_student_is_grpo_for_any_alpha(alpha):
 def test_trrd_teacher_mask_zero_is_grpo_and_partial_mask_matches_reference():
     lp, old, teacher, adv, mask = make_batch(seed=5)
     off = torch.zeros_like(mask)
-    trrd, _ = trrd_loss(lp, old, teacher, adv, mask, teacher_mask=off)
-    grpo, _ = grpo_loss(lp, old, adv, mask)
+    trrd, _ = trrd_loss(lp, old, teacher, adv, mask, **trrd_opts(), teacher_mask=off)
+    grpo, _ = grpo_loss(lp, old, adv, mask, **grpo_opts())
     assert torch.equal(trrd, grpo)
     assert torch.equal(grad_of(trrd, lp), grad_of(grpo, lp))
     partial = torch.rand(mask.shape, generator=torch.Generator().manual_seed(0)) > 0.5
-    loss, m = trrd_loss(lp, old, teacher, adv, mask, teacher_mask=partial)
+    loss, m = trrd_loss(lp, old, teacher, adv, mask, **trrd_opts(), teacher_mask=partial)
     ref_loss, ref_grad = reference(lp, old, teacher, adv, mask, teacher_mask=partial)
     torch.testing.assert_close(loss, ref_loss, **TOL)
     torch.testing.assert_close(grad_of(loss, lp), ref_grad, **TOL)
@@ -141,8 +143,8 @@ def test_clamp_values_and_gradients_at_and_beyond_bounds():
 
 def test_clamp_grad_modes_differ_in_loss_gradient_only_outside_clamp():
     lp, old, teacher, adv, mask = make_batch(seed=6)
-    det, _ = trrd_loss(lp, old, teacher, adv, mask, clamp_grad="detach")
-    st, _ = trrd_loss(lp, old, teacher, adv, mask, clamp_grad="straight_through")
+    det, _ = trrd_loss(lp, old, teacher, adv, mask, **trrd_opts(clamp_grad="detach"))
+    st, _ = trrd_loss(lp, old, teacher, adv, mask, **trrd_opts(clamp_grad="straight_through"))
     assert torch.equal(det, st)
     outside = ((lp - teacher).abs() > 1.0) & mask
     g_det, g_st = grad_of(det, lp), grad_of(st, lp)
@@ -167,7 +169,7 @@ def test_trrd_gradcheck(clamp_grad):
         teacher = lp - (lp - teacher).clamp(-0.8, 0.8)
 
     def f(x, t):
-        return trrd_loss(x, old, t, adv, mask, clamp_grad=clamp_grad, dual_clip=3.0)[0]
+        return trrd_loss(x, old, t, adv, mask, **trrd_opts(clamp_grad=clamp_grad, dual_clip=3.0))[0]
 
     assert torch.autograd.gradcheck(f, (lp.clone().requires_grad_(),
                                         teacher.clone().requires_grad_()))
@@ -179,7 +181,7 @@ def clip_threshold(adv, teacher_lp, old_lp=-1.0, alpha=0.5):
     old = torch.full_like(lp, old_lp)
     teacher = torch.full_like(lp, teacher_lp)
     loss, _ = trrd_loss(lp, old, teacher, torch.tensor([adv], dtype=torch.float64),
-                        torch.ones_like(lp, dtype=torch.bool), alpha=alpha)
+                        torch.ones_like(lp, dtype=torch.bool), **trrd_opts(alpha=alpha))
     live = grad_of(loss, lp)[0] != 0
     grid = lp.detach()[0]
     return float(grid[live].max()) if adv > 0 else float(grid[live].min())
@@ -204,36 +206,38 @@ def test_regime_negative_advantage_teacher_endorsed_token_is_protected():
 
 def test_regime_zero_advantage_has_no_teacher_effect():
     lp, old, teacher, adv, mask = make_batch(seed=7)
-    loss, _ = trrd_loss(lp, old, teacher, torch.zeros_like(adv), mask)
+    loss, _ = trrd_loss(lp, old, teacher, torch.zeros_like(adv), mask, **trrd_opts())
     assert loss.item() == 0.0
     assert torch.count_nonzero(grad_of(loss, lp)) == 0
 
 
 def test_per_token_advantages_equal_broadcast_sequence_advantages():
     lp, old, teacher, adv, mask = make_batch(seed=8)
-    seq, _ = trrd_loss(lp, old, teacher, adv, mask)
-    tok, _ = trrd_loss(lp, old, teacher, adv[:, None].expand(mask.shape).clone(), mask)
+    seq, _ = trrd_loss(lp, old, teacher, adv, mask, **trrd_opts())
+    tok, _ = trrd_loss(lp, old, teacher, adv[:, None].expand(mask.shape).clone(), mask,
+                       **trrd_opts())
     assert torch.equal(seq, tok)
 
 
 def test_padding_nan_does_not_leak_into_loss_or_gradient():
     lp, old, teacher, adv, mask = make_batch(seed=9)
-    clean, _ = trrd_loss(lp, old, teacher, adv, mask)
+    clean, _ = trrd_loss(lp, old, teacher, adv, mask, **trrd_opts())
     nan = torch.full_like(old, math.nan)
     dirty, m = trrd_loss(lp, torch.where(mask, old, nan), torch.where(mask, teacher, nan), adv,
-                         mask, ref_logprobs=nan.where(~mask, old), kl_beta=0.1)
+                         mask, **trrd_opts(kl_beta=0.1), ref_logprobs=nan.where(~mask, old))
     assert torch.isfinite(dirty) and all(torch.isfinite(v) for v in m.values())
     assert torch.isfinite(grad_of(dirty, lp)).all()
-    assert torch.equal(trrd_loss(lp, torch.where(mask, old, nan), teacher, adv, mask)[0], clean)
+    assert torch.equal(trrd_loss(lp, torch.where(mask, old, nan), teacher, adv, mask,
+                                 **trrd_opts())[0], clean)
 
 
 @pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
 def test_trrd_reference_kl_term_adds_beta_times_aggregated_kl(estimator):
     lp, old, teacher, adv, mask = make_batch(seed=10)
     ref = old + 0.2
-    base, _ = trrd_loss(lp, old, teacher, adv, mask)
-    with_kl, m = trrd_loss(lp, old, teacher, adv, mask, ref_logprobs=ref, kl_beta=0.05,
-                           kl_estimator=estimator)
+    base, _ = trrd_loss(lp, old, teacher, adv, mask, **trrd_opts())
+    with_kl, m = trrd_loss(lp, old, teacher, adv, mask,
+                           **trrd_opts(kl_beta=0.05, kl_estimator=estimator), ref_logprobs=ref)
     x = (lp - ref).detach()
     per_token = {"k1": x, "k2": 0.5 * x * x, "k3": torch.exp(-x) - 1 + x}[estimator]
     rows = [per_token[i][mask[i]].mean() for i in range(mask.shape[0]) if mask[i].any()]
@@ -242,24 +246,22 @@ def test_trrd_reference_kl_term_adds_beta_times_aggregated_kl(estimator):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"alpha": 1.5}, "alpha"),
-    ({"eps_low": 1.0}, "eps_low"),
-    ({"teacher_logratio_clamp": 0.0}, "teacher_logratio_clamp"),
     ({"clamp_grad": "stop"}, "straight_through"),
-    ({"dual_clip": 0.9}, "dual_clip"),
     ({"kl_beta": 0.1}, "ref_logprobs"),
     ({"agg": "sum"}, "token_mean"),
     ({"kl_estimator": "k4"}, "k3"),
 ])
-def test_trrd_rejects_bad_options_naming_them(kwargs, message):
+def test_trrd_rejects_unknown_choices_and_a_missing_input_naming_them(kwargs, message):
+    """(The options' numeric ranges are loss.trrd's, checked by TRRDLossConfig.validate:
+    tests/unit/train/test_config.py.)"""
     lp, old, teacher, adv, mask = make_batch()
     with pytest.raises(ValueError, match=message):
-        trrd_loss(lp, old, teacher, adv, mask, **kwargs)
+        trrd_loss(lp, old, teacher, adv, mask, **trrd_opts(**kwargs))
 
 
 def test_trrd_rejects_mismatched_shapes():
     lp, old, teacher, adv, mask = make_batch()
     with pytest.raises(ValueError, match="teacher_logprobs"):
-        trrd_loss(lp, old, teacher[:, 1:], adv, mask)
+        trrd_loss(lp, old, teacher[:, 1:], adv, mask, **trrd_opts())
     with pytest.raises(ValueError, match="advantages"):
-        trrd_loss(lp, old, teacher, adv[1:], mask)
+        trrd_loss(lp, old, teacher, adv[1:], mask, **trrd_opts())

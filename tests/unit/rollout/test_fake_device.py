@@ -101,7 +101,8 @@ def test_log_prob_pass_trrd_loss_and_backward_on_the_fake_device_without_host_tr
     """A log-prob pass (ops.token_logprobs over [b, s, V] logits), the TRRD loss with its
     statistics and the backward into the model's weights run on the fake device without a host
     transfer, and give the values and gradients of the same step on the CPU."""
-    from rlad_megatron.losses import get_loss
+    from loss_options import trrd_opts
+    from rlad_megatron.losses import trrd_loss
 
     b, s = 3, 7
     g = torch.Generator().manual_seed(1)
@@ -114,9 +115,9 @@ def test_log_prob_pass_trrd_loss_and_backward_on_the_fake_device_without_host_tr
         lp = token_logprobs(chunk.all_logits(tok[:, :-1]), tok[:, 1:], None, temperature=1.0,
                            vocab_size=VOCAB)
         lp = torch.cat([torch.zeros_like(lp[:, :1]), lp], 1)
-        value, stats = get_loss("trrd")(lp, lp.detach() + place(noise), lp.detach() - 0.5,
-                                        place(adv), place(mask), num_seqs=b,
-                                        num_tokens=int(mask.sum()))
+        value, stats = trrd_loss(lp, lp.detach() + place(noise), lp.detach() - 0.5, place(adv),
+                                 place(mask), **trrd_opts(), num_seqs=b,
+                                 num_tokens=int(mask.sum()))
         value.backward()
         return value, stats, chunk
 

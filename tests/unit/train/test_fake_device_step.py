@@ -7,7 +7,7 @@ the gates run too): the student's and the teacher's rollouts (rollout/generate.p
 and layout, rollout/device_check.py), interleave_groups, phases.score (the real tokenizer decodes
 the rows), phases.advantages, the log-prob passes through models/forward.py's
 planned_micro_batches and scatter_rows, phases.select (selection and the three gates),
-phases.loss_spec and the joint RLAD loss over the plan's micro-batches (TrainBatch.select_rows /
+RunConfig.loss_for and the joint RLAD loss over the plan's micro-batches (TrainBatch.select_rows /
 with_width, LossInputs, train/step.py's normaliser counts), the backward and an optimizer step.
 The model is rollout/device_check.py's tiny stand-in for megatron's GPTModel (megatron builds and
 owns its parameters, so its schedule and optimizer run in tests/dist and tools/gpu_check.sh).
@@ -30,7 +30,7 @@ from rlad_megatron.data.formats import get_format
 from rlad_megatron.data.micro_batches import row_lengths, token_budget_plan
 from rlad_megatron.data.tasks import PromptItem
 from rlad_megatron.data.tokenizer import load_tokenizer
-from rlad_megatron.losses import LossInputs
+from rlad_megatron.losses import LossInputs, Normalisers
 from rlad_megatron.models.forward import (align_to_tokens, next_token_labels,
                                           planned_micro_batches, scatter_rows)
 from rlad_megatron.ops import token_logprobs
@@ -99,10 +99,10 @@ def rl_step_device_work(fake: bool) -> tuple[dict, FakeCuda | None, int]:
                 dataclasses.replace(rollout, loss_mask=loss_mask), rewards=rewards,
                 advantages=advantages, old_logprobs=old, teacher_logprobs=teacher_lp,
                 teacher_rows=teacher_rows), rollout.loss_mask)
-        loss = phases.loss_spec(run, step=1)
-        fn = loss.function()
-        counts = _local_counts(fn, batch)
+        loss = run.cfg.loss_for(step=1)
+        counts = _local_counts(loss, batch)
         counts.pop("rows")
+        norms = Normalisers(**counts)
         total = 0.0
         for rows, width in zip(plan.rows, plan.widths):
             part = batch.select_rows(rows).with_width(width)
@@ -110,8 +110,7 @@ def rl_step_device_work(fake: bool) -> tuple[dict, FakeCuda | None, int]:
             lp = align_to_tokens(token_logprobs(student.all_logits(tokens),
                                                 next_token_labels(tokens), None,
                                                 temperature=1.0, vocab_size=VOCAB))
-            value, _ = fn(lp, **LossInputs.from_record(part).arguments_for(fn), **loss.kwargs,
-                          **counts)
+            value, _ = loss(lp, LossInputs.from_record(part), norms)
             value.backward()
             total = total + value.detach()
         grads = [student.emb.grad.clone(), student.out.grad.clone()]
