@@ -164,7 +164,7 @@ def main() -> None:
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-    from rlad_megatron.data.formats import chain_sum_solution
+    from rlad_megatron.data.miniature.compact import chain_sum_solution
     from rlad_megatron.data.tokenizer_train import train_sentencepiece
     from rlad_megatron.rollout import GenerationConfig, generate
     from rlad_megatron.train.config import load_config

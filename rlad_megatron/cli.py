@@ -107,7 +107,7 @@ def _release_process_groups() -> None:
 
 def _prepare(args) -> int:
     _quiet()
-    from rlad_megatron.train.recipe import prepare
+    from rlad_megatron.reproduce.recipe import prepare
 
     try:
         prepare(args.config, list(args.overrides))
@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plan_parser(sub)
     p = sub.add_parser("prepare", help="a recipe's cached stages: tokenizer, teacher SFT, "
                                        "student SFT (under torchrun)")
-    p.add_argument("config", help="recipe YAML (train/recipe.py)")
+    p.add_argument("config", help="recipe YAML (reproduce/recipe.py)")
     p.add_argument("overrides", nargs="*", help="STAGE.key=value overrides")
     p.set_defaults(func=_prepare)
     for name, demo, text in (

@@ -3,7 +3,7 @@ that takes a few seconds on CPU (random-weight student and teacher, compact prom
 
 from pathlib import Path
 
-from rlad_megatron.data.formats import chain_sum_solution
+from rlad_megatron.data.miniature.compact import chain_sum_solution
 from rlad_megatron.data.tokenizer_train import train_sentencepiece
 
 

@@ -42,7 +42,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
-from rlad_megatron.data.difficulty import (check_level_sizes, level_config, question_key,
+from rlad_megatron.data.miniature.levels import (check_level_sizes, level_config, question_key,
                                             structure_key)
 from rlad_megatron.data.math_answers import last_boxed
 

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from rlad_megatron.reproduce.plots import _figure
-from rlad_megatron.train.recipe import load_recipe, raw_section
+from rlad_megatron.reproduce.recipe import load_recipe, raw_section
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _KEYS = {"arm", "students", "training"}

@@ -37,7 +37,7 @@ from rlad_megatron.reproduce.spec import Job, build_jobs, parse_spec
 from rlad_megatron.train.active import reset_inactive
 from rlad_megatron.train.config import RunConfig, same_config
 from rlad_megatron.train.validate import validate_run_config
-from rlad_megatron.train.recipe import (PREP_STAGES, load_recipe, owned_or_absent, rl_config,
+from rlad_megatron.reproduce.recipe import (PREP_STAGES, load_recipe, owned_or_absent, rl_config,
                                         stage_configs)
 from rlad_megatron.train.timers import progress
 

@@ -1,4 +1,4 @@
-"""What a reproduction runs: the `reproduce` section of a recipe file (train/recipe.py) turned
+"""What a reproduction runs: the `reproduce` section of a recipe file (reproduce/recipe.py) turned
 into one job per (arm, seed), each a complete RunConfig.
 
     reproduce:

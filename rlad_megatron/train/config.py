@@ -115,10 +115,10 @@ class DataConfig:
     task_config: Dict[str, Any] = field(default_factory=dict)
     """reasoning-gym dataset options, e.g. {min_terms: 2, max_terms: 5}."""
     levels: List[int] = field(default_factory=list)
-    """Difficulty levels mixed in every split (data/difficulty.py): chain_sum's number of terms,
-    knights_knaves' number of people, e.g. [3, 4, 5]; each split's size is divided evenly over
-    them and evaluation reports each level. Source reasoning_gym only; task_config must not set
-    the options a level fixes. Empty: the task_config alone."""
+    """Difficulty levels mixed in every split (data/miniature/levels.py): chain_sum's number of
+    terms, knights_knaves' number of people, e.g. [3, 4, 5]; each split's size is divided evenly
+    over them and evaluation reports each level. Source reasoning_gym only; task_config must not
+    set the options a level fixes. Empty: the task_config alone."""
     format: str = choice("chat", FORMATS)
     """Prompt rendering: "chat" (tokenizer template / plain template) or "compact"
     (data/formats.py: short prompts and procedural solutions for tiny models)."""

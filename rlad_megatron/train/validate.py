@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from rlad_megatron.data.difficulty import check_level_sizes, level_config
+from rlad_megatron.data.miniature.levels import check_level_sizes, level_config
 from rlad_megatron.data.formats import COMPACT_TASKS
 from rlad_megatron.data.tasks import check_task_config
 from rlad_megatron.models.layout_check import data_parallel_problem

@@ -3,7 +3,8 @@ whether a completion reaches the reward at all (a lucky answer through wrong ste
 
 import pytest
 
-from rlad_megatron.data.formats import chain_sum_solution, chain_sum_steps_ok, get_format
+from rlad_megatron.data.formats import get_format
+from rlad_megatron.data.miniature.compact import chain_sum_solution, chain_sum_steps_ok
 from rlad_megatron.data.rewards import get_reward
 from rlad_megatron.data.tasks import PromptItem, reasoning_gym_items
 

@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from rlad_megatron.reproduce.spec import arm_label, build_jobs, parse_spec
-from rlad_megatron.train.recipe import load_recipe, rl_config
+from rlad_megatron.reproduce.recipe import load_recipe, rl_config
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -7,8 +7,9 @@ the wrong difficulty, or a correct K&K answer is scored wrong (or a wrong one ri
 
 import pytest
 
-from rlad_megatron.data.difficulty import level_config, structure_key
-from rlad_megatron.data.formats import get_format, knights_knaves_chain
+from rlad_megatron.data.miniature.levels import level_config, structure_key
+from rlad_megatron.data.formats import get_format
+from rlad_megatron.data.miniature.compact import knights_knaves_chain
 from rlad_megatron.data.rewards import get_reward
 from rlad_megatron.data.tasks import reasoning_gym_splits
 

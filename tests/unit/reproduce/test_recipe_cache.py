@@ -6,7 +6,7 @@ import yaml
 
 from rlad_megatron.models import checkpoint as mckpt
 from rlad_megatron.train.config import load_config, to_yaml
-from rlad_megatron.train.recipe import MARKER, stage_finished
+from rlad_megatron.reproduce.recipe import MARKER, stage_finished
 
 
 def _stage(tmp_path: Path, marker: dict, steps: int) -> Path:
@@ -56,7 +56,7 @@ def test_the_cache_key_does_not_depend_on_how_or_where_the_cache_path_is_written
 
 
 def test_a_stage_trained_again_says_why(tmp_path):
-    from rlad_megatron.train.recipe import _why_not_reused
+    from rlad_megatron.reproduce.recipe import _why_not_reused
 
     folder = _stage(tmp_path, yaml.safe_load(to_yaml(_in_cache(".cache/d"))), 7)
     why = _why_not_reused(folder, _in_cache(str(tmp_path), "optimizer.lr=3e-4"))
