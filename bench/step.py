@@ -101,7 +101,7 @@ def varied_lengths(student, teacher, prompts, cfg, restore, generate, Generation
     from rlad_megatron.data.micro_batches import fixed_plan, row_lengths, token_budget_plan
     from rlad_megatron.data.selection import select_teacher_tokens
     from rlad_megatron.models.forward import forward_logprobs
-    from rlad_megatron.train.algorithm_config import TRRDLossConfig
+    from rlad_megatron.config.algorithms import TRRDLossConfig
     from rlad_megatron.train.step import forward_backward, optimizer_step
 
     longest = cfg["varied_max"]
@@ -167,7 +167,7 @@ def main() -> None:
     from rlad_megatron.data.miniature.compact import chain_sum_solution
     from rlad_megatron.data.tokenizer_train import train_sentencepiece
     from rlad_megatron.rollout import GenerationConfig, generate
-    from rlad_megatron.train.config import load_config
+    from rlad_megatron.config.run import load_config
     from rlad_megatron.train.loop import rl_step
     from rlad_megatron.train.setup import setup
 

@@ -24,7 +24,7 @@ The shared setup (written by this process into a temporary folder):
              worst case, and measured within 2% of --engine static) -> reward -> advantages
              -> train/step.py
              forward_backward + optimizer_step on-policy (no old-log-prob pass: the loss reads
-             its own forward's detached log-probs, train/on_policy.py), i.e. the phases rl_step
+             its own forward's detached log-probs, config/on_policy.py), i.e. the phases rl_step
              runs at train.mini_batches=1, with micro-batches of 16 rows (8 and 64 were no
              faster)
   TRL side   GRPOTrainer (use_vllm False: transformers' generate inside the step), per-device
@@ -136,7 +136,7 @@ def build_ours(folder: Path, cfg: dict):
     from rlad_megatron.data.batch import TrainBatch
     from rlad_megatron.rollout import GenerationConfig, generate
     from rlad_megatron.runtime import ParallelConfig, init_distributed, init_parallel
-    from rlad_megatron.train.algorithm_config import GRPOLossConfig
+    from rlad_megatron.config.algorithms import GRPOLossConfig
     from rlad_megatron.train.step import forward_backward, optimizer_step
 
     init_distributed(timeout_s=600)
@@ -168,7 +168,7 @@ def build_ours(folder: Path, cfg: dict):
                                               rollout.response_lengths.tolist()))])
         adv, _ = ADVANTAGES["grpo"](rewards, rollout.group_ids)
         scored = time.perf_counter()
-        # on-policy (train/on_policy.py, what rl_step does at train.mini_batches=1): no
+        # on-policy (config/on_policy.py, what rl_step does at train.mini_batches=1): no
         # old-policy pass, the loss reads its own forward's detached log-probs
         old_done = time.perf_counter()
         batch = TrainBatch.from_rollout(rollout, rewards=rewards, advantages=adv,

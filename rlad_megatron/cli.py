@@ -44,14 +44,14 @@ def _train(args, algorithm=None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from rlad_megatron.runtime import print0
-    from rlad_megatron.train.config import load_config
+    from rlad_megatron.config.run import load_config
     from rlad_megatron.train.loop import train
 
     if args.help_config:
         import textwrap
 
         from rlad_megatron.data.tasks import task_names
-        from rlad_megatron.train.schema import format_schema
+        from rlad_megatron.config.schema import format_schema
 
         print(format_schema(), end="")
         names = task_names()
@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, algorithm, text in (("train", None, "train with the configured algorithm"),
                                   ("sft", "sft", "supervised training on gold solutions")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("config", nargs="?", help="YAML run config (train/config.py RunConfig)")
+        p.add_argument("config", nargs="?", help="YAML run config (config/run.py RunConfig)")
         p.add_argument("overrides", nargs="*", help="dotted key=value overrides")
         p.add_argument("--help-config", action="store_true",
                        help="print every config field: type, default, allowed values, doc")

@@ -1,13 +1,13 @@
 """The pure losses' options at the run config's defaults, for tests that call losses/*.py directly
 (the pure functions take every option as a required keyword): the options of the bound loss that
-the config section builds (train/algorithm_config.py), with `over` replacing some.
+the config section builds (config/algorithms.py), with `over` replacing some.
 
     trrd_loss(lp, old, teacher, adv, mask, **trrd_opts(alpha=0.3))
 """
 
 import dataclasses
 
-from rlad_megatron.train.algorithm_config import (GRPOLossConfig, KDRLLossConfig, SFTLossConfig,
+from rlad_megatron.config.algorithms import (GRPOLossConfig, KDRLLossConfig, SFTLossConfig,
                                                   TRRDLossConfig)
 
 

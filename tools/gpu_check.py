@@ -16,7 +16,7 @@ What CI cannot check on CPU, on one CUDA device, single process:
      TP=1, bf16 student and teacher, with megatron's local layer spec and, where it imports,
      transformer-engine's: rollout tokens per second, seconds per phase (mean over the steps
      after the first), the losses (finite?) and whether the on-policy path skipped the
-     old-log-prob pass (train/on_policy.py). Its run folders go under DIR/rl_<spec>/.
+     old-log-prob pass (config/on_policy.py). Its run folders go under DIR/rl_<spec>/.
 Writes DIR/gpu_check.json and prints `RESULT gpu_check ...` last. Without CUDA it exits 2
 saying so (CI never runs it). `--only rl` runs section 5 alone.
 """
@@ -83,7 +83,7 @@ def rl_loop(out: Path, local_spec: bool, *, dtype: str = "bf16", steps: int = RL
     from tiny_runs import char_tokenizer, tiny_overrides
 
     from rlad_megatron.models import config as mconfig
-    from rlad_megatron.train.config import load_config
+    from rlad_megatron.config.run import load_config
     from rlad_megatron.train.loop import train
 
     run_dir = out / f"rl_{'local' if local_spec else 'te'}"

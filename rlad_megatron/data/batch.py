@@ -101,7 +101,7 @@ class TrainBatch(RolloutBatch):
     rewards: Tensor                          # [b] fp32
     advantages: Tensor                       # [b] fp32
     old_logprobs: Tensor | None              # [b, s] fp32: student at rollout time; None: the
-                                             # update's own forward (train/on_policy.py)
+                                             # update's own forward (config/on_policy.py)
     teacher_logprobs: Tensor | None = None   # [b, s] fp32
     ref_logprobs: Tensor | None = None       # [b, s] fp32: reference model, for the KL term
     teacher_mask: Tensor | None = None       # [b, s] bool: 1 where the ratio is teacher-anchored

@@ -1,6 +1,9 @@
 """How a batch's rows are cut into micro-batches for a forward (and backward) pass.
 
-Two plans, both lists of (row indices, width):
+This module is the one owner of micro-batch planning: `plan_micro_batches` (the trainer's passes:
+fixed or token budgets, phases.micro_batches agrees the count over DP) and `resolve_plan` (a pass
+called with a plan or a micro-batch size: models/forward.py, train/step.py). Two plans, both lists
+of (row indices, width):
 
   fixed         consecutive rows, `train.micro_batch_size` per micro-batch, every micro-batch as
                 wide as the batch (padded to the step's longest sequence): the default.
@@ -27,6 +30,7 @@ a model-parallel group hold the same rows, hence the same plan.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -111,3 +115,28 @@ def _cuts(sorted_lengths: list[int], budget: int) -> list[tuple[int, int]]:
         runs.append((lo, min(hi, len(sorted_lengths))))
         lo = runs[-1][1]
     return runs
+
+
+def plan_micro_batches(lengths: Tensor, width: int, *, micro_batch_size: int,
+                       max_tokens: int = 0, min_micro_batches: int = 1,
+                       width_multiple: int = 1) -> MicroBatchPlan:
+    """The micro-batches of rows with `lengths` [b] real tokens in a [b, width] batch: fixed
+    (micro_batch_size consecutive rows at full width) when max_tokens is 0, else token budgets of
+    max_tokens padded tokens, at least min_micro_batches of them (the DP ranks' agreed count),
+    widths a multiple of width_multiple."""
+    if not max_tokens:
+        return fixed_plan(len(lengths), width, micro_batch_size)
+    return token_budget_plan(lengths, max_tokens, min_micro_batches=min_micro_batches,
+                             width_multiple=width_multiple)
+
+
+def resolve_plan(batch_size: int, width: int, micro_batch_size: Optional[int],
+                 plan: Optional[MicroBatchPlan]) -> MicroBatchPlan:
+    """`plan`, or consecutive micro_batch_size-row micro-batches at full width, which must divide
+    the batch (a pipeline's shapes are fixed)."""
+    if plan is not None:
+        return plan
+    if micro_batch_size is None or micro_batch_size < 1 or batch_size % micro_batch_size:
+        raise ValueError(f"micro_batch_size: {micro_batch_size} does not divide the batch of "
+                         f"{batch_size} rows (pipeline shapes are fixed)")
+    return fixed_plan(batch_size, width, micro_batch_size)

@@ -37,7 +37,7 @@ class Selection:
     teacher_mask: Tensor   # [b, s] bool: 1 where the token's ratio is anchored to the teacher
     token_gap: Tensor | None      # [b, s] fp32: lp_T - lp_old, 0 where loss_mask == 0
     seq_alignment: Tensor | None  # [b] fp32: mean of token_gap over the sequence's loss tokens
-                                  # (both None without lp_old: train/on_policy.py)
+                                  # (both None without lp_old: config/on_policy.py)
     seq_advantage: Tensor  # [b] fp32
     seq_selected: Tensor   # [b] bool: the policy's gate
     selected_frac: float   # teacher_mask mean over loss tokens (NaN without loss tokens)
@@ -80,7 +80,7 @@ def select_teacher_tokens(advantages: Tensor, old_logprobs: Tensor | None,
                           tau_adv: float = 0.0, tau_align: float = 0.0) -> Selection:
     """advantages [b] or [b, s], old_logprobs lp_old and teacher_logprobs lp_T [b, s] fp32,
     loss_mask [b, s] -> Selection (see the module docstring for the policies). old_logprobs None
-    (the on-policy update, train/on_policy.py): only the policies that do not read the alignment
+    (the on-policy update, config/on_policy.py): only the policies that do not read the alignment
     (paper, advantage); the gap statistics are then None."""
     if policy not in SELECTION_POLICIES:
         raise ValueError(f"unknown selection policy {policy!r}; known: "

@@ -118,13 +118,13 @@ class Workload:
     """teacher.stream_window: teacher layers resident at once when streamed."""
     old_logprobs_pass: bool = True
     """The step runs the old-policy pass (False: the on-policy update reads its own forward's
-    log-probs, train.old_logprobs and train/on_policy.py)."""
+    log-probs, train.old_logprobs and config/on_policy.py)."""
 
     @classmethod
     def from_run_config(cls, cfg, **explicit) -> "Workload":
-        """The workload of a run config (train/config.py RunConfig; its prompt length is not in
+        """The workload of a run config (config/run.py RunConfig; its prompt length is not in
         it), with `explicit` fields winning: the one place the planner reads a run config."""
-        from rlad_megatron.train.on_policy import reuses_update_forward
+        from rlad_megatron.config.on_policy import reuses_update_forward
 
         r, t = cfg.rollout, cfg.train
         return cls(**{**dict(

@@ -41,7 +41,7 @@ import typing
 from pathlib import Path
 from typing import Optional, Sequence
 
-from rlad_megatron.train.config import RunConfig, resolve_run_config
+from rlad_megatron.config.run import RunConfig, resolve_run_config
 
 RECIPES = {"qwen3_8b_to_1_7b": "qwen3_8b_to_1.7b.yaml", "qwen3_32b_to_8b": "qwen3_32b_to_8b.yaml",
            "llama31_405b_to_8b": "llama31_405b_to_8b.yaml",
@@ -104,7 +104,7 @@ def from_yaml(path: str, overrides: Sequence[str] = ()):
     """run.Partial(rlad_train, cfg=...) from any run config YAML (+ dotted overrides)."""
     import nemo_run as run
 
-    from rlad_megatron.train.config import load_config
+    from rlad_megatron.config.run import load_config
 
     return run.Partial(rlad_train, cfg=as_config_tree(load_config(str(path), list(overrides))))
 

@@ -170,7 +170,7 @@ def build_request(*, nodes: int, gpus_per_node: int, gpu_memory_gib: float = 80.
     workload = {k: v for k, v in workload.items() if v is not None}
     vpp = None
     if config is not None or overrides:
-        from rlad_megatron.train.config import load_config
+        from rlad_megatron.config.run import load_config
 
         is_path = config is None or isinstance(config, (str, Path))
         cfg = load_config(config, list(overrides)) if is_path else config

@@ -11,7 +11,7 @@ import dataclasses
 
 import nemo_run as run
 
-from rlad_megatron.train.config import resolve_run_config
+from rlad_megatron.config.run import resolve_run_config
 
 
 @dataclasses.dataclass(kw_only=True)

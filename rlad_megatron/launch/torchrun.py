@@ -10,7 +10,7 @@ TORCHELASTIC_SIGNALS_TO_HANDLE. A scheduler or script that reads that exit statu
 clean preemption as a failure. This launcher
 
   * starts torchrun in its own session, with SIGUSR1 added to the signals its agent forwards and
-    $RLAD_PREEMPTION_MARKER naming a fresh file (train/preemption.py MARKER_ENV);
+    $RLAD_PREEMPTION_MARKER naming a fresh file (bookkeeping/preemption.py MARKER_ENV);
   * forwards the first SIGTERM, SIGUSR1 or SIGINT it receives to torchrun once (torchrun passes
     it to every worker; a repeated signal would abort the agent's graceful shutdown, so repeats
     are only reported);
@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
-from rlad_megatron.train.preemption import MARKER_ENV
+from rlad_megatron.bookkeeping.preemption import MARKER_ENV
 
 FORWARDED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 AGENT_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"

@@ -1,7 +1,7 @@
 """Pure per-token losses (TRRD and baselines): tensors in, (loss, metrics) out.
 
 Every pure loss takes [b, s] fp32 log-probs, its tensor inputs, keyword-only hyperparameters with
-no defaults (the run config's sections hold them, train/algorithm_config.py), and follows the
+no defaults (the run config's sections hold them, config/algorithms.py), and follows the
 aggregation contract of losses/aggregate.py and the metrics contract of losses/metrics.py. The
 trainer calls them bound to their options (losses/bound.py: TRRDLoss, GRPOLoss, KDRLLoss, SFTLoss,
 JointLoss), with a LossInputs record and the global Normalisers (losses/inputs.py).

@@ -1,6 +1,6 @@
 """Losses bound to their options: what the trainer calls.
 
-A section of the run configuration (train/algorithm_config.py) builds one for each step with
+A section of the run configuration (config/algorithms.py) builds one for each step with
 `build(step)`: a frozen record holding the loss's options as typed fields, called as
 
     value, metrics = loss(logprobs, inputs, norms)

@@ -81,7 +81,7 @@ def joint_loss(logprobs: Tensor, old_logprobs: Tensor, teacher_logprobs: Tensor 
     teacher rows' response tokens). Options: distill "ratio" | "nll", weight (lambda),
     importance_cap, and the RL loss's own agg, alpha (1 for GRPO), eps_low, eps_high,
     teacher_logratio_clamp and clamp_grad, which the "ratio" term reuses (module docstring);
-    imitation.* and loss.<rl> hold their defaults and ranges (train/algorithm_config.py).
+    imitation.* and loss.<rl> hold their defaults and ranges (config/algorithms.py).
     Normalisers: distill_num_seqs / distill_num_tokens over distill_mask (None -> this call's).
     Metrics: the RL loss's, plus loss/joint, joint/rl_term, joint/distill_term, distill/*.
     """

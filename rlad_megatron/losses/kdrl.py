@@ -39,7 +39,7 @@ def kdrl_loss(logprobs: Tensor, old_logprobs: Tensor, teacher_logprobs: Tensor,
     tokens (losses/kl.py; loss.kdrl's default is "k2", as in KDRL); it ignores the advantage.
     Tokens with teacher_mask == 0 get no KL term (they still count in the normalisers). beta >= 0
     is a scalar: loss.kdrl builds it with kdrl_beta(step, ...), the annealed schedule. Options
-    and their ranges are loss.kdrl's (train/algorithm_config.py).
+    and their ranges are loss.kdrl's (config/algorithms.py).
     Inputs: logprobs lp [b, s] fp32 (with grad), old_logprobs, teacher_logprobs lp_T [b, s] fp32,
     advantages A [b] or [b, s], loss_mask, teacher_mask [b, s] bool/0-1 or None (all 1).
     Aggregation contract as in trrd_loss: SUM contribution / GLOBAL num_seqs or num_tokens.

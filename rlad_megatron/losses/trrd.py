@@ -88,7 +88,7 @@ def clipped_surrogate_loss(ratio: Tensor, advantages: Tensor, *, eps_low: float,
 def _check_args(*, clamp_grad: str, agg: str, kl_estimator: str, kl_beta: float,
                 ref_logprobs: Tensor | None) -> None:
     """The named choices (registry lookups) and the inputs the options need; the numeric ranges
-    of the options are the config's (train/algorithm_config.py `validate`)."""
+    of the options are the config's (config/algorithms.py `validate`)."""
     if clamp_grad not in CLAMP_GRAD:
         raise ValueError(f"unknown clamp_grad {clamp_grad!r}; known: {sorted(CLAMP_GRAD)}")
     if kl_beta != 0.0 and ref_logprobs is None:
@@ -169,7 +169,7 @@ def trrd_loss(logprobs: Tensor, old_logprobs: Tensor, teacher_logprobs: Tensor,
         teacher_logprobs lp_T [b, s] fp32, advantages A [b] or [b, s], loss_mask [b, s] bool/0-1,
         teacher_mask [b, s] bool/0-1 or None (all 1): where 0 the token uses the GRPO ratio,
         ref_logprobs [b, s] fp32 or None (needed when kl_beta != 0; KL metric when given).
-    Options (no defaults here: loss.trrd in train/algorithm_config.py holds them and their
+    Options (no defaults here: loss.trrd in config/algorithms.py holds them and their
     ranges): clamp_grad "detach" (torch.clamp: no gradient through the teacher term outside
     [-c, c]) or "straight_through" (clamped value, unclamped gradient); dual_clip c > 1 bounds the
     A < 0 loss by -c*A; kl_estimator "k1" | "k2" | "k3" (losses/kl.py).

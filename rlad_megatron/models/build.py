@@ -61,7 +61,7 @@ class OptimizerSettings:
     """Clip the global gradient norm at this (0: off)."""
     distributed: bool = False
     """megatron's DistributedOptimizer (ZeRO-1). Its state does not checkpoint on CPU without
-    transformer-engine/apex in megatron-core 0.16.1, so train/validate.py refuses it when CUDA
+    transformer-engine/apex in megatron-core 0.16.1, so config/validate.py refuses it when CUDA
     is not available."""
 
 

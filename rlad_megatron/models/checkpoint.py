@@ -9,7 +9,7 @@ Layout (Megatron-LM's, so Megatron tools and users find their way):
 
 The model's tensors sit under "model" (one chunk) or "model0", "model1", ... (virtual pipeline
 chunks), as in Megatron-LM; their sharded keys are global, so a checkpoint loads at any TP, PP or
-VPP. Other state (optimizer, scheduler, RNG, data position) is added by train/checkpoint.py.
+VPP. Other state (optimizer, scheduler, RNG, data position) is added by bookkeeping/checkpoint.py.
 
 Atomicity: every rank writes into ROOT/.tmp_iter_XXXXXXX; after a barrier rank 0 renames it to
 iter_XXXXXXX and only then replaces the pointer (write + os.replace). A crash at any moment
@@ -20,8 +20,8 @@ Verification: before the rename rank 0 writes rlad_manifest.json, every file of 
 its size and its sha256 (models/checkpoint_files.py). `verify(folder)` names the first missing,
 truncated, grown or corrupted file, so a checkpoint that
 a full disk, a killed copy or a bad sync left incomplete is found before anything loads it
-(train/checkpoint.py then falls back to the newest iteration that verifies). Iterations written
-before manifests existed verify as far as their files are present.
+(bookkeeping/checkpoint.py then falls back to the newest iteration that verifies). Iterations
+written before manifests existed verify as far as their files are present.
 """
 
 from __future__ import annotations

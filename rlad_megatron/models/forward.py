@@ -23,7 +23,7 @@ import torch
 
 from rlad_megatron import ops
 from rlad_megatron.data.batch import fit_columns
-from rlad_megatron.data.micro_batches import MicroBatchPlan, fixed_plan
+from rlad_megatron.data.micro_batches import MicroBatchPlan, resolve_plan
 from rlad_megatron.models.build import BuiltModel
 from rlad_megatron.runtime import mcore_compat
 from rlad_megatron.runtime.cpu_shims import cuda_to_cpu
@@ -75,18 +75,6 @@ def split_micro_batches(tokens: torch.Tensor, micro_batch_size: int) -> list[Mic
         raise ValueError(f"micro_batch_size: {micro_batch_size} does not divide the batch size {b}")
     return [MicroBatch.from_tokens(tokens[i:i + micro_batch_size], i // micro_batch_size)
             for i in range(0, b, micro_batch_size)]
-
-
-def resolve_plan(tokens: torch.Tensor, micro_batch_size: Optional[int],
-                 plan: Optional[MicroBatchPlan]) -> MicroBatchPlan:
-    """`plan`, or consecutive micro_batch_size-row micro-batches at full width (which must divide
-    the batch: fixed pipeline shapes)."""
-    if plan is not None:
-        return plan
-    b, s = tokens.shape
-    if micro_batch_size is None or micro_batch_size < 1 or b % micro_batch_size:
-        raise ValueError(f"micro_batch_size: {micro_batch_size} does not divide the batch size {b}")
-    return fixed_plan(b, s, micro_batch_size)
 
 
 def planned_micro_batches(tokens: torch.Tensor, plan: MicroBatchPlan) -> list[MicroBatch]:
@@ -166,7 +154,7 @@ def forward_logprobs(model: BuiltModel, tokens: torch.Tensor, *,
     side CUDA stream); a caller that wants it there copies it once."""
     par = model.par
     vocab = model.spec.vocab_size
-    plan = resolve_plan(tokens, micro_batch_size, plan)
+    plan = resolve_plan(*tokens.shape, micro_batch_size, plan)
     micro_batches = planned_micro_batches(tokens, plan)
 
     def forward_step(chunk, mbatch: MicroBatch):

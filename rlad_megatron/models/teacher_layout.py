@@ -34,7 +34,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from rlad_megatron.data.micro_batches import MicroBatchPlan, fixed_plan, token_budget_plan
+from rlad_megatron.data.micro_batches import MicroBatchPlan, plan_micro_batches
 from rlad_megatron.models.build import BuiltModel
 from rlad_megatron.models.forward import forward_logprobs
 from rlad_megatron.models.teacher_stream import StreamedTeacher, streamed_logprobs
@@ -75,13 +75,6 @@ def _gather_rows(student: Parallel, tokens: torch.Tensor, widths: torch.Tensor):
     return all_rows[:, :s_max], all_rows[:, s_max].cpu(), counts.cumsum(0)
 
 
-def _teacher_plan(widths: torch.Tensor, s: int, *, micro_batch_size: int,
-                  max_tokens: int) -> MicroBatchPlan:
-    if max_tokens:
-        return token_budget_plan(widths, max_tokens)
-    return fixed_plan(len(widths), s, micro_batch_size)
-
-
 def layout_logprobs(teacher: BuiltModel, student: Parallel, tokens: torch.Tensor, *,
                     plan: Optional[MicroBatchPlan] = None, micro_batch_size: int,
                     max_tokens: int = 0, temperature: float = 1.0,
@@ -100,8 +93,8 @@ def layout_logprobs(teacher: BuiltModel, student: Parallel, tokens: torch.Tensor
     n = total // tpar.dp
     lo = tpar.dp_rank * n
     mine = all_tokens[lo:lo + n]
-    plan = _teacher_plan(all_widths[lo:lo + n], s_max, micro_batch_size=micro_batch_size,
-                         max_tokens=max_tokens)
+    plan = plan_micro_batches(all_widths[lo:lo + n], s_max, micro_batch_size=micro_batch_size,
+                              max_tokens=max_tokens)
     if isinstance(teacher, StreamedTeacher):  # teacher.offload=stream: layer-major, same numbers
         lp = streamed_logprobs(teacher, mine, plan=plan, temperature=temperature,
                                chunk_size=chunk_size)

@@ -51,9 +51,8 @@ import torch.distributed as dist
 
 from rlad_megatron import ops
 from rlad_megatron.models.build import Teacher
-from rlad_megatron.data.micro_batches import MicroBatchPlan
-from rlad_megatron.models.forward import (align_to_tokens, planned_micro_batches, resolve_plan,
-                                         scatter_rows)
+from rlad_megatron.data.micro_batches import MicroBatchPlan, resolve_plan
+from rlad_megatron.models.forward import align_to_tokens, planned_micro_batches, scatter_rows
 from rlad_megatron.runtime import mcore_compat
 from rlad_megatron.runtime.devices import compute_device
 
@@ -250,7 +249,7 @@ def streamed_logprobs(teacher: StreamedTeacher, tokens: torch.Tensor, *,
 
     tokens: [b, s] int64 global ids, identical on every rank of the model-parallel group."""
     par = teacher.par
-    plan = resolve_plan(tokens, micro_batch_size, plan)
+    plan = resolve_plan(*tokens.shape, micro_batch_size, plan)
     micro_batches = planned_micro_batches(tokens, plan)
     seq = max(plan.widths)
     device = compute_device()

@@ -25,7 +25,7 @@ from pathlib import Path
 from rlad_megatron.reproduce.spec import Job, ReproduceSpec, alpha_arm, arm_label
 from rlad_megatron.reproduce.stats import (eval_se, mean_ci, paired_difference, paired_eval_se,
                                            pooled_se, prompt_means)
-from rlad_megatron.train.metrics import read_metrics
+from rlad_megatron.bookkeeping.metrics import read_metrics
 
 PHASES = ("rollout", "reward", "old_logprobs", "teacher_logprobs", "update", "step")
 

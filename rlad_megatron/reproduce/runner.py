@@ -34,12 +34,12 @@ from pathlib import Path
 
 from rlad_megatron.reproduce.results import collect, write_results
 from rlad_megatron.reproduce.spec import Job, build_jobs, parse_spec
-from rlad_megatron.train.active import reset_inactive
-from rlad_megatron.train.config import RunConfig, same_config
-from rlad_megatron.train.validate import validate_run_config
+from rlad_megatron.config.active import reset_inactive
+from rlad_megatron.config.run import RunConfig, same_config
+from rlad_megatron.config.validate import validate_run_config
 from rlad_megatron.reproduce.recipe import (PREP_STAGES, load_recipe, owned_or_absent, rl_config,
                                         stage_configs)
-from rlad_megatron.train.timers import progress
+from rlad_megatron.bookkeeping.timers import progress
 
 MARKER = ".rlad_reproduce"
 
@@ -84,9 +84,9 @@ def claim(run_dir: Path) -> None:
 
 def job_state(job: Job) -> str:
     """'done' (reusable), 'resume' (same config, unfinished) or 'new'. The saved config is read
-    back through the schema (train/config.py same_config), so a field added to RunConfig since,
+    back through the schema (config/run.py same_config), so a field added to RunConfig since,
     at its default, does not make a finished run "new"; nor does an option the arm does not use
-    (train/active.py: a run saved before such options were reset to their defaults)."""
+    (config/active.py: a run saved before such options were reset to their defaults)."""
     same = same_config(job.run_dir.with_suffix(".yaml"), job.cfg, view=reset_inactive)
     if same and (job.run_dir / "summary.json").exists():
         return "done"

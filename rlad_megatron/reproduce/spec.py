@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlad_megatron.train.active import reset_inactive
-from rlad_megatron.train.config import ALGORITHMS, RunConfig, merge_config, to_yaml
+from rlad_megatron.config.active import reset_inactive
+from rlad_megatron.config.run import ALGORITHMS, RunConfig, merge_config, to_yaml
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _KEYS = {"seeds", "baseline", "jobs", "procs", "prepare_procs", "arms", "alphas", "validation",
@@ -156,7 +156,7 @@ def build_jobs(spec: ReproduceSpec, rl: RunConfig, run_dir: Path,
                where: str = "reproduce") -> list[Job]:
     """One Job per (arm, seed): the rl stage + the arm's overrides + seed, eval split and
     run_dir. The rl stage is shared by arms of different algorithms: the options of its sections
-    an arm does not use (loss.kdrl.* in a grpo arm, train/active.py) are reset to their defaults,
+    an arm does not use (loss.kdrl.* in a grpo arm, config/active.py) are reset to their defaults,
     unless the arm sets them itself (then validation refuses them)."""
     jobs = []
     for arm in spec.arm_names:

@@ -14,7 +14,7 @@ and this machine:
   * Pipeline stages need nothing: attention subtracts its stage's layer offset before it
     indexes the context (Attention._get_pp_layer_offset_for_inference), so a context made for
     one stage's layers serves them. Virtual pipeline stages are not supported by megatron's
-    dynamic inference (that method asserts it), and refused in train/validate.py.
+    dynamic inference (that method asserts it), and refused in config/validate.py.
 
 The paged attention (`paged_attention`): queries are the step's packed tokens [T, 1, h, d]
 (one per row in a decode-only step), keys and values megatron's blocks [n_blocks, block, g, d]

@@ -1,5 +1,5 @@
 """Evaluation at the paper's protocol: k samples per prompt at temperature 0.6 and top-p 0.95
-(eval.* in train/config.py; greedy stays an option with temperature 0 and k 1).
+(eval.* in config/run.py; greedy stays an option with temperature 0 and k 1).
 
     mean@k      mean over prompts and k samples of the reward (1.0 = correct)   eval/accuracy
     pass@k      fraction of prompts with at least one correct sample among k   eval/pass_at_k

@@ -7,7 +7,7 @@
         rewards   <- verifiable reward of each sample          data/rewards.py
         A         <- GRPO group normalisation                  data/advantages.py
         lp_old    <- student forward-only pass                 models/forward.py
-                     [or the update's own forward, on-policy   train/on_policy.py]
+                     [or the update's own forward, on-policy   config/on_policy.py]
        [lp_ref    <- student pass with pi_ref swapped in       models/reference.py, kl_beta > 0]
         lp_T      <- teacher forward-only pass (fused)         models/forward.py
         mask_T    <- selective imitation                       data/selection.py
@@ -16,7 +16,7 @@
                      [+ lambda * distillation on selected teacher rows: losses/joint.py]
         log, checkpoint, preemption check
 
-`algorithm` picks the loss (train/config.py ALGORITHMS) and, for sft / sft_distill, the
+`algorithm` picks the loss (config/run.py ALGORITHMS) and, for sft / sft_distill, the
 supervised data path (gold solutions / rejection-sampled teacher traces). Evaluation on the
 held-out split runs before training, every eval.every steps, and at the end.
 """
@@ -36,17 +36,17 @@ from typing import Optional
 from rlad_megatron.data.batch import TrainBatch
 from rlad_megatron.runtime import print0
 from rlad_megatron.train import phases
-from rlad_megatron.train.checkpoint import save_train_checkpoint
-from rlad_megatron.train.config import RunConfig
+from rlad_megatron.bookkeeping.checkpoint import save_train_checkpoint
+from rlad_megatron.config.run import RunConfig
 from rlad_megatron.train.evaluate import eval_items, evaluate, write_eval_records
-from rlad_megatron.train.on_policy import reuses_update_forward
-from rlad_megatron.train.plots import plot_run
-from rlad_megatron.train.preemption import PreemptionHandler, write_preemption_marker
+from rlad_megatron.config.on_policy import reuses_update_forward
+from rlad_megatron.bookkeeping.plots import plot_run
+from rlad_megatron.bookkeeping.preemption import PreemptionHandler, write_preemption_marker
 from rlad_megatron.train.rl_metrics import rl_step_metrics
 from rlad_megatron.train.setup import Run, setup
 from rlad_megatron.train.sft_data import sft_batch
 from rlad_megatron.train.teacher_scoring import teacher_guard
-from rlad_megatron.train.timers import memory_stats, progress, throughput
+from rlad_megatron.bookkeeping.timers import memory_stats, progress, throughput
 
 log = logging.getLogger("rlad_megatron.train")
 
@@ -75,7 +75,7 @@ def rl_step(run: Run, step: int) -> StepResult:
     plan = phases.micro_batches(run, rollout)  # the log-prob passes' micro-batches
     frac = phases.useful_token_frac(run, [(plan, rollout)])
     passes["throughput/useful_token_frac_logprobs"] = frac
-    old = None  # on-policy: the update's own forward gives lp_old (train/on_policy.py)
+    old = None  # on-policy: the update's own forward gives lp_old (config/on_policy.py)
     if not reuses_update_forward(cfg):
         with timer.phase("old_logprobs"):
             old = phases.logprobs(run, run.student, rollout.tokens, fused=False, plan=plan)

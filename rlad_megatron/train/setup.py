@@ -3,7 +3,7 @@ processes and parallel state, tokenizer(s), student and teacher, LR schedule, pr
 logging, and the resume point. Each part is one function; the loop (train/loop.py) only uses the
 resulting `Run`.
 
-Every user error is raised here, before any work: bad config values (train/validate.py
+Every user error is raised here, before any work: bad config values (config/validate.py
 validate_run_config), missing files, tokenizers that disagree, layouts that cannot hold the models
 (models/config.py).
 """
@@ -35,15 +35,15 @@ from rlad_megatron.models.teacher_stream import stream_teacher
 from rlad_megatron.runtime import (DistEnv, Parallel, agree_or_raise, init_distributed,
                                    init_parallel, print0)
 from rlad_megatron.runtime.teacher_parallel import init_teacher_parallel
-from rlad_megatron.train import checkpoint as tckpt
+from rlad_megatron.bookkeeping import checkpoint as tckpt
 from rlad_megatron.models.reference import ReferenceWeights
-from rlad_megatron.train.config import ModelConfig, RunConfig, to_yaml
-from rlad_megatron.train.metrics import open_metrics
-from rlad_megatron.train.reward_watch import RewardWatch
-from rlad_megatron.train.run_lock import RunLocks
+from rlad_megatron.config.run import ModelConfig, RunConfig, to_yaml
+from rlad_megatron.bookkeeping.metrics import open_metrics
+from rlad_megatron.bookkeeping.reward_watch import RewardWatch
+from rlad_megatron.bookkeeping.run_lock import RunLocks
 from rlad_megatron.train.teacher_scoring import teacher_scorer
-from rlad_megatron.train.timers import PhaseTimer
-from rlad_megatron.train.validate import validate_run_config
+from rlad_megatron.bookkeeping.timers import PhaseTimer
+from rlad_megatron.config.validate import validate_run_config
 
 log = logging.getLogger("rlad_megatron.setup")
 

@@ -18,7 +18,7 @@ rows; the schedule does not divide, DDP sums over DP, and finalize_model_grads d
 gradients by sum(r_local) = R. The gradient is therefore exactly that of the whole-batch loss,
 whatever normalisers the loss uses inside (R is never 0, unlike a loss-token count).
 
-The loss is a bound loss (losses/bound.py; train/config.py RunConfig.loss_for builds it from the
+The loss is a bound loss (losses/bound.py; config/run.py RunConfig.loss_for builds it from the
 run's config). It reads `logprobs`, computed here, a typed LossInputs record (losses/inputs.py)
 filled field by field from the micro-batch's TrainBatch, and the Normalisers it names; a batch
 without an input the loss needs is refused with the field's name. Metrics are the losses'
@@ -36,8 +36,8 @@ import torch.distributed as dist
 
 from rlad_megatron import ops
 from rlad_megatron.data.batch import TrainBatch
-from rlad_megatron.data.micro_batches import (MicroBatchPlan, fixed_plan, token_budget_count,
-                                              token_budget_plan)
+from rlad_megatron.data.micro_batches import (MicroBatchPlan, plan_micro_batches, resolve_plan,
+                                              token_budget_count)
 from rlad_megatron.losses import (NORMALISERS, Loss, LossInputs, Normalisers, finalize,
                                   global_normalizers, merge, reduce_op)
 from rlad_megatron.models.build import Student
@@ -67,25 +67,19 @@ def _local_counts(loss: Loss, batch: TrainBatch) -> dict[str, torch.Tensor]:
 
 def micro_batch_plan(par: Parallel, lengths: torch.Tensor, width: int, *, micro_batch_size: int,
                      max_tokens: int = 0) -> MicroBatchPlan:
-    """This rank's micro-batches of rows with `lengths` [b] real tokens in a [b, width] batch:
-    fixed (micro_batch_size consecutive rows at full width) when max_tokens is 0, else token
-    budgets (data/micro_batches.py) with as many micro-batches on every DP rank (the largest count
-    of any rank; one all-reduce), widths a multiple of TP under sequence parallelism.
-
-    Not with an interleaved pipeline: megatron's interleaved schedule exchanges a forward and a
-    backward tensor with the same peer when parallel.pipeline = 2, and its shape exchange for
-    variable_seq_lengths (p2p_communication._communicate_shapes, megatron-core 0.16.1) posts both
-    in one order on both ranks, so the shapes cross and the run aborts (measured here)."""
-    if not max_tokens:
-        return fixed_plan(len(lengths), width, micro_batch_size)
-    if par.vpp:
-        raise ValueError("train.max_tokens_per_micro_batch is not supported with "
-                         "parallel.virtual_pipeline (megatron's shape exchange for micro-batches "
-                         "of different shapes, see train/step.py micro_batch_plan)")
-    count = torch.tensor([token_budget_count(lengths, max_tokens)], dtype=torch.int64)
-    devices.all_reduce(count, op=dist.ReduceOp.MAX, group=par.dp_group)
-    return token_budget_plan(lengths, max_tokens, min_micro_batches=int(count.item()),
-                             width_multiple=par.tp if par.sequence_parallel else 1)
+    """data/micro_batches.py plan_micro_batches with, for token budgets, as many micro-batches on
+    every DP rank (the largest count of any rank; one all-reduce) and widths a multiple of TP
+    under sequence parallelism. (Token budgets with an interleaved pipeline are refused in
+    validation: megatron's interleaved schedule exchanges micro-batches of different shapes out
+    of order, config/validate.py `_token_budget`.)"""
+    agreed = 1
+    if max_tokens:
+        count = torch.tensor([token_budget_count(lengths, max_tokens)], dtype=torch.int64)
+        devices.all_reduce(count, op=dist.ReduceOp.MAX, group=par.dp_group)
+        agreed = int(count.item())
+    return plan_micro_batches(lengths, width, micro_batch_size=micro_batch_size,
+                              max_tokens=max_tokens, min_micro_batches=agreed,
+                              width_multiple=par.tp if par.sequence_parallel else 1)
 
 
 def _entropy_sum(logits: torch.Tensor, loss_mask: torch.Tensor, tp_group, *, temperature: float,
@@ -119,17 +113,13 @@ def forward_backward(student: Student, batch: TrainBatch, loss: Loss, *,
                      micro_batch_size: Optional[int] = None, plan: Optional[MicroBatchPlan] = None,
                      temperature: float = 1.0) -> dict[str, float]:
     """Gradients of the loss over `batch` (this DP rank's rows) into the student's grad buffers.
-    batch.old_logprobs None: the on-policy update (train/on_policy.py), whose loss reads the
+    batch.old_logprobs None: the on-policy update (config/on_policy.py), whose loss reads the
     detached log-probs of this forward as lp_old.
     Micro-batches: `plan` (data/micro_batches.py; e.g. token budgets), or micro_batch_size
     consecutive rows at full width. Returns the finalised metrics of the whole (all DP ranks)
     batch, on every rank."""
     par = student.par
-    if plan is None:
-        if not micro_batch_size or batch.batch_size % micro_batch_size:
-            raise ValueError(f"micro_batch_size: {micro_batch_size} does not divide the per-rank "
-                             f"batch of {batch.batch_size} sequences (pipeline shapes are fixed)")
-        plan = fixed_plan(batch.batch_size, batch.seq_len, micro_batch_size)
+    plan = resolve_plan(batch.batch_size, batch.seq_len, micro_batch_size, plan)
     local = _local_counts(loss, batch)
     totals = devices.all_reduce(torch.stack(list(local.values())), group=par.dp_group)
     counts = dict(zip(local, totals))
@@ -150,7 +140,7 @@ def forward_backward(student: Student, batch: TrainBatch, loss: Loss, *,
             lp = align_to_tokens(ops.token_logprobs(logits, mb.labels, par.tp_group,
                                                     temperature=temperature, vocab_size=vocab))
             record = LossInputs.from_record(part)
-            if record.old_logprobs is None:  # on-policy (train/on_policy.py): pi_old is this
+            if record.old_logprobs is None:  # on-policy (config/on_policy.py): pi_old is this
                 record = dataclasses.replace(record, old_logprobs=lp.detach())  # very forward
             record.require(loss.needs, loss.name)
             value, stats = loss(lp, record.to(logits.device), norms)

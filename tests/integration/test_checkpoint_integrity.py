@@ -8,7 +8,7 @@
 * item 10: a full disk is named "no space left on device" with the folder (a 1 MiB tmpfs in a
   user+mount namespace; skipped where unshare cannot make one).
 A failure names the item: the manifest (models/checkpoint_files.py), the lock
-(train/run_lock.py RunLocks) or the save (models/checkpoint.py)."""
+(bookkeeping/run_lock.py RunLocks) or the save (models/checkpoint.py)."""
 
 import shutil
 import subprocess

@@ -4,9 +4,9 @@
   printed a traceback and lost the work since the last save);
 * SIGINT to `rlad reproduce` ends it with one line saying how to resume, exit 130, no
   KeyboardInterrupt traceback;
-* a kill -9 of the torchrun launcher: its worker notices (train/preemption.py LauncherWatch),
+* a kill -9 of the torchrun launcher: its worker notices (bookkeeping/preemption.py LauncherWatch),
   checkpoints and exits instead of training on as an orphan.
-A failure points at train/preemption.py (signals, the watch) or cli.py (reproduce's exit)."""
+A failure points at bookkeeping/preemption.py (signals, the watch) or cli.py (reproduce's exit)."""
 
 import os
 import signal

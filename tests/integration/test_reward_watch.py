@@ -1,14 +1,14 @@
 """Issue 26: a run whose rewards are all 0 trains nothing (every advantage, loss and gradient
 is 0) and nothing said so. A real `rlad train` of a random tiny student on the step-checked
 chain_sum reward (which it never earns) warns once, naming the likely causes; the count is
-train/reward_watch.py RewardWatch."""
+bookkeeping/reward_watch.py RewardWatch."""
 
 import json
 
 from test_run_faults import _run
 
-from rlad_megatron.train.reward_watch import REWARD_ALARM_STEPS, RewardWatch
-from rlad_megatron.train.config import RunConfig
+from rlad_megatron.bookkeeping.reward_watch import REWARD_ALARM_STEPS, RewardWatch
+from rlad_megatron.config.run import RunConfig
 
 
 def test_a_run_without_any_reward_warns_with_the_likely_cause(tmp_path):

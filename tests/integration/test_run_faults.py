@@ -6,7 +6,7 @@
   checkpoint.fallback (the default), the run resumes from the newest iteration that verifies;
 * once a preemption signal arrives, the checkpoint comes before a scheduled evaluation,
   which runs after the resume instead.
-A failure names the part: the lock (train/run_lock.py), the manifest (models/checkpoint.py
+A failure names the part: the lock (bookkeeping/run_lock.py), the manifest (models/checkpoint.py
 verify), or the loop's order (train/loop.py)."""
 
 import json

@@ -3,7 +3,7 @@ runs `rlad train` on 2 ranks (TP=2); SIGTERM (a scancel or node drain) and SIGUS
 `--signal` warning) sent to the launcher make every rank finish its step, save, and the launcher
 exit 0 naming the step, where torchrun itself exits 1 with a traceback (SIGTERM) or dies of the
 signal (SIGUSR1). The checkpoint is then resumed. A failure points at launch/torchrun.py (exit
-status, forwarding) or at train/preemption.py write_preemption_marker."""
+status, forwarding) or at bookkeeping/preemption.py write_preemption_marker."""
 
 import json
 import os

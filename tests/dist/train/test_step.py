@@ -18,7 +18,7 @@ from reference_llama import random_hf_weights, token_logprobs_and_entropy
 from rlad_megatron.data.batch import TrainBatch
 from rlad_megatron.losses import LossInputs, Normalisers
 from rlad_megatron.models.build import OptimizerSettings, build_student
-from rlad_megatron.train.algorithm_config import (GRPOLossConfig, ImitationConfig,
+from rlad_megatron.config.algorithms import (GRPOLossConfig, ImitationConfig,
                                                   KDRLLossConfig, SFTLossConfig, TRRDLossConfig)
 from rlad_megatron.train.step import forward_backward, optimizer_step
 
@@ -220,7 +220,7 @@ def _main_grads(student) -> list:
 @pytest.mark.parametrize("parallel", LAYOUTS[:3], indirect=True, ids=LAYOUT_IDS[:3])
 @pytest.mark.parametrize("loss", ON_POLICY_LOSSES, ids=ON_POLICY_IDS)
 def test_on_policy_update_without_old_logprobs_equals_the_pass_and_float64(parallel, loss):
-    """The on-policy fast path (train/on_policy.py): a batch without old log-probs, whose loss
+    """The on-policy fast path (config/on_policy.py): a batch without old log-probs, whose loss
     reads the detached log-probs of the update's own forward, gives (a) the loss and gradients of
     one float64 call with lp_old = the float64 log-probs themselves, and (b) the same loss, loss
     metrics and gradients as the existing path, the old-policy pass over the same micro-batches

@@ -15,7 +15,7 @@ import torch
 from distributed_helpers import assert_all_ranks
 from tiny_runs import char_tokenizer, tiny_overrides
 from rlad_megatron.runtime import destroy_parallel
-from rlad_megatron.train.config import load_config
+from rlad_megatron.config.run import load_config
 from rlad_megatron.train.loop import train
 from rlad_megatron.train.setup import setup
 

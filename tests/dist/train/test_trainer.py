@@ -15,7 +15,7 @@ from tiny_runs import char_tokenizer, tiny_overrides
 from rlad_megatron.models import checkpoint as mckpt
 from rlad_megatron.models.forward import forward_logprobs
 from rlad_megatron.runtime import destroy_parallel
-from rlad_megatron.train.config import load_config
+from rlad_megatron.config.run import load_config
 from rlad_megatron.train.loop import train
 from rlad_megatron.train.setup import setup
 

@@ -73,7 +73,7 @@ def test_a_converted_checkpoint_trains_with_its_own_tokenizer_copy_after_the_sou
     """Issue 26 item 4: train/setup.py read meta["tokenizer"] (the HF folder's path) and ignored
     the copy in iter_0000000/tokenizer, so moving the HF folder broke `rlad train`."""
     from rlad_megatron.data.tokenizer import load_tokenizer
-    from rlad_megatron.train.config import ModelConfig
+    from rlad_megatron.config.run import ModelConfig
     from rlad_megatron.train.setup import tokenizer_path
 
     src = make_case(tmp_path / "hf", "qwen2")

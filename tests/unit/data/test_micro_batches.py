@@ -76,3 +76,27 @@ def test_fixed_plan_is_consecutive_rows_at_full_width():
 def test_bad_budget_is_refused():
     with pytest.raises(ValueError, match="max_tokens_per_micro_batch: 0 must be >= 1"):
         token_budget_plan(torch.tensor([3]), 0)
+
+
+def test_the_one_planner_picks_fixed_or_token_budgets_and_the_fallback_checks_the_size():
+    """plan_micro_batches and resolve_plan, the planning every pass goes through: fixed plans
+    at full width without a budget, token budgets (at least the agreed count, widths rounded to
+    the multiple) with one; a pass given a size gets fixed micro-batches that must divide it."""
+    from rlad_megatron.data.micro_batches import (plan_micro_batches, resolve_plan,
+                                                  token_budget_plan)
+
+    lengths = torch.tensor([5, 17, 3, 9, 12, 4])
+    fixed = plan_micro_batches(lengths, 20, micro_batch_size=2)
+    assert [r.tolist() for r in fixed.rows] == [[0, 1], [2, 3], [4, 5]]
+    assert fixed.widths == (20, 20, 20)
+    budget = plan_micro_batches(lengths, 20, micro_batch_size=2, max_tokens=24,
+                                min_micro_batches=4, width_multiple=4)
+    want = token_budget_plan(lengths, 24, min_micro_batches=4, width_multiple=4)
+    assert [r.tolist() for r in budget.rows] == [r.tolist() for r in want.rows]
+    assert budget.widths == want.widths and len(budget.rows) >= 4
+    assert all(w % 4 == 0 for w in budget.widths)
+    assert resolve_plan(6, 20, None, budget) is budget
+    three = resolve_plan(6, 20, 3, None)
+    assert [r.tolist() for r in three.rows] == [[0, 1, 2], [3, 4, 5]] and three.widths == (20, 20)
+    with pytest.raises(ValueError, match="micro_batch_size: 4 does not divide the batch of 6"):
+        resolve_plan(6, 20, 4, None)

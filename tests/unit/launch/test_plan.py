@@ -20,7 +20,7 @@ from rlad_megatron.launch.plan import build_request, load_model_spec, plan
 from rlad_megatron.launch.plan_report import format_plan
 from rlad_megatron.launch.step_time import Hardware, estimate_step
 from rlad_megatron.models.spec import get_preset
-from rlad_megatron.train.validate import validate_run_config
+from rlad_megatron.config.validate import validate_run_config
 
 REPO = Path(__file__).resolve().parents[3]
 RECIPES = {"qwen3_8b_to_1.7b": (1, (2, 1, 4)), "qwen3_32b_to_8b": (4, (4, 1, 8)),
@@ -249,7 +249,7 @@ def test_model_sources_hf_config_and_megatron_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_recipe_configs_plan_their_own_layout_and_validate(recipe, tmp_path):
-    from rlad_megatron.train.config import load_config
+    from rlad_megatron.config.run import load_config
 
     nodes, layout = RECIPES[recipe]
     config = str(REPO / "examples" / "configs" / f"{recipe}.yaml")
@@ -419,7 +419,7 @@ def test_the_on_policy_step_is_planned_without_the_old_policy_pass(tmp_path):
     """Workload.old_logprobs_pass False (train.old_logprobs=auto at train.mini_batches=1): the
     student's compute is 6 P T (forward and backward) instead of 8 P T, and its TP all-reduces 4
     per layer and micro-batch instead of 6; from_run_config reads it from the run config."""
-    from rlad_megatron.train.config import load_config
+    from rlad_megatron.config.run import load_config
 
     t, s = get_preset("qwen3-32b"), get_preset("qwen3-8b")
     w = Workload(prompt_len=1024, response_len=1024, prompts_per_step=16, group_size=8,
@@ -449,7 +449,7 @@ def test_hardware_overrides_are_checked():
 def test_the_workload_of_a_run_config_carries_every_mapped_field():
     """Workload.from_run_config is the one place the planner reads a run config: every value
     set in the config arrives, explicit fields win, the prompt length keeps its default."""
-    from rlad_megatron.train.config import load_config
+    from rlad_megatron.config.run import load_config
 
     cfg = load_config(None, ["rollout.max_new_tokens=777", "train.micro_batch_size=3",
                              "train.mini_batches=5", "train.max_tokens_per_micro_batch=4096",

@@ -253,7 +253,7 @@ def test_trrd_reference_kl_term_adds_beta_times_aggregated_kl(estimator):
 ])
 def test_trrd_rejects_unknown_choices_and_a_missing_input_naming_them(kwargs, message):
     """(The options' numeric ranges are loss.trrd's, checked by TRRDLossConfig.validate:
-    tests/unit/train/test_config.py.)"""
+    tests/unit/config/test_config.py.)"""
     lp, old, teacher, adv, mask = make_batch()
     with pytest.raises(ValueError, match=message):
         trrd_loss(lp, old, teacher, adv, mask, **trrd_opts(**kwargs))

@@ -5,7 +5,7 @@ from pathlib import Path
 import yaml
 
 from rlad_megatron.models import checkpoint as mckpt
-from rlad_megatron.train.config import load_config, to_yaml
+from rlad_megatron.config.run import load_config, to_yaml
 from rlad_megatron.reproduce.recipe import MARKER, stage_finished
 
 

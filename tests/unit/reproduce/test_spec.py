@@ -118,8 +118,8 @@ def test_a_finished_run_stays_reusable_when_the_schema_gains_a_field(tmp_path):
     "*.yaml") if "reproduce:" in p.read_text()))
 def test_every_example_recipes_jobs_validate_and_use_every_option_they_set(recipe):
     """The shared rl section sets options of several algorithms (loss.kdrl.* for the kdrl arm):
-    each arm keeps those it uses, the rest are back at their defaults (train/active.py)."""
-    from rlad_megatron.train.validate import validate_run_config
+    each arm keeps those it uses, the rest are back at their defaults (config/active.py)."""
+    from rlad_megatron.config.validate import validate_run_config
 
     spec, jobs = _jobs(recipe=recipe)
     for job in jobs:
@@ -130,7 +130,7 @@ def test_every_example_recipes_jobs_validate_and_use_every_option_they_set(recip
 
 
 def test_an_arm_setting_an_option_it_does_not_use_is_refused():
-    from rlad_megatron.train.validate import validate_run_config
+    from rlad_megatron.config.validate import validate_run_config
 
     _, jobs = _jobs(["reproduce.arms.grpo.loss.trrd.kl_beta=0.1"])
     grpo = next(j for j in jobs if j.arm == "grpo")
@@ -143,7 +143,7 @@ def test_an_arm_setting_an_option_it_does_not_use_is_refused():
 def test_the_users_eval_teacher_false_is_kept_for_a_streamed_teacher():
     """Issue 26 item 11: the first job's step-0 teacher evaluation must not override
     eval.teacher=false (a streamed teacher cannot generate, so the run would be refused)."""
-    from rlad_megatron.train.validate import validate_run_config
+    from rlad_megatron.config.validate import validate_run_config
 
     _, jobs = _jobs(["rl.eval.teacher=false", "rl.teacher.offload=stream"], quick=True)
     assert not any(j.cfg.eval.teacher for j in jobs)

@@ -21,7 +21,7 @@ from rlad_megatron.data.tasks import reasoning_gym_splits
 from rlad_megatron.data.tokenizer import load_tokenizer
 from rlad_megatron.data.tokenizer_train import train_sentencepiece
 from rlad_megatron.train import evaluate as ev
-from rlad_megatron.train.config import RunConfig
+from rlad_megatron.config.run import RunConfig
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,7 @@ from rlad_megatron.rollout.device_check import (PROMPTS, VOCAB, TinyStage,
 from rlad_megatron.rollout.generate import GenerationConfig
 from rlad_megatron.runtime.fake_cuda import FakeCuda, FakeCudaTensor
 from rlad_megatron.train import phases
-from rlad_megatron.train.config import load_config
+from rlad_megatron.config.run import load_config
 from rlad_megatron.train.step import _local_counts
 
 G, K = 3, 1  # student samples and teacher trajectories per prompt

@@ -16,11 +16,11 @@ from distributed_helpers import process_group  # noqa: F401 (module fixture)
 from rlad_megatron.data.batch import RolloutBatch
 from rlad_megatron.models.build import build_teacher
 from rlad_megatron.models.spec import get_preset
-from rlad_megatron.train.config import RunConfig
+from rlad_megatron.config.run import RunConfig
 from rlad_megatron.train.phases import micro_batches
 from rlad_megatron.train.teacher_scoring import (FRAC, AfterRollout, DuringRollout, NoTeacher,
                                                  Resident, teacher_scorer)
-from rlad_megatron.train.timers import PhaseTimer
+from rlad_megatron.bookkeeping.timers import PhaseTimer
 
 
 @pytest.fixture(scope="module")

@@ -199,7 +199,7 @@ def check_run_identity(root: str | Path, config_yaml: str, allow_other: bool = F
             d = d.get(part) if isinstance(d, dict) else None
         return d
 
-    from rlad_megatron.train.config import NEEDS_TEACHER
+    from rlad_megatron.config.run import NEEDS_TEACHER
 
     def has_teacher(d: dict) -> bool:
         return d.get("algorithm") in NEEDS_TEACHER or bool(get(d, "rollout.teacher_samples"))

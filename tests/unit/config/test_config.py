@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from rlad_megatron.train.config import load_config, to_yaml
-from rlad_megatron.train.validate import validate_run_config
+from rlad_megatron.config.run import load_config, to_yaml
+from rlad_megatron.config.validate import validate_run_config
 
 
 def _write(tmp_path, text):
@@ -274,10 +274,10 @@ def test_empty_evaluation_split_is_named_and_drops_are_counted(tmp_path, capsys)
 
 
 def test_old_logprobs_reuse_is_refused_where_the_update_is_not_on_policy(tmp_path):
-    """train.old_logprobs (train/on_policy.py): auto skips the old-policy pass only for a
+    """train.old_logprobs (config/on_policy.py): auto skips the old-policy pass only for a
     one-mini-batch update whose selection does not read lp_old; reuse is refused elsewhere,
     naming what blocks it; an unknown mode is refused by its choices."""
-    from rlad_megatron.train.on_policy import reuses_update_forward
+    from rlad_megatron.config.on_policy import reuses_update_forward
 
     assert reuses_update_forward(_valid(tmp_path))
     assert not reuses_update_forward(_valid(tmp_path, **{"train.old_logprobs": "pass"}))

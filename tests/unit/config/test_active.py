@@ -1,4 +1,4 @@
-"""Every option takes effect or is refused (train/active.py): over the whole schema, each field a
+"""Every option takes effect or is refused (config/active.py): over the whole schema, each field a
 rule covers, set away from its default in a run where the rule is off, is refused naming the key
 and the setting that would make it take effect; where the rule is on, it is accepted."""
 
@@ -7,11 +7,11 @@ import re
 
 import pytest
 
-from rlad_megatron.train.active import (RULES, check_active, inactive_fields, reset_inactive,
+from rlad_megatron.config.active import (RULES, check_active, inactive_fields, reset_inactive,
                                         rules_of)
-from rlad_megatron.train.config import RunConfig, load_config
-from rlad_megatron.train.schema import get, walk
-from rlad_megatron.train.validate import validate_run_config
+from rlad_megatron.config.run import RunConfig, load_config
+from rlad_megatron.config.schema import get, walk
+from rlad_megatron.config.validate import validate_run_config
 
 BASES = ([], ["algorithm=grpo"], ["algorithm=sft"], ["optimizer.name=sgd"],
          ["data.format=compact"], ["rollout.engine=static"],

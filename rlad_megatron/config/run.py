@@ -1,17 +1,17 @@
 """The run configuration: dataclasses per section, a YAML file plus dotted key=value overrides
 (omegaconf, merged by `merge_config`, the one merge train, recipes, reproduce and nemo-run use),
-validated in one place (train/validate.py `validate_run_config`) with errors that name the key.
+validated in one place (config/validate.py `validate_run_config`) with errors that name the key.
 
     rlad train examples/configs/demo.yaml train.steps=20 parallel.tensor=2 loss.trrd.alpha=0.3
     rlad train --help-config        # every field, its type, default, allowed values and doc
 
-Every field has a docstring (tests/unit/train/test_schema.py holds that); a field whose values
+Every field has a docstring (tests/unit/config/test_schema.py holds that); a field whose values
 come from a registry declares it with `choice(default, REGISTRY)`, so the allowed values are the
-registry's keys (train/schema.py checks them). Unknown keys and wrong types are refused by
+registry's keys (config/schema.py checks them). Unknown keys and wrong types are refused by
 omegaconf with the full dotted key; semantic checks (sizes that must divide, files that must
 exist, options that contradict each other) run before any model is built. The resolved config is
 saved with the run (`to_yaml`). The algorithm's sections (advantage, loss.*, selection,
-imitation) are in train/algorithm_config.py; ParallelConfig (runtime/parallel.py) and
+imitation) are in config/algorithms.py; ParallelConfig (runtime/parallel.py) and
 OptimizerSettings (models/build.py) are declared by the components that own them.
 """
 
@@ -29,9 +29,9 @@ from rlad_megatron.models.config import DTYPES
 from rlad_megatron.models.teacher_stream import ACTIVATION_PLACES, OFFLOAD_MODES
 from rlad_megatron.runtime.parallel import ParallelConfig
 from rlad_megatron.runtime.teacher_parallel import TeacherParallelConfig
-from rlad_megatron.train.algorithm_config import (AdvantageConfig, ImitationConfig, LossConfig,
+from rlad_megatron.config.algorithms import (AdvantageConfig, ImitationConfig, LossConfig,
                                                   SelectionConfig, choice)
-from rlad_megatron.train.on_policy import OLD_LOGPROBS_MODES
+from rlad_megatron.config.on_policy import OLD_LOGPROBS_MODES
 
 ALGORITHMS = {"rlad": "trrd", "grpo": "grpo", "kdrl": "kdrl", "sft_distill": "sft", "sft": "sft"}
 """algorithm -> its loss: the loss.<name> section, whose `build` gives the bound loss of that name
@@ -240,7 +240,7 @@ class TrainConfig:
     """Optimizer steps per RL step (the step's sequences are split into this many mini-batches).
     RL only: the SFT paths (sft, sft_distill) take one optimizer step per batch."""
     old_logprobs: str = choice("auto", OLD_LOGPROBS_MODES)
-    """Where the loss's old-policy log-probs come from (train/on_policy.py). auto: from the
+    """Where the loss's old-policy log-probs come from (config/on_policy.py). auto: from the
     update's own forward (detached; the same losses and gradients, one pass fewer) when the update
     is on-policy (train.mini_batches = 1, no teacher trajectories, selection.policy paper or
     advantage), else a separate pass before the update; pass: always the separate pass; reuse:
@@ -255,7 +255,7 @@ class TrainConfig:
 
 @dataclass
 class CheckpointConfig:
-    """Megatron torch_dist checkpoints in iter_XXXXXXX/ (train/checkpoint.py)."""
+    """Megatron torch_dist checkpoints in iter_XXXXXXX/ (bookkeeping/checkpoint.py)."""
 
     dir: Optional[str] = None
     """Checkpoint root (Megatron layout); default RUN_DIR/checkpoints."""
@@ -276,12 +276,12 @@ class CheckpointConfig:
     checkpoint once, at about 1 GB/s); off: sizes only."""
     resume_other_run: bool = False
     """Resume even when the checkpoint's run differs in identity (algorithm, seed, models, data;
-    train/checkpoint.py RUN_IDENTITY); off: such a resume is refused, naming the keys."""
+    bookkeeping/checkpoint.py RUN_IDENTITY); off: such a resume is refused, naming the keys."""
 
 
 @dataclass
 class LoggingConfig:
-    """Where metrics go: RUN_DIR/metrics.jsonl always (train/metrics.py)."""
+    """Where metrics go: RUN_DIR/metrics.jsonl always (bookkeeping/metrics.py)."""
 
     tensorboard: bool = True
     """Also write TensorBoard events to RUN_DIR/tensorboard."""
@@ -460,7 +460,7 @@ def resolve_run_config(cfg: Optional[RunConfig] = None, config_file: Optional[st
 def same_config(path: Path, cfg: RunConfig, view=None) -> bool:
     """Whether the config saved at PATH equals CFG, read back through the schema: a field added
     to RunConfig since, at its default, does not make them differ; a key the schema no longer
-    has does. `view` (e.g. train/active.py reset_inactive) maps both before comparing."""
+    has does. `view` (e.g. config/active.py reset_inactive) maps both before comparing."""
     view = view or (lambda c: c)
     try:
         return path.is_file() and view(load_config(str(path))) == view(cfg)

@@ -1,4 +1,4 @@
-"""The run configuration documents and checks itself (train/schema.py): every field has a
+"""The run configuration documents and checks itself (config/schema.py): every field has a
 docstring, registry-backed fields allow exactly their registry's keys, and `rlad train
 --help-config` prints the whole schema."""
 
@@ -15,8 +15,8 @@ from rlad_megatron.losses import AGGREGATIONS, KL_ESTIMATORS
 from rlad_megatron.losses.joint import DISTILL_LOSSES
 from rlad_megatron.losses.trrd import CLAMP_GRAD
 from rlad_megatron.models.config import DTYPES
-from rlad_megatron.train.config import ALGORITHMS, RunConfig, load_config
-from rlad_megatron.train.schema import check_choices, check_finite, field_docs, format_schema, walk
+from rlad_megatron.config.run import ALGORITHMS, RunConfig, load_config
+from rlad_megatron.config.schema import check_choices, check_finite, field_docs, format_schema, walk
 
 
 def test_every_field_of_the_run_config_has_a_docstring():
@@ -25,7 +25,7 @@ def test_every_field_of_the_run_config_has_a_docstring():
 
 
 def test_docstrings_are_read_from_the_source_including_base_classes():
-    from rlad_megatron.train.config import OptimConfig, TeacherConfig
+    from rlad_megatron.config.run import OptimConfig, TeacherConfig
 
     assert field_docs(OptimConfig)["lr"] == "Peak learning rate."  # from OptimizerSettings
     assert "resident" in field_docs(TeacherConfig)["offload"]
@@ -94,8 +94,8 @@ def test_schema_sections_are_the_config_dataclasses():
 @pytest.mark.parametrize("info", [i for i in walk() if "float" in i.type], ids=lambda i: i.key)
 def test_every_float_field_refuses_nan_and_inf_unless_its_doc_allows_inf(info):
     """NaN compares false, so a NaN threshold would switch its gate off silently (issue 26)."""
-    from rlad_megatron.train.schema import INF_ALLOWED
-    from rlad_megatron.train.validate import validate_run_config
+    from rlad_megatron.config.schema import INF_ALLOWED
+    from rlad_megatron.config.validate import validate_run_config
 
     for value in (float("nan"), float("inf"), float("-inf")):
         cfg = load_config(None, ["student.preset=tiny-llama", "student.random_init=true",

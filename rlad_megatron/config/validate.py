@@ -15,11 +15,11 @@ from rlad_megatron.data.formats import COMPACT_TASKS
 from rlad_megatron.data.tasks import check_task_config
 from rlad_megatron.models.layout_check import data_parallel_problem
 from rlad_megatron.models.spec import PRESETS, ModelSpec
-from rlad_megatron.train.config import (REFERENCE_KL_ALGORITHMS, TRAJECTORY_ALGORITHMS,
+from rlad_megatron.config.run import (REFERENCE_KL_ALGORITHMS, TRAJECTORY_ALGORITHMS,
                                         RunConfig)
-from rlad_megatron.train.active import check_active
-from rlad_megatron.train.on_policy import fast_path_blockers
-from rlad_megatron.train.schema import check_choices, check_finite, get
+from rlad_megatron.config.active import check_active
+from rlad_megatron.config.on_policy import fast_path_blockers
+from rlad_megatron.config.schema import check_choices, check_finite, get
 
 
 def _positive(cfg, *keys: str, allow_zero: bool = False) -> None:
@@ -59,9 +59,9 @@ def _model(cfg: RunConfig, role: str, check_files: bool = True) -> None:
 def validate_run_config(cfg: RunConfig, world_size: int = 1, check_files: bool = True) -> None:
     """Raise ValueError naming the key of the first problem. check_files=False skips the checks
     that model checkpoints and tokenizers exist (for runs whose files an earlier stage makes)."""
-    check_finite(cfg)  # every float field (train/schema.py)
-    check_choices(cfg)  # every registry-backed field (train/schema.py)
-    check_active(cfg)  # every option of a section the run does not use (train/active.py)
+    check_finite(cfg)  # every float field (config/schema.py)
+    check_choices(cfg)  # every registry-backed field (config/schema.py)
+    check_active(cfg)  # every option of a section the run does not use (config/active.py)
     cfg.parallel.validate(world_size)
     dp = world_size // (cfg.parallel.tensor * cfg.parallel.pipeline)
     _model(cfg, "student", check_files)
@@ -192,7 +192,8 @@ def _imitation(cfg: RunConfig) -> None:
 
 
 def _optimizer(cfg: RunConfig) -> None:
-    """The optimizer's own ranges (the other optimizer's options are refused by train/active.py)."""
+    """The optimizer's own ranges (the other optimizer's options are refused by
+    config/active.py)."""
     if not 0 <= cfg.optimizer.sgd_momentum < 1:
         raise ValueError(f"optimizer.sgd_momentum must be in [0, 1), got "
                          f"{cfg.optimizer.sgd_momentum}")
@@ -209,7 +210,7 @@ def _token_budget(cfg: RunConfig) -> None:
 
 
 def _old_logprobs(cfg: RunConfig) -> None:
-    """train.old_logprobs=reuse only where the update is on-policy (train/on_policy.py)."""
+    """train.old_logprobs=reuse only where the update is on-policy (config/on_policy.py)."""
     if cfg.train.old_logprobs != "reuse":
         return
     if not cfg.is_rl:

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from rlad_megatron.train import timers
-from rlad_megatron.train.metrics import (MetricsLogger, NullMetricsLogger, open_metrics,
+from rlad_megatron.bookkeeping import timers
+from rlad_megatron.bookkeeping.metrics import (MetricsLogger, NullMetricsLogger, open_metrics,
                                          read_metrics)
-from rlad_megatron.train.timers import PhaseTimer, memory_stats, progress, throughput
+from rlad_megatron.bookkeeping.timers import PhaseTimer, memory_stats, progress, throughput
 
 
 def _log_steps(run_dir, steps, *, offset=0.0, resume=False, truncate=None, tensorboard=False):
@@ -203,7 +203,7 @@ def test_progress_in_a_log_file_redraws_once_a_minute(tmp_path):
     """stderr to a file (a log, not a terminal): 200 quick updates with a postfix each (as the
     trainer's loop sets them) leave the opening and the closing line, not 200 carriage-return
     redraws."""
-    code = ("from rlad_megatron.train.timers import progress\n"
+    code = ("from rlad_megatron.bookkeeping.timers import progress\n"
             "with progress(200, desc='steps', mininterval=0) as bar:\n"
             "    for i in range(200):\n"
             "        bar.update(1)\n"

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence
 
-from rlad_megatron.train.metrics import METRICS_FILE, read_metrics
+from rlad_megatron.bookkeeping.metrics import METRICS_FILE, read_metrics
 
 DEFAULT_OUT = "curves.png"
 

@@ -1,7 +1,7 @@
 """When each option of the run configuration takes effect: an option of a section the run does
 not use (loss.trrd.* under algorithm=grpo, imitation.* without teacher trajectories, ...) that
 differs from its default is refused by `check_active`, naming the setting that would make it
-take effect, instead of being silently ignored. tests/unit/train/test_active.py holds the rule
+take effect, instead of being silently ignored. tests/unit/config/test_active.py holds the rule
 over the whole schema: every field under a rule's prefix, set away from its default where the
 rule is off, is refused.
 
@@ -15,8 +15,8 @@ import copy
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional
 
-from rlad_megatron.train.config import RunConfig
-from rlad_megatron.train.schema import FieldInfo, get, walk
+from rlad_megatron.config.run import RunConfig
+from rlad_megatron.config.schema import FieldInfo, get, walk
 
 
 @dataclass(frozen=True)

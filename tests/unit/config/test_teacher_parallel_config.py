@@ -9,8 +9,8 @@ from rlad_megatron.models.layout_check import TEACHER_NAMES, model_layout_proble
 from rlad_megatron.models.spec import get_preset
 from rlad_megatron.runtime.parallel import ParallelConfig
 from rlad_megatron.runtime.teacher_parallel import TeacherParallelConfig, _partition
-from rlad_megatron.train.config import load_config
-from rlad_megatron.train.validate import validate_run_config
+from rlad_megatron.config.run import load_config
+from rlad_megatron.config.validate import validate_run_config
 
 
 def _config(*over):

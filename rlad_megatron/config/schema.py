@@ -1,8 +1,8 @@
-"""The run configuration's schema, read from its own dataclasses (train/config.py and the
+"""The run configuration's schema, read from its own dataclasses (config/run.py and the
 sections other components own): each field's dotted key, type, default, allowed values and
 docstring. `rlad train --help-config` prints it; `check_choices` refuses a value outside a
 field's registry and `check_finite` a NaN or infinite float before any model is built;
-tests/unit/train/test_schema.py holds that every field is documented.
+tests/unit/config/test_schema.py holds that every field is documented.
 
 Docstrings are the string literal under each field (the convention torchtitan's JobConfig uses);
 Python does not keep them at run time, so they are read from the class source with `ast`.
@@ -20,7 +20,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
-from rlad_megatron.train.config import RunConfig
+from rlad_megatron.config.run import RunConfig
 
 
 @dataclass(frozen=True)

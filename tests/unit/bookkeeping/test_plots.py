@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from rlad_megatron.train.metrics import open_metrics
-from rlad_megatron.train.plots import accuracy_panel, ema, plot_run, series
+from rlad_megatron.bookkeeping.metrics import open_metrics
+from rlad_megatron.bookkeeping.plots import accuracy_panel, ema, plot_run, series
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

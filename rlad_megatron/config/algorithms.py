@@ -1,13 +1,13 @@
-"""The algorithm's sections of the run configuration (train/config.py RunConfig): advantages,
+"""The algorithm's sections of the run configuration (config/run.py RunConfig): advantages,
 the losses (TRRD, GRPO, KDRL, SFT), where the teacher anchors the ratio (selection) and the
 imitation of teacher trajectories; and `choice`, how a field declares the registry its values
-come from. Split from train/config.py to keep each file readable; the schema is one
-(train/schema.py walks both).
+come from. Split from config/run.py to keep each file readable; the schema is one
+(config/schema.py walks both).
 
 The loss sections (and imitation) are where the losses' defaults and ranges live: each
 `build(step)` returns its bound loss (losses/bound.py) with every option passed by name, and
-`validate()` checks the section's own ranges (train/validate.py calls it; the named choices are
-train/schema.py's).
+`validate()` checks the section's own ranges (config/validate.py calls it; the named choices are
+config/schema.py's).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _check_kl_beta(section: str, kl_beta: float) -> None:
 
 def choice(default: str, allowed: Iterable[str]):
     """A string field whose allowed values are `allowed` (a registry's keys): checked by
-    train/schema.py before any model is built, listed by `rlad train --help-config`."""
+    config/schema.py before any model is built, listed by `rlad train --help-config`."""
     return field(default=default, metadata={"choices": tuple(allowed)})
 
 

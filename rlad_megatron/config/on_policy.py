@@ -36,7 +36,7 @@ POLICIES_WITHOUT_OLD = ("paper", "advantage")
 
 def fast_path_blockers(cfg) -> list[str]:
     """Why the run's update cannot take its old log-probs from its own forward (empty: it can).
-    `cfg`: a RunConfig (train/config.py)."""
+    `cfg`: a RunConfig (config/run.py)."""
     out = []
     if cfg.train.mini_batches != 1:
         out.append(f"train.mini_batches = {cfg.train.mini_batches} (the mini-batches after the "

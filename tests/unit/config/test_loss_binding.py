@@ -1,4 +1,4 @@
-"""The bound losses that the config sections build (train/algorithm_config.py `build`,
+"""The bound losses that the config sections build (config/algorithms.py `build`,
 losses/bound.py) pass exactly the section's values to the pure loss functions.
 
 Each section is set to non-default values and its bound loss compared, value, gradient and
@@ -15,7 +15,7 @@ import torch
 
 from rlad_megatron.losses import (LossInputs, Normalisers, grpo_loss, joint_loss, kdrl_loss,
                                   sft_loss, trrd_loss)
-from rlad_megatron.train.algorithm_config import (GRPOLossConfig, ImitationConfig,
+from rlad_megatron.config.algorithms import (GRPOLossConfig, ImitationConfig,
                                                   KDRLLossConfig, SFTLossConfig, TRRDLossConfig)
 
 D = torch.float64

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
-from rlad_megatron.train.preemption import PreemptionHandler
+from rlad_megatron.bookkeeping.preemption import PreemptionHandler
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -83,7 +83,7 @@ def test_stop_agreed_all_reduces_over_ranks(tmp_path):
 LOOP = """
 import sys, time
 from pathlib import Path
-from rlad_megatron.train.preemption import PreemptionHandler
+from rlad_megatron.bookkeeping.preemption import PreemptionHandler
 
 out = Path(sys.argv[1])
 with PreemptionHandler() as preempt:
@@ -133,7 +133,7 @@ def test_a_planted_rank_state_pickle_is_not_executed(tmp_path, caplog):
 
     import torch
 
-    from rlad_megatron.train.checkpoint import read_rank_state
+    from rlad_megatron.bookkeeping.checkpoint import read_rank_state
 
     marker = tmp_path / "pwned"
 

@@ -1,0 +1,11 @@
+"""The run configuration: one documented schema (RunConfig and its sections), YAML plus
+dotted overrides, and the one place it is validated before any model is built.
+
+  run.py         RunConfig: the run's sections, loading, merging, to_yaml
+  algorithms.py  the algorithm sections: advantage, losses (each builds its bound loss), selection,
+                 imitation
+  schema.py      walking the schema: field types, choices, docs (`rlad train --help-config`)
+  active.py      which options take effect in a run (an ignored one is refused)
+  on_policy.py   when the update may reuse its own forward as the old policy
+  validate.py    every check, before any model is built
+"""
