@@ -1,4 +1,6 @@
-"""The typed batch contract between rollout, data, models and losses: RolloutBatch, TrainBatch."""
+"""The typed batch contract between rollout, data, models and losses: RolloutBatch, TrainBatch
+(and data/sft_batch.py's SFTBatch), each a RowBatch: a frozen record of [b] and [b, s] tensors
+whose rows can be selected, re-cut in width and split."""
 
 from __future__ import annotations
 
@@ -10,31 +12,21 @@ import torch
 from torch import Tensor
 
 from rlad_megatron.data.selection import Selection, TrajectoryGates
+from rlad_megatron.losses.inputs import LossInputs
 
 RowIndex = Union[slice, Sequence[int], Tensor]
-B = TypeVar("B", bound="RolloutBatch")
+B = TypeVar("B", bound="RowBatch")
 PER_ROW_FIELDS = frozenset({"prompt_lengths", "response_lengths", "group_ids", "rewards",
                             "advantages", "seq_alignment", "teacher_rows"})
 """Tensor fields of shape [b]; every other tensor field is [b, s] like tokens."""
 
 
 @dataclass(frozen=True)
-class RolloutBatch:
-    """What generation returns: b sequences of s tokens, prompt then response then padding.
-
-    Alignment, for every per-token tensor [b, s] here and in TrainBatch: position t holds the
-    value for tokens[:, t], i.e. log p(tokens[t] | tokens[:t]). Position 0, prompt positions and
-    padding have loss_mask == 0; the loss reads positions prompt_len .. prompt_len + resp_len - 1.
-    The model-side shift (logits at t-1 score token t) is done once, in models/, never in losses.
-    Rows of one prompt share a group id (GRPO groups, not necessarily contiguous).
-    """
+class RowBatch:
+    """Row operations shared by every batch type: its tensor fields are [b] (PER_ROW_FIELDS)
+    or [b, s] like `tokens`; other fields (statistics) are carried as they are."""
 
     tokens: Tensor            # [b, s] int64
-    prompt_lengths: Tensor    # [b] int64
-    response_lengths: Tensor  # [b] int64
-    loss_mask: Tensor         # [b, s] bool: response tokens
-    sampler_logprobs: Tensor  # [b, s] fp32: the sampler's log-probs of tokens (0 off the mask)
-    group_ids: Tensor         # [b] int64
 
     def __post_init__(self) -> None:
         b, s = self.tokens.shape
@@ -77,6 +69,30 @@ class RolloutBatch:
         return [self.select_rows(slice(i, i + micro_batch_size))
                 for i in range(0, self.batch_size, micro_batch_size)]
 
+    def loss_inputs(self) -> LossInputs:
+        """What a loss reads from this batch (losses/inputs.py)."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class RolloutBatch(RowBatch):
+    """What generation returns: b sequences of s tokens, prompt then response then padding.
+
+    Alignment, for every per-token tensor [b, s] here and in TrainBatch: position t holds the
+    value for tokens[:, t], i.e. log p(tokens[t] | tokens[:t]). Position 0, prompt positions and
+    padding have loss_mask == 0; the loss reads positions prompt_len .. prompt_len + resp_len - 1.
+    The model-side shift (logits at t-1 score token t) is done once, in models/, never in losses.
+    Rows of one prompt share a group id (GRPO groups, not necessarily contiguous).
+    """
+
+    tokens: Tensor            # [b, s] int64
+    prompt_lengths: Tensor    # [b] int64
+    response_lengths: Tensor  # [b] int64
+    loss_mask: Tensor         # [b, s] bool: response tokens
+    sampler_logprobs: Tensor  # [b, s] fp32: the sampler's log-probs of tokens (0 off the mask)
+    group_ids: Tensor         # [b] int64
+
+
 
 def _take(value, index: RowIndex):
     if not isinstance(value, Tensor):
@@ -117,6 +133,9 @@ class TrainBatch(RolloutBatch):
         """TrainBatch with the rollout's fields and the given new ones."""
         base = {f.name: getattr(rollout, f.name) for f in dataclasses.fields(RolloutBatch)}
         return cls(**base, **fields)
+
+    def loss_inputs(self) -> LossInputs:
+        return LossInputs.from_record(self)
 
     def with_selection(self, selection: Selection) -> "TrainBatch":
         """This batch with the teacher mask and statistics of a data.selection result."""

@@ -28,9 +28,9 @@ class LossInputs:
     """Per-token inputs [b, s] (aligned like tokens: position t scores tokens[:, t]) and per-row
     advantages [b]; None where the step has none."""
 
-    old_logprobs: Tensor                        # [b, s] fp32: student at rollout time
-    advantages: Tensor                          # [b] fp32
-    loss_mask: Tensor                           # [b, s] bool: the RL loss's tokens
+    loss_mask: Tensor                           # [b, s] bool: the loss's tokens
+    old_logprobs: Optional[Tensor] = None       # [b, s] fp32: student at rollout time
+    advantages: Optional[Tensor] = None         # [b] fp32 (RL; None in an SFT batch)
     teacher_logprobs: Optional[Tensor] = None   # [b, s] fp32
     teacher_mask: Optional[Tensor] = None       # [b, s] bool: teacher-anchored tokens
     ref_logprobs: Optional[Tensor] = None       # [b, s] fp32: reference model (KL term)

@@ -34,6 +34,7 @@ from typing import Optional
 
 
 from rlad_megatron.data.batch import TrainBatch
+from rlad_megatron.data.sft_batch import SFTBatch
 from rlad_megatron.runtime import print0
 from rlad_megatron.train import phases
 from rlad_megatron.bookkeeping.checkpoint import save_train_checkpoint
@@ -44,7 +45,6 @@ from rlad_megatron.bookkeeping.plots import plot_run
 from rlad_megatron.bookkeeping.preemption import PreemptionHandler, write_preemption_marker
 from rlad_megatron.train.rl_metrics import rl_step_metrics
 from rlad_megatron.train.setup import Run, setup
-from rlad_megatron.train.sft_data import sft_batch
 from rlad_megatron.train.teacher_scoring import teacher_guard
 from rlad_megatron.bookkeeping.timers import memory_stats, progress, throughput
 
@@ -121,7 +121,8 @@ def sft_step(run: Run, step: int) -> StepResult:
             rewards, texts = phases.score(run, traces, items)
             keep = (rewards >= 1.0).tolist()
             targets = [tok.encode(t) for t in texts]
-    batch = sft_batch(prompts, targets, eos_id=tok.eos_id, pad_id=tok.pad_id or 0, keep=keep)
+    batch = SFTBatch.build(prompts, targets, eos_id=tok.eos_id, pad_id=tok.pad_id or 0,
+                           keep=keep)
     with timer.phase("update"):
         metrics = phases.update(run, batch, step, 1)
     metrics.update(phases.dp_mean(run, {"throughput/tokens": float(batch.tokens.numel()),

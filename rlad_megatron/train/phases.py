@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Optional
 import torch
 
 from rlad_megatron.data.advantages import with_teacher_rows
-from rlad_megatron.data.batch import RolloutBatch, TrainBatch, interleave_groups
+from rlad_megatron.data.batch import RolloutBatch, RowBatch, TrainBatch, interleave_groups
 from rlad_megatron.data.formats import encode_prompt
 from rlad_megatron.data.micro_batches import MicroBatchPlan, row_lengths
 from rlad_megatron.data.selection import gate_trajectories, select_teacher_tokens
@@ -233,7 +233,7 @@ def imitation_metrics(run: Run, batch: TrainBatch) -> dict[str, float]:
     return out
 
 
-def update(run: Run, batch: TrainBatch, step: int, mini_batches: int) -> dict[str, float]:
+def update(run: Run, batch: RowBatch, step: int, mini_batches: int) -> dict[str, float]:
     """One optimizer step per mini-batch; a NaN/Inf loss or gradient skips the step (logged),
     and max_consecutive_bad_steps of them in a row abort the run. The loss is the run's at
     `step` (RunConfig.loss_for: the algorithm's, or "joint" with teacher trajectories)."""

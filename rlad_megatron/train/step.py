@@ -20,8 +20,9 @@ whatever normalisers the loss uses inside (R is never 0, unlike a loss-token cou
 
 The loss is a bound loss (losses/bound.py; config/run.py RunConfig.loss_for builds it from the
 run's config). It reads `logprobs`, computed here, a typed LossInputs record (losses/inputs.py)
-filled field by field from the micro-batch's TrainBatch, and the Normalisers it names; a batch
-without an input the loss needs is refused with the field's name. Metrics are the losses'
+from the micro-batch (TrainBatch, or data/sft_batch.py's SFTBatch: `loss_inputs()`), and the
+Normalisers it names; a batch without an input the loss needs is refused with the field's
+name. Metrics are the losses'
 sufficient statistics (losses/metrics.py), merged over micro-batches, all-reduced over DP with
 each key's op, finalised, and shared with every pipeline stage.
 """
@@ -35,10 +36,10 @@ import torch
 import torch.distributed as dist
 
 from rlad_megatron import ops
-from rlad_megatron.data.batch import TrainBatch
+from rlad_megatron.data.batch import RowBatch
 from rlad_megatron.data.micro_batches import (MicroBatchPlan, plan_micro_batches, resolve_plan,
                                               token_budget_count)
-from rlad_megatron.losses import (NORMALISERS, Loss, LossInputs, Normalisers, finalize,
+from rlad_megatron.losses import (NORMALISERS, Loss, Normalisers, finalize,
                                   global_normalizers, merge, reduce_op)
 from rlad_megatron.models.build import Student
 from rlad_megatron.runtime import Parallel
@@ -52,12 +53,12 @@ _NORMALISERS = dict(zip(NORMALISERS, ("loss_mask", "loss_mask", "distill_mask", 
 """Normaliser -> the batch mask it counts (global_normalizers' key without the prefix)."""
 
 
-def _local_counts(loss: Loss, batch: TrainBatch) -> dict[str, torch.Tensor]:
+def _local_counts(loss: Loss, batch: RowBatch) -> dict[str, torch.Tensor]:
     """This rank's counts of every normaliser the loss reads (loss.normalisers), and "rows"."""
     out = {"rows": torch.tensor(batch.batch_size, dtype=torch.int64, device=batch.tokens.device)}
     for name in loss.normalisers:
         mask_field = _NORMALISERS[name]
-        mask = getattr(batch, mask_field)
+        mask = getattr(batch, mask_field, None)
         if mask is None:
             raise ValueError(f"loss {loss.name} needs batch.{mask_field}, which is not set")
         key = name.removeprefix("distill_")
@@ -109,12 +110,12 @@ def reduce_metrics(stats: dict, dp_group) -> dict:
     return out
 
 
-def forward_backward(student: Student, batch: TrainBatch, loss: Loss, *,
+def forward_backward(student: Student, batch: RowBatch, loss: Loss, *,
                      micro_batch_size: Optional[int] = None, plan: Optional[MicroBatchPlan] = None,
                      temperature: float = 1.0) -> dict[str, float]:
-    """Gradients of the loss over `batch` (this DP rank's rows) into the student's grad buffers.
-    batch.old_logprobs None: the on-policy update (config/on_policy.py), whose loss reads the
-    detached log-probs of this forward as lp_old.
+    """Gradients of the loss over `batch` (this DP rank's rows: a TrainBatch, or an SFTBatch) into
+    the student's grad buffers. batch.old_logprobs None: the on-policy update
+    (config/on_policy.py), whose loss reads the detached log-probs of this forward as lp_old.
     Micro-batches: `plan` (data/micro_batches.py; e.g. token budgets), or micro_batch_size
     consecutive rows at full width. Returns the finalised metrics of the whole (all DP ranks)
     batch, on every rank."""
@@ -139,9 +140,10 @@ def forward_backward(student: Student, batch: TrainBatch, loss: Loss, *,
         def loss_func(logits):
             lp = align_to_tokens(ops.token_logprobs(logits, mb.labels, par.tp_group,
                                                     temperature=temperature, vocab_size=vocab))
-            record = LossInputs.from_record(part)
-            if record.old_logprobs is None:  # on-policy (config/on_policy.py): pi_old is this
-                record = dataclasses.replace(record, old_logprobs=lp.detach())  # very forward
+            record = part.loss_inputs()
+            if record.old_logprobs is None and "old_logprobs" in loss.needs:
+                # on-policy (config/on_policy.py): pi_old is this very forward
+                record = dataclasses.replace(record, old_logprobs=lp.detach())
             record.require(loss.needs, loss.name)
             value, stats = loss(lp, record.to(logits.device), norms)
             stats = {**stats, "policy/entropy_mean": _entropy_sum(
