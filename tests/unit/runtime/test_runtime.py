@@ -30,7 +30,10 @@ def test_single_process_start_then_parallel_state():
     code = ("from rlad_megatron.runtime import *; e = init_distributed(timeout_s=30); "
             "p = init_parallel(ParallelConfig()); "
             "print(e.launcher, e.world_size, e.backend, p.tp, p.dp)")
-    env = {k: v for k, v in __import__("os").environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    # a fresh single-process start: nothing inherited from a process group this pytest process
+    # (an earlier in-process test) may still hold, whose port is taken
+    env = {k: v for k, v in __import__("os").environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
