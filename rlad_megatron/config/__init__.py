@@ -1,7 +1,8 @@
 """The run configuration: one documented schema (RunConfig and its sections), YAML plus
 dotted overrides, and the one place it is validated before any model is built.
 
-  run.py         RunConfig: the run's sections, loading, merging, to_yaml
+  run.py         RunConfig (the algorithm and its sections), loading, merging, to_yaml
+  sections.py    the models, data, rollout, optimizer, training, checkpoint, logging and eval
   algorithms.py  the algorithm sections: advantage, losses (each builds its bound loss), selection,
                  imitation
   schema.py      walking the schema: field types, choices, docs (`rlad train --help-config`)
