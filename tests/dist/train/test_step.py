@@ -126,7 +126,7 @@ def test_micro_batch_must_divide_the_rank_batch(parallel):
     student = build_student(spec, parallel, OptimizerSettings())
     batch = _batch(spec, random_hf_weights(spec), b=3)
     with pytest.raises(ValueError,
-                       match="micro_batch_size: 2 does not divide the per-rank batch of 3"):
+                       match="micro_batch_size: 2 does not divide the batch of 3 rows"):
         forward_backward(student, batch, GRPOLossConfig().build(step=1), micro_batch_size=2)
 
 
