@@ -32,21 +32,20 @@ import time
 from pathlib import Path
 from typing import Optional
 
-
+from rlad_megatron.bookkeeping.checkpoint import save_train_checkpoint
+from rlad_megatron.bookkeeping.plots import plot_run
+from rlad_megatron.bookkeeping.preemption import PreemptionHandler, write_preemption_marker
+from rlad_megatron.bookkeeping.timers import memory_stats, progress, throughput
+from rlad_megatron.config.on_policy import reuses_update_forward
+from rlad_megatron.config.run import RunConfig
 from rlad_megatron.data.batch import TrainBatch
 from rlad_megatron.data.sft_batch import SFTBatch
 from rlad_megatron.runtime import print0
 from rlad_megatron.train import phases
-from rlad_megatron.bookkeeping.checkpoint import save_train_checkpoint
-from rlad_megatron.config.run import RunConfig
 from rlad_megatron.train.evaluate import eval_items, evaluate, write_eval_records
-from rlad_megatron.config.on_policy import reuses_update_forward
-from rlad_megatron.bookkeeping.plots import plot_run
-from rlad_megatron.bookkeeping.preemption import PreemptionHandler, write_preemption_marker
 from rlad_megatron.train.rl_metrics import rl_step_metrics
 from rlad_megatron.train.setup import Run, setup
 from rlad_megatron.train.teacher_scoring import teacher_guard
-from rlad_megatron.bookkeeping.timers import memory_stats, progress, throughput
 
 log = logging.getLogger("rlad_megatron.train")
 
