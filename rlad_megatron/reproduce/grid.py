@@ -27,6 +27,7 @@ Why a grid of reproductions rather than arms of one: student strength changes th
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from rlad_megatron.reproduce.plots import _figure
-from rlad_megatron.reproduce.recipe import load_recipe, raw_section
+from rlad_megatron.reproduce.recipe import load_recipe, raw_section, rl_config, stage_configs
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _KEYS = {"arm", "students", "training"}
@@ -195,6 +196,24 @@ def plot_map(m: dict, out: Path) -> Path:
     return out
 
 
+def check_cell(path: str, overrides: list[str]) -> None:
+    """What `rlad reproduce` checks before its work (reproduce/runner.py check_before_work), for
+    one cell: every stage's and job's config valid, its run directory and cache folders ours;
+    errors name the cell's overrides."""
+    from rlad_megatron.reproduce.runner import check_before_work
+    from rlad_megatron.reproduce.spec import build_jobs, parse_spec
+
+    settings, configs, node = load_recipe(path, overrides)
+    repro = parse_spec(node)
+    run_dir, cache = Path(settings["run_dir"]), Path(settings["cache_dir"])
+    try:
+        check_before_work(stage_configs(settings, copy.deepcopy(configs)),
+                          build_jobs(repro, rl_config(settings, configs, str(run_dir)), run_dir),
+                          repro, run_dir, cache)
+    except ValueError as e:
+        raise ValueError(f"map cell {run_dir.name} ({' '.join(overrides)}): {e}") from None
+
+
 def run_map(path: str, overrides: list[str], *, jobs: int | None = None) -> int:
     """Every cell's reproduction, then map.json / map.md / map.png (module docstring)."""
     from rlad_megatron.reproduce.runner import prepare_stages, reproduce
@@ -207,8 +226,8 @@ def run_map(path: str, overrides: list[str], *, jobs: int | None = None) -> int:
         raise ValueError(f"map.arm: {spec.arm!r} must be one of reproduce.arms other than the "
                          f"baseline {repro.baseline!r} ({', '.join(repro.arm_names)})")
     cells = [(r, c) for r in spec.students for c in spec.training]
-    for row, col in cells:  # every cell's configs checked before any work
-        load_recipe(path, overrides + cell_overrides(settings, spec, row, col))
+    for row, col in cells:  # every cell's stages and jobs validated before any work
+        check_cell(path, overrides + cell_overrides(settings, spec, row, col))
     run_dir, cache = Path(settings["run_dir"]), Path(settings["cache_dir"])
     code = prepare_stages(path, overrides, repro.prepare_procs)  # the shared teacher
     if code != 0:

@@ -133,3 +133,19 @@ def test_map_runs_a_reproduction_per_cell_sharing_the_teacher_and_each_rows_stud
     md = (root / "map" / "map.md").read_text()
     assert "| s2 |" in md and "| s4 |" in md and "rlad - grpo" in md
     assert (root / "map" / "map.png").stat().st_size > 0
+
+
+def test_a_bad_map_cell_is_refused_before_any_work(finished, tmp_path):
+    """Every cell's stages and jobs are validated before the first cell trains: a column that
+    makes an invalid run is named with its overrides, and nothing is written."""
+    root, _, _ = finished
+    recipe = root / "map_bad.yaml"
+    bad_column = "steps3: {rl.train.steps: 3}\n    none: {rl.train.steps: 0}"
+    recipe.write_text(MAP.format(run=tmp_path / "map").replace("steps3: {rl.train.steps: 3}",
+                                                                bad_column))
+    out = subprocess.run([sys.executable, "-m", "rlad_megatron.cli", "map", str(recipe),
+                          "reproduce.alphas=[]"], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "map cell s2__none" in out.stderr and "train.steps" in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "map").exists()
