@@ -27,7 +27,6 @@ Why a grid of reproductions rather than arms of one: student strength changes th
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -38,7 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from rlad_megatron.reproduce.plots import _figure
-from rlad_megatron.reproduce.recipe import load_recipe, raw_section, rl_config, stage_configs
+from rlad_megatron.reproduce.recipe import load_recipe, raw_section
+from rlad_megatron.reproduce.runner import checked_plan, prepare_stages, reproduce
+from rlad_megatron.reproduce.spec import dotted_overrides, parse_spec
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _KEYS = {"arm", "students", "training"}
@@ -51,16 +52,6 @@ class MapSpec:
     """row name -> recipe overrides (STAGE.key=value)."""
     training: dict[str, list[str]] = field(default_factory=dict)
     """column name -> recipe overrides."""
-
-
-def _dotted(d: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k, v in (d or {}).items():
-        if isinstance(v, dict):
-            out += _dotted(v, f"{prefix}{k}.")
-        else:
-            out.append(f"{prefix}{k}={json.dumps(v) if isinstance(v, (list, bool)) else v}")
-    return out
 
 
 def parse_map(raw: Any, where: str = "map") -> MapSpec:
@@ -79,7 +70,7 @@ def parse_map(raw: Any, where: str = "map") -> MapSpec:
             if not _NAME.fullmatch(str(name)) or "__" in str(name):
                 raise ValueError(f"{where}.{axis}: {name!r} is not a usable level name (letters, "
                                  f"digits, '.', '_', '-'; no '__')")
-            getattr(spec, axis)[str(name)] = _dotted(over)
+            getattr(spec, axis)[str(name)] = dotted_overrides(over or {})
     return spec
 
 
@@ -196,29 +187,18 @@ def plot_map(m: dict, out: Path) -> Path:
     return out
 
 
-def check_cell(path: str, overrides: list[str]) -> None:
-    """What `rlad reproduce` checks before its work (reproduce/runner.py check_before_work), for
-    one cell: every stage's and job's config valid, its run directory and cache folders ours;
-    errors name the cell's overrides."""
-    from rlad_megatron.reproduce.runner import check_before_work
-    from rlad_megatron.reproduce.spec import build_jobs, parse_spec
-
-    settings, configs, node = load_recipe(path, overrides)
-    repro = parse_spec(node)
-    run_dir, cache = Path(settings["run_dir"]), Path(settings["cache_dir"])
+def check_cell(path: str, overrides: list[str], cell: str) -> None:
+    """What `rlad reproduce` checks before its work (reproduce/runner.py checked_plan), for one
+    cell: every stage's and job's config valid, its run directory and cache folders ours;
+    errors name the cell and its overrides."""
     try:
-        check_before_work(stage_configs(settings, copy.deepcopy(configs)),
-                          build_jobs(repro, rl_config(settings, configs, str(run_dir)), run_dir),
-                          repro, run_dir, cache)
+        checked_plan(path, overrides)
     except ValueError as e:
-        raise ValueError(f"map cell {run_dir.name} ({' '.join(overrides)}): {e}") from None
+        raise ValueError(f"map cell {cell} ({' '.join(overrides)}): {e}") from None
 
 
 def run_map(path: str, overrides: list[str], *, jobs: int | None = None) -> int:
     """Every cell's reproduction, then map.json / map.md / map.png (module docstring)."""
-    from rlad_megatron.reproduce.runner import prepare_stages, reproduce
-    from rlad_megatron.reproduce.spec import parse_spec
-
     settings, _, node = load_recipe(path, overrides)
     spec = parse_map(raw_section(path, "map"))
     repro = parse_spec(node)
@@ -227,7 +207,8 @@ def run_map(path: str, overrides: list[str], *, jobs: int | None = None) -> int:
                          f"baseline {repro.baseline!r} ({', '.join(repro.arm_names)})")
     cells = [(r, c) for r in spec.students for c in spec.training]
     for row, col in cells:  # every cell's stages and jobs validated before any work
-        check_cell(path, overrides + cell_overrides(settings, spec, row, col))
+        check_cell(path, overrides + cell_overrides(settings, spec, row, col),
+                   cell_name(row, col))
     run_dir, cache = Path(settings["run_dir"]), Path(settings["cache_dir"])
     code = prepare_stages(path, overrides, repro.prepare_procs)  # the shared teacher
     if code != 0:

@@ -38,7 +38,7 @@ from rlad_megatron.config.active import reset_inactive
 from rlad_megatron.config.run import RunConfig, same_config
 from rlad_megatron.config.validate import validate_run_config
 from rlad_megatron.reproduce.recipe import (PREP_STAGES, load_recipe, owned_or_absent, rl_config,
-                                        stage_configs)
+                                            stage_configs)
 from rlad_megatron.bookkeeping.timers import progress
 
 MARKER = ".rlad_reproduce"
@@ -183,8 +183,10 @@ def prepare_stages(path: str, overrides: list[str], procs: int) -> int:
     return prep.returncode
 
 
-def reproduce(path: str, overrides: list[str], *, quick: bool = False, demo: bool = False,
-              jobs: int | None = None) -> int:
+def checked_plan(path: str, overrides: list[str], *, quick: bool = False,
+                 jobs: int | None = None):
+    """A reproduction's (spec, jobs, run_dir, cache), every config and folder checked before any
+    work (check_before_work); also `rlad map`'s check of each cell (reproduce/grid.py)."""
     settings, configs, node = load_recipe(path, overrides)
     spec = parse_spec(node, quick=quick)
     if jobs is not None:
@@ -195,6 +197,12 @@ def reproduce(path: str, overrides: list[str], *, quick: bool = False, demo: boo
     stages = stage_configs(settings, copy.deepcopy(configs))
     job_list = build_jobs(spec, rl_config(settings, configs, str(run_dir)), run_dir)
     check_before_work(stages, job_list, spec, run_dir, cache)
+    return spec, job_list, run_dir, cache
+
+
+def reproduce(path: str, overrides: list[str], *, quick: bool = False, demo: bool = False,
+              jobs: int | None = None) -> int:
+    spec, job_list, run_dir, cache = checked_plan(path, overrides, quick=quick, jobs=jobs)
     claim(run_dir)
     # both set here: a process started in the background inherits SIGINT ignored, and Ctrl-C (or
     # a scheduler's SIGINT) must still stop the runs cleanly

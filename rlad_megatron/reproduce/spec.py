@@ -89,9 +89,15 @@ def parse_spec(node: Any, *, quick: bool = False, where: str = "reproduce") -> R
         spec.seeds = list(q.get("seeds", spec.seeds))
         spec.jobs = q.get("jobs", spec.jobs)
         spec.alphas = [float(a) for a in q.get("alphas", spec.alphas)]
-        spec.rl_overrides = [f"{k}={v}" for k, v in _flatten(q.get("rl") or {}).items()]
+        spec.rl_overrides = dotted_overrides(q.get("rl") or {})
     _check(spec, where)
     return spec
+
+
+def dotted_overrides(d: dict) -> list[str]:
+    """A nested mapping of recipe or config keys as key=value overrides ({rl: {train.steps: 3}}
+    -> ["rl.train.steps=3"])."""
+    return [f"{k}={v}" for k, v in _flatten(d).items()]
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
