@@ -8,7 +8,7 @@ the config section builds (config/algorithms.py), with `over` replacing some.
 import dataclasses
 
 from rlad_megatron.config.algorithms import (GRPOLossConfig, KDRLLossConfig, SFTLossConfig,
-                                                  TRRDLossConfig)
+                                             TRRDLossConfig)
 
 
 def _options(section, over: dict) -> dict:

@@ -27,8 +27,8 @@ from rlad_megatron.runtime.parallel import ParallelConfig
 from rlad_megatron.config.algorithms import (AdvantageConfig, ImitationConfig, LossConfig,
                                              SelectionConfig, choice)
 from rlad_megatron.config.sections import (CheckpointConfig, DataConfig, EvalConfig, LoggingConfig,
-                                            ModelConfig, OptimConfig, RolloutConfig,
-                                            TeacherConfig, TrainConfig)
+                                           ModelConfig, OptimConfig, RolloutConfig,
+                                           TeacherConfig, TrainConfig)
 
 ALGORITHMS = {"rlad": "trrd", "grpo": "grpo", "kdrl": "kdrl", "sft_distill": "sft", "sft": "sft"}
 """algorithm -> its loss: the loss.<name> section, whose `build` gives the bound loss of that name

@@ -16,7 +16,7 @@ from rlad_megatron.data.tasks import check_task_config
 from rlad_megatron.models.layout_check import data_parallel_problem
 from rlad_megatron.models.spec import PRESETS, ModelSpec
 from rlad_megatron.config.run import (REFERENCE_KL_ALGORITHMS, TRAJECTORY_ALGORITHMS,
-                                        RunConfig)
+                                      RunConfig)
 from rlad_megatron.config.active import check_active
 from rlad_megatron.config.on_policy import fast_path_blockers
 from rlad_megatron.config.schema import check_choices, check_finite, get

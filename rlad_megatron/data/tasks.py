@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from rlad_megatron.data.miniature.levels import (check_level_sizes, level_config, question_key,
-                                            structure_key)
+                                                 structure_key)
 from rlad_megatron.data.math_answers import last_boxed
 
 SPLITS = ("train", "validation", "heldout")

@@ -33,7 +33,7 @@ from rlad_megatron.data.tokenizer_train import train_sentencepiece
 from rlad_megatron.models import checkpoint as mckpt
 from rlad_megatron.runtime import destroy_parallel, init_distributed, print0
 from rlad_megatron.config.run import (RunConfig, load_config, load_mapping, merge_config,
-                                        same_config, to_yaml)
+                                      same_config, to_yaml)
 from rlad_megatron.train.loop import train
 from rlad_megatron.config.schema import get, walk
 from rlad_megatron.train.setup import load_splits

@@ -18,11 +18,11 @@ at TP=2, PP=2, DP=2) and log-probs equal within fp32 round-off. The output is ge
 working layout ([b, P + N] with row r's prompt right-aligned in the first P columns and its
 t-th new token in column P + t), so `_assemble` makes the same RolloutBatch.
 
-Pipeline: every stage holds a context with its own layers (megatron's attention indexes it by
-the layer's number within the stage; no virtual stages); all contexts take the same admissions
-and updates in the same order, so they agree on the packed length T, which sizes the hidden
-states sent between stages. The last
-stage samples; the tokens reach every stage with one broadcast (StageRunner.share).
+Pipeline: every model chunk holds a context with its own layers (megatron's attention indexes it
+by the layer's number within the stage; with virtual stages by its number within the chunk,
+runtime/paged_attention.py); all contexts take the same admissions and updates in the same
+order, so they agree on the packed length T, which sizes the hidden states sent between stages.
+The last stage samples; the tokens reach every stage with one broadcast (StageRunner.share).
 
 Host reads per step: which rows stopped (to admit waiting rows), and the context's own
 bookkeeping reads (megatron's update_requests counts the finished and paused rows).

@@ -13,8 +13,9 @@ and this machine:
      then be installed: `check_dynamic_attention` says so before any work).
   * Pipeline stages need nothing: attention subtracts its stage's layer offset before it
     indexes the context (Attention._get_pp_layer_offset_for_inference), so a context made for
-    one stage's layers serves them. Virtual pipeline stages are not supported by megatron's
-    dynamic inference (that method asserts it), and refused in config/validate.py.
+    one stage's layers serves them. That method asserts there are no virtual pipeline stages;
+    with them, each chunk holds a context of its own layers and `dynamic_attention` gives each
+    chunk's attention its own offset for the generation.
 
 The paged attention (`paged_attention`): queries are the step's packed tokens [T, 1, h, d]
 (one per row in a decode-only step), keys and values megatron's blocks [n_blocks, block, g, d]

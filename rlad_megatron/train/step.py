@@ -22,9 +22,9 @@ The loss is a bound loss (losses/bound.py; config/run.py RunConfig.loss_for buil
 run's config). It reads `logprobs`, computed here, a typed LossInputs record (losses/inputs.py)
 from the micro-batch (TrainBatch, or data/sft_batch.py's SFTBatch: `loss_inputs()`), and the
 Normalisers it names; a batch without an input the loss needs is refused with the field's
-name. Metrics are the losses'
-sufficient statistics (losses/metrics.py), merged over micro-batches, all-reduced over DP with
-each key's op, finalised, and shared with every pipeline stage.
+name. Metrics are the losses' sufficient statistics (losses/metrics.py), merged over
+micro-batches, all-reduced over DP with each key's op, finalised, and shared with every pipeline
+stage.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from rlad_megatron.losses import (NORMALISERS, Loss, Normalisers, finalize,
 from rlad_megatron.models.build import Student
 from rlad_megatron.runtime import Parallel
 from rlad_megatron.models.forward import (MicroBatch, align_to_tokens, planned_micro_batches,
-                                         run_schedule)
+                                          run_schedule)
 from rlad_megatron.runtime import devices
 from rlad_megatron.runtime.cpu_shims import cuda_to_cpu
 

@@ -19,7 +19,7 @@ from rlad_megatron.data.batch import TrainBatch
 from rlad_megatron.losses import LossInputs, Normalisers
 from rlad_megatron.models.build import OptimizerSettings, build_student
 from rlad_megatron.config.algorithms import (GRPOLossConfig, ImitationConfig,
-                                                  KDRLLossConfig, SFTLossConfig, TRRDLossConfig)
+                                             KDRLLossConfig, SFTLossConfig, TRRDLossConfig)
 from rlad_megatron.train.step import forward_backward, optimizer_step
 
 LAYOUTS = [(1, 1), (2, 1), (1, 2), (1, 2, 2)]

@@ -15,7 +15,7 @@ import torch
 
 from rlad_megatron.bookkeeping import timers
 from rlad_megatron.bookkeeping.metrics import (MetricsLogger, NullMetricsLogger, open_metrics,
-                                         read_metrics)
+                                               read_metrics)
 from rlad_megatron.bookkeeping.timers import PhaseTimer, memory_stats, progress, throughput
 
 

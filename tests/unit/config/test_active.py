@@ -8,7 +8,7 @@ import re
 import pytest
 
 from rlad_megatron.config.active import (RULES, check_active, inactive_fields, reset_inactive,
-                                        rules_of)
+                                         rules_of)
 from rlad_megatron.config.run import RunConfig, load_config
 from rlad_megatron.config.schema import get, walk
 from rlad_megatron.config.validate import validate_run_config

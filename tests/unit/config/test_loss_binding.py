@@ -16,7 +16,7 @@ import torch
 from rlad_megatron.losses import (LossInputs, Normalisers, grpo_loss, joint_loss, kdrl_loss,
                                   sft_loss, trrd_loss)
 from rlad_megatron.config.algorithms import (GRPOLossConfig, ImitationConfig,
-                                                  KDRLLossConfig, SFTLossConfig, TRRDLossConfig)
+                                             KDRLLossConfig, SFTLossConfig, TRRDLossConfig)
 
 D = torch.float64
 TRRD = dict(alpha=0.3, eps_low=0.15, eps_high=0.4, teacher_logratio_clamp=0.7,
