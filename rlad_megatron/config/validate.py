@@ -15,6 +15,7 @@ from rlad_megatron.data.formats import COMPACT_TASKS
 from rlad_megatron.data.tasks import check_task_config
 from rlad_megatron.models.layout_check import data_parallel_problem
 from rlad_megatron.models.spec import PRESETS, ModelSpec
+from rlad_megatron.models.teacher_stream import check_stream_options
 from rlad_megatron.config.run import (REFERENCE_KL_ALGORITHMS, TRAJECTORY_ALGORITHMS,
                                       RunConfig)
 from rlad_megatron.config.active import check_active
@@ -240,8 +241,7 @@ def _teacher_offload(cfg: RunConfig) -> None:
     everything that would generate with it, one token at a time through every layer's copy, is
     refused rather than made silently slow."""
     t = cfg.teacher
-    if t.stream_window < 1:
-        raise ValueError(f"teacher.stream_window must be >= 1, got {t.stream_window}")
+    check_stream_options(t.stream_window, t.stream_activations)
     if t.offload != "stream":
         return
     if cfg.algorithm == "sft_distill":
