@@ -194,3 +194,15 @@ def test_a_finished_arm_is_reused_when_only_an_option_it_does_not_use_differs(tm
     job.run_dir.with_suffix(".yaml").write_text(text.replace("beta_init: 0.005",
                                                              "beta_init: 0.05"))
     assert job_state(job) == "done"
+
+
+def test_every_field_of_the_recipe_sections_is_documented():
+    import dataclasses
+
+    from rlad_megatron.config.schema import field_docs
+    from rlad_megatron.reproduce.grid import MapSpec
+    from rlad_megatron.reproduce.spec import QuickSection, ReproduceSpec
+
+    for cls in (ReproduceSpec, QuickSection, MapSpec):
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in field_docs(cls)]
+        assert not missing, f"{cls.__name__}: undocumented {missing}"
