@@ -8,5 +8,6 @@ dotted overrides, and the one place it is validated before any model is built.
   schema.py      walking the schema: field types, choices, docs (`rlad train --help-config`)
   active.py      which options take effect in a run (an ignored one is refused)
   on_policy.py   when the update may reuse its own forward as the old policy
+  generation.py  the run's generations (rollout, eval) as the sampler's GenerationConfig
   validate.py    every check, before any model is built
 """

@@ -134,11 +134,18 @@ def merge_config(*layers, where: str, base: Optional[RunConfig] = None) -> RunCo
     overrides are a ValueError naming `where` and the dotted key."""
     import copy
 
+    return merge_schema(RunConfig if base is None else copy.deepcopy(base), *layers, where=where)
+
+
+def merge_schema(schema, *layers, where: str):
+    """merge_config for any documented dataclass schema (a class: its defaults, or an instance to
+    merge over), e.g. a recipe's `reproduce` and `map` sections (reproduce/spec.py, grid.py):
+    the same layers, the same errors naming `where` and the dotted key."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        nodes = [OmegaConf.structured(RunConfig if base is None else copy.deepcopy(base))]
+        nodes = [OmegaConf.structured(schema)]
         for layer in layers:
             if isinstance(layer, (list, tuple)):
                 bad = [o for o in layer if "=" not in str(o)]

@@ -15,9 +15,11 @@ from rlad_megatron.data.formats import COMPACT_TASKS
 from rlad_megatron.data.tasks import check_task_config
 from rlad_megatron.models.layout_check import data_parallel_problem
 from rlad_megatron.models.spec import PRESETS, ModelSpec
+from rlad_megatron.models.teacher_stream import check_stream_options
 from rlad_megatron.config.run import (REFERENCE_KL_ALGORITHMS, TRAJECTORY_ALGORITHMS,
                                       RunConfig)
 from rlad_megatron.config.active import check_active
+from rlad_megatron.config.generation import check_generations
 from rlad_megatron.config.on_policy import fast_path_blockers
 from rlad_megatron.config.schema import check_choices, check_finite, get
 
@@ -75,18 +77,13 @@ def validate_run_config(cfg: RunConfig, world_size: int = 1, check_files: bool =
         _model(cfg, "teacher", check_files)
     _positive(cfg, "train.steps", "train.micro_batch_size", "train.mini_batches",
               "train.sft_batch_size", "train.max_consecutive_bad_steps", "rollout.prompts_per_step",
-              "rollout.group_size", "rollout.max_new_tokens", "rollout.stop_check_every",
-              "rollout.kv_block_size", "eval.k",
               "checkpoint.keep_last", "optimizer.lr", "logging.log_every")
-    _positive(cfg, "rollout.temperature", "eval.temperature", "rollout.top_k",
-              "rollout.micro_batch_size", "checkpoint.save_every", "eval.every",
-              "optimizer.warmup_steps", "optimizer.weight_decay", "optimizer.clip_grad",
-              "data.heldout_size", "data.validation_size", "eval.max_new_tokens",
-              "eval.num_prompts", "eval.seed", "train.max_tokens_per_micro_batch",
-              "rollout.max_live_rows", allow_zero=True)
+    _positive(cfg, "checkpoint.save_every", "eval.every", "optimizer.warmup_steps",
+              "optimizer.weight_decay", "optimizer.clip_grad", "data.heldout_size",
+              "data.validation_size", "eval.num_prompts", "eval.seed",
+              "train.max_tokens_per_micro_batch", allow_zero=True)
+    check_generations(cfg)  # rollout.* and eval.* sampling: GenerationConfig.validate's rules
     _rollout_engine(cfg)
-    if not 0 < cfg.rollout.top_p <= 1:
-        raise ValueError(f"rollout.top_p must be in (0, 1], got {cfg.rollout.top_p}")
     if cfg.is_rl and cfg.rollout.group_size < 2:
         raise ValueError(f"rollout.group_size: {cfg.rollout.group_size} must be >= 2 for "
                          f"{cfg.algorithm} (GRPO advantages compare samples of one prompt)")
@@ -130,8 +127,6 @@ def validate_run_config(cfg: RunConfig, world_size: int = 1, check_files: bool =
         raise ValueError(f"optimizer.min_lr: {cfg.optimizer.min_lr} > optimizer.lr: "
                          f"{cfg.optimizer.lr}")
     _losses(cfg)
-    if not 0 < cfg.eval.top_p <= 1:
-        raise ValueError(f"eval.top_p must be in (0, 1], got {cfg.eval.top_p}")
     d = cfg.data
     if cfg.eval.split == "validation" and d.validation_size == 0:
         raise ValueError("eval.split: validation needs data.validation_size > 0")
@@ -246,8 +241,7 @@ def _teacher_offload(cfg: RunConfig) -> None:
     everything that would generate with it, one token at a time through every layer's copy, is
     refused rather than made silently slow."""
     t = cfg.teacher
-    if t.stream_window < 1:
-        raise ValueError(f"teacher.stream_window must be >= 1, got {t.stream_window}")
+    check_stream_options(t.stream_window, t.stream_activations)
     if t.offload != "stream":
         return
     if cfg.algorithm == "sft_distill":

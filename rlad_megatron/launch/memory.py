@@ -69,41 +69,57 @@ LOGPROB_CHUNK_BYTES = 256 << 20
 
 @dataclass(frozen=True)
 class Workload:
-    """What one RL step asks of a GPU, besides the weights."""
+    """What one RL step asks of a GPU, besides the weights.
 
-    prompt_len: int = 1024
+    Most fields are run-config values: RUN_CONFIG_KEYS names the RunConfig key each is read
+    from (`from_run_config`, the one place the planner reads a run config). Their defaults here
+    describe a GPU run for `rlad plan --teacher T --student S` without a run config (bf16
+    models, the distributed optimizer, 1024-token responses), not RunConfig's CPU-safe defaults.
+    `old_logprobs_pass` is derived from the run config; PLANNER_ONLY lists the assumptions no run
+    config holds."""
+
+    # ---- read from the run config (RUN_CONFIG_KEYS)
     response_len: int = 1024
-    """rollout.max_new_tokens."""
+    """Response tokens per sample at most."""
     micro_batch_size: int = 1
-    """train.micro_batch_size: sequences per micro-batch of the log-prob passes and the update."""
+    """Sequences per micro-batch of the log-prob passes and the update."""
     mini_batches: int = 1
-    """train.mini_batches: optimizer steps per RL step."""
+    """Optimizer steps per RL step."""
     max_tokens_per_micro_batch: int = 0
-    """train.max_tokens_per_micro_batch: a micro-batch holds at most this many padded tokens
-    (and at least one row); estimated at the worst case, rows of seq_len tokens."""
+    """A micro-batch holds at most this many padded tokens (and at least one row); estimated at
+    the worst case, rows of seq_len tokens. 0: micro_batch_size rows."""
     prompts_per_step: int = 16
-    """rollout.prompts_per_step, over all data-parallel ranks."""
+    """Prompts per RL step, over all data-parallel ranks."""
     group_size: int = 8
-    """rollout.group_size: samples per prompt."""
+    """Samples per prompt."""
     rollout_micro_batch: int = 0
-    """rollout.micro_batch_size: sequences generated together (the KV cache); 0 = all of a
-    rank's."""
+    """Sequences generated together (the KV cache); 0 = all of a rank's."""
     rollout_engine: str = "continuous"
-    """rollout.engine: continuous (the default: a pool of KV blocks, max_live_rows rows x seq_len
-    rounded up to kv_block_size, + 2 blocks) or static (a KV cache of rollout_batch rows x
-    seq_len)."""
+    """continuous (a pool of KV blocks, max_live_rows rows x seq_len rounded up to
+    kv_block_size, + 2 blocks) or static (a KV cache of rollout_batch rows x seq_len)."""
     max_live_rows: int = 0
-    """rollout.max_live_rows (continuous); 0 = rollout_batch."""
+    """continuous: rows in flight at most; 0 = rollout_batch."""
     kv_block_size: int = 256
-    """rollout.kv_block_size (continuous): tokens per KV block."""
+    """continuous: tokens per KV block."""
     student_dtype: str = "bf16"
-    """student.dtype (the GPU default here, not the run config's CPU-safe fp32)."""
+    """The student's weights and activations."""
     teacher_dtype: str = "bf16"
-    """teacher.dtype."""
+    """The teacher's weights."""
     distributed_optimizer: bool = True
-    """optimizer.distributed (ZeRO-1 over DP)."""
+    """ZeRO-1: the optimizer state sharded over DP."""
     sequence_parallel: bool = False
-    """parallel.sequence_parallel."""
+    """Megatron's sequence parallelism (activations sharded over TP)."""
+    teacher_offload: str = "none"
+    """none | stream (the teacher's decoder layers in host memory)."""
+    stream_window: int = 2
+    """Teacher layers resident at once when streamed."""
+    # ---- derived from the run config
+    old_logprobs_pass: bool = True
+    """The step runs the old-policy pass (False: the on-policy update reads its own forward's
+    log-probs; train.old_logprobs with config/on_policy.py reuses_update_forward)."""
+    # ---- planner-only assumptions (PLANNER_ONLY): no run config holds them
+    prompt_len: int = 1024
+    """Prompt tokens (the data's, unknown before the prompts are tokenized)."""
     flash_attention: bool = True
     """Attention without stored [s, s] scores (transformer-engine on GPU)."""
     recompute: bool = False
@@ -112,32 +128,17 @@ class Workload:
     """Tokens per log-prob chunk; None: as many as fit LOGPROB_CHUNK_BYTES (the GPU default)."""
     reserve_gib: float = 4.0
     """GiB kept free per GPU (CUDA context, allocator fragmentation, NCCL buffers)."""
-    teacher_offload: str = "none"
-    """teacher.offload: none | stream (decoder layers in host memory)."""
-    stream_window: int = 2
-    """teacher.stream_window: teacher layers resident at once when streamed."""
-    old_logprobs_pass: bool = True
-    """The step runs the old-policy pass (False: the on-policy update reads its own forward's
-    log-probs, train.old_logprobs and config/on_policy.py)."""
 
     @classmethod
     def from_run_config(cls, cfg, **explicit) -> "Workload":
-        """The workload of a run config (config/run.py RunConfig; its prompt length is not in
-        it), with `explicit` fields winning: the one place the planner reads a run config."""
+        """The workload of a run config (config/run.py RunConfig): every RUN_CONFIG_KEYS field
+        read through its key, old_logprobs_pass derived, the PLANNER_ONLY fields at their
+        defaults; `explicit` fields win."""
         from rlad_megatron.config.on_policy import reuses_update_forward
+        from rlad_megatron.config.schema import get
 
-        r, t = cfg.rollout, cfg.train
-        return cls(**{**dict(
-            old_logprobs_pass=not reuses_update_forward(cfg),
-            response_len=r.max_new_tokens, micro_batch_size=t.micro_batch_size,
-            mini_batches=t.mini_batches, max_tokens_per_micro_batch=t.max_tokens_per_micro_batch,
-            prompts_per_step=r.prompts_per_step, group_size=r.group_size,
-            rollout_micro_batch=r.micro_batch_size, rollout_engine=r.engine,
-            max_live_rows=r.max_live_rows, kv_block_size=r.kv_block_size,
-            student_dtype=cfg.student.dtype,
-            teacher_dtype=cfg.teacher.dtype, distributed_optimizer=cfg.optimizer.distributed,
-            sequence_parallel=cfg.parallel.sequence_parallel, teacher_offload=cfg.teacher.offload,
-            stream_window=cfg.teacher.stream_window), **explicit})
+        read = {name: get(cfg, key) for name, key in RUN_CONFIG_KEYS.items()}
+        return cls(**{**read, "old_logprobs_pass": not reuses_update_forward(cfg), **explicit})
 
     @property
     def seq_len(self) -> int:
@@ -169,6 +170,34 @@ class Workload:
     def micro_batches(self, dp: int) -> int:
         """Micro-batches per mini-batch on one rank (at least 1)."""
         return max(1, int(self.sequences_per_rank(dp) // self.mini_batches // self.micro_rows))
+
+
+RUN_CONFIG_KEYS = {
+    "response_len": "rollout.max_new_tokens",
+    "micro_batch_size": "train.micro_batch_size",
+    "mini_batches": "train.mini_batches",
+    "max_tokens_per_micro_batch": "train.max_tokens_per_micro_batch",
+    "prompts_per_step": "rollout.prompts_per_step",
+    "group_size": "rollout.group_size",
+    "rollout_micro_batch": "rollout.micro_batch_size",
+    "rollout_engine": "rollout.engine",
+    "max_live_rows": "rollout.max_live_rows",
+    "kv_block_size": "rollout.kv_block_size",
+    "student_dtype": "student.dtype",
+    "teacher_dtype": "teacher.dtype",
+    "distributed_optimizer": "optimizer.distributed",
+    "sequence_parallel": "parallel.sequence_parallel",
+    "teacher_offload": "teacher.offload",
+    "stream_window": "teacher.stream_window",
+}
+"""Workload field -> the dotted RunConfig key it is read from: the one source of the mapping
+(Workload.from_run_config reads through it, launch/plan_inputs.py names the key in its errors;
+tests/unit/launch/test_workload.py holds that every key exists in the schema)."""
+PLANNER_ONLY = ("prompt_len", "flash_attention", "recompute", "logprob_chunk_tokens",
+                "reserve_gib")
+"""Workload fields that are assumptions of the plan, not run-config values: the prompt length
+(the data's), the GPU's attention kernel, activation recompute, the log-prob chunk and the memory
+reserve. `rlad plan` takes them from its flags or their defaults."""
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from rlad_megatron.launch.memory import Workload
+from rlad_megatron.launch.memory import RUN_CONFIG_KEYS, Workload
 from rlad_megatron.models.spec import PRESETS, ModelSpec, get_preset
 
 
@@ -65,29 +65,24 @@ def _tokenizer_vocab(m, role: str) -> int:
 
 
 WORKLOAD_FLAGS = {
-    "prompt_len": ("--prompt-len", None, 1), "response_len": ("--response-len",
-                                                                "rollout.max_new_tokens", 1),
-    "micro_batch_size": ("--micro-batch-size", "train.micro_batch_size", 1),
-    "mini_batches": (None, "train.mini_batches", 1),
-    "prompts_per_step": ("--prompts-per-step", "rollout.prompts_per_step", 1),
-    "group_size": ("--group-size", "rollout.group_size", 1),
-    "stream_window": ("--stream-window", "teacher.stream_window", 1),
-    "max_tokens_per_micro_batch": ("--max-tokens-per-micro-batch",
-                                   "train.max_tokens_per_micro_batch", 0),
-    "rollout_micro_batch": ("--rollout-batch", "rollout.micro_batch_size", 0),
-    "max_live_rows": ("--max-live-rows", "rollout.max_live_rows", 0),
-    "kv_block_size": ("--kv-block-size", "rollout.kv_block_size", 1),
-    "reserve_gib": ("--reserve", None, 0),
+    "prompt_len": ("--prompt-len", 1), "response_len": ("--response-len", 1),
+    "micro_batch_size": ("--micro-batch-size", 1), "mini_batches": (None, 1),
+    "prompts_per_step": ("--prompts-per-step", 1), "group_size": ("--group-size", 1),
+    "stream_window": ("--stream-window", 1),
+    "max_tokens_per_micro_batch": ("--max-tokens-per-micro-batch", 0),
+    "rollout_micro_batch": ("--rollout-batch", 0), "max_live_rows": ("--max-live-rows", 0),
+    "kv_block_size": ("--kv-block-size", 1), "reserve_gib": ("--reserve", 0),
 }
-"""Workload field -> (its flag, its run-config key, the least value allowed)."""
+"""Workload size field -> (its `rlad plan` flag, the least value allowed); its run-config key is
+launch/memory.py RUN_CONFIG_KEYS'."""
 
 
 def check_workload(w: Workload) -> None:
     """A ValueError naming the flag (and the config key) of the first size below its least
     value: a negative length would print a layout that "fits" with negative step times, a zero
     batch a ZeroDivisionError."""
-    for name, (flag, key, least) in WORKLOAD_FLAGS.items():
+    for name, (flag, least) in WORKLOAD_FLAGS.items():
         value = getattr(w, name)
         if value < least:
-            where = " or ".join(n for n in (flag, key) if n)
+            where = " or ".join(n for n in (flag, RUN_CONFIG_KEYS.get(name)) if n)
             raise ValueError(f"{where}: {value:g} must be >= {least}")

@@ -167,14 +167,20 @@ class StreamedTeacher(Teacher):
         return [len(m.decoder.layers) for m in self.modules]
 
 
-def stream_teacher(teacher: Teacher, *, window: int = 2,
-                   activations: str = "device") -> StreamedTeacher:
-    """Move `teacher`'s decoder layers to host memory and everything else to the device."""
+def check_stream_options(window: int, activations: str) -> None:
+    """teacher.stream_window and teacher.stream_activations; config/validate.py runs this before
+    any model is built."""
     if window < 1:
         raise ValueError(f"teacher.stream_window must be >= 1, got {window}")
     if activations not in ACTIVATION_PLACES:
         raise ValueError(f"teacher.stream_activations must be one of {ACTIVATION_PLACES}, got "
                          f"{activations!r}")
+
+
+def stream_teacher(teacher: Teacher, *, window: int = 2,
+                   activations: str = "device") -> StreamedTeacher:
+    """Move `teacher`'s decoder layers to host memory and everything else to the device."""
+    check_stream_options(window, activations)
     device = compute_device()
     stores = []
     for chunk in teacher.modules:

@@ -34,43 +34,46 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict
 
+from rlad_megatron.config.run import merge_schema
 from rlad_megatron.reproduce.plots import _figure
 from rlad_megatron.reproduce.recipe import load_recipe, raw_section
 from rlad_megatron.reproduce.runner import checked_plan, prepare_stages, reproduce
 from rlad_megatron.reproduce.spec import dotted_overrides, parse_spec
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_KEYS = {"arm", "students", "training"}
 
 
 @dataclass
 class MapSpec:
+    """The recipe's `map` section (module docstring), read through this schema like the stages
+    through RunConfig's (config/run.py merge_schema: unknown keys and wrong types are refused with
+    the key named)."""
+
     arm: str = "rlad"
-    students: dict[str, list[str]] = field(default_factory=dict)
-    """row name -> recipe overrides (STAGE.key=value)."""
-    training: dict[str, list[str]] = field(default_factory=dict)
-    """column name -> recipe overrides."""
+    """The arm compared with reproduce.baseline in every cell."""
+    students: Dict[str, Any] = field(default_factory=dict)
+    """Row name (a student strength) -> recipe overrides, nested or dotted
+    ({student_sft.train.steps: 150}), or null."""
+    training: Dict[str, Any] = field(default_factory=dict)
+    """Column name (an RL setting) -> recipe overrides, as for students."""
 
 
 def parse_map(raw: Any, where: str = "map") -> MapSpec:
     """The recipe's `map` section (a plain dict) -> MapSpec; errors name the key."""
     if not raw:
         raise ValueError(f"{where}: the recipe has no map section (map.students, map.training)")
-    unknown = set(raw) - _KEYS
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; expected {sorted(_KEYS)}")
-    spec = MapSpec(arm=str(raw.get("arm", "rlad")))
-    for axis in ("students", "training"):
-        levels = raw.get(axis) or {}
+    spec = merge_schema(MapSpec, raw, where=where)
+    for axis, levels in (("students", spec.students), ("training", spec.training)):
         if not levels:
             raise ValueError(f"{where}.{axis}: at least one level is needed")
         for name, over in levels.items():
-            if not _NAME.fullmatch(str(name)) or "__" in str(name):
+            if not _NAME.fullmatch(name) or "__" in name:
                 raise ValueError(f"{where}.{axis}: {name!r} is not a usable level name (letters, "
                                  f"digits, '.', '_', '-'; no '__')")
-            getattr(spec, axis)[str(name)] = dotted_overrides(over or {})
+            if not isinstance(over, (dict, type(None))):
+                raise ValueError(f"{where}.{axis}.{name}: {over!r} is not a mapping of overrides")
     return spec
 
 
@@ -80,7 +83,8 @@ def cell_name(row: str, column: str) -> str:
 
 def cell_overrides(settings: dict, spec: MapSpec, row: str, column: str) -> list[str]:
     """The overrides that make a cell's reproduction (module docstring)."""
-    return [*spec.students[row], *spec.training[column],
+    return [*dotted_overrides(spec.students[row] or {}),
+            *dotted_overrides(spec.training[column] or {}),
             f"cache_dir={Path(settings['cache_dir']) / 'map_students' / row}",
             f"run_dir={Path(settings['run_dir']) / 'cells' / cell_name(row, column)}"]
 

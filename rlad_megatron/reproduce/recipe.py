@@ -7,9 +7,11 @@ torchrun, every rank):
 
 Recipe file keys: `cache_dir`, `run_dir`, a `base` RunConfig shared by every stage, one RunConfig
 section per stage (`teacher_sft`, `student_sft`, `rl`) merged on top of it, `reproduce` (the
-arms, seeds and alphas; reproduce/spec.py), and `extends: OTHER.yaml` to start from another
-recipe file (merged key by key, except `reproduce` and the dotted keys listed under `replace:`,
-e.g. `[base.data.task_config]`, which replace the other's whole). Overrides are
+arms, seeds and alphas; reproduce/spec.py ReproduceSpec), `map` (reproduce/grid.py MapSpec), and
+`extends: OTHER.yaml` to start from another recipe file (merged key by key, except `reproduce`,
+`map` and the dotted keys listed under `replace:`, e.g. `[base.data.task_config]`, which replace
+the other's whole). Every section is read through its dataclass schema with config/run.py's
+merge (merge_config, merge_schema): unknown keys and wrong types name the key. Overrides are
 `STAGE.key=value` (or `base.key=value`, `reproduce.key=value`, `cache_dir=...`, `run_dir=...`).
 
 The tokenizer is a sentencepiece character model trained on the prompts and gold solutions of

@@ -24,36 +24,69 @@ Arm names are folder names: letters, digits, '.', '_' and '-'.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, List, Optional
 
 from rlad_megatron.config.active import reset_inactive
-from rlad_megatron.config.run import ALGORITHMS, RunConfig, merge_config, to_yaml
+from rlad_megatron.config.run import ALGORITHMS, RunConfig, merge_config, merge_schema, to_yaml
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_KEYS = {"seeds", "baseline", "jobs", "procs", "prepare_procs", "arms", "alphas", "validation",
-         "quick"}
-_QUICK_KEYS = {"seeds", "arms", "alphas", "rl", "jobs"}
+
+
+@dataclass
+class QuickSection:
+    """`reproduce.quick`: what `--quick` changes (a shorter run of some arms); an unset field
+    keeps the full run's."""
+
+    seeds: Optional[List[int]] = None
+    """The quick run's seeds."""
+    arms: Optional[List[str]] = None
+    """The arms it runs, names of reproduce.arms."""
+    alphas: Optional[List[float]] = None
+    """Its alpha ablation arms ([]: none)."""
+    jobs: Optional[int] = None
+    """Its arms trained at once."""
+    rl: Dict[str, Any] = field(default_factory=dict)
+    """RunConfig overrides of the rl stage, nested or dotted ({train.steps: 30})."""
 
 
 @dataclass
 class ReproduceSpec:
-    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    """The `reproduce` section of a recipe (module docstring), read through this schema like the
+    stages through RunConfig's (config/run.py merge_schema: unknown keys and wrong types are
+    refused with the key named). parse_spec applies `quick` when asked and keeps of it only the
+    rl overrides it applies (`rl_overrides`)."""
+
+    seeds: List[int] = field(default_factory=lambda: [1, 2, 3])
+    """Run seeds (cfg.seed): every arm of a seed draws the same prompts per step."""
     baseline: str = "grpo"
+    """The arm paired differences are taken against."""
     jobs: int = 2
+    """Arms trained at once, each a process group of its own."""
     procs: int = 1
+    """Processes per arm (torchrun --nproc-per-node)."""
     prepare_procs: int = 2
-    arms: dict[str, dict] = field(default_factory=dict)
-    alphas: list[float] = field(default_factory=list)
+    """Processes of the preparation stages."""
+    arms: Dict[str, Any] = field(default_factory=dict)
+    """Arm name -> RunConfig overrides (a nested mapping, or null) on top of the rl stage."""
+    alphas: List[float] = field(default_factory=list)
+    """Table 5: extra RLAD arms rlad_a<alpha> that change the rlad arm's loss.trrd.alpha."""
     validation: bool = False
-    rl_overrides: list[str] = field(default_factory=list)
-    """dotted overrides of the rl stage (from reproduce.quick.rl)."""
+    """Evaluate on the validation split (for choosing settings)."""
+    quick: QuickSection = field(default_factory=QuickSection)
+    """What --quick changes."""
 
     @property
     def arm_names(self) -> list[str]:
         return list(self.arms) + [alpha_arm(a) for a in self.alphas]
+
+    @property
+    def rl_overrides(self) -> list[str]:
+        """Dotted overrides of the rl stage (from reproduce.quick.rl, when --quick applied it)."""
+        return dotted_overrides(self.quick.rl)
 
 
 def alpha_arm(alpha: float) -> str:
@@ -61,35 +94,28 @@ def alpha_arm(alpha: float) -> str:
 
 
 def parse_spec(node: Any, *, quick: bool = False, where: str = "reproduce") -> ReproduceSpec:
-    """The `reproduce` omegaconf node (or None) -> ReproduceSpec, with `quick` applied."""
-    from omegaconf import OmegaConf
-
-    raw = OmegaConf.to_container(node, resolve=True) if node is not None else {}
-    unknown = set(raw) - _KEYS
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; expected {sorted(_KEYS)}")
-    spec = ReproduceSpec()
-    for key in ("seeds", "baseline", "jobs", "procs", "prepare_procs", "validation"):
-        if key in raw:
-            setattr(spec, key, raw[key])
-    spec.arms = {str(k): dict(v or {}) for k, v in (raw.get("arms") or {}).items()}
-    spec.alphas = [float(a) for a in raw.get("alphas") or []]
-    if quick:
-        q = raw.get("quick") or {}
-        unknown = set(q) - _QUICK_KEYS
-        if unknown:
-            raise ValueError(f"{where}.quick: unknown key(s) {sorted(unknown)}; expected "
-                             f"{sorted(_QUICK_KEYS)}")
-        if "arms" in q:
-            missing = [a for a in q["arms"] if a not in spec.arms]
+    """The `reproduce` omegaconf node (or None) -> ReproduceSpec, with `quick` applied; errors
+    name the key."""
+    spec = merge_schema(ReproduceSpec, node, where=where)
+    for name, over in spec.arms.items():
+        if not isinstance(over, (dict, type(None))):
+            raise ValueError(f"{where}.arms.{name}: {over!r} is not a mapping of RunConfig "
+                             "overrides")
+    spec.arms = {name: over or {} for name, over in spec.arms.items()}
+    q = spec.quick
+    if not quick:
+        spec.quick = QuickSection()
+    else:
+        if q.arms is not None:
+            missing = [a for a in q.arms if a not in spec.arms]
             if missing:
                 raise ValueError(f"{where}.quick.arms: {missing} are not in {where}.arms "
                                  f"({', '.join(spec.arms)})")
-            spec.arms = {a: spec.arms[a] for a in q["arms"]}
-        spec.seeds = list(q.get("seeds", spec.seeds))
-        spec.jobs = q.get("jobs", spec.jobs)
-        spec.alphas = [float(a) for a in q.get("alphas", spec.alphas)]
-        spec.rl_overrides = dotted_overrides(q.get("rl") or {})
+        spec = dataclasses.replace(
+            spec, arms={a: spec.arms[a] for a in q.arms} if q.arms is not None else spec.arms,
+            seeds=q.seeds if q.seeds is not None else spec.seeds,
+            jobs=q.jobs if q.jobs is not None else spec.jobs,
+            alphas=q.alphas if q.alphas is not None else spec.alphas, quick=QuickSection(rl=q.rl))
     _check(spec, where)
     return spec
 
@@ -113,12 +139,12 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 def _check(spec: ReproduceSpec, where: str) -> None:
     if not spec.arms:
         raise ValueError(f"{where}.arms: no arms to run")
-    if not spec.seeds or len(set(spec.seeds)) != len(spec.seeds) or \
-            any(not isinstance(s, int) or s < 0 for s in spec.seeds):
+    if not spec.seeds or len(set(spec.seeds)) != len(spec.seeds) or min(spec.seeds) < 0:
         raise ValueError(f"{where}.seeds: {spec.seeds} must be distinct integers >= 0")
-    for key in ("jobs", "procs", "prepare_procs"):
-        if not isinstance(getattr(spec, key), int) or getattr(spec, key) < 1:
-            raise ValueError(f"{where}.{key}: {getattr(spec, key)!r} must be an integer >= 1")
+    for key, value in (("jobs", spec.jobs), ("procs", spec.procs),
+                       ("prepare_procs", spec.prepare_procs)):
+        if value < 1:
+            raise ValueError(f"{where}.{key}: {value!r} must be an integer >= 1")
     for name in spec.arm_names:
         if not _NAME.fullmatch(name):
             raise ValueError(f"{where}.arms: {name!r} is not a usable arm name (letters, digits, "

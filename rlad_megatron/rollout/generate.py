@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.distributed as dist
@@ -120,39 +120,48 @@ class GenerationConfig:
     """continuous: tokens per KV-cache block (flash-attn 2's paged kernel needs a multiple of
     256)."""
 
-    def validate(self, prefix: str = "rollout") -> None:
+    def validate(self, prefix: str = "rollout", keys: Optional[Mapping[str, str]] = None) -> None:
+        """A ValueError naming the first bad setting as `prefix.field`, or as `keys[field]` where
+        the setting has another name (a run config's rollout.group_size for samples_per_prompt;
+        config/generation.py). The run config's sampling checks are these (config/validate.py
+        validates the run's generations through them)."""
+        def key(name: str) -> str:
+            return (keys or {}).get(name, f"{prefix}.{name}")
+
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"{prefix}.max_new_tokens must be a positive integer, got "
+            raise ValueError(f"{key('max_new_tokens')} must be a positive integer, got "
                              f"{self.max_new_tokens!r}")
         if not self.temperature >= 0:
-            raise ValueError(f"{prefix}.temperature must be >= 0, got {self.temperature!r}")
+            raise ValueError(f"{key('temperature')} must be >= 0, got {self.temperature!r}")
         if self.top_k < 0:
-            raise ValueError(f"{prefix}.top_k must be >= 0 (0 is off), got {self.top_k}")
+            raise ValueError(f"{key('top_k')} must be >= 0 (0 is off), got {self.top_k}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"{prefix}.top_p must be in (0, 1] (1 is off), got {self.top_p}")
+            raise ValueError(f"{key('top_p')} must be in (0, 1] (1 is off), got {self.top_p}")
         if self.samples_per_prompt < 1:
-            raise ValueError(f"{prefix}.samples_per_prompt must be >= 1, got "
+            raise ValueError(f"{key('samples_per_prompt')} must be >= 1, got "
                              f"{self.samples_per_prompt}")
         if self.micro_batch_size < 0:
-            raise ValueError(f"{prefix}.micro_batch_size must be >= 0 (0: all rows at once), "
+            raise ValueError(f"{key('micro_batch_size')} must be >= 0 (0: all rows at once), "
                              f"got {self.micro_batch_size}")
         if self.stop_check_every < 1:
-            raise ValueError(f"{prefix}.stop_check_every must be >= 1, got "
+            raise ValueError(f"{key('stop_check_every')} must be >= 1, got "
                              f"{self.stop_check_every}")
         if self.engine not in ENGINES:
-            raise ValueError(f"{prefix}.engine must be one of {', '.join(ENGINES)}, got "
+            raise ValueError(f"{key('engine')} must be one of {', '.join(ENGINES)}, got "
                              f"{self.engine!r}")
-        if self.max_live_rows < 0 or self.kv_block_size < 1:
-            raise ValueError(f"{prefix}.max_live_rows must be >= 0 and {prefix}.kv_block_size "
-                             f">= 1, got {self.max_live_rows} and {self.kv_block_size}")
+        if self.max_live_rows < 0:
+            raise ValueError(f"{key('max_live_rows')} must be >= 0 (0: micro_batch_size, or "
+                             f"every row), got {self.max_live_rows}")
+        if self.kv_block_size < 1:
+            raise ValueError(f"{key('kv_block_size')} must be >= 1, got {self.kv_block_size}")
         if self.engine == "continuous" and not self.use_cache:
-            raise ValueError(f"{prefix}.engine=continuous keeps a KV cache: use_cache must be on")
+            raise ValueError(f"{key('engine')}=continuous keeps a KV cache: use_cache must be on")
         if self.engine == "continuous" and self.stop_check_every != 1:
-            raise ValueError(f"{prefix}.stop_check_every={self.stop_check_every} applies to "
-                             f"{prefix}.engine=static (the continuous engine reads which rows "
+            raise ValueError(f"{key('stop_check_every')}={self.stop_check_every} applies to "
+                             f"{key('engine')}=static (the continuous engine reads which rows "
                              f"stopped every step, to admit waiting rows)")
         if self.top_p_candidates < 1:
-            raise ValueError(f"{prefix}.top_p_candidates must be >= 1, got "
+            raise ValueError(f"{key('top_p_candidates')} must be >= 1, got "
                              f"{self.top_p_candidates}")
 
     def eos_ids(self) -> Tensor:

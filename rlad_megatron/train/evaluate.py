@@ -63,8 +63,7 @@ def evaluate(run, model, items, *, prefix: str = "eval") -> tuple[dict[str, floa
     par = model.par  # the student's layout, or a teacher's own (teacher.parallel)
     start, stop = rank_slice(len(items), par.dp, par.dp_rank)
     mine = items[start:stop]
-    gen = generation_config(run, samples=e.k, temperature=e.temperature, top_p=e.top_p, top_k=0,
-                            max_new_tokens=e.max_new_tokens or run.cfg.rollout.max_new_tokens)
+    gen = generation_config(run, "eval")
     # row ids are global (prompt index in `items` x k + sample), so every layout draws the same
     # noise for the same prompt and sample
     batch = generate(model, prompt_ids(run, mine), gen, seed=2**31 - 1 - e.seed,

@@ -110,9 +110,7 @@ def sft_step(run: Run, step: int) -> StepResult:
         if cfg.algorithm == "sft":
             targets = [tok.encode(run.fmt.solution(item)) for item in items]
         else:  # sft_distill: one teacher trace per prompt, kept when its reward is 1
-            gen = phases.generation_config(run, samples=1, temperature=cfg.rollout.temperature,
-                                           top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
-                                           max_new_tokens=cfg.rollout.max_new_tokens)
+            gen = phases.generation_config(run, samples=1)
             traces = phases.teacher_generate(run, prompts, gen, seed=cfg.seed * 1_000_003 + step)
             # the teacher's own log-probs of its samples: NaN/Inf or uniform (weights not
             # loaded) stops the run, as the teacher pass does under rlad/kdrl

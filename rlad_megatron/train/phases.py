@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
+from rlad_megatron.config.generation import generation_view
 from rlad_megatron.data.advantages import with_teacher_rows
 from rlad_megatron.data.batch import RolloutBatch, RowBatch, TrainBatch, interleave_groups
 from rlad_megatron.data.formats import encode_prompt
@@ -54,27 +55,20 @@ def prompt_ids(run: Run, items: list[PromptItem]) -> list[list[int]]:
             for item in items]
 
 
-def generation_config(run: Run, *, samples: int, temperature: float, top_p: float, top_k: int,
-                      max_new_tokens: int) -> GenerationConfig:
-    return GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature,
-                            top_k=top_k, top_p=top_p,
-                            eos_token_id=run.tokenizer.eos_id,
-                            pad_token_id=run.tokenizer.pad_id or 0, samples_per_prompt=samples,
-                            micro_batch_size=run.cfg.rollout.micro_batch_size,
-                            stop_check_every=run.cfg.rollout.stop_check_every,
-                            engine=run.cfg.rollout.engine,
-                            max_live_rows=run.cfg.rollout.max_live_rows,
-                            kv_block_size=run.cfg.rollout.kv_block_size, progress=False)
+def generation_config(run: Run, view: str = "rollout", *,
+                      samples: Optional[int] = None) -> GenerationConfig:
+    """The sampler's settings of one of the run's generations (config/generation.py: "rollout"
+    or "eval"; `samples` per prompt replaces the view's own), with the tokenizer's EOS and pad
+    ids."""
+    return generation_view(run.cfg, view, samples=samples, eos_token_id=run.tokenizer.eos_id,
+                           pad_token_id=run.tokenizer.pad_id or 0)
 
 
 def rollout(run: Run, items: list[PromptItem], step: int, model=None,
             on_micro_batch=None) -> RolloutBatch:
     """G samples per prompt of this DP rank from the student (or `model`); on_micro_batch is
     rollout.generate's hook (train/teacher_scoring.py DuringRollout)."""
-    r = run.cfg.rollout
-    gen = generation_config(run, samples=r.group_size, temperature=r.temperature, top_p=r.top_p,
-                            top_k=r.top_k, max_new_tokens=r.max_new_tokens)
-    return generate(model or run.student, prompt_ids(run, items), gen,
+    return generate(model or run.student, prompt_ids(run, items), generation_config(run),
                     seed=run.cfg.seed * 1_000_003 + step, on_micro_batch=on_micro_batch)
 
 
@@ -116,8 +110,7 @@ def with_teacher_trajectories(run: Run, items: list[PromptItem], step: int,
     temperature and lengths as the student's rollout), interleaved after each prompt's G student
     rows. Returns the batch and teacher_rows [b] bool."""
     r = run.cfg.rollout
-    gen = generation_config(run, samples=r.teacher_samples, temperature=r.temperature,
-                            top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens)
+    gen = generation_config(run, samples=r.teacher_samples)
     teacher = teacher_generate(run, prompt_ids(run, items), gen,
                                seed=run.cfg.seed * 1_000_003 + step + TEACHER_SEED_OFFSET)
     return interleave_groups(student, teacher, group_size=r.group_size,

@@ -159,7 +159,7 @@ def test_missing_config_file_is_named(tmp_path):
       "algorithm": "grpo"}, 1, r"teacher.score_during_rollout: algorithm grpo has no teacher"),
     ({"rollout.engine": "paged"}, 1, r"rollout.engine: 'paged' is not one of static, continuous"),
     ({"rollout.engine": "continuous", "rollout.kv_block_size": 0}, 1,
-     r"rollout.kv_block_size must be > 0, got 0"),
+     r"rollout.kv_block_size must be >= 1, got 0"),
     ({"rollout.max_live_rows": 8, "rollout.engine": "static"}, 1,
      r"rollout.max_live_rows.*takes effect only with rollout.engine=continuous"),
     ({"rollout.stop_check_every": 4}, 1,

@@ -444,23 +444,3 @@ def test_hardware_overrides_are_checked():
         Hardware.from_overrides(["flops=1"])
     with pytest.raises(ValueError, match="--hw mfu: 0 must be > 0"):
         Hardware.from_overrides(["mfu=0"])
-
-
-def test_the_workload_of_a_run_config_carries_every_mapped_field():
-    """Workload.from_run_config is the one place the planner reads a run config: every value
-    set in the config arrives, explicit fields win, the prompt length keeps its default."""
-    from rlad_megatron.config.run import load_config
-
-    cfg = load_config(None, ["rollout.max_new_tokens=777", "train.micro_batch_size=3",
-                             "train.mini_batches=5", "train.max_tokens_per_micro_batch=4096",
-                             "rollout.prompts_per_step=24", "rollout.group_size=6",
-                             "rollout.micro_batch_size=12", "student.dtype=bf16",
-                             "teacher.dtype=fp16", "optimizer.distributed=true",
-                             "parallel.sequence_parallel=true", "teacher.offload=stream",
-                             "teacher.stream_window=3"])
-    w = Workload.from_run_config(cfg, group_size=4)
-    assert dataclasses.asdict(w) == {**dataclasses.asdict(Workload()), **dict(
-        response_len=777, micro_batch_size=3, mini_batches=5, max_tokens_per_micro_batch=4096,
-        prompts_per_step=24, group_size=4, rollout_micro_batch=12, student_dtype="bf16",
-        teacher_dtype="fp16", distributed_optimizer=True, sequence_parallel=True,
-        teacher_offload="stream", stream_window=3)}

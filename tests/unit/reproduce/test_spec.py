@@ -75,12 +75,39 @@ def test_quick_and_validation_and_demo():
     ({"arms": {"grpo": {"algorithm": "grpo"}}, "alphas": [0.3]}, "varies the 'rlad' arm"),
     ({"arms": {"grpo": {"algorithm": "grpo"}}, "seeds": [1, 1]}, "reproduce.seeds"),
     ({"arms": {"bad/name": {"algorithm": "grpo"}}, "baseline": "bad/name"}, "arm name"),
-    ({"arms": {"grpo": {"algorithm": "grpo"}}, "jobz": 2}, "unknown key"),
+    ({"arms": {"grpo": {"algorithm": "grpo"}}, "jobz": 2}, r"reproduce: key jobz: Key 'jobz'"),
+    ({"arms": {"grpo": {"algorithm": "grpo"}}, "jobs": "two"}, r"reproduce: key jobs: Value"),
+    ({"arms": {"grpo": {"algorithm": "grpo"}}, "seeds": [1, "b"]}, r"key seeds\[1\]"),
+    ({"arms": {"grpo": {"algorithm": "grpo"}}, "quick": {"rll": {}}}, r"key quick.rll"),
+    ({"arms": {"grpo": "grpo"}}, r"reproduce.arms.grpo: 'grpo' is not a mapping"),
     ({"arms": {}}, "no arms"),
 ])
 def test_bad_sections_are_refused(section, message):
     with pytest.raises(ValueError, match=message):
         parse_spec(OmegaConf.create(section))
+
+
+def test_the_map_section_is_read_through_its_schema():
+    from rlad_megatron.reproduce.grid import cell_overrides, parse_map
+
+    spec = parse_map({"students": {"weak": {"student_sft.train.steps": 150}, "base": None},
+                      "training": {"long": {"rl": {"train": {"steps": 200}}}}})
+    assert (spec.arm, list(spec.students), list(spec.training)) == ("rlad", ["weak", "base"],
+                                                                    ["long"])
+    settings = {"cache_dir": "c", "run_dir": "r"}
+    assert cell_overrides(settings, spec, "weak", "long")[:2] == [
+        "student_sft.train.steps=150", "rl.train.steps=200"]
+    for raw, message in (({"students": {"a": {}}, "training": {"b": {}}, "arms": "x"},
+                          r"map: key arms: Key 'arms'"),
+                         ({"arm": ["rlad"], "students": {"a": {}}, "training": {"b": {}}},
+                          r"map: key arm"),
+                         ({"students": {"a__b": {}}, "training": {"b": {}}}, "level name"),
+                         ({"students": {"a": 3}, "training": {"b": {}}},
+                          r"map.students.a: 3 is not a mapping"),
+                         ({"students": {"a": {}}}, r"map.training: at least one level"),
+                         (None, "no map section")):
+        with pytest.raises(ValueError, match=message):
+            parse_map(raw)
 
 
 def test_bad_quick_and_arm_keys_are_refused():
@@ -167,3 +194,15 @@ def test_a_finished_arm_is_reused_when_only_an_option_it_does_not_use_differs(tm
     job.run_dir.with_suffix(".yaml").write_text(text.replace("beta_init: 0.005",
                                                              "beta_init: 0.05"))
     assert job_state(job) == "done"
+
+
+def test_every_field_of_the_recipe_sections_is_documented():
+    import dataclasses
+
+    from rlad_megatron.config.schema import field_docs
+    from rlad_megatron.reproduce.grid import MapSpec
+    from rlad_megatron.reproduce.spec import QuickSection, ReproduceSpec
+
+    for cls in (ReproduceSpec, QuickSection, MapSpec):
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in field_docs(cls)]
+        assert not missing, f"{cls.__name__}: undocumented {missing}"
