@@ -41,9 +41,9 @@ Contract:
     ops/sampling.py defer_retry, as one [2] read, and a second only when the check fails). The
     returned RolloutBatch stays on the compute device too, for the log-prob passes and the
     update; whoever needs its text (the reward) copies the token ids to the host once
-    (train/phases.py completions). tests/unit/rollout/test_fake_device.py runs a decode step on a
-    fake CUDA device and counts its host transfers (tests/unit/train/test_fake_device_step.py: a
-    whole step). Verified on CPU with megatron's local layer spec; the transformer-engine spec
+    (train/generation.py completions). tests/unit/rollout/test_fake_device.py runs a decode step
+    on a fake CUDA device and counts its host transfers (tests/unit/train/test_fake_device_step.py:
+    a whole step). Verified on CPU with megatron's local layer spec; the transformer-engine spec
     treats explicit padding masks differently
     (docs/megatron_inference_cpu.md, section 6).
 """

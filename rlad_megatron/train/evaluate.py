@@ -31,7 +31,7 @@ import torch.distributed as dist
 
 from rlad_megatron.rollout import generate
 from rlad_megatron.runtime import devices
-from rlad_megatron.train.phases import completions, generation_config, prompt_ids
+from rlad_megatron.train.generation import completions, generation_config, prompt_ids
 
 
 def protocol_label(e) -> str:

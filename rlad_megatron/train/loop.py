@@ -42,9 +42,11 @@ from rlad_megatron.data.batch import TrainBatch
 from rlad_megatron.data.sft_batch import SFTBatch
 from rlad_megatron.runtime import print0
 from rlad_megatron.train import phases
+from rlad_megatron.train.generation import generation_config, prompt_ids
 from rlad_megatron.train.evaluate import eval_items, evaluate, write_eval_records
 from rlad_megatron.train.rl_metrics import rl_step_metrics
-from rlad_megatron.train.setup import Run, setup
+from rlad_megatron.train.run import Run
+from rlad_megatron.train.setup import setup
 from rlad_megatron.train.teacher_scoring import teacher_guard
 
 log = logging.getLogger("rlad_megatron.train")
@@ -104,13 +106,13 @@ def sft_step(run: Run, step: int) -> StepResult:
     cfg, timer = run.cfg, run.timer
     tok = run.tokenizer
     items = phases.dp_shard(run, run.sampler.next(cfg.train.sft_batch_size))
-    prompts = phases.prompt_ids(run, items)
+    prompts = prompt_ids(run, items)
     keep = None
     with timer.phase("rollout"):
         if cfg.algorithm == "sft":
             targets = [tok.encode(run.fmt.solution(item)) for item in items]
         else:  # sft_distill: one teacher trace per prompt, kept when its reward is 1
-            gen = phases.generation_config(run, samples=1)
+            gen = generation_config(run, samples=1)
             traces = phases.teacher_generate(run, prompts, gen, seed=cfg.seed * 1_000_003 + step)
             # the teacher's own log-probs of its samples: NaN/Inf or uniform (weights not
             # loaded) stops the run, as the teacher pass does under rlad/kdrl

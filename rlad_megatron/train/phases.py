@@ -20,14 +20,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import torch
 
-from rlad_megatron.config.generation import generation_view
 from rlad_megatron.data.advantages import with_teacher_rows
 from rlad_megatron.data.batch import RolloutBatch, RowBatch, TrainBatch, interleave_groups
-from rlad_megatron.data.formats import encode_prompt
 from rlad_megatron.data.micro_batches import MicroBatchPlan, row_lengths
 from rlad_megatron.data.selection import gate_trajectories, select_teacher_tokens
 from rlad_megatron.data.tasks import PromptItem
@@ -36,11 +34,11 @@ from rlad_megatron.rollout import GenerationConfig, generate
 from rlad_megatron.rollout.on_layout import generate_on_layout
 from rlad_megatron.runtime import devices
 from rlad_megatron.runtime.devices import compute_device
+from rlad_megatron.train.generation import completions, generation_config, prompt_ids
+from rlad_megatron.train.run import Run
 from rlad_megatron.train.step import (forward_backward, grads_finite, micro_batch_plan,
                                       optimizer_step)
 
-if TYPE_CHECKING:  # the type only: setup builds the Run (and its teacher scorer, which uses
-    from rlad_megatron.train.setup import Run  # these phases)
 
 log = logging.getLogger("rlad_megatron.train")
 
@@ -48,20 +46,6 @@ log = logging.getLogger("rlad_megatron.train")
 def dp_shard(run: Run, items: list) -> list:
     n = len(items) // run.par.dp
     return items[run.par.dp_rank * n:(run.par.dp_rank + 1) * n]
-
-
-def prompt_ids(run: Run, items: list[PromptItem]) -> list[list[int]]:
-    return [encode_prompt(run.fmt, run.tokenizer, item, run.cfg.data.system_prompt)
-            for item in items]
-
-
-def generation_config(run: Run, view: str = "rollout", *,
-                      samples: Optional[int] = None) -> GenerationConfig:
-    """The sampler's settings of one of the run's generations (config/generation.py: "rollout"
-    or "eval"; `samples` per prompt replaces the view's own), with the tokenizer's EOS and pad
-    ids."""
-    return generation_view(run.cfg, view, samples=samples, eos_token_id=run.tokenizer.eos_id,
-                           pad_token_id=run.tokenizer.pad_id or 0)
 
 
 def rollout(run: Run, items: list[PromptItem], step: int, model=None,
@@ -116,19 +100,6 @@ def with_teacher_trajectories(run: Run, items: list[PromptItem], step: int,
     return interleave_groups(student, teacher, group_size=r.group_size,
                              teacher_samples=r.teacher_samples,
                              pad_token_id=run.tokenizer.pad_id or 0)
-
-
-def completions(run: Run, batch: RolloutBatch) -> list[str]:
-    """Decoded responses (EOS dropped; ids the tokenizer does not know, from model vocabulary
-    rows beyond it, are dropped too). The token ids reach the host in one copy."""
-    eos, known = run.tokenizer.eos_id, run.tokenizer.vocab_size
-    tokens = batch.tokens.tolist()
-    out = []
-    for row, (p, n) in enumerate(zip(batch.prompt_lengths.tolist(),
-                                     batch.response_lengths.tolist())):
-        ids = tokens[row][p:p + n]
-        out.append(run.tokenizer.decode([t for t in ids if t != eos and t < known]))
-    return out
 
 
 def score(run: Run, batch: RolloutBatch,

@@ -1,7 +1,7 @@
 """Build everything a run needs from its RunConfig, in order, before the first step:
 processes and parallel state, tokenizer(s), student and teacher, LR schedule, prompts, reward,
 logging, and the resume point. Each part is one function; the loop (train/loop.py) only uses the
-resulting `Run`.
+resulting `Run` (train/run.py).
 
 Every user error is raised here, before any work: bad config values (config/validate.py
 validate_run_config), missing files, tokenizers that disagree, layouts that cannot hold the models
@@ -14,9 +14,8 @@ import dataclasses
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import torch.distributed as dist
 
@@ -28,60 +27,24 @@ from rlad_megatron.data.sampler import PromptSampler
 from rlad_megatron.data.tasks import PromptSplits, file_splits, reasoning_gym_splits
 from rlad_megatron.data.tokenizer import Tokenizer, check_same_vocab, load_tokenizer
 from rlad_megatron.models import checkpoint as mckpt
-from rlad_megatron.models.build import (BuiltModel, Student, Teacher, build_student,
+from rlad_megatron.models.build import (BuiltModel, Student, build_student,
                                         build_teacher, memory_report)
 from rlad_megatron.models.spec import ModelSpec, get_preset
 from rlad_megatron.models.teacher_stream import stream_teacher
-from rlad_megatron.runtime import (DistEnv, Parallel, agree_or_raise, init_distributed,
+from rlad_megatron.runtime import (DistEnv, agree_or_raise, init_distributed,
                                    init_parallel, print0)
 from rlad_megatron.runtime.teacher_parallel import init_teacher_parallel
 from rlad_megatron.bookkeeping import checkpoint as tckpt
 from rlad_megatron.models.reference import ReferenceWeights
 from rlad_megatron.config.run import ModelConfig, RunConfig, to_yaml
 from rlad_megatron.bookkeeping.metrics import open_metrics
-from rlad_megatron.bookkeeping.reward_watch import RewardWatch
 from rlad_megatron.bookkeeping.run_lock import RunLocks
+from rlad_megatron.train.run import Run
 from rlad_megatron.train.teacher_scoring import teacher_scorer
 from rlad_megatron.bookkeeping.timers import PhaseTimer
 from rlad_megatron.config.validate import validate_run_config
 
 log = logging.getLogger("rlad_megatron.setup")
-
-
-@dataclass
-class Run:
-    """Everything the loop touches. Built by `setup`."""
-
-    cfg: RunConfig
-    env: DistEnv
-    par: Parallel
-    tokenizer: Tokenizer
-    student: Student
-    teacher: Optional[Teacher]
-    scheduler: object
-    splits: PromptSplits
-    sampler: PromptSampler
-    fmt: PromptFormat
-    reward_fn: Callable
-    metrics: object
-    timer: PhaseTimer
-    state: tckpt.TrainState
-    config_yaml: str
-    resumed_from: Optional[str] = None
-    lock: Optional[RunLocks] = None
-    """RUN_DIR/.rlad_lock and CHECKPOINT_DIR/.rlad_lock (rank 0): released when the run ends
-    (train/loop.py)."""
-    reference: Optional[ReferenceWeights] = None
-    """pi_ref of the reference KL (loss.*.kl_beta > 0): the student's starting weights."""
-    reward_watch: RewardWatch = dataclasses.field(default_factory=RewardWatch)
-    """Warns when every reward of several steps in a row is 0 (or 1): nothing to learn."""
-    scorer: object = None
-    """The teacher's log-prob passes (train/teacher_scoring.py), chosen for how the teacher is
-    held: resident, streamed from host memory, on its own layout, or none."""
-
-    @property
-    def is_logging_rank(self) -> bool:
-        return self.par.is_last_stage and self.par.tp_rank == 0 and self.par.dp_rank == 0
 
 
 def resolve_spec(m: ModelConfig, role: str, tokenizer: Optional[Tokenizer] = None) -> ModelSpec:

@@ -48,7 +48,7 @@ from rlad_megatron.data.selection import SELECTION_POLICIES
 from rlad_megatron.data.tasks import PromptItem
 from rlad_megatron.data.tokenizer import load_tokenizer
 from rlad_megatron.runtime.fake_cuda import FakeCuda, FakeCudaTensor, on_fake_cuda
-from rlad_megatron.train import phases
+from rlad_megatron.train import generation, phases
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ def test_completions_decode_the_response_alone(which, request):
     run = _run(tok)
     if which == "bare_bpe":  # the EOS filter is what keeps '#' out of the text
         assert tok.decode([tok.eos_id]) == "#"
-    assert phases.completions(run, _text_rollout(run)) == TEXTS
+    assert generation.completions(run, _text_rollout(run)) == TEXTS
 
 
 def test_score_rewards_row_i_against_items_i_over_g_on_the_batch_device(mistral):
