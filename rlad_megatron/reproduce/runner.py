@@ -32,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+from rlad_megatron.reproduce.headline import headline
 from rlad_megatron.reproduce.results import collect, write_results
 from rlad_megatron.reproduce.spec import Job, build_jobs, parse_spec
 from rlad_megatron.config.active import reset_inactive
@@ -222,6 +223,8 @@ def reproduce(path: str, overrides: list[str], *, quick: bool = False, demo: boo
                                    *(["--quick"] if quick else []), *overrides])
     files = write_results(results, run_dir)
     print("\n" + results["summary_md"], flush=True)
+    for committed in spec.headline:
+        print(headline(committed), flush=True)
     print(f"reproduce: wrote {', '.join(str(f) for f in files)} "
           f"(this launch {(time.time() - t0) / 60:.1f} min; the runs in the tables "
           f"{results['runs_wall_s'] / 3600:.2f} h)", flush=True)

@@ -14,6 +14,7 @@ into one job per (arm, seed), each a complete RunConfig.
                                 #   is the alpha ablation's own value, loss.trrd.alpha)
       validation: false         # evaluate on the validation split (for choosing settings)
       quick: {seeds: [1], arms: [grpo, rlad], alphas: [], rl: {train.steps: 30}}
+      headline: [docs/results/x/results.json]   # committed results, a sentence each
 
 Every job of one seed has the same cfg.seed, so the arms of a seed draw the same prompts per
 step; every job has the same eval.* (split, prompts, sampling seed), so evaluations are paired.
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from rlad_megatron.config.active import reset_inactive
+from rlad_megatron.reproduce.headline import headline
 from rlad_megatron.config.run import ALGORITHMS, RunConfig, merge_config, merge_schema, to_yaml
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -78,6 +80,10 @@ class ReproduceSpec:
     """Evaluate on the validation split (for choosing settings)."""
     quick: QuickSection = field(default_factory=QuickSection)
     """What --quick changes."""
+    headline: List[str] = field(default_factory=list)
+    """Committed results (a reproduction's results.json, a map's map.json), each printed as one
+    sentence after this run's tables (reproduce/headline.py): the demo's few steps beside the
+    full measurement. A file not there yet prints "not measured yet"."""
 
     @property
     def arm_names(self) -> list[str]:
@@ -160,6 +166,8 @@ def _check(spec: ReproduceSpec, where: str) -> None:
     for a in spec.alphas:
         if not 0 <= a <= 1:
             raise ValueError(f"{where}.alphas: {a} is outside [0, 1]")
+    for path in spec.headline:  # a committed file of the wrong kind is refused before any work
+        headline(path)
 
 
 @dataclass

@@ -68,9 +68,12 @@ def test_second_launch_reuses_finished_runs(finished):
     root, recipe, _ = finished
     before = (root / "run" / "results.json").read_text()
     t0 = time.time()
-    again = _reproduce(recipe)
+    results = root / "run" / "results.json"  # and the demo's headline of a committed result
+    again = _reproduce(recipe, f"reproduce.headline=[{results},{root / 'none.json'}]")
     assert again.returncode == 0, again.stderr[-2000:]
     assert "reusing 6 finished run(s)" in again.stdout
+    assert f"Full run ({results}: 2 steps, heldout mean@2" in again.stdout
+    assert f"{root / 'none.json'}: not measured yet." in again.stdout
     assert "reusing" in again.stdout and time.time() - t0 < 120
     r0, r1 = json.loads(before), json.loads((root / "run" / "results.json").read_text())
     assert r0["table1"] == r1["table1"]

@@ -60,7 +60,10 @@ def test_quick_and_validation_and_demo():
     assert {j.cfg.eval.split for j in jobs} == {"validation"}
     spec, jobs = _jobs(recipe="demo.yaml")
     assert spec.arm_names == ["grpo", "rlad"] and spec.seeds == [1]
-    assert {j.cfg.train.steps for j in jobs} == {80}
+    assert {j.cfg.train.steps for j in jobs} == {30}
+    assert {j.cfg.rollout.prompts_per_step for j in jobs} == {64}  # the learning regime
+    assert spec.headline == ["docs/results/reproduce_learning/results.json",
+                             "docs/results/map_learning/map.json"]
     _, jobs = _jobs(recipe="reproduce_kk.yaml")  # `replace:` drops chain_sum's task_config
     d = jobs[0].cfg.data
     assert (d.task, d.task_config, d.levels) == ("knights_knaves", {}, [2, 3, 4])
