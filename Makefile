@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(PY) -m rlad_megatron.cli demo examples/configs/demo.yaml $(ARGS)
 
 reproduce: $(STAMP)
-	$(PY) -m rlad_megatron.cli reproduce examples/configs/reproduce.yaml $(ARGS)
+	$(PY) -m rlad_megatron.cli reproduce examples/configs/reproduce_learning.yaml $(ARGS)
 
 test: lint test-unit test-dist test-dist4 test-integration test-slurm
 
