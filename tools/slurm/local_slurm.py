@@ -287,11 +287,26 @@ PidFile={r}/slurmdbd.pid
                                    f"(state {info.get('JobState')}, reason {info.get('Reason')})")
             time.sleep(poll_s)
 
-    def sacct(self, job_id: str, fields: str = "JobID,State,ExitCode,Start,End") -> list[dict]:
-        """Every accounting record of a job (-D: one per run, so requeues show), as dicts."""
-        out = self.run("sacct", "-D", "-X", "-n", "-P", "-j", job_id, f"--format={fields}")
+    def sacct(self, job_id: str, fields: str = "JobID,State,ExitCode,Start,End",
+              settle_s: float = 60.0) -> list[dict]:
+        """Every accounting record of a job (-D: one per run, so requeues show), as dicts.
+        slurmctld sends a job's end to slurmdbd after the fact, so `scontrol` can show a job
+        COMPLETED while its last record still reads RUNNING: wait up to settle_s for the last
+        record to leave the live states."""
         keys = fields.split(",")
-        return [dict(zip(keys, line.split("|"))) for line in out.splitlines() if line.strip()]
+        deadline = time.time() + settle_s
+        while True:
+            out = self.run("sacct", "-D", "-X", "-n", "-P", "-j", job_id, f"--format={fields}")
+            records = [dict(zip(keys, line.split("|"))) for line in out.splitlines()
+                       if line.strip()]
+            live = records and records[-1].get("State") in _LIVE_STATES
+            if not live or time.time() > deadline:
+                return records
+            time.sleep(0.5)
+
+
+_LIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "SUSPENDED", "COMPLETING"}
+"""Accounting states of a job that has not ended (its record is still to be updated)."""
 
 
 def _main() -> None:
