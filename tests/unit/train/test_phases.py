@@ -1,5 +1,6 @@
-"""train/phases.py's functions on small hand-built batches, each against a reference the test
-computes itself (never the helper the phase calls):
+"""train/phases.py's functions (and train/generation.py's completions, which score decodes with)
+on small hand-built batches, each against a reference the test computes itself (never the helper
+the phase calls):
 
   dp_shard            the slices written out by hand for 12 items over 1-4 ranks.
   completions         response texts encoded with a real tokenizer, put between prompt ids (the
