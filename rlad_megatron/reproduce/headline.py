@@ -18,15 +18,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rlad_megatron.reproduce.stats import excludes_zero, signed
+
 
 def _pts(x: float) -> str:
     return f"{100 * x:.1f}"
-
-
-def _diff(d: dict) -> str:
-    star = "*" if d["n"] > 1 and abs(d["mean"]) > d["ci95"] else ""
-    ci = f" ± {100 * d['ci95']:.1f}" if d["n"] > 1 else ""
-    return f"{100 * d['mean']:+.1f}{ci}{star}"
 
 
 def reproduction_sentence(r: dict, source: str) -> str:
@@ -42,7 +38,7 @@ def reproduction_sentence(r: dict, source: str) -> str:
         if name == base or name not in r["diff"]:
             continue
         d = r["diff"][name]["avg"]
-        parts.append(f"{label[name]} {_pts(row['avg']['mean'])} ({_diff(d)} paired over "
+        parts.append(f"{label[name]} {_pts(row['avg']['mean'])} ({signed(d)} paired over "
                      f"{d['n']} seed(s))")
     missing = r.get("missing") or []
     return (f"Full run ({source}: {r['steps']} steps, {r['split']} {r['protocol']}, %): "
@@ -58,10 +54,10 @@ def map_sentence(m: dict, source: str) -> str:
         return f"Map ({source}): no cell measured yet."
     hi = max(cells, key=lambda n: cells[n]["mean"])
     lo = min(cells, key=lambda n: cells[n]["mean"])
-    sure = [n for n, d in cells.items() if d["n"] > 1 and abs(d["mean"]) > d["ci95"]]
+    sure = [n for n, d in cells.items() if excludes_zero(d)]
     return (f"Map ({source}): {arm} - {base} over {len(cells)} cells (student strength x "
-            f"training) runs from {_diff(cells[lo])} ({lo.replace('__', ', ')}) to "
-            f"{_diff(cells[hi])} ({hi.replace('__', ', ')}); its CI excludes 0 in {len(sure)} "
+            f"training) runs from {signed(cells[lo])} ({lo.replace('__', ', ')}) to "
+            f"{signed(cells[hi])} ({hi.replace('__', ', ')}); its CI excludes 0 in {len(sure)} "
             f"of {len(cells)}.")
 
 

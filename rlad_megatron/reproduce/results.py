@@ -24,7 +24,7 @@ from pathlib import Path
 
 from rlad_megatron.reproduce.spec import Job, ReproduceSpec, alpha_arm, arm_label
 from rlad_megatron.reproduce.stats import (eval_se, mean_ci, paired_difference, paired_eval_se,
-                                           pooled_se, prompt_means)
+                                           pooled_se, prompt_means, signed)
 from rlad_megatron.bookkeeping.metrics import read_metrics
 
 PHASES = ("rollout", "reward", "old_logprobs", "teacher_logprobs", "update", "step")
@@ -213,14 +213,6 @@ def _pct(est: dict | float | None, ci: bool = True) -> str:
     return "-" if math.isnan(est) else f"{100 * est:.1f}"
 
 
-def _signed(est: dict) -> str:
-    m, h = est["mean"], est["ci95"]
-    if math.isnan(m):
-        return "-"
-    sig = "*" if est["n"] > 1 and (est["low"] > 0 or est["high"] < 0) else ""
-    return f"{100 * m:+.1f}" + (f" ± {100 * h:.1f}" if not math.isnan(h) else "") + sig
-
-
 def _header(r: dict, first: str, extra: list[str]) -> list[str]:
     names = [f"{c[1:]} {r['level_name']}" if c.startswith("L") else "average"
              for c in r["columns"]]
@@ -264,7 +256,7 @@ def markdown(r: dict) -> str:
                 "* = the 95% CI excludes 0):", ""]
         out += _header(r, "arm", ["eval SE of the difference"])
         for name, row in r["diff"].items():
-            cells = [_signed(row[c]) for c in r["columns"]] + [_pct(row.get("eval_se"))]
+            cells = [signed(row[c]) for c in r["columns"]] + [_pct(row.get("eval_se"))]
             out.append(f"| {r['arms'][name]['label']} | " + " | ".join(cells) + " |")
     out += [""] + _table1(r, "table1_steps", "reference_steps",
                           "## Table 1, step-checked: every step of the chain right")
@@ -274,7 +266,7 @@ def markdown(r: dict) -> str:
         for alpha, name in r["alphas"]:
             diff = r["diff"].get(name)
             out.append(f"| {alpha:g} | {_pct(r['table1'][name]['avg'])} | "
-                       f"{_signed(diff['avg']) if diff else '-'} |")
+                       f"{signed(diff['avg']) if diff else '-'} |")
     out += ["", "## Table 4: seconds per step by phase (mean over steps and seeds; step: the "
             "median whole step, evaluations excluded)", "",
             "| arm | " + " | ".join(p.replace("_", " ") for p in PHASES) + " |",
@@ -319,7 +311,7 @@ def summary_lines(r: dict) -> str:
         diff = r["diff"].get(name)
         lines.append(f"  {r['arms'][name]['label']:<40} {_pct(row['avg']):<14} "
                      f"{_pct(r['table1_steps'][name]['avg']):<14}"
-                     + (f" vs {r['baseline']}: {_signed(diff['avg'])}" if diff else ""))
+                     + (f" vs {r['baseline']}: {signed(diff['avg'])}" if diff else ""))
     return "\n".join(lines)
 
 

@@ -105,3 +105,17 @@ def pooled_se(ses: Sequence[float]) -> float:
     """The evaluation SE of a mean over seeds: sqrt(sum se_s^2) / n_seeds."""
     ses = [s for s in ses if not math.isnan(s)]
     return math.sqrt(sum(s * s for s in ses)) / len(ses) if ses else math.nan
+
+
+def excludes_zero(est: dict) -> bool:
+    """A paired difference (Estimate.as_dict) whose 95% CI excludes 0: the tables' `*`."""
+    return est["n"] > 1 and (est["low"] > 0 or est["high"] < 0)
+
+
+def signed(est: dict) -> str:
+    """A paired difference in points: +mean ± ci95, `*` where its CI excludes 0."""
+    m, h = est["mean"], est["ci95"]
+    if math.isnan(m):
+        return "-"
+    sig = "*" if excludes_zero(est) else ""
+    return f"{100 * m:+.1f}" + (f" ± {100 * h:.1f}" if not math.isnan(h) else "") + sig

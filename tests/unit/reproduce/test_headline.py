@@ -12,7 +12,8 @@ from rlad_megatron.reproduce.spec import parse_spec
 
 
 def _est(mean, ci, n=3):
-    return {"mean": mean, "ci95": ci, "n": n}
+    """A paired difference as stats.mean_ci's as_dict writes it."""
+    return {"mean": mean, "ci95": ci, "n": n, "low": mean - ci, "high": mean + ci}
 
 
 RESULTS = {
