@@ -41,6 +41,7 @@ from rlad_megatron.reproduce.plots import _figure
 from rlad_megatron.reproduce.recipe import load_recipe, raw_section
 from rlad_megatron.reproduce.runner import checked_plan, prepare_stages, reproduce
 from rlad_megatron.reproduce.spec import dotted_overrides, parse_spec
+from rlad_megatron.reproduce.stats import signed
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -137,12 +138,7 @@ def markdown(m: dict) -> str:
         cells = []
         for col in m["columns"]:
             d = (m["cells"].get(cell_name(row, col)) or {}).get("diff")
-            if not d:
-                cells.append("not run")
-                continue
-            star = "*" if d["n"] > 1 and abs(d["mean"]) > d["ci95"] else ""
-            ci = f" ± {100 * d['ci95']:.1f}" if d["n"] > 1 else ""
-            cells.append(f"{100 * d['mean']:+.1f}{ci}{star}")
+            cells.append(signed(d) if d else "not run")
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     lines += ["", "Per cell: the student before RL and the teacher (%), each arm's gain over the "
               "student (points), the share of response tokens clipped at either bound for "
