@@ -19,8 +19,9 @@ tokenizer are hard-linked into the row's cache before the row's first cell, so t
 relative to the cache folder, matches and the teacher is not trained again). Cells run one after
 another, each with reproduce.jobs arms at once; an interrupted map resumes cell by cell as
 `rlad reproduce` does. Output: RUN_DIR/map.json, map.md (per cell: the arm's paired difference
-to the baseline with its 95% CI, both arms' gains over the student before RL, clip fractions
-and the teacher clamp share) and map.png.
+to the baseline with its 95% CI, both arms' gains over the student before RL, clip fractions,
+the teacher clamp share, and the lucky share: correct answers reached through wrong steps, which
+an outcome reward reinforces) and map.png.
 Why a grid of reproductions rather than arms of one: student strength changes the preparation
 (the student SFT), which one reproduction shares among its arms.
 """
@@ -107,16 +108,32 @@ def cell_summary(results: dict, arm: str) -> dict:
     out = {"diff": results["diff"].get(arm, {}).get("avg"), "student_before": before,
            "teacher": (results.get("reference", {}).get("teacher") or {}).get("avg", math.nan),
            "seeds": results.get("seeds", [])}
+    steps_before = ((results.get("reference_steps") or {}).get("student_before") or {}).get("avg")
+    out["student_lucky"] = _lucky(steps_before, before)
     for name, key in ((base, "baseline"), (arm, "arm")):
         t = results["table1"].get(name, {}).get("avg")
         out[key] = t
         out[f"{key}_gain"] = (t["mean"] - before) if t else math.nan
         out[f"{key}_diagnostics"] = results["diagnostics"].get(name, {})
+        steps = (results.get("table1_steps") or {}).get(name, {}).get("avg")
+        out[f"{key}_lucky"] = _lucky(steps["mean"] if steps else None, t["mean"] if t else None)
     return out
+
+
+def _lucky(steps_correct: float | None, correct: float | None) -> float:
+    """The share of correct answers reached through wrong steps ("lucky" answers, reinforced by
+    an outcome reward): 1 - step-checked mean@k / mean@k; nan where either is missing or 0."""
+    if steps_correct is None or not correct:
+        return math.nan
+    return 1.0 - steps_correct / correct
 
 
 def _pct(x: float) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:+.1f}"
+
+
+def _share(x: float | None) -> str:
+    return "-" if x is None or math.isnan(x) else f"{100 * x:.0f}%"
 
 
 def _clip(diag: dict) -> str:
@@ -142,19 +159,22 @@ def markdown(m: dict) -> str:
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     lines += ["", "Per cell: the student before RL and the teacher (%), each arm's gain over the "
               "student (points), the share of response tokens clipped at either bound for "
-              f"A > 0 / A < 0, the teacher clamp share of {arm} and the training reward of the "
-              "last 10 steps.", "",
+              f"A > 0 / A < 0, the teacher clamp share of {arm}, the training reward of the "
+              "last 10 steps, and the lucky share: of the correct held-out answers, those reached "
+              "through wrong steps (1 - step-checked / mean@k), before RL and after each arm.", "",
               f"| cell | student before | teacher | {base} gain | {arm} gain | {base} clipped | "
-              f"{arm} clipped | {arm} teacher clamp | reward {base} / {arm} |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              f"{arm} clipped | {arm} teacher clamp | reward {base} / {arm} | "
+              f"lucky: student / {base} / {arm} |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, c in m["cells"].items():
         clamp = c["arm_diagnostics"].get("teacher/clamp_frac")
+        lucky = " / ".join(_share(c.get(f"{k}_lucky")) for k in ("student", "baseline", "arm"))
         rewards = " / ".join(f"{d['rollout/reward_mean']:.2f}" if "rollout/reward_mean" in d
                              else "-" for d in (c["baseline_diagnostics"], c["arm_diagnostics"]))
         lines.append(f"| {name} | {100 * c['student_before']:.1f} | {100 * c['teacher']:.1f} | "
                      f"{_pct(c['baseline_gain'])} | {_pct(c['arm_gain'])} | "
                      f"{_clip(c['baseline_diagnostics'])} | {_clip(c['arm_diagnostics'])} | "
-                     f"{'-' if clamp is None else f'{100 * clamp:.1f}%'} | {rewards} |")
+                     f"{'-' if clamp is None else f'{100 * clamp:.1f}%'} | {rewards} | {lucky} |")
     return "\n".join(lines) + "\n"
 
 
