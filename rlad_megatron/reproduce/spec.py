@@ -4,7 +4,8 @@ into one job per (arm, seed), each a complete RunConfig.
     reproduce:
       seeds: [1, 2, 3]          # run seeds: rollouts and prompt order (cfg.seed)
       baseline: grpo            # paired differences are taken against this arm
-      jobs: 2                   # arms trained at once (each a process of its own)
+      jobs: 0                   # arms trained at once (each a process group of its own);
+                                #   0: one per `procs` cores this process may run on
       procs: 1                  # processes per arm (torchrun --nproc-per-node)
       prepare_procs: 2          # processes of the preparation stages
       arms:                     # name -> RunConfig overrides on top of the `rl` stage
@@ -26,6 +27,7 @@ Arm names are folder names: letters, digits, '.', '_' and '-'.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +52,7 @@ class QuickSection:
     alphas: Optional[List[float]] = None
     """Its alpha ablation arms ([]: none)."""
     jobs: Optional[int] = None
-    """Its arms trained at once."""
+    """Its arms trained at once (0: one per `procs` available cores)."""
     rl: Dict[str, Any] = field(default_factory=dict)
     """RunConfig overrides of the rl stage, nested or dotted ({train.steps: 30})."""
 
@@ -66,8 +68,12 @@ class ReproduceSpec:
     """Run seeds (cfg.seed): every arm of a seed draws the same prompts per step."""
     baseline: str = "grpo"
     """The arm paired differences are taken against."""
-    jobs: int = 2
-    """Arms trained at once, each a process group of its own."""
+    jobs: int = 0
+    """Arms trained at once, each a process group of its own; 0: as many as the cores this
+    process may run on hold (os.sched_getaffinity, so a Slurm or taskset allotment counts, not
+    the whole machine) divided by `procs`, at least 1: 2 on this project's 2-core machine, more
+    on larger ones. Runs are independent processes: their number changes the wall time, never
+    the numbers."""
     procs: int = 1
     """Processes per arm (torchrun --nproc-per-node)."""
     prepare_procs: int = 2
@@ -123,7 +129,14 @@ def parse_spec(node: Any, *, quick: bool = False, where: str = "reproduce") -> R
             jobs=q.jobs if q.jobs is not None else spec.jobs,
             alphas=q.alphas if q.alphas is not None else spec.alphas, quick=QuickSection(rl=q.rl))
     _check(spec, where)
+    if spec.jobs == 0:
+        spec.jobs = jobs_for_cores(spec.procs)
     return spec
+
+
+def jobs_for_cores(procs: int) -> int:
+    """Arms that fit at once on the cores this process may run on, `procs` processes each."""
+    return max(1, len(os.sched_getaffinity(0)) // procs)
 
 
 def dotted_overrides(d: dict) -> list[str]:
@@ -147,8 +160,10 @@ def _check(spec: ReproduceSpec, where: str) -> None:
         raise ValueError(f"{where}.arms: no arms to run")
     if not spec.seeds or len(set(spec.seeds)) != len(spec.seeds) or min(spec.seeds) < 0:
         raise ValueError(f"{where}.seeds: {spec.seeds} must be distinct integers >= 0")
-    for key, value in (("jobs", spec.jobs), ("procs", spec.procs),
-                       ("prepare_procs", spec.prepare_procs)):
+    if spec.jobs < 0:
+        raise ValueError(f"{where}.jobs: {spec.jobs!r} must be an integer >= 1, or 0 for one "
+                         "arm per `procs` available cores")
+    for key, value in (("procs", spec.procs), ("prepare_procs", spec.prepare_procs)):
         if value < 1:
             raise ValueError(f"{where}.{key}: {value!r} must be an integer >= 1")
     for name in spec.arm_names:

@@ -209,3 +209,29 @@ def test_every_field_of_the_recipe_sections_is_documented():
     for cls in (ReproduceSpec, QuickSection, MapSpec):
         missing = [f.name for f in dataclasses.fields(cls) if f.name not in field_docs(cls)]
         assert not missing, f"{cls.__name__}: undocumented {missing}"
+
+
+def test_jobs_zero_follows_the_cores_this_process_may_use():
+    """reproduce.jobs: 0 (the recipes' setting) is one arm per `procs` cores of the process's
+    CPU affinity: the real affinity, and one narrowed to a single core in a child process (as
+    taskset or a Slurm allotment would); an explicit value stays; a negative one is refused."""
+    import os
+    import subprocess
+    import sys
+
+    cores = len(os.sched_getaffinity(0))
+    assert parse_spec(OmegaConf.create({"arms": {"grpo": {}}, "jobs": 0})).jobs == cores
+    assert parse_spec(OmegaConf.create({"arms": {"grpo": {}}, "jobs": 0, "procs": 2})).jobs \
+        == max(1, cores // 2)
+    assert parse_spec(OmegaConf.create({"arms": {"grpo": {}}, "jobs": 3})).jobs == 3
+    spec, _ = _jobs(recipe="reproduce_learning.yaml")
+    assert spec.jobs == cores
+    one_core = ("import os; from omegaconf import OmegaConf; "
+                "from rlad_megatron.reproduce.spec import parse_spec; "
+                "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+                "print(parse_spec(OmegaConf.create({'arms': {'grpo': {}}, 'jobs': 0})).jobs)")
+    out = subprocess.run([sys.executable, "-c", one_core], cwd=REPO, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr[-2000:]
+    with pytest.raises(ValueError, match="reproduce.jobs"):
+        parse_spec(OmegaConf.create({"arms": {"grpo": {}}, "jobs": -1}))
