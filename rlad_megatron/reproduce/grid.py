@@ -189,14 +189,15 @@ def plot_map(m: dict, out: Path) -> Path:
             d = (m["cells"].get(cell_name(row, col)) or {}).get("diff")
             if d:
                 grid[i, j] = 100 * d["mean"]
-                text[i][j] = f"{100 * d['mean']:+.1f}" + (f"\n± {100 * d['ci95']:.1f}"
-                                                          if d["n"] > 1 else "")
+                text[i][j] = signed(d).replace(" ± ", "\n± ")  # the table's cell, in 2 lines
     fig, ax = _figure(1.6 * len(cols) + 2.5, 1.0 * len(rows) + 1.8)
     span = np.nanmax(np.abs(grid)) if np.isfinite(grid).any() else 1.0
     image = ax.imshow(grid, cmap="RdBu", vmin=-span, vmax=span, aspect="auto")
     for i in range(len(rows)):
-        for j in range(len(cols)):
-            ax.text(j, i, text[i][j] or "not run", ha="center", va="center", fontsize=9)
+        for j in range(len(cols)):  # white on the saturated end of the colour map
+            dark = np.isfinite(grid[i, j]) and abs(grid[i, j]) > 0.6 * span
+            ax.text(j, i, text[i][j] or "not run", ha="center", va="center", fontsize=9,
+                    color="white" if dark else "black")
     ax.set_xticks(range(len(cols)), cols)
     ax.set_yticks(range(len(rows)), rows)
     ax.set_xlabel("training")
