@@ -55,8 +55,12 @@ def map_sentence(m: dict, source: str) -> str:
     hi = max(cells, key=lambda n: cells[n]["mean"])
     lo = min(cells, key=lambda n: cells[n]["mean"])
     sure = [n for n, d in cells.items() if excludes_zero(d)]
-    return (f"Map ({source}): {arm} - {base} over {len(cells)} cells (student strength x "
-            f"training) runs from {signed(cells[lo])} ({lo.replace('__', ', ')}) to "
+    total = len(m.get("rows", [])) * len(m.get("columns", []))
+    over = (f"{len(cells)} cells (student strength x training)" if len(cells) >= total
+            else f"{len(cells)} of its {total} cells (student strength x training; the others "
+                 "not measured yet)")
+    return (f"Map ({source}): {arm} - {base} over {over} runs from {signed(cells[lo])} "
+            f"({lo.replace('__', ', ')}) to "
             f"{signed(cells[hi])} ({hi.replace('__', ', ')}); its CI excludes 0 in {len(sure)} "
             f"of {len(cells)}.")
 

@@ -51,7 +51,8 @@ def test_map_sentence_range_extremes_and_sure_cells(tmp_path):
     # 3 measured cells (base__steps200 not run): lowest weak/steps200 (-2.1, CI 1.0: sure),
     # highest base/steps100 (+4.0, CI 2.0: sure), weak/steps100 (+1.0 ± 3.0) not sure
     assert headline(str(f)) == (
-        f"Map ({f}): rlad - grpo over 3 cells (student strength x training) runs from "
+        f"Map ({f}): rlad - grpo over 3 of its 4 cells (student strength x training; the "
+        "others not measured yet) runs from "
         "-2.1 ± 1.0* (weak, steps200) to +4.0 ± 2.0* (base, steps100); its CI excludes 0 in 2 "
         "of 3.")
 
