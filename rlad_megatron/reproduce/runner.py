@@ -34,7 +34,7 @@ from pathlib import Path
 
 from rlad_megatron.reproduce.headline import headline
 from rlad_megatron.reproduce.results import collect, write_results
-from rlad_megatron.reproduce.spec import jobs_for_cores, Job, build_jobs, parse_spec
+from rlad_megatron.reproduce.spec import Job, build_jobs, parse_spec
 from rlad_megatron.config.active import reset_inactive
 from rlad_megatron.config.run import RunConfig, same_config
 from rlad_megatron.config.validate import validate_run_config
@@ -189,11 +189,7 @@ def checked_plan(path: str, overrides: list[str], *, quick: bool = False,
     """A reproduction's (spec, jobs, run_dir, cache), every config and folder checked before any
     work (check_before_work); also `rlad map`'s check of each cell (reproduce/grid.py)."""
     settings, configs, node = load_recipe(path, overrides)
-    spec = parse_spec(node, quick=quick)
-    if jobs is not None:
-        if jobs < 0:
-            raise ValueError(f"--jobs: {jobs} must be >= 1, or 0 for one arm per available core")
-        spec.jobs = jobs or jobs_for_cores(spec.procs)
+    spec = parse_spec(node, quick=quick, jobs=jobs)
     run_dir, cache = Path(settings["run_dir"]), Path(settings["cache_dir"])
     stages = stage_configs(settings, copy.deepcopy(configs))
     job_list = build_jobs(spec, rl_config(settings, configs, str(run_dir)), run_dir)

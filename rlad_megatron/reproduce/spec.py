@@ -105,9 +105,11 @@ def alpha_arm(alpha: float) -> str:
     return f"rlad_a{alpha:g}"
 
 
-def parse_spec(node: Any, *, quick: bool = False, where: str = "reproduce") -> ReproduceSpec:
-    """The `reproduce` omegaconf node (or None) -> ReproduceSpec, with `quick` applied; errors
-    name the key."""
+def parse_spec(node: Any, *, quick: bool = False, jobs: Optional[int] = None,
+               where: str = "reproduce") -> ReproduceSpec:
+    """The `reproduce` omegaconf node (or None) -> ReproduceSpec, with `quick` applied and then
+    `jobs` (the command line's --jobs, over the recipe's and its quick section's); errors name
+    the key."""
     spec = merge_schema(ReproduceSpec, node, where=where)
     for name, over in spec.arms.items():
         if not isinstance(over, (dict, type(None))):
@@ -128,6 +130,8 @@ def parse_spec(node: Any, *, quick: bool = False, where: str = "reproduce") -> R
             seeds=q.seeds if q.seeds is not None else spec.seeds,
             jobs=q.jobs if q.jobs is not None else spec.jobs,
             alphas=q.alphas if q.alphas is not None else spec.alphas, quick=QuickSection(rl=q.rl))
+    if jobs is not None:
+        spec.jobs = jobs
     _check(spec, where)
     if spec.jobs == 0:
         spec.jobs = jobs_for_cores(spec.procs)
@@ -161,8 +165,8 @@ def _check(spec: ReproduceSpec, where: str) -> None:
     if not spec.seeds or len(set(spec.seeds)) != len(spec.seeds) or min(spec.seeds) < 0:
         raise ValueError(f"{where}.seeds: {spec.seeds} must be distinct integers >= 0")
     if spec.jobs < 0:
-        raise ValueError(f"{where}.jobs: {spec.jobs!r} must be an integer >= 1, or 0 for one "
-                         "arm per `procs` available cores")
+        raise ValueError(f"{where}.jobs (or --jobs): {spec.jobs!r} must be an integer >= 1, or "
+                         "0 for one arm per `procs` available cores")
     for key, value in (("procs", spec.procs), ("prepare_procs", spec.prepare_procs)):
         if value < 1:
             raise ValueError(f"{where}.{key}: {value!r} must be an integer >= 1")

@@ -235,3 +235,11 @@ def test_jobs_zero_follows_the_cores_this_process_may_use():
     assert out.returncode == 0 and out.stdout.strip() == "1", out.stderr[-2000:]
     with pytest.raises(ValueError, match="reproduce.jobs"):
         parse_spec(OmegaConf.create({"arms": {"grpo": {}}, "jobs": -1}))
+    # --jobs (checked_plan's jobs=) goes through the same check and resolution, over the
+    # recipe's value and its quick section's
+    node = OmegaConf.create({"arms": {"grpo": {}}, "jobs": 3, "quick": {"jobs": 5}})
+    assert parse_spec(node, quick=True).jobs == 5
+    assert parse_spec(node, quick=True, jobs=4).jobs == 4
+    assert parse_spec(node, jobs=0).jobs == cores
+    with pytest.raises(ValueError, match=r"--jobs\): -1"):
+        parse_spec(node, jobs=-1)
