@@ -68,6 +68,18 @@ def test_quick_and_validation_and_demo():
     d = jobs[0].cfg.data
     assert (d.task, d.task_config, d.levels) == ("knights_knaves", {}, [2, 3, 4])
     assert jobs[0].cfg.optimizer == _jobs()[1][0].cfg.optimizer  # the rest is inherited
+    # K&K in the learning protocol: regime_kk's settings, reported on the held-out split with
+    # seeds the regime check (seed 11, validation) never used
+    spec, jobs = _jobs(recipe="reproduce_kk_learning.yaml")
+    _, regime = _jobs(recipe="regime_kk.yaml")
+    chosen = next(j.cfg for j in regime if j.arm == "grpo_lr1e-4")
+    assert spec.arm_names == ["grpo", "rlad", "kdrl"] and spec.seeds == [1, 2, 3]
+    assert not set(spec.seeds) & {j.seed for j in regime}
+    for j in jobs:
+        c = j.cfg
+        assert c.data.task == "knights_knaves" and c.eval.split == "heldout"
+        assert chosen.eval.split == "validation"
+        assert (c.optimizer, c.rollout, c.train) == (chosen.optimizer, chosen.rollout, chosen.train)
     spec, jobs = _jobs(recipe="validation_sweep.yaml")
     assert {j.cfg.eval.split for j in jobs} == {"validation"}
     assert {arm_label(spec, "grpo_lr1e-4", jobs)} == {"GRPO [grpo_lr1e-4]"}
