@@ -72,7 +72,7 @@ def test_quick_and_validation_and_demo():
     # seeds the regime check (seed 11, validation) never used
     spec, jobs = _jobs(recipe="reproduce_kk_learning.yaml")
     _, regime = _jobs(recipe="regime_kk.yaml")
-    chosen = next(j.cfg for j in regime if j.arm == "grpo_lr1e-4")
+    chosen = next(j.cfg for j in regime if j.arm == "grpo_lr5e-5")
     assert spec.arm_names == ["grpo", "rlad", "kdrl"] and spec.seeds == [1, 2, 3]
     assert not set(spec.seeds) & {j.seed for j in regime}
     for j in jobs:
