@@ -75,10 +75,10 @@ def test_quick_and_validation_and_demo():
     chosen = next(j.cfg for j in regime if j.arm == "grpo_lr5e-5")
     assert spec.arm_names == ["grpo", "rlad", "kdrl"] and spec.seeds == [1, 2, 3]
     assert not set(spec.seeds) & {j.seed for j in regime}
+    assert chosen.eval.split == "validation"
     for j in jobs:
         c = j.cfg
         assert c.data.task == "knights_knaves" and c.eval.split == "heldout"
-        assert chosen.eval.split == "validation"
         assert (c.optimizer, c.rollout, c.train) == (chosen.optimizer, chosen.rollout, chosen.train)
     spec, jobs = _jobs(recipe="validation_sweep.yaml")
     assert {j.cfg.eval.split for j in jobs} == {"validation"}
